@@ -1,0 +1,401 @@
+package migrate
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	criu "github.com/checkpoint-restore/go-criu/v7"
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"github.com/checkpoint-restore/go-criu/v7/stats"
+	"github.com/migshm/migshm/internal/nsutil"
+	"google.golang.org/protobuf/proto"
+)
+
+// DefaultCRIUPrefix is where scripts/setup installs CRIU (a wrapper at bin/criu).
+const DefaultCRIUPrefix = "/opt/migshm/criu"
+
+// EnvCRIU names the environment variable that points at the criu binary to use.
+const EnvCRIU = "MIGSHM_CRIU"
+
+// FindCRIU returns the criu binary to use: the given path if not empty, else $MIGSHM_CRIU,
+// else DefaultCRIUPrefix/bin/criu when it exists. It never searches PATH: Debian 12's own
+// criu is found there and does not work on kernels >= 6.13.
+func FindCRIU(path string) (string, error) {
+	if path == "" {
+		path = os.Getenv(EnvCRIU)
+	}
+	if path == "" {
+		path = filepath.Join(DefaultCRIUPrefix, "bin", "criu")
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %v (run scripts/setup, or point --criu / %s at a CRIU >= 4.1)",
+			ErrCRIUUnavailable, path, err, EnvCRIU)
+	}
+	if st.IsDir() || st.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("%w: %s is not an executable file", ErrCRIUUnavailable, path)
+	}
+	return path, nil
+}
+
+// Checkpointer is what the rest of migshm needs of CRIU. CRIU implements it; unit tests
+// use fakes.
+type Checkpointer interface {
+	Check(ctx context.Context) (*Capabilities, error)
+	Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error)
+	Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error)
+}
+
+// CRIU runs CRIU through go-criu's swrk RPC, with a fresh criu process per operation.
+type CRIU struct {
+	// Path is the criu binary (see FindCRIU).
+	Path string
+}
+
+var _ Checkpointer = (*CRIU)(nil)
+
+// Capabilities is what CRIU itself says works on this machine.
+type Capabilities struct {
+	Path    string
+	Version string // e.g. "4.1.1"
+	// Features maps the optional features migshm may use to whether CRIU reports them
+	// working here: mem_dirty_track (soft-dirty pre-dump), uffd and uffd-noncoop (lazy
+	// pages), pidfd_store, timens.
+	Features map[string]bool
+}
+
+// OptionalFeatures are probed by Check with `criu check --feature NAME`.
+var OptionalFeatures = []string{"mem_dirty_track", "uffd", "uffd-noncoop", "pidfd_store", "timens"}
+
+// Check asks CRIU whether it works on this kernel (`criu check` must say "Looks good.")
+// and which optional features it supports. A version number alone proves nothing:
+// CRIU 3.17 reports its version on kernels where nothing else works.
+func (c *CRIU) Check(ctx context.Context) (*Capabilities, error) {
+	out, err := exec.CommandContext(ctx, c.Path, "check").CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("Looks good")) {
+		return nil, &CRIUError{Op: "check", Err: fmt.Errorf("%w: `%s check` says: %s (%v)",
+			ErrCRIUUnavailable, c.Path, strings.TrimSpace(string(out)), err)}
+	}
+	caps := &Capabilities{Path: c.Path, Features: map[string]bool{}}
+	if v, err := exec.CommandContext(ctx, c.Path, "--version").Output(); err == nil {
+		caps.Version = parseVersion(string(v))
+	}
+	for _, f := range OptionalFeatures {
+		out, err := exec.CommandContext(ctx, c.Path, "check", "--feature", f).CombinedOutput()
+		caps.Features[f] = err == nil && bytes.Contains(out, []byte("is supported"))
+	}
+	return caps, nil
+}
+
+func parseVersion(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Version:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return strings.TrimSpace(s)
+}
+
+// DumpOptions says what to checkpoint and how.
+type DumpOptions struct {
+	// Pid is the host pid of the tree's root: the workload's init.
+	Pid int
+	// ImagesDir receives the images; created with mode 0700 if missing.
+	ImagesDir string
+	// WorkDir receives the log (dump.log); empty means ImagesDir.
+	WorkDir string
+	// LeaveStopped leaves the tree stopped after the dump (to be resumed with Resume on
+	// abort, or killed after the move commits). Otherwise the tree is killed, unless
+	// LeaveRunning is set.
+	LeaveStopped bool
+	LeaveRunning bool
+	// NetNS is the network namespace the tree lives in: criu runs inside it so the
+	// namespace itself stays out of the images.
+	NetNS string
+	// LogLevel is CRIU's log level (0-4); 0 means 4 (everything).
+	LogLevel int32
+}
+
+// DumpResult reports on a dump.
+type DumpResult struct {
+	// Freezing is how long freezing the tree took; Frozen how long it stayed frozen
+	// (the workload's downtime on the source); Memdump and Memwrite the parts of that
+	// spent collecting and writing memory.
+	Freezing, Frozen, Memdump, Memwrite time.Duration
+	PagesWritten                        uint64
+	// ImageBytes is the total size of the image files.
+	ImageBytes int64
+	LogFile    string
+}
+
+// Dump checkpoints the tree rooted at opts.Pid.
+func (c *CRIU) Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
+	if opts.Pid <= 0 {
+		return nil, fmt.Errorf("criu dump: invalid pid %d", opts.Pid)
+	}
+	if opts.LeaveStopped && opts.LeaveRunning {
+		return nil, errors.New("criu dump: LeaveStopped and LeaveRunning exclude each other")
+	}
+	imgDir, workDir, err := openDirs(opts.ImagesDir, opts.WorkDir)
+	if err != nil {
+		return nil, fmt.Errorf("criu dump of pid %d: %w", opts.Pid, err)
+	}
+	defer imgDir.Close()
+	defer workDir.Close()
+	const logName = "dump.log"
+	ro := &rpc.CriuOpts{
+		ImagesDirFd:  proto.Int32(int32(imgDir.Fd())),
+		WorkDirFd:    proto.Int32(int32(workDir.Fd())),
+		Pid:          proto.Int32(int32(opts.Pid)),
+		LogFile:      proto.String(logName),
+		LogLevel:     proto.Int32(logLevel(opts.LogLevel)),
+		LeaveRunning: proto.Bool(opts.LeaveRunning),
+		LeaveStopped: proto.Bool(opts.LeaveStopped),
+	}
+	if d, ok := ctx.Deadline(); ok {
+		// CRIU cannot be cancelled through swrk; bound at least the time it may take
+		// to freeze the tree.
+		if s := time.Until(d).Seconds(); s >= 1 {
+			ro.Timeout = proto.Uint32(uint32(s))
+		}
+	}
+	logFile := filepath.Join(workDir.Name(), logName)
+	err = c.run(ctx, opts.NetNS, func(cr *criu.Criu) error { return cr.Dump(ro, nil) })
+	if err != nil {
+		return nil, &CRIUError{Op: "dump", PID: opts.Pid, LogFile: logFile, LogTail: logTail(logFile), Err: err}
+	}
+	// CRIU creates files with the caller's umask; images hold the workload's memory, so
+	// they are made private whatever the umask was (the 0700 directory already keeps
+	// others out while CRIU writes).
+	if err := makePrivate(imgDir.Name()); err != nil {
+		return nil, fmt.Errorf("criu dump of pid %d: %w", opts.Pid, err)
+	}
+	if err := makePrivate(workDir.Name()); err != nil {
+		return nil, fmt.Errorf("criu dump of pid %d: %w", opts.Pid, err)
+	}
+	res := &DumpResult{LogFile: logFile}
+	if st, err := stats.CriuGetDumpStats(imgDir); err == nil {
+		res.Freezing = time.Duration(st.GetFreezingTime()) * time.Microsecond
+		res.Frozen = time.Duration(st.GetFrozenTime()) * time.Microsecond
+		res.Memdump = time.Duration(st.GetMemdumpTime()) * time.Microsecond
+		res.Memwrite = time.Duration(st.GetMemwriteTime()) * time.Microsecond
+		res.PagesWritten = st.GetPagesWritten()
+	}
+	res.ImageBytes, err = dirSize(imgDir.Name())
+	if err != nil {
+		return res, fmt.Errorf("criu dump of pid %d: measure images: %w", opts.Pid, err)
+	}
+	return res, nil
+}
+
+// RestoreOptions says what to restore and where.
+type RestoreOptions struct {
+	// ImagesDir holds the images of a dump.
+	ImagesDir string
+	// WorkDir receives the log (restore.log); empty means ImagesDir.
+	WorkDir string
+	// NetNS is the network namespace to restore into (the target node's); criu runs
+	// inside it. The tree gets fresh PID, IPC and UTS namespaces from the images.
+	NetNS string
+	// LogLevel is CRIU's log level (0-4); 0 means 4.
+	LogLevel int32
+	// BeforeResume, if set, is called with the host pid of the restored root while the
+	// tree is restored but not yet running. An error aborts the restore: CRIU kills
+	// the restored tree and removes what it created.
+	BeforeResume func(pid int) error
+}
+
+// RestoreResult reports on a restore.
+type RestoreResult struct {
+	// Pid is the host pid of the restored root. The caller is its parent (CRIU's
+	// rst_sibling) and must reap it.
+	Pid int
+	// Restore is CRIU's own measure of the restore; Forking the part spent creating tasks.
+	Restore, Forking time.Duration
+	LogFile          string
+}
+
+// Restore restores a dumped tree, detached from criu, as a child of the caller.
+func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
+	imgDir, workDir, err := openDirs(opts.ImagesDir, opts.WorkDir)
+	if err != nil {
+		return nil, fmt.Errorf("criu restore: %w", err)
+	}
+	defer imgDir.Close()
+	defer workDir.Close()
+	const logName = "restore.log"
+	ro := &rpc.CriuOpts{
+		ImagesDirFd: proto.Int32(int32(imgDir.Fd())),
+		WorkDirFd:   proto.Int32(int32(workDir.Fd())),
+		LogFile:     proto.String(logName),
+		LogLevel:    proto.Int32(logLevel(opts.LogLevel)),
+		RstSibling:  proto.Bool(true),
+	}
+	n := &restoreNotify{before: opts.BeforeResume}
+	logFile := filepath.Join(workDir.Name(), logName)
+	err = c.run(ctx, opts.NetNS, func(cr *criu.Criu) error { return cr.Restore(ro, n) })
+	if err != nil {
+		return nil, &CRIUError{Op: "restore", PID: n.pid, LogFile: logFile, LogTail: logTail(logFile), Err: err}
+	}
+	if n.pid <= 0 {
+		return nil, &CRIUError{Op: "restore", LogFile: logFile, LogTail: logTail(logFile),
+			Err: errors.New("criu reported success but never named the restored pid")}
+	}
+	res := &RestoreResult{Pid: n.pid, LogFile: logFile}
+	if st, err := stats.CriuGetRestoreStats(workDir); err == nil {
+		res.Restore = time.Duration(st.GetRestoreTime()) * time.Microsecond
+		res.Forking = time.Duration(st.GetForkingTime()) * time.Microsecond
+	} else if st, err := stats.CriuGetRestoreStats(imgDir); err == nil {
+		res.Restore = time.Duration(st.GetRestoreTime()) * time.Microsecond
+		res.Forking = time.Duration(st.GetForkingTime()) * time.Microsecond
+	}
+	return res, nil
+}
+
+type restoreNotify struct {
+	criu.NoNotify
+	before func(int) error
+	pid    int
+}
+
+func (n *restoreNotify) PostRestore(pid int32) error {
+	n.pid = int(pid)
+	if n.before != nil {
+		if err := n.before(int(pid)); err != nil {
+			return fmt.Errorf("before resume of restored pid %d: %w", pid, err)
+		}
+	}
+	return nil
+}
+
+// run executes one CRIU operation with a fresh swrk process started inside netns. The
+// RPC itself cannot be interrupted; ctx is checked before it starts.
+func (c *CRIU) run(ctx context.Context, netns string, op func(*criu.Criu) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if _, err := FindCRIU(c.Path); err != nil {
+		return err
+	}
+	cr := criu.MakeCriu()
+	cr.SetCriuPath(c.Path)
+	// go-criu starts `criu swrk` from the calling goroutine, so it inherits the thread's
+	// network namespace.
+	return nsutil.Do(nsutil.Net, netns, func() error { return op(cr) })
+}
+
+func logLevel(l int32) int32 {
+	if l <= 0 || l > 4 {
+		return 4
+	}
+	return l
+}
+
+// openDirs opens (creating with 0700) the images dir and the work dir.
+func openDirs(images, work string) (*os.File, *os.File, error) {
+	if images == "" {
+		return nil, nil, errors.New("no images directory given")
+	}
+	if work == "" {
+		work = images
+	}
+	for _, d := range []string{images, work} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, nil, err
+		}
+	}
+	img, err := os.Open(images)
+	if err != nil {
+		return nil, nil, err
+	}
+	wd, err := os.Open(work)
+	if err != nil {
+		img.Close()
+		return nil, nil, err
+	}
+	return img, wd, nil
+}
+
+// makePrivate removes group and other permissions from every file under dir.
+func makePrivate(dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 {
+			return os.Chmod(path, perm&^0o077)
+		}
+		return nil
+	})
+}
+
+func dirSize(dir string) (int64, error) {
+	var total int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			total += info.Size()
+		}
+		return nil
+	})
+	return total, err
+}
+
+// logTail returns the lines of a CRIU log worth showing with an error: the last error
+// lines CRIU wrote and the last few lines of the log.
+func logTail(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	const keepErrors, keepLast = 8, 6
+	var errs, last []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, "Error (") {
+			errs = append(errs, line)
+			if len(errs) > keepErrors {
+				errs = errs[1:]
+			}
+		}
+		last = append(last, line)
+		if len(last) > keepLast {
+			last = last[1:]
+		}
+	}
+	out := append([]string{}, errs...)
+	for _, l := range last {
+		dup := false
+		for _, e := range errs {
+			if e == l {
+				dup = true
+			}
+		}
+		if !dup {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,290 @@
+package migrate_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/migshm/migshm/internal/netnode"
+	"github.com/migshm/migshm/internal/testenv"
+	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/workload"
+)
+
+func TestMain(m *testing.M) {
+	workload.MaybeRunInit()
+	os.Exit(m.Run())
+}
+
+// started is a workload under test: its init and where its output goes.
+type started struct {
+	proc   *workload.Process
+	stdout string
+}
+
+func startWorkload(t *testing.T, netns string, args ...string) *started {
+	t.Helper()
+	dir := t.TempDir()
+	s := &started{stdout: filepath.Join(dir, "stdout")}
+	p, err := workload.Start(workload.Spec{
+		Args:   args,
+		Stdout: s.stdout,
+		Stderr: filepath.Join(dir, "stderr"),
+		NetNS:  netns,
+	})
+	if err != nil {
+		t.Fatalf("start %v: %v", args, err)
+	}
+	s.proc = p
+	t.Cleanup(func() { killAndReap(p) })
+	return s
+}
+
+// killAndReap kills an init (and so its namespace) and reaps it; errors mean it is gone.
+func killAndReap(p *workload.Process) {
+	_ = p.Kill()
+	_, _ = p.Wait()
+}
+
+// waitFor polls fn until it returns nil or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitOutput(t *testing.T, path, substr string) string {
+	t.Helper()
+	var out string
+	waitFor(t, fmt.Sprintf("%q in %s", substr, path), 10*time.Second, func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		out = string(b)
+		if !strings.Contains(out, substr) {
+			return fmt.Errorf("not yet; output so far: %q", out)
+		}
+		return nil
+	})
+	return out
+}
+
+// inIPC runs a tool inside the IPC namespace of pid.
+func inIPC(pid int, args ...string) (string, error) {
+	cmd := exec.Command("nsenter", append([]string{"--ipc=/proc/" + strconv.Itoa(pid) + "/ns/ipc", "--"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+var counterRE = regexp.MustCompile(`total=(\d+) sum=(\d+) workers=(\d+) ok=(\d)`)
+
+// counterCheck runs `shmcounter check` in the workload's IPC namespace and returns the
+// shared total after asserting the invariant total == sum of per-worker counts.
+func counterCheck(t *testing.T, bins testwork.Bins, pid int) uint64 {
+	t.Helper()
+	out, err := inIPC(pid, bins.ShmCounter, "check")
+	m := counterRE.FindStringSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("shmcounter check in ipc ns of %d: %v: %s", pid, err, out)
+	}
+	if m[4] != "1" || m[1] != m[2] {
+		t.Fatalf("invariant broken in ipc ns of %d: %s", pid, out)
+	}
+	total, _ := strconv.ParseUint(m[1], 10, 64)
+	return total
+}
+
+func segmentSums(t *testing.T, bins testwork.Bins, pid int) string {
+	t.Helper()
+	out, err := inIPC(pid, bins.ShmSum)
+	if err != nil {
+		t.Fatalf("shmsum in ipc ns of %d: %v: %s", pid, err, out)
+	}
+	return out
+}
+
+func procState(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+3 > len(s) {
+		return "", fmt.Errorf("bad stat %q", s)
+	}
+	return s[i+2 : i+3], nil
+}
+
+func netnsID(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatalf("stat %s: %v", path, err)
+	}
+	return st.Ino
+}
+
+// TestMoveSharedCounterBetweenNodes moves the semaphore-protected shared counter (four
+// workers, one segment, one semaphore set) from node 1's network namespace to node 2's
+// with the CRIU adapter, and proves nothing was lost: every segment's contents are equal
+// at the freeze and before the restored tree resumes, the invariant holds, the counter
+// keeps growing on node 2, and the source copy is gone.
+func TestMoveSharedCounterBetweenNodes(t *testing.T) {
+	c := testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	nodes := netnode.Up(t, 2)
+	ctx := context.Background()
+
+	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", "4")
+	waitOutput(t, w.stdout, "shmcounter ready")
+	first := counterCheck(t, bins, w.proc.Pid)
+
+	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
+	if err != nil {
+		t.Fatalf("preflight: %v", err)
+	}
+	if got := len(tree.Procs); got != 6 {
+		t.Fatalf("tree has %d processes, want 6 (init, parent, 4 workers): %v", got, tree.Procs)
+	}
+	if segs := tree.Segments(); len(segs) != 1 {
+		t.Fatalf("tree attaches %d segments, want 1: %v", len(segs), segs)
+	}
+	// Let the workers make progress, so the move carries a non-trivial state.
+	waitFor(t, "counter progress on node 1", 10*time.Second, func() error {
+		if n := counterCheck(t, bins, w.proc.Pid); n < first+50 {
+			return fmt.Errorf("total %d", n)
+		}
+		return nil
+	})
+
+	images := filepath.Join(t.TempDir(), "images")
+	dump, err := c.Dump(ctx, migrate.DumpOptions{
+		Pid: w.proc.Pid, ImagesDir: images, LeaveStopped: true, NetNS: nodes[0].NetNSPath,
+	})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	t.Logf("dump: frozen %v (freezing %v, memdump %v, memwrite %v), %d pages, images %d bytes",
+		dump.Frozen, dump.Freezing, dump.Memdump, dump.Memwrite, dump.PagesWritten, dump.ImageBytes)
+	// CRIU detaches with SIGSTOP queued: the state reads T once the signal is taken,
+	// and no user code runs in between.
+	for _, p := range tree.Procs {
+		waitFor(t, fmt.Sprintf("%v to be stopped after the dump", p), 5*time.Second, func() error {
+			if st, err := procState(p.Pid); err != nil || st != "T" {
+				return fmt.Errorf("state %q (%v)", st, err)
+			}
+			return nil
+		})
+	}
+	assertPrivateImages(t, images)
+	before := segmentSums(t, bins, w.proc.Pid)
+	if strings.Count(before, "shmid=") != 1 {
+		t.Fatalf("shmsum at the freeze: want one segment, got:\n%s", before)
+	}
+
+	var after string
+	res, err := c.Restore(ctx, migrate.RestoreOptions{
+		ImagesDir: images, WorkDir: t.TempDir(), NetNS: nodes[1].NetNSPath,
+		BeforeResume: func(pid int) error {
+			out, err := inIPC(pid, bins.ShmSum)
+			after = out
+			return err
+		},
+	})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	restored := workload.Attach(res.Pid)
+	t.Cleanup(func() { killAndReap(restored) })
+	t.Logf("restore: pid %d in %v (forking %v)", res.Pid, res.Restore, res.Forking)
+	if after != before {
+		t.Fatalf("segment contents differ:\nat the freeze on node 1:\n%s\nrestored on node 2:\n%s", before, after)
+	}
+
+	// Only now, with the copy on node 2 restored, the stopped source goes.
+	killAndReap(w.proc)
+	for _, p := range tree.Procs {
+		waitFor(t, fmt.Sprintf("source process %v to be gone", p), 5*time.Second, func() error {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", p.Pid)); err == nil {
+				return errors.New("still there")
+			}
+			return nil
+		})
+	}
+
+	if got, want := netnsID(t, fmt.Sprintf("/proc/%d/ns/net", res.Pid)), netnsID(t, nodes[1].NetNSPath); got != want {
+		t.Fatalf("restored tree lives in netns %d, want node 2's %d", got, want)
+	}
+	moved, err := migrate.Preflight{}.Check(res.Pid)
+	if err != nil {
+		t.Fatalf("restored tree: %v", err)
+	}
+	if len(moved.Procs) != len(tree.Procs) {
+		t.Fatalf("restored tree has %d processes, the source had %d", len(moved.Procs), len(tree.Procs))
+	}
+	if got, want := nsPids(moved), nsPids(tree); got != want {
+		t.Fatalf("pids inside the namespace after the move %v, before %v", got, want)
+	}
+	if moved.Init.IPCNS == tree.Init.IPCNS {
+		t.Fatalf("restored tree reuses the source IPC namespace %s", tree.Init.IPCNS)
+	}
+	atMove := counterCheck(t, bins, res.Pid)
+	waitFor(t, "counter progress on node 2", 10*time.Second, func() error {
+		if n := counterCheck(t, bins, res.Pid); n < atMove+50 {
+			return fmt.Errorf("total %d, was %d after the restore", n, atMove)
+		}
+		return nil
+	})
+	if b, _ := os.ReadFile(w.stdout); strings.Contains(string(b), "died") {
+		t.Fatalf("workload reported a dead worker:\n%s", b)
+	}
+}
+
+// nsPids lists the pids of a tree as seen inside its own PID namespace, sorted.
+func nsPids(tree *workload.Tree) string {
+	ids := make([]int, 0, len(tree.Procs))
+	for _, p := range tree.Procs {
+		ids = append(ids, p.NSpid[len(p.NSpid)-1])
+	}
+	sort.Ints(ids)
+	return fmt.Sprint(ids)
+}
+
+// assertPrivateImages checks that no image file or the images dir is readable by others.
+func assertPrivateImages(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if info.Mode().Perm()&0o007 != 0 {
+			return fmt.Errorf("%s has mode %v: images must not be world-accessible", path, info.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,149 @@
+package workload
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+
+	"github.com/migshm/migshm/internal/nsutil"
+	"golang.org/x/sys/unix"
+)
+
+// initArg0 is the argv[0] under which the daemon's binary acts as a workload's init.
+const initArg0 = "migshm-init"
+
+// envHostname passes the UTS hostname from the launcher to the init.
+const envHostname = "MIGSHM_INIT_HOSTNAME"
+
+// Spec says what to start and where.
+type Spec struct {
+	// Args is the command and its arguments; Args[0] is looked up in PATH.
+	Args []string
+	// Env is the command's environment; nil means the launcher's.
+	Env []string
+	// Dir is the working directory; empty means "/".
+	Dir string
+	// Stdout and Stderr are files the workload writes to. They are opened append-only
+	// (CRIU then does not insist on their size at restore) and created with mode 0600.
+	// Empty means /dev/null.
+	Stdout, Stderr string
+	// Hostname is set in the workload's own UTS namespace; empty keeps the host's.
+	Hostname string
+	// NetNS is the path of a network namespace to start the workload in (a node's
+	// namespace, /run/netns/NAME); empty means the launcher's own.
+	NetNS string
+	// InitPath is the executable that acts as init; empty means this binary, which must
+	// then call MaybeRunInit first thing in main (or TestMain).
+	InitPath string
+}
+
+// Process is a started workload: the host view of its init.
+type Process struct {
+	// Pid is the host pid of the workload's init (PID 1 inside its namespace).
+	Pid  int
+	proc *os.Process
+}
+
+// Start launches spec's command under a fresh init in new PID, IPC and UTS namespaces.
+// The caller becomes the init's parent and must Wait for it (or hand that to whoever
+// restores it after a migration).
+func Start(spec Spec) (*Process, error) {
+	if len(spec.Args) == 0 || spec.Args[0] == "" {
+		return nil, errors.New("start workload: no command given")
+	}
+	path, err := exec.LookPath(spec.Args[0])
+	if err != nil {
+		return nil, fmt.Errorf("start workload: %w", err)
+	}
+	if !filepath.IsAbs(path) {
+		if path, err = filepath.Abs(path); err != nil {
+			return nil, fmt.Errorf("start workload: %w", err)
+		}
+	}
+	initPath := spec.InitPath
+	if initPath == "" {
+		if initPath, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("start workload: find own executable for init: %w", err)
+		}
+	}
+	stdin, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("start workload: %w", err)
+	}
+	defer stdin.Close()
+	stdout, err := openLog(spec.Stdout)
+	if err != nil {
+		return nil, fmt.Errorf("start workload: stdout: %w", err)
+	}
+	defer stdout.Close()
+	stderr, err := openLog(spec.Stderr)
+	if err != nil {
+		return nil, fmt.Errorf("start workload: stderr: %w", err)
+	}
+	defer stderr.Close()
+
+	env := spec.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	initEnv := append([]string{}, env...)
+	if spec.Hostname != "" {
+		initEnv = append(initEnv, envHostname+"="+spec.Hostname)
+	}
+	dir := spec.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	cmd := &exec.Cmd{
+		Path:   initPath,
+		Args:   append([]string{initArg0, "--", path}, spec.Args[1:]...),
+		Env:    initEnv,
+		Dir:    dir,
+		Stdin:  stdin,
+		Stdout: stdout,
+		Stderr: stderr,
+		SysProcAttr: &syscall.SysProcAttr{
+			// Setsid runs in the child after clone, so the session leader is PID 1 of the
+			// new PID namespace, which is what CRIU requires.
+			Setsid:     true,
+			Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
+		},
+	}
+	if err := nsutil.Do(nsutil.Net, spec.NetNS, cmd.Start); err != nil {
+		return nil, fmt.Errorf("start workload %s: %w", spec.Args[0], err)
+	}
+	return &Process{Pid: cmd.Process.Pid, proc: cmd.Process}, nil
+}
+
+// Attach returns a Process for an init that is already this process's child, such as a
+// tree CRIU restored with the caller as parent.
+func Attach(pid int) *Process {
+	p, _ := os.FindProcess(pid) // never fails on Unix
+	return &Process{Pid: pid, proc: p}
+}
+
+// Wait waits for the init to exit and returns its status. The init exits with its
+// command's status.
+func (p *Process) Wait() (*os.ProcessState, error) {
+	return p.proc.Wait()
+}
+
+// Signal sends sig to the init, which forwards it to the command.
+func (p *Process) Signal(sig os.Signal) error {
+	return p.proc.Signal(sig)
+}
+
+// Kill kills the init; the kernel then kills every process of its PID namespace.
+func (p *Process) Kill() error {
+	return p.proc.Kill()
+}
+
+func openLog(path string) (*os.File, error) {
+	if path == "" {
+		return os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	}
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+}

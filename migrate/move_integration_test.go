@@ -204,13 +204,28 @@ func TestMoveSharedCounterBetweenNodes(t *testing.T) {
 		t.Fatalf("shmsum at the freeze: want one segment, got:\n%s", before)
 	}
 
+	digests, err := workload.DigestSegments(w.proc.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(digests) != 1 || digests[0].Size != 4096 {
+		t.Fatalf("digests at the freeze: %+v, want one 4096-byte segment", digests)
+	}
+
+	// Two independent checks of the restored segments while the tree is not yet
+	// running: the product's own (VerifySegments, which aborts the restore on a
+	// difference) and the C shmsum tool.
 	var after string
+	verify := migrate.VerifySegments(digests)
 	res, err := c.Restore(ctx, migrate.RestoreOptions{
 		ImagesDir: images, WorkDir: t.TempDir(), NetNS: nodes[1].NetNSPath,
 		BeforeResume: func(pid int) error {
 			out, err := inIPC(pid, bins.ShmSum)
 			after = out
-			return err
+			if err != nil {
+				return err
+			}
+			return verify(pid)
 		},
 	})
 	if err != nil {

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/workload"
+	"github.com/urfave/cli/v2"
+)
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "migshm",
+		Usage: "move running programs that use SysV shared memory between Linux nodes",
+		Description: "migshm moves process trees together with their SysV shared memory segments\n" +
+			"between the nodes of a cluster, using CRIU.",
+		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "criu", Usage: "criu binary to use", EnvVars: []string{migrate.EnvCRIU},
+				DefaultText: migrate.DefaultCRIUPrefix + "/bin/criu"},
+		},
+		Commands: []*cli.Command{doctorCommand(), checkCommand()},
+	}
+}
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print the result as JSON"}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// doctorReport is what `migshm doctor` finds.
+type doctorReport struct {
+	OK          bool            `json:"ok"`
+	Root        bool            `json:"root"`
+	Kernel      string          `json:"kernel"`
+	CRIU        string          `json:"criu"`
+	CRIUVersion string          `json:"criu_version,omitempty"`
+	Features    map[string]bool `json:"criu_features,omitempty"`
+	PipeMaxSize int             `json:"pipe_max_size"`
+	Problems    []string        `json:"problems,omitempty"`
+}
+
+func doctorCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "doctor",
+		Usage: "check that this machine can checkpoint and restore workloads",
+		Description: "Runs `criu check` with the CRIU migshm uses (never the one in PATH), lists the\n" +
+			"optional CRIU features it reports, and checks root and kernel settings.\n\n" +
+			"Examples:\n  migshm doctor\n  migshm doctor --json",
+		Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			r := doctorReport{Root: os.Geteuid() == 0}
+			if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+				r.Kernel = strings.TrimSpace(string(b))
+			}
+			if !r.Root {
+				r.Problems = append(r.Problems, "not running as root: CRIU and namespaces need root")
+			}
+			path, err := migrate.FindCRIU(c.String("criu"))
+			r.CRIU = path
+			if err != nil {
+				r.Problems = append(r.Problems, err.Error())
+			} else if r.Root {
+				ctx, cancel := context.WithTimeout(c.Context, time.Minute)
+				caps, err := (&migrate.CRIU{Path: path}).Check(ctx)
+				cancel()
+				if err != nil {
+					r.Problems = append(r.Problems, err.Error())
+				} else {
+					r.CRIUVersion, r.Features = caps.Version, caps.Features
+				}
+			}
+			if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+				r.PipeMaxSize, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+			}
+			r.OK = len(r.Problems) == 0
+			if c.Bool("json") {
+				if err := printJSON(c.App.Writer, r); err != nil {
+					return err
+				}
+			} else {
+				w := c.App.Writer
+				fmt.Fprintf(w, "kernel         %s\n", r.Kernel)
+				fmt.Fprintf(w, "root           %v\n", r.Root)
+				fmt.Fprintf(w, "criu           %s %s\n", r.CRIU, r.CRIUVersion)
+				for _, f := range migrate.OptionalFeatures {
+					if v, ok := r.Features[f]; ok {
+						fmt.Fprintf(w, "  %-16s %s\n", f, map[bool]string{true: "yes", false: "no"}[v])
+					}
+				}
+				fmt.Fprintf(w, "pipe-max-size  %d\n", r.PipeMaxSize)
+				for _, p := range r.Problems {
+					fmt.Fprintf(w, "problem: %s\n", p)
+				}
+			}
+			if !r.OK {
+				return errors.New("this machine cannot move workloads yet; fix the problems above (scripts/setup does most of it)")
+			}
+			return nil
+		},
+	}
+}
+
+// checkReport is what `migshm check` finds.
+type checkReport struct {
+	Pid      int                   `json:"pid"`
+	Movable  bool                  `json:"movable"`
+	Init     int                   `json:"init,omitempty"`
+	Procs    []workload.Proc       `json:"processes,omitempty"`
+	Segments []workload.Attachment `json:"segments,omitempty"`
+	Reason   migrate.Reason        `json:"reason,omitempty"`
+	Detail   string                `json:"detail,omitempty"`
+}
+
+func checkCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "check",
+		Usage:     "say whether the workload of a process could be moved, and why not",
+		ArgsUsage: "PID",
+		Description: "Reads /proc only (nothing is stopped or dumped) and checks what CRIU needs to move\n" +
+			"the process tree with its SysV shared memory intact: the tree has PID and IPC\n" +
+			"namespaces of its own, no process outside it shares its IPC namespace, no SysV\n" +
+			"segment is attached in the host IPC namespace. PID may be any process of the tree.\n" +
+			"Exits 0 when movable, 1 (with the reason) when not.\n\n" +
+			"Examples:\n  migshm check 4242\n  migshm check --json 4242",
+		Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("check needs exactly one PID (got %d arguments); see `migshm check --help`", c.NArg())
+			}
+			pid, err := strconv.Atoi(c.Args().First())
+			if err != nil || pid <= 0 {
+				return fmt.Errorf("%q is not a process id", c.Args().First())
+			}
+			tree, err := migrate.Preflight{}.Check(pid)
+			r := checkReport{Pid: pid, Movable: err == nil}
+			var nm *migrate.NotMovableError
+			switch {
+			case err == nil:
+				r.Init, r.Procs, r.Segments = tree.Init.Pid, tree.Procs, tree.Segments()
+			case errors.As(err, &nm):
+				r.Reason, r.Detail, r.Procs = nm.Reason, nm.Detail, nm.Procs
+			case errors.Is(err, workload.ErrNoProcess):
+				return fmt.Errorf("no process with pid %d on this node", pid)
+			default:
+				return fmt.Errorf("check pid %d: %w", pid, err)
+			}
+			if c.Bool("json") {
+				if err := printJSON(c.App.Writer, r); err != nil {
+					return err
+				}
+			} else if r.Movable {
+				fmt.Fprintf(c.App.Writer, "pid %d: movable: workload init %d, %d processes, %d SysV segments attached\n",
+					pid, r.Init, len(r.Procs), len(r.Segments))
+			}
+			if err != nil {
+				return err
+			}
+			return nil
+		},
+	}
+}

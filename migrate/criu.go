@@ -17,6 +17,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/migshm/migshm/internal/nsutil"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -244,6 +245,14 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 	logFile := filepath.Join(workDir.Name(), logName)
 	err = c.run(ctx, opts.NetNS, func(cr *criu.Criu) error { return cr.Restore(ro, n) })
 	if err != nil {
+		if n.pid > 0 {
+			// The tree was restored as our child and the restore failed after that
+			// (BeforeResume refused it, or CRIU failed later): CRIU kills it on the
+			// way out; make sure it is dead and reap it, so nothing is left on the
+			// target, not even a zombie holding the pid.
+			_ = unix.Kill(n.pid, unix.SIGKILL)
+			_, _ = unix.Wait4(n.pid, nil, 0, nil)
+		}
 		return nil, &CRIUError{Op: "restore", PID: n.pid, LogFile: logFile, LogTail: logTail(logFile), Err: err}
 	}
 	if n.pid <= 0 {
@@ -330,6 +339,11 @@ func makePrivate(dir string) error {
 	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if d.Type()&fs.ModeSymlink != 0 {
+			// Chmod would follow it, possibly out of dir (CRIU's "parent" link to
+			// the previous images): a symlink's own mode means nothing.
+			return nil
 		}
 		info, err := d.Info()
 		if err != nil {

@@ -1,0 +1,190 @@
+package workload_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/migshm/migshm/internal/testenv"
+	"github.com/migshm/migshm/workload"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	workload.MaybeRunInit()
+	os.Exit(m.Run())
+}
+
+func waitFile(t *testing.T, path, substr string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), substr) {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in %s after 10s; it has %q", substr, path, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readlink(t *testing.T, path string) string {
+	t.Helper()
+	s, err := os.Readlink(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestStartShape checks the shape CRIU needs: the init is PID 1 of fresh PID, IPC and UTS
+// namespaces, a session leader there, stdin on /dev/null, output appended to private
+// files, the hostname set; signals reach the command and its status comes back.
+func TestStartShape(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	out, errf := filepath.Join(dir, "out"), filepath.Join(dir, "err")
+	if err := os.WriteFile(out, []byte("earlier line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The command reports who it is, leaves an orphan that exits soon (the init must
+	// reap it), then waits for SIGTERM and exits 7.
+	script := `trap 'echo got-term; exit 7' TERM
+echo "pid=$$ host=$(hostname)"
+ls -l /proc/self/fd/0 >&2
+(sleep 0.2 &)
+echo ready
+while :; do sleep 0.05; done`
+	p, err := workload.Start(workload.Spec{
+		Args: []string{"sh", "-c", script}, Stdout: out, Stderr: errf, Hostname: "wl-test",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Kill(); _, _ = p.Wait() })
+	got := waitFile(t, out, "ready")
+	if !strings.HasPrefix(got, "earlier line\n") {
+		t.Errorf("stdout was not appended to: %q", got)
+	}
+	if !strings.Contains(got, "host=wl-test") {
+		t.Errorf("hostname not set in the workload's UTS namespace: %q", got)
+	}
+	if h, _ := os.Hostname(); h == "wl-test" {
+		t.Fatal("the host's hostname changed")
+	}
+	if e := waitFile(t, errf, "/dev/null"); !strings.Contains(e, "/dev/null") {
+		t.Errorf("stdin is not /dev/null: %q", e)
+	}
+	for _, f := range []string{out, errf} {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v, want private", f, st.Mode().Perm())
+		}
+	}
+	init, err := workload.ReadProc("/proc", p.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := init.NSpid; len(n) != 2 || n[1] != 1 {
+		t.Errorf("init NSpid %v, want [hostpid 1]", n)
+	}
+	for _, ns := range []string{"pid", "ipc", "uts"} {
+		if readlink(t, fmt.Sprintf("/proc/%d/ns/%s", p.Pid, ns)) == readlink(t, "/proc/self/ns/"+ns) {
+			t.Errorf("init shares the launcher's %s namespace", ns)
+		}
+	}
+	for _, ns := range []string{"net", "mnt"} {
+		if readlink(t, fmt.Sprintf("/proc/%d/ns/%s", p.Pid, ns)) != readlink(t, "/proc/self/ns/"+ns) {
+			t.Errorf("init has its own %s namespace; it should keep the launcher's", ns)
+		}
+	}
+	// The command sees itself with its pid inside the namespace, as the init's child.
+	all, _, err := workload.ReadAll("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmdProc *workload.Proc
+	for i := range all {
+		if all[i].PPid == p.Pid && all[i].Comm == "sh" {
+			cmdProc = &all[i]
+		}
+	}
+	if cmdProc == nil {
+		t.Fatalf("no sh child of init %d", p.Pid)
+	}
+	if nsPid := cmdProc.NSpid[len(cmdProc.NSpid)-1]; nsPid == cmdProc.Pid || !strings.Contains(got, fmt.Sprintf("pid=%d ", nsPid)) {
+		t.Errorf("command reports %q; its pid inside the namespace is %d (host %d)", got, nsPid, cmdProc.Pid)
+	}
+	sid, err := unix.Getsid(p.Pid)
+	if err != nil || sid != p.Pid {
+		t.Errorf("init session id %d (%v), want itself %d", sid, err, p.Pid)
+	}
+
+	// The orphan exits after 0.2 s: the init reaps it, so no zombie stays in the tree.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		all, _, err := workload.ReadAll("/proc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree, err := workload.FindTree(all, p.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		zombies := 0
+		for _, q := range tree.Procs {
+			if b, _ := os.ReadFile("/proc/" + strconv.Itoa(q.Pid) + "/stat"); strings.Contains(string(b), ") Z ") {
+				zombies++
+			}
+		}
+		sleeps := 0
+		for _, q := range tree.Procs {
+			if q.Comm == "sleep" && q.PPid == p.Pid {
+				sleeps++
+			}
+		}
+		if zombies == 0 && sleeps == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan not reaped: %d zombies, %d adopted sleeps left in %v", zombies, sleeps, tree.Procs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ExitCode() != 7 {
+		t.Fatalf("init exit code %d, want the command's 7", st.ExitCode())
+	}
+	waitFile(t, out, "got-term")
+}
+
+func TestStartErrors(t *testing.T) {
+	if _, err := workload.Start(workload.Spec{}); err == nil {
+		t.Error("empty command: no error")
+	}
+	if _, err := workload.Start(workload.Spec{Args: []string{"/nonexistent/cmd"}}); err == nil {
+		t.Error("missing binary: no error")
+	}
+	testenv.RequireRoot(t)
+	if _, err := workload.Start(workload.Spec{Args: []string{"true"}, NetNS: "/nonexistent/netns"}); err == nil ||
+		!strings.Contains(err.Error(), "/nonexistent/netns") {
+		t.Errorf("bad netns: got %v, want an error naming it", err)
+	}
+}

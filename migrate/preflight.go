@@ -1,6 +1,7 @@
 package migrate
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -75,6 +76,15 @@ func checkMovable(all []workload.Proc, self workload.Proc, hostIPC string) (*wor
 			"%s has SysV shared memory attached in the host IPC namespace (%s); CRIU can move SysV "+
 				"segments only when the workload has an IPC namespace of its own: start it with "+
 				"`migshm run -- CMD`", procList(hostSysV), strings.Join(ids, ", "))
+	}
+	if errors.Is(err, workload.ErrNoProcess) {
+		// pid exited between the two reads of /proc: there is nothing to refuse.
+		return nil, err
+	}
+	if err != nil && !errors.Is(err, workload.ErrNotInPidNS) {
+		// In a PID namespace, but not below its init (entered with setns, say).
+		return nil, refuse(ReasonNoPidNS, []workload.Proc{self},
+			"%v, so CRIU cannot dump it as part of a workload: start it with `migshm run -- CMD`", err)
 	}
 	if err != nil {
 		return nil, refuse(ReasonNoPidNS, []workload.Proc{self},

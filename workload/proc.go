@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ErrNoProcess is returned when a pid does not name a live process.
@@ -51,7 +52,7 @@ func ReadProc(procRoot string, pid int) (Proc, error) {
 	err = parseStatus(f, &p)
 	f.Close()
 	if err != nil {
-		return p, fmt.Errorf("pid %d: status: %w", pid, err)
+		return p, readErr(pid, "status", err)
 	}
 	if p.PidNS, err = os.Readlink(filepath.Join(dir, "ns", "pid")); err != nil {
 		return p, nsErr(pid, err)
@@ -66,9 +67,18 @@ func ReadProc(procRoot string, pid int) (Proc, error) {
 	p.SysV, err = ParseSysVMaps(m)
 	m.Close()
 	if err != nil {
-		return p, fmt.Errorf("pid %d: maps: %w", pid, err)
+		return p, readErr(pid, "maps", err)
 	}
 	return p, nil
+}
+
+// readErr reports a failed read of an opened /proc file. Reading a file of a process
+// that was reaped after the open fails with ESRCH: that process is gone, not broken.
+func readErr(pid int, file string, err error) error {
+	if errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("pid %d: %s: %w (%w)", pid, file, ErrNoProcess, err)
+	}
+	return fmt.Errorf("pid %d: %s: %w", pid, file, err)
 }
 
 func nsErr(pid int, err error) error {

@@ -39,20 +39,30 @@ func FindTree(all []Proc, pid int) (*Tree, error) {
 		return nil, fmt.Errorf("pid %d (%s): %w", p.Pid, p.Comm, ErrNotInPidNS)
 	}
 	init := p
+	// all is read one process at a time, so a pid reused during the read can make the
+	// parent links loop: never visit a process twice.
+	seen := map[int]bool{init.Pid: true}
 	for !(init.NSpid[len(init.NSpid)-1] == 1 && len(init.NSpid) == len(p.NSpid)) {
 		parent, ok := byPid[init.PPid]
-		if !ok || len(parent.NSpid) < len(p.NSpid) {
+		if !ok || len(parent.NSpid) < len(p.NSpid) || seen[parent.Pid] {
 			return nil, fmt.Errorf("pid %d (%s): cannot find the init of its PID namespace %s", p.Pid, p.Comm, p.PidNS)
 		}
+		seen[parent.Pid] = true
 		init = parent
 	}
 	t := &Tree{Init: init}
 	queue := []int{init.Pid}
+	seen = map[int]bool{init.Pid: true}
 	for len(queue) > 0 {
 		cur := queue[0]
 		queue = queue[1:]
 		t.Procs = append(t.Procs, byPid[cur])
-		queue = append(queue, children[cur]...)
+		for _, c := range children[cur] {
+			if !seen[c] {
+				seen[c] = true
+				queue = append(queue, c)
+			}
+		}
 	}
 	sort.Slice(t.Procs, func(i, j int) bool { return t.Procs[i].Pid < t.Procs[j].Pid })
 	return t, nil

@@ -52,6 +52,9 @@ const (
 	// ReasonIPCShared: processes outside the tree share its IPC namespace; dumping would
 	// silently fork every segment they share.
 	ReasonIPCShared Reason = "ipc-shared-outside"
+	// ReasonPidShared: processes entered the workload's PID namespace from outside
+	// (setns); they are not below its init, so CRIU would not dump them.
+	ReasonPidShared Reason = "pid-ns-entered-from-outside"
 	// ReasonMixedIPC: processes of the tree live in different IPC namespaces.
 	ReasonMixedIPC Reason = "mixed-ipc-namespaces"
 	// ReasonNestedPidNS: the tree contains a nested PID namespace, which CRIU cannot dump.

@@ -117,6 +117,18 @@ func checkMovable(all []workload.Proc, self workload.Proc, hostIPC string) (*wor
 			"the workload of %s shares the host IPC namespace; it needs one of its own: start it with "+
 				"`migshm run -- CMD`", tree.Init)
 	}
+	var entered []workload.Proc
+	for _, p := range all {
+		if p.PidNS == tree.Init.PidNS && !tree.Contains(p.Pid) {
+			entered = append(entered, p)
+		}
+	}
+	if len(entered) > 0 {
+		return nil, refuse(ReasonPidShared, entered,
+			"%s entered the PID namespace of the workload of %s from outside (nsenter/setns); they are not "+
+				"part of its process tree, so CRIU would leave them behind: stop them first",
+			procList(entered), tree.Init)
+	}
 	var outside []workload.Proc
 	for _, p := range all {
 		if p.IPCNS == ipc && !tree.Contains(p.Pid) {

@@ -155,6 +155,16 @@ func TestCheckMovable(t *testing.T) {
 			reason: ReasonNoPidNS, procs: []int{7001},
 			want: []string{"cannot find the init of its PID namespace " + fxWorkPidNS},
 		},
+		{
+			// The same intruder, seen when checking the workload itself.
+			name: "PID namespace entered from outside", pid: 4001,
+			all: fxJoin(nil, fxHost(), fxWork(), []workload.Proc{
+				{Pid: 7000, PPid: 1, Comm: "nsenter", NSpid: []int{7000}, PidNS: fxHostPidNS, IPCNS: fxOtherIPCNS},
+				{Pid: 7001, PPid: 7000, Comm: "sh", NSpid: []int{7001, 9}, PidNS: fxWorkPidNS, IPCNS: fxOtherIPCNS},
+			}),
+			reason: ReasonPidShared, procs: []int{7001},
+			want: []string{"process 7001 (sh) entered the PID namespace", "4000 (migshm-init)"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

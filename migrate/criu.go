@@ -374,6 +374,13 @@ func dirSize(dir string) (int64, error) {
 	return total, err
 }
 
+// harmless tells CRIU error lines that do not explain a failure: without
+// CAP_SYS_RESOURCE (containers, some sandboxes) every run logs that it cannot raise its
+// own RLIMIT_NOFILE, and goes on.
+func harmless(line string) bool {
+	return strings.Contains(line, "Can't setup RLIMIT_NOFILE for self")
+}
+
 // logTail returns the lines of a CRIU log worth showing with an error: the last error
 // lines CRIU wrote and the last few lines of the log.
 func logTail(path string) string {
@@ -388,7 +395,7 @@ func logTail(path string) string {
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.Contains(line, "Error (") {
+		if strings.Contains(line, "Error (") && !harmless(line) {
 			errs = append(errs, line)
 			if len(errs) > keepErrors {
 				errs = errs[1:]

@@ -1,0 +1,149 @@
+package shmowner
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// MessageType is the first byte of every log entry; the rest is the JSON body.
+// Values are part of the log format: never renumber or reuse one.
+type MessageType uint8
+
+// Message types. Each names its body type.
+const (
+	RegisterNodeType      MessageType = 1  // RegisterNodeRequest
+	RemoveNodeType        MessageType = 2  // RemoveNodeRequest
+	SetNodeStateType      MessageType = 3  // SetNodeStateRequest
+	ReportLoadType        MessageType = 4  // ReportLoadRequest
+	UpsertWorkloadType    MessageType = 5  // UpsertWorkloadRequest
+	RemoveWorkloadType    MessageType = 6  // RemoveWorkloadRequest
+	SetWorkloadStateType  MessageType = 7  // SetWorkloadStateRequest
+	SetSegmentsType       MessageType = 8  // SetSegmentsRequest
+	PlanMigrationType     MessageType = 9  // PlanMigrationRequest
+	SetMigrationPhaseType MessageType = 10 // SetMigrationPhaseRequest
+)
+
+// IgnoreUnknownFlag marks a message type that a node which does not know it may skip
+// (Apply returns nil). New commands that old nodes can safely miss set it, so a rolling
+// upgrade never crashes an old node; an unknown type without it panics.
+const IgnoreUnknownFlag MessageType = 128
+
+var typeNames = map[MessageType]string{
+	RegisterNodeType:      "RegisterNode",
+	RemoveNodeType:        "RemoveNode",
+	SetNodeStateType:      "SetNodeState",
+	ReportLoadType:        "ReportLoad",
+	UpsertWorkloadType:    "UpsertWorkload",
+	RemoveWorkloadType:    "RemoveWorkload",
+	SetWorkloadStateType:  "SetWorkloadState",
+	SetSegmentsType:       "SetSegments",
+	PlanMigrationType:     "PlanMigration",
+	SetMigrationPhaseType: "SetMigrationPhase",
+}
+
+func (t MessageType) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("MessageType(%d)", uint8(t))
+}
+
+// Encode builds a log entry: the type byte followed by the JSON encoding of body.
+func Encode(t MessageType, body any) ([]byte, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", t, err)
+	}
+	out := make([]byte, 0, len(b)+1)
+	out = append(out, byte(t))
+	return append(out, b...), nil
+}
+
+// RegisterNodeRequest adds a node, or updates the addresses of a known one; either way
+// its state becomes active. A known node keeps its last load report.
+type RegisterNodeRequest struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+}
+
+// RemoveNodeRequest deletes a node's record.
+type RemoveNodeRequest struct {
+	ID string `json:"id"`
+}
+
+// SetNodeStateRequest sets a node's state.
+type SetNodeStateRequest struct {
+	ID    string    `json:"id"`
+	State NodeState `json:"state"`
+}
+
+// ReportLoadRequest records a node's load. At (unix nanos) is taken by the reporter;
+// a report older than the one already recorded is ignored.
+type ReportLoadRequest struct {
+	ID   string     `json:"id"`
+	Load LoadVector `json:"load"`
+	At   int64      `json:"at"`
+}
+
+// UpsertWorkloadRequest adds or replaces a workload. Its node must be registered; an
+// empty State means running; State may not be migrating (only PlanMigration sets it),
+// and a workload with a migration in flight cannot be replaced.
+type UpsertWorkloadRequest struct {
+	Workload Workload `json:"workload"`
+}
+
+// RemoveWorkloadRequest deletes a workload (not while a migration is in flight). When the
+// last workload of an IPC group goes, the group's segments go with it.
+type RemoveWorkloadRequest struct {
+	ID string `json:"id"`
+}
+
+// SetWorkloadStateRequest sets a workload's state to running or exited. Exited is allowed
+// while a migration is in flight (the workload died; the migration is then aborted);
+// running is not.
+type SetWorkloadStateRequest struct {
+	ID         string        `json:"id"`
+	State      WorkloadState `json:"state"`
+	ExitStatus int           `json:"exit_status"`
+}
+
+// SegmentInfo is one segment as the owner node observes it.
+type SegmentInfo struct {
+	Shmid int    `json:"shmid"`
+	Key   uint32 `json:"key"`
+	Size  uint64 `json:"size"`
+	Mode  uint32 `json:"mode"`
+}
+
+// SetSegmentsRequest replaces the full segment list of an IPC group as observed by Node,
+// the owner node. Segments that stay keep their owner, replicas and epoch; new ones get
+// Owner=Node, Epoch=1; missing ones are deleted. Node must own every segment the group
+// already has (ErrNotOwner), so a stale report from a former owner is rejected.
+type SetSegmentsRequest struct {
+	Node     string        `json:"node"`
+	Group    string        `json:"group"`
+	Segments []SegmentInfo `json:"segments"`
+}
+
+// PlanMigrationRequest records a new migration of Workload from its current node to
+// Target. Epoch must be the current epoch of the workload's group (Table.GroupEpoch).
+type PlanMigrationRequest struct {
+	ID       string `json:"id"`
+	Workload string `json:"workload"`
+	Target   string `json:"target"`
+	Epoch    uint64 `json:"epoch"`
+	At       int64  `json:"at"` // unix nanos
+}
+
+// SetMigrationPhaseRequest moves a migration to Phase. Epoch must be the migration's
+// epoch. Bytes, if non-zero, replaces the shipped byte count; Error, if non-empty, is
+// recorded (normally with PhaseAborted).
+type SetMigrationPhaseRequest struct {
+	ID    string `json:"id"`
+	Phase Phase  `json:"phase"`
+	Epoch uint64 `json:"epoch"`
+	At    int64  `json:"at"` // unix nanos
+	Bytes uint64 `json:"bytes,omitempty"`
+	Error string `json:"error,omitempty"`
+}

@@ -1,0 +1,440 @@
+package shmowner
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// FSM is the raft state machine holding the ownership table.
+type FSM struct {
+	mu sync.RWMutex
+	t  *Table
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// NewFSM returns an FSM with an empty table.
+func NewFSM() *FSM { return &FSM{t: NewTable()} }
+
+// Table returns a deep copy of the current table.
+func (f *FSM) Table() *Table {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.t.clone()
+}
+
+// Apply applies one committed log entry. It returns nil or an error (a rule violation,
+// wrapping a sentinel); it panics on an entry it cannot decode.
+func (f *FSM) Apply(l *raft.Log) any {
+	if err := f.apply(l.Data); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (f *FSM) apply(data []byte) error {
+	if len(data) == 0 {
+		panic("shmowner: empty log entry")
+	}
+	t := MessageType(data[0])
+	body := data[1:]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch t {
+	case RegisterNodeType:
+		var r RegisterNodeRequest
+		decode(t, body, &r)
+		return f.t.registerNode(r)
+	case RemoveNodeType:
+		var r RemoveNodeRequest
+		decode(t, body, &r)
+		return f.t.removeNode(r)
+	case SetNodeStateType:
+		var r SetNodeStateRequest
+		decode(t, body, &r)
+		return f.t.setNodeState(r)
+	case ReportLoadType:
+		var r ReportLoadRequest
+		decode(t, body, &r)
+		return f.t.reportLoad(r)
+	case UpsertWorkloadType:
+		var r UpsertWorkloadRequest
+		decode(t, body, &r)
+		return f.t.upsertWorkload(r)
+	case RemoveWorkloadType:
+		var r RemoveWorkloadRequest
+		decode(t, body, &r)
+		return f.t.removeWorkload(r)
+	case SetWorkloadStateType:
+		var r SetWorkloadStateRequest
+		decode(t, body, &r)
+		return f.t.setWorkloadState(r)
+	case SetSegmentsType:
+		var r SetSegmentsRequest
+		decode(t, body, &r)
+		return f.t.setSegments(r)
+	case PlanMigrationType:
+		var r PlanMigrationRequest
+		decode(t, body, &r)
+		return f.t.planMigration(r)
+	case SetMigrationPhaseType:
+		var r SetMigrationPhaseRequest
+		decode(t, body, &r)
+		return f.t.setMigrationPhase(r)
+	}
+	if t&IgnoreUnknownFlag != 0 {
+		return nil
+	}
+	// We have to panic so that our state doesn't diverge: a node that cannot apply an
+	// entry must not go on as if it had.
+	panic(fmt.Sprintf("shmowner: unknown message type %d", uint8(t)))
+}
+
+func decode(t MessageType, body []byte, v any) {
+	if err := json.Unmarshal(body, v); err != nil {
+		// We have to panic so that our state doesn't diverge.
+		panic(fmt.Sprintf("shmowner: decode %s: %v", t, err))
+	}
+}
+
+func (t *Table) registerNode(r RegisterNodeRequest) error {
+	if r.ID == "" {
+		return fmt.Errorf("register node: empty id: %w", ErrInvalid)
+	}
+	n := t.nodes[r.ID]
+	n.ID, n.RaftAddr, n.APIAddr, n.State = r.ID, r.RaftAddr, r.APIAddr, NodeActive
+	t.nodes[r.ID] = n
+	return nil
+}
+
+func (t *Table) removeNode(r RemoveNodeRequest) error {
+	if _, ok := t.nodes[r.ID]; !ok {
+		return fmt.Errorf("remove node %q: %w", r.ID, ErrUnknownNode)
+	}
+	delete(t.nodes, r.ID)
+	return nil
+}
+
+func (t *Table) setNodeState(r SetNodeStateRequest) error {
+	n, ok := t.nodes[r.ID]
+	if !ok {
+		return fmt.Errorf("set node %q state: %w", r.ID, ErrUnknownNode)
+	}
+	if !r.State.valid() {
+		return fmt.Errorf("set node %q state %q: %w", r.ID, r.State, ErrInvalid)
+	}
+	n.State = r.State
+	t.nodes[r.ID] = n
+	return nil
+}
+
+func (t *Table) reportLoad(r ReportLoadRequest) error {
+	n, ok := t.nodes[r.ID]
+	if !ok {
+		return fmt.Errorf("report load of node %q: %w", r.ID, ErrUnknownNode)
+	}
+	if r.At < n.LoadAt {
+		return nil // an older report overtaken by a newer one
+	}
+	n.Load, n.LoadAt = r.Load, r.At
+	t.nodes[r.ID] = n
+	return nil
+}
+
+func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
+	w := r.Workload.clone()
+	if w.ID == "" || w.Group == "" {
+		return fmt.Errorf("upsert workload %q: empty id or group: %w", w.ID, ErrInvalid)
+	}
+	if w.State == "" {
+		w.State = WorkloadRunning
+	}
+	if w.State != WorkloadRunning && w.State != WorkloadExited {
+		return fmt.Errorf("upsert workload %q: state %q: %w", w.ID, w.State, ErrInvalid)
+	}
+	if _, ok := t.nodes[w.Node]; !ok {
+		return fmt.Errorf("upsert workload %q on node %q: %w", w.ID, w.Node, ErrUnknownNode)
+	}
+	if m, ok := t.ActiveMigration(w.ID); ok {
+		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, ErrMigrationInFlight)
+	}
+	old, existed := t.workloads[w.ID]
+	t.workloads[w.ID] = w
+	if existed && old.Group != w.Group {
+		t.dropGroupIfUnused(old.Group)
+	}
+	return nil
+}
+
+func (t *Table) removeWorkload(r RemoveWorkloadRequest) error {
+	w, ok := t.workloads[r.ID]
+	if !ok {
+		return fmt.Errorf("remove workload %q: %w", r.ID, ErrUnknownWorkload)
+	}
+	if m, ok := t.ActiveMigration(r.ID); ok {
+		return fmt.Errorf("remove workload %q: migration %s: %w", r.ID, m.ID, ErrMigrationInFlight)
+	}
+	delete(t.workloads, r.ID)
+	t.dropGroupIfUnused(w.Group)
+	return nil
+}
+
+// dropGroupIfUnused deletes the segments of an IPC group no workload belongs to any more:
+// its IPC namespace, and with it the segments, is gone.
+func (t *Table) dropGroupIfUnused(group string) {
+	for _, w := range t.workloads {
+		if w.Group == group {
+			return
+		}
+	}
+	for id := range t.segments {
+		if id.Group == group {
+			delete(t.segments, id)
+		}
+	}
+}
+
+func (t *Table) setWorkloadState(r SetWorkloadStateRequest) error {
+	w, ok := t.workloads[r.ID]
+	if !ok {
+		return fmt.Errorf("set workload %q state: %w", r.ID, ErrUnknownWorkload)
+	}
+	switch r.State {
+	case WorkloadExited:
+	case WorkloadRunning:
+		if m, ok := t.ActiveMigration(r.ID); ok {
+			return fmt.Errorf("set workload %q running: migration %s: %w", r.ID, m.ID, ErrMigrationInFlight)
+		}
+	case WorkloadMigrating:
+		return fmt.Errorf("set workload %q migrating: only PlanMigration does: %w", r.ID, ErrBadTransition)
+	default:
+		return fmt.Errorf("set workload %q state %q: %w", r.ID, r.State, ErrInvalid)
+	}
+	w.State, w.ExitStatus = r.State, r.ExitStatus
+	t.workloads[r.ID] = w
+	return nil
+}
+
+func (t *Table) setSegments(r SetSegmentsRequest) error {
+	if r.Group == "" {
+		return fmt.Errorf("set segments: empty group: %w", ErrInvalid)
+	}
+	if _, ok := t.nodes[r.Node]; !ok {
+		return fmt.Errorf("set segments of group %q from node %q: %w", r.Group, r.Node, ErrUnknownNode)
+	}
+	seen := make(map[int]bool, len(r.Segments))
+	for _, s := range r.Segments {
+		if seen[s.Shmid] || s.Shmid < 0 {
+			return fmt.Errorf("set segments of group %q: shmid %d repeated or negative: %w", r.Group, s.Shmid, ErrInvalid)
+		}
+		seen[s.Shmid] = true
+	}
+	// Check before changing anything: the reporter must own every segment the group has.
+	// Visiting in id order makes the error text deterministic.
+	for _, s := range t.GroupSegments(r.Group) {
+		if s.Owner != r.Node {
+			return fmt.Errorf("set segments of group %q from node %q: segment %s is owned by %q: %w",
+				r.Group, r.Node, s.ID(), s.Owner, ErrNotOwner)
+		}
+	}
+	for id := range t.segments {
+		if id.Group == r.Group && !seen[id.Shmid] {
+			delete(t.segments, id)
+		}
+	}
+	for _, in := range r.Segments {
+		id := SegmentID{Group: r.Group, Shmid: in.Shmid}
+		s, ok := t.segments[id]
+		if !ok {
+			s = Segment{Group: r.Group, Shmid: in.Shmid, Owner: r.Node, Epoch: 1}
+		}
+		s.Key, s.Size, s.Mode = in.Key, in.Size, in.Mode
+		t.segments[id] = s
+	}
+	return nil
+}
+
+func (t *Table) planMigration(r PlanMigrationRequest) error {
+	if r.ID == "" {
+		return fmt.Errorf("plan migration: empty id: %w", ErrInvalid)
+	}
+	if _, ok := t.migrations[r.ID]; ok {
+		return fmt.Errorf("plan migration %s: %w", r.ID, ErrExists)
+	}
+	w, ok := t.workloads[r.Workload]
+	if !ok {
+		return fmt.Errorf("plan migration %s: workload %q: %w", r.ID, r.Workload, ErrUnknownWorkload)
+	}
+	if m, ok := t.ActiveMigration(r.Workload); ok {
+		return fmt.Errorf("plan migration %s of workload %q: migration %s: %w", r.ID, r.Workload, m.ID, ErrMigrationInFlight)
+	}
+	if w.State != WorkloadRunning {
+		return fmt.Errorf("plan migration %s: workload %q is %s: %w", r.ID, r.Workload, w.State, ErrBadTransition)
+	}
+	target, ok := t.nodes[r.Target]
+	if !ok {
+		return fmt.Errorf("plan migration %s: target %q: %w", r.ID, r.Target, ErrUnknownNode)
+	}
+	if r.Target == w.Node {
+		return fmt.Errorf("plan migration %s: workload %q already on %q: %w", r.ID, r.Workload, w.Node, ErrSameNode)
+	}
+	if target.State != NodeActive {
+		return fmt.Errorf("plan migration %s: target %q is %s: %w", r.ID, r.Target, target.State, ErrNodeNotActive)
+	}
+	if e := t.GroupEpoch(w.Group); r.Epoch != e {
+		return fmt.Errorf("plan migration %s: epoch %d, group %q is at %d: %w", r.ID, r.Epoch, w.Group, e, ErrStaleEpoch)
+	}
+	t.migrations[r.ID] = Migration{
+		ID: r.ID, Workload: r.Workload, Source: w.Node, Target: r.Target,
+		Phase: PhasePlanned, Epoch: r.Epoch, StartedAt: r.At, UpdatedAt: r.At,
+	}
+	w.State = WorkloadMigrating
+	t.workloads[w.ID] = w
+	return nil
+}
+
+func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
+	m, ok := t.migrations[r.ID]
+	if !ok {
+		return fmt.Errorf("set migration %s phase: %w", r.ID, ErrUnknownMigration)
+	}
+	if r.Epoch != m.Epoch {
+		return fmt.Errorf("set migration %s phase %s: epoch %d, migration is at %d: %w", r.ID, r.Phase, r.Epoch, m.Epoch, ErrStaleEpoch)
+	}
+	if !m.Phase.CanMoveTo(r.Phase) {
+		return fmt.Errorf("set migration %s phase: %s -> %s: %w", r.ID, m.Phase, r.Phase, ErrBadTransition)
+	}
+	m.Phase, m.UpdatedAt = r.Phase, r.At
+	if r.Bytes != 0 {
+		m.Bytes = r.Bytes
+	}
+	if r.Error != "" {
+		m.Error = r.Error
+	}
+	t.migrations[r.ID] = m
+
+	w, ok := t.workloads[m.Workload]
+	if !ok {
+		return nil // cannot happen: a workload with a migration in flight cannot be removed
+	}
+	switch r.Phase {
+	case PhaseDone:
+		w.Node = m.Target
+		if w.State == WorkloadMigrating {
+			w.State = WorkloadRunning
+		}
+		for id, s := range t.segments {
+			if id.Group == w.Group {
+				s.Owner, s.Epoch, s.Replicas = m.Target, s.Epoch+1, nil
+				t.segments[id] = s
+			}
+		}
+	case PhaseAborted:
+		if w.State == WorkloadMigrating {
+			w.State = WorkloadRunning
+		}
+	default:
+		return nil
+	}
+	t.workloads[w.ID] = w
+	return nil
+}
+
+// Snapshot captures a deep copy of the table; Persist does the I/O.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{t: f.Table()}, nil
+}
+
+// Restore replaces the whole table with the snapshot read from rc.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	t := NewTable()
+	if err := json.NewDecoder(rc).Decode(t); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.t = t
+	f.mu.Unlock()
+	return nil
+}
+
+type fsmSnapshot struct{ t *Table }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	err := json.NewEncoder(sink).Encode(s.t)
+	if err == nil {
+		return sink.Close()
+	}
+	if cerr := sink.Cancel(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	return fmt.Errorf("persist snapshot: %w", err)
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// SnapshotVersion is the version of the snapshot document written by Persist.
+const SnapshotVersion = 1
+
+// snapshotDoc is the JSON form of a Table: every record list sorted by id.
+type snapshotDoc struct {
+	Version    int         `json:"version"`
+	Nodes      []Node      `json:"nodes"`
+	Workloads  []Workload  `json:"workloads"`
+	Segments   []Segment   `json:"segments"`
+	Migrations []Migration `json:"migrations"`
+}
+
+// MarshalJSON writes the versioned snapshot document.
+func (t *Table) MarshalJSON() ([]byte, error) {
+	return json.Marshal(snapshotDoc{
+		Version:    SnapshotVersion,
+		Nodes:      t.Nodes(),
+		Workloads:  t.Workloads(),
+		Segments:   t.Segments(),
+		Migrations: t.Migrations(),
+	})
+}
+
+// UnmarshalJSON reads a snapshot document, replacing the table's content.
+func (t *Table) UnmarshalJSON(b []byte) error {
+	var d snapshotDoc
+	if err := json.Unmarshal(b, &d); err != nil {
+		return err
+	}
+	if d.Version != SnapshotVersion {
+		return fmt.Errorf("snapshot version %d, want %d: %w", d.Version, SnapshotVersion, ErrInvalid)
+	}
+	n := NewTable()
+	for _, v := range d.Nodes {
+		if _, dup := n.nodes[v.ID]; dup {
+			return fmt.Errorf("snapshot: node %q twice: %w", v.ID, ErrInvalid)
+		}
+		n.nodes[v.ID] = v
+	}
+	for _, v := range d.Workloads {
+		if _, dup := n.workloads[v.ID]; dup {
+			return fmt.Errorf("snapshot: workload %q twice: %w", v.ID, ErrInvalid)
+		}
+		n.workloads[v.ID] = v
+	}
+	for _, v := range d.Segments {
+		if _, dup := n.segments[v.ID()]; dup {
+			return fmt.Errorf("snapshot: segment %s twice: %w", v.ID(), ErrInvalid)
+		}
+		n.segments[v.ID()] = v
+	}
+	for _, v := range d.Migrations {
+		if _, dup := n.migrations[v.ID]; dup {
+			return fmt.Errorf("snapshot: migration %q twice: %w", v.ID, ErrInvalid)
+		}
+		n.migrations[v.ID] = v
+	}
+	*t = *n
+	return nil
+}

@@ -1,0 +1,561 @@
+package shmowner
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// base is the table every Apply case starts from:
+//
+//	node-a, node-b active; node-c draining; node-d down
+//	w1 on node-a in grp-1 (segments 0 and 1, epoch 1); w2 on node-a in grp-2 (no segments)
+//	w3 and w4 on node-a share grp-3 (segment 5, epoch 1)
+func base() []cmd {
+	return []cmd{
+		regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"),
+		nodeState("node-c", NodeDraining), nodeState("node-d", NodeDown),
+		upsertWL("w1", "node-a", "grp-1"), upsertWL("w2", "node-a", "grp-2"),
+		upsertWL("w3", "node-a", "grp-3"), upsertWL("w4", "node-a", "grp-3"),
+		segs("node-a", "grp-1", 0, 1), segs("node-a", "grp-3", 5),
+	}
+}
+
+func wantNode(t *testing.T, tb *Table, id string) Node {
+	t.Helper()
+	n, ok := tb.Node(id)
+	if !ok {
+		t.Fatalf("node %s missing", id)
+	}
+	return n
+}
+
+func wantWorkload(t *testing.T, tb *Table, id string) Workload {
+	t.Helper()
+	w, ok := tb.Workload(id)
+	if !ok {
+		t.Fatalf("workload %s missing", id)
+	}
+	return w
+}
+
+func wantMigration(t *testing.T, tb *Table, id string) Migration {
+	t.Helper()
+	m, ok := tb.Migration(id)
+	if !ok {
+		t.Fatalf("migration %s missing", id)
+	}
+	return m
+}
+
+func wantSegment(t *testing.T, tb *Table, group string, shmid int) Segment {
+	t.Helper()
+	s, ok := tb.Segment(SegmentID{Group: group, Shmid: shmid})
+	if !ok {
+		t.Fatalf("segment %s/%d missing", group, shmid)
+	}
+	return s
+}
+
+func TestApply(t *testing.T) {
+	inFlight := []cmd{plan("m1", "w1", "node-b", 1)}
+	done := append(append([]cmd{}, inFlight...), walk("m1", 1)...)
+
+	cases := []struct {
+		name  string
+		setup []cmd
+		cmd   cmd
+		want  error
+		check func(t *testing.T, tb *Table)
+	}{
+		// RegisterNode
+		{name: "register new node", cmd: regNode("node-e"), check: func(t *testing.T, tb *Table) {
+			n := wantNode(t, tb, "node-e")
+			if n != (Node{ID: "node-e", RaftAddr: "node-e:7000", APIAddr: "node-e:7001", State: NodeActive}) {
+				t.Errorf("node = %+v", n)
+			}
+		}},
+		{
+			name:  "re-register keeps load, updates addresses, becomes active",
+			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-d", At: 5, Load: LoadVector{CPU: 0.5}}}},
+			cmd:   cmd{RegisterNodeType, RegisterNodeRequest{ID: "node-d", RaftAddr: "new:1", APIAddr: "new:2"}},
+			check: func(t *testing.T, tb *Table) {
+				n := wantNode(t, tb, "node-d")
+				if n.State != NodeActive || n.RaftAddr != "new:1" || n.APIAddr != "new:2" || n.Load.CPU != 0.5 || n.LoadAt != 5 {
+					t.Errorf("node = %+v", n)
+				}
+			},
+		},
+		{name: "register empty id", cmd: cmd{RegisterNodeType, RegisterNodeRequest{}}, want: ErrInvalid},
+
+		// RemoveNode
+		{name: "remove node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "node-d"}}, check: func(t *testing.T, tb *Table) {
+			if _, ok := tb.Node("node-d"); ok {
+				t.Error("node-d still there")
+			}
+		}},
+		{name: "remove unknown node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "nope"}}, want: ErrUnknownNode},
+
+		// SetNodeState
+		{name: "set node state", cmd: nodeState("node-a", NodeDraining), check: func(t *testing.T, tb *Table) {
+			if s := wantNode(t, tb, "node-a").State; s != NodeDraining {
+				t.Errorf("state = %s", s)
+			}
+		}},
+		{name: "set state of unknown node", cmd: nodeState("nope", NodeDown), want: ErrUnknownNode},
+		{name: "set bogus node state", cmd: nodeState("node-a", "sleepy"), want: ErrInvalid},
+
+		// ReportLoad
+		{
+			name: "report load",
+			cmd:  cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}}},
+			check: func(t *testing.T, tb *Table) {
+				n := wantNode(t, tb, "node-b")
+				if n.LoadAt != 42 || n.Load != (LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}) {
+					t.Errorf("node = %+v", n)
+				}
+			},
+		},
+		{
+			name:  "older load report is ignored",
+			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: LoadVector{CPU: 0.75}}}},
+			cmd:   cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 41, Load: LoadVector{CPU: 0.1}}},
+			check: func(t *testing.T, tb *Table) {
+				if n := wantNode(t, tb, "node-b"); n.LoadAt != 42 || n.Load.CPU != 0.75 {
+					t.Errorf("node = %+v", n)
+				}
+			},
+		},
+		{name: "report load of unknown node", cmd: cmd{ReportLoadType, ReportLoadRequest{ID: "nope", At: 1}}, want: ErrUnknownNode},
+
+		// UpsertWorkload
+		{name: "upsert new workload defaults to running", cmd: upsertWL("w9", "node-b", "grp-9"), check: func(t *testing.T, tb *Table) {
+			w := wantWorkload(t, tb, "w9")
+			if w.State != WorkloadRunning || w.Node != "node-b" || w.Group != "grp-9" || !slices.Equal(w.Pids, []int{100, 101}) {
+				t.Errorf("workload = %+v", w)
+			}
+		}},
+		{name: "upsert on unknown node", cmd: upsertWL("w9", "nope", "grp-9"), want: ErrUnknownNode},
+		{name: "upsert without group", cmd: upsertWL("w9", "node-a", ""), want: ErrInvalid},
+		{name: "upsert without id", cmd: upsertWL("", "node-a", "grp-9"), want: ErrInvalid},
+		{
+			name: "upsert as migrating",
+			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w9", Node: "node-a", Group: "g", State: WorkloadMigrating}}},
+			want: ErrInvalid,
+		},
+		{name: "upsert while migrating", setup: inFlight, cmd: upsertWL("w1", "node-a", "grp-1"), want: ErrMigrationInFlight},
+		{name: "upsert moving the last workload out of a group drops its segments", cmd: upsertWL("w1", "node-a", "grp-9"), check: func(t *testing.T, tb *Table) {
+			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
+				t.Errorf("grp-1 segments = %+v", s)
+			}
+		}},
+
+		// RemoveWorkload
+		{name: "remove last workload of a group drops its segments", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, check: func(t *testing.T, tb *Table) {
+			if _, ok := tb.Workload("w1"); ok {
+				t.Error("w1 still there")
+			}
+			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
+				t.Errorf("grp-1 segments = %+v", s)
+			}
+			if len(tb.GroupSegments("grp-3")) != 1 {
+				t.Error("grp-3 segments dropped")
+			}
+		}},
+		{name: "remove a workload sharing its group keeps the segments", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w3"}}, check: func(t *testing.T, tb *Table) {
+			if len(tb.GroupSegments("grp-3")) != 1 {
+				t.Error("grp-3 segments dropped")
+			}
+		}},
+		{name: "remove unknown workload", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "nope"}}, want: ErrUnknownWorkload},
+		{name: "remove migrating workload", setup: inFlight, cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, want: ErrMigrationInFlight},
+
+		// SetWorkloadState
+		{name: "workload exits", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: WorkloadExited, ExitStatus: 7}}, check: func(t *testing.T, tb *Table) {
+			if w := wantWorkload(t, tb, "w2"); w.State != WorkloadExited || w.ExitStatus != 7 {
+				t.Errorf("workload = %+v", w)
+			}
+		}},
+		{name: "workload exits while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadExited}}},
+		{name: "workload set running while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadRunning}}, want: ErrMigrationInFlight},
+		{name: "workload set migrating directly", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadMigrating}}, want: ErrBadTransition},
+		{name: "workload bogus state", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: "zombie"}}, want: ErrInvalid},
+		{name: "state of unknown workload", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "nope", State: WorkloadExited}}, want: ErrUnknownWorkload},
+
+		// SetSegments
+		{name: "segments of a new group belong to the reporter at epoch 1", cmd: segs("node-a", "grp-2", 3, 4), check: func(t *testing.T, tb *Table) {
+			got := tb.GroupSegments("grp-2")
+			want := []Segment{
+				{Group: "grp-2", Shmid: 3, Key: 0x1003, Size: 4 * 4096, Mode: 0o600, Owner: "node-a", Epoch: 1},
+				{Group: "grp-2", Shmid: 4, Key: 0x1004, Size: 5 * 4096, Mode: 0o600, Owner: "node-a", Epoch: 1},
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("segments = %+v, want %+v", got, want)
+			}
+			if e := tb.GroupEpoch("grp-2"); e != 1 {
+				t.Errorf("epoch = %d", e)
+			}
+		}},
+		{
+			name:  "replacing segments keeps owner and epoch of those that stay",
+			setup: done, // grp-1 now owned by node-b at epoch 2
+			cmd: cmd{SetSegmentsType, SetSegmentsRequest{Node: "node-b", Group: "grp-1", Segments: []SegmentInfo{
+				{Shmid: 1, Key: 0x1001, Size: 1 << 20, Mode: 0o640}, {Shmid: 9, Key: 0x1009, Size: 4096, Mode: 0o600},
+			}}},
+			check: func(t *testing.T, tb *Table) {
+				if _, ok := tb.Segment(SegmentID{"grp-1", 0}); ok {
+					t.Error("segment 0 not removed")
+				}
+				if s := wantSegment(t, tb, "grp-1", 1); s.Owner != "node-b" || s.Epoch != 2 || s.Size != 1<<20 || s.Mode != 0o640 {
+					t.Errorf("segment 1 = %+v", s)
+				}
+				if s := wantSegment(t, tb, "grp-1", 9); s.Owner != "node-b" || s.Epoch != 1 {
+					t.Errorf("segment 9 = %+v", s)
+				}
+				if e := tb.GroupEpoch("grp-1"); e != 2 {
+					t.Errorf("group epoch = %d", e)
+				}
+			},
+		},
+		{name: "empty segment list removes all", cmd: cmd{SetSegmentsType, SetSegmentsRequest{Node: "node-a", Group: "grp-1"}}, check: func(t *testing.T, tb *Table) {
+			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
+				t.Errorf("segments = %+v", s)
+			}
+		}},
+		{name: "segments from a node that is not the owner", cmd: segs("node-b", "grp-1", 0), want: ErrNotOwner},
+		{name: "segments from the former owner after a migration", setup: done, cmd: segs("node-a", "grp-1", 0, 1), want: ErrNotOwner},
+		{name: "segments from an unknown node", cmd: segs("nope", "grp-9", 0), want: ErrUnknownNode},
+		{name: "repeated shmid", cmd: segs("node-a", "grp-9", 1, 1), want: ErrInvalid},
+		{name: "segments without group", cmd: segs("node-a", "", 1), want: ErrInvalid},
+
+		// PlanMigration
+		{name: "plan migration", cmd: plan("m1", "w1", "node-b", 1), check: func(t *testing.T, tb *Table) {
+			m := wantMigration(t, tb, "m1")
+			want := Migration{ID: "m1", Workload: "w1", Source: "node-a", Target: "node-b", Phase: PhasePlanned, Epoch: 1, StartedAt: 1000, UpdatedAt: 1000}
+			if m != want {
+				t.Errorf("migration = %+v, want %+v", m, want)
+			}
+			if w := wantWorkload(t, tb, "w1"); w.State != WorkloadMigrating || w.Node != "node-a" {
+				t.Errorf("workload = %+v", w)
+			}
+			if a, ok := tb.ActiveMigration("w1"); !ok || a.ID != "m1" {
+				t.Errorf("active migration = %+v %v", a, ok)
+			}
+		}},
+		{name: "plan migration of a group without segments carries epoch 0", cmd: plan("m1", "w2", "node-b", 0)},
+		{name: "plan with stale epoch", cmd: plan("m1", "w1", "node-b", 0), want: ErrStaleEpoch},
+		{name: "plan with future epoch", cmd: plan("m1", "w1", "node-b", 2), want: ErrStaleEpoch},
+		{name: "plan with the epoch from before the last move", setup: done, cmd: plan("m2", "w1", "node-a", 1), want: ErrStaleEpoch},
+		{name: "plan again after done with the new epoch", setup: done, cmd: plan("m2", "w1", "node-a", 2)},
+		{name: "plan while in flight", setup: inFlight, cmd: plan("m2", "w1", "node-c", 1), want: ErrMigrationInFlight},
+		{name: "plan after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseAborted, 1)), cmd: plan("m2", "w1", "node-b", 1)},
+		{name: "plan to the same node", cmd: plan("m1", "w1", "node-a", 1), want: ErrSameNode},
+		{name: "plan to a draining node", cmd: plan("m1", "w1", "node-c", 1), want: ErrNodeNotActive},
+		{name: "plan to a down node", cmd: plan("m1", "w1", "node-d", 1), want: ErrNodeNotActive},
+		{name: "plan to a node that left", setup: []cmd{nodeState("node-b", NodeLeft)}, cmd: plan("m1", "w1", "node-b", 1), want: ErrNodeNotActive},
+		{name: "plan to an unknown node", cmd: plan("m1", "w1", "nope", 1), want: ErrUnknownNode},
+		{name: "plan of an unknown workload", cmd: plan("m1", "nope", "node-b", 0), want: ErrUnknownWorkload},
+		{name: "plan of an exited workload", setup: []cmd{{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: WorkloadExited}}}, cmd: plan("m1", "w2", "node-b", 0), want: ErrBadTransition},
+		{name: "plan with a taken id", setup: inFlight, cmd: plan("m1", "w2", "node-b", 0), want: ErrExists},
+		{name: "plan without id", cmd: plan("", "w2", "node-b", 0), want: ErrInvalid},
+
+		// SetMigrationPhase
+		{name: "phase precopy", setup: inFlight, cmd: phase("m1", PhasePrecopy, 1), check: func(t *testing.T, tb *Table) {
+			if m := wantMigration(t, tb, "m1"); m.Phase != PhasePrecopy || m.UpdatedAt != 2000 || m.StartedAt != 1000 {
+				t.Errorf("migration = %+v", m)
+			}
+		}},
+		{name: "phase skips precopy", setup: inFlight, cmd: phase("m1", PhaseFrozen, 1)},
+		{name: "phase records bytes and keeps them", setup: append(append([]cmd{}, inFlight...),
+			cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: PhasePrecopy, Epoch: 1, Bytes: 123}}),
+			cmd: phase("m1", PhaseFrozen, 1), check: func(t *testing.T, tb *Table) {
+				if m := wantMigration(t, tb, "m1"); m.Bytes != 123 {
+					t.Errorf("bytes = %d", m.Bytes)
+				}
+			}},
+		{name: "phase done straight from planned", setup: inFlight, cmd: phase("m1", PhaseDone, 1), want: ErrBadTransition},
+		{name: "phase done from shipped", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseShipped, 1)), cmd: phase("m1", PhaseDone, 1), want: ErrBadTransition},
+		{name: "phase backwards", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseFrozen, 1)), cmd: phase("m1", PhasePrecopy, 1), want: ErrBadTransition},
+		{name: "phase repeated", setup: inFlight, cmd: phase("m1", PhasePlanned, 1), want: ErrBadTransition},
+		{name: "phase bogus", setup: inFlight, cmd: phase("m1", "teleported", 1), want: ErrBadTransition},
+		{name: "phase after done", setup: done, cmd: phase("m1", PhaseAborted, 1), want: ErrBadTransition},
+		{name: "phase after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseAborted, 1)), cmd: phase("m1", PhasePrecopy, 1), want: ErrBadTransition},
+		{name: "phase with stale epoch", setup: inFlight, cmd: phase("m1", PhasePrecopy, 0), want: ErrStaleEpoch},
+		{name: "phase of unknown migration", cmd: phase("nope", PhasePrecopy, 0), want: ErrUnknownMigration},
+		{
+			name:  "done moves the workload and the owner copies, bumps epochs, clears replicas",
+			setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseRestored, 1)),
+			cmd:   phase("m1", PhaseDone, 1),
+			check: func(t *testing.T, tb *Table) {
+				if w := wantWorkload(t, tb, "w1"); w.Node != "node-b" || w.State != WorkloadRunning {
+					t.Errorf("workload = %+v", w)
+				}
+				for _, s := range tb.GroupSegments("grp-1") {
+					if s.Owner != "node-b" || s.Epoch != 2 || s.Replicas != nil {
+						t.Errorf("segment = %+v", s)
+					}
+				}
+				if s := wantSegment(t, tb, "grp-3", 5); s.Owner != "node-a" || s.Epoch != 1 {
+					t.Errorf("other group's segment changed: %+v", s)
+				}
+				if m := wantMigration(t, tb, "m1"); m.Phase != PhaseDone {
+					t.Errorf("migration = %+v", m)
+				}
+				if _, ok := tb.ActiveMigration("w1"); ok {
+					t.Error("migration still active")
+				}
+			},
+		},
+		{
+			name:  "abort puts the workload back to running on the source",
+			setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseShipped, 1)),
+			cmd:   cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: PhaseAborted, Epoch: 1, At: 9, Error: "restore failed"}},
+			check: func(t *testing.T, tb *Table) {
+				if w := wantWorkload(t, tb, "w1"); w.Node != "node-a" || w.State != WorkloadRunning {
+					t.Errorf("workload = %+v", w)
+				}
+				if m := wantMigration(t, tb, "m1"); m.Phase != PhaseAborted || m.Error != "restore failed" || m.UpdatedAt != 9 {
+					t.Errorf("migration = %+v", m)
+				}
+				for _, s := range tb.GroupSegments("grp-1") {
+					if s.Owner != "node-a" || s.Epoch != 1 {
+						t.Errorf("segment = %+v", s)
+					}
+				}
+			},
+		},
+		{
+			name:  "abort of a workload that exited keeps it exited",
+			setup: append(append([]cmd{}, inFlight...), cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadExited, ExitStatus: 9}}),
+			cmd:   phase("m1", PhaseAborted, 1),
+			check: func(t *testing.T, tb *Table) {
+				if w := wantWorkload(t, tb, "w1"); w.State != WorkloadExited || w.ExitStatus != 9 {
+					t.Errorf("workload = %+v", w)
+				}
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFSM()
+			mustApply(t, f, base()...)
+			mustApply(t, f, tc.setup...)
+			before := tableJSON(t, f.Table())
+			err := applyCmd(t, f, tc.cmd)
+			if !errIs(err, tc.want) {
+				t.Fatalf("apply %s: got %v, want %v", tc.cmd.t, err, tc.want)
+			}
+			if err != nil {
+				if after := tableJSON(t, f.Table()); after != before {
+					t.Errorf("rejected command changed the table:\nbefore %s\nafter  %s", before, after)
+				}
+				if ErrorCode(err) == "" {
+					t.Errorf("error %v has no wire code", err)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, f.Table())
+			}
+		})
+	}
+}
+
+func TestApplyDoneClearsReplicas(t *testing.T) {
+	f := NewFSM()
+	mustApply(t, f, base()...)
+	mustApply(t, f, plan("m1", "w1", "node-b", 1))
+	// No command sets replicas yet (the DSM milestone will); plant one directly.
+	id := SegmentID{"grp-1", 0}
+	s := f.t.segments[id]
+	s.Replicas = []string{"node-b", "node-c"}
+	f.t.segments[id] = s
+	mustApply(t, f, walk("m1", 1)...)
+	if got := wantSegment(t, f.Table(), "grp-1", 0); got.Replicas != nil || got.Owner != "node-b" || got.Epoch != 2 {
+		t.Errorf("segment = %+v", got)
+	}
+}
+
+func TestSetSegmentsKeepsReplicas(t *testing.T) {
+	f := NewFSM()
+	mustApply(t, f, base()...)
+	id := SegmentID{"grp-1", 0}
+	s := f.t.segments[id]
+	s.Replicas = []string{"node-b"}
+	f.t.segments[id] = s
+	mustApply(t, f, segs("node-a", "grp-1", 0, 1, 2))
+	if got := wantSegment(t, f.Table(), "grp-1", 0); !slices.Equal(got.Replicas, []string{"node-b"}) {
+		t.Errorf("segment = %+v", got)
+	}
+}
+
+func TestPhaseTransitions(t *testing.T) {
+	all := []Phase{PhasePlanned, PhasePrecopy, PhaseFrozen, PhaseShipped, PhaseRestored, PhaseDone, PhaseAborted, "bogus"}
+	allowed := map[Phase][]Phase{
+		PhasePlanned:  {PhasePrecopy, PhaseFrozen, PhaseShipped, PhaseRestored, PhaseAborted},
+		PhasePrecopy:  {PhaseFrozen, PhaseShipped, PhaseRestored, PhaseAborted},
+		PhaseFrozen:   {PhaseShipped, PhaseRestored, PhaseAborted},
+		PhaseShipped:  {PhaseRestored, PhaseAborted},
+		PhaseRestored: {PhaseDone, PhaseAborted},
+	}
+	for _, from := range all {
+		for _, to := range all {
+			want := slices.Contains(allowed[from], to)
+			if got := from.CanMoveTo(to); got != want {
+				t.Errorf("%s -> %s: got %v, want %v", from, to, got, want)
+			}
+		}
+	}
+}
+
+func TestApplyUnknownAndUndecodable(t *testing.T) {
+	log := func(data []byte) *raft.Log { return &raft.Log{Type: raft.LogCommand, Data: data} }
+	t.Run("unknown type with the ignore flag is skipped", func(t *testing.T) {
+		f := NewFSM()
+		mustApply(t, f, base()...)
+		before := tableJSON(t, f.Table())
+		for _, typ := range []MessageType{IgnoreUnknownFlag, IgnoreUnknownFlag | 1, IgnoreUnknownFlag | 77} {
+			var resp any
+			if p := panics(func() { resp = f.Apply(log(mustEncode(t, typ, map[string]int{"x": 1}))) }); p != nil {
+				t.Fatalf("type %d panicked: %v", typ, p)
+			}
+			if resp != nil {
+				t.Errorf("type %d: response %v, want nil", typ, resp)
+			}
+		}
+		if after := tableJSON(t, f.Table()); after != before {
+			t.Errorf("ignored command changed the table")
+		}
+	})
+	for _, tc := range []struct {
+		name, want string
+		data       []byte
+	}{
+		{"unknown type without the flag panics", "unknown message type 77", mustEncode(t, 77, struct{}{})},
+		{"type 0 panics", "unknown message type 0", mustEncode(t, 0, struct{}{})},
+		{"undecodable body panics", "decode RegisterNode", append([]byte{byte(RegisterNodeType)}, "{not json"...)},
+		{"body of the wrong shape panics", "decode PlanMigration", append([]byte{byte(PlanMigrationType)}, `{"epoch":"one"}`...)},
+		{"empty entry panics", "empty log entry", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFSM()
+			p := panics(func() { f.Apply(log(tc.data)) })
+			if p == nil {
+				t.Fatal("did not panic")
+			}
+			if !strings.Contains(fmt.Sprint(p), tc.want) {
+				t.Errorf("panic %q does not mention %q", p, tc.want)
+			}
+		})
+	}
+}
+
+func TestEncode(t *testing.T) {
+	b, err := Encode(RemoveNodeType, RemoveNodeRequest{ID: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "\x02" + `{"id":"n"}`; string(b) != want {
+		t.Errorf("Encode = %q, want %q", b, want)
+	}
+	if _, err := Encode(RemoveNodeType, func() {}); err == nil {
+		t.Error("Encode of a func did not fail")
+	}
+	if s := SetMigrationPhaseType.String(); s != "SetMigrationPhase" {
+		t.Errorf("String = %q", s)
+	}
+	if s := MessageType(200).String(); s != "MessageType(200)" {
+		t.Errorf("String = %q", s)
+	}
+}
+
+func TestDeterminism(t *testing.T) {
+	// Two FSMs fed the same entries end with byte-identical tables and responses,
+	// including the rejected commands' error texts.
+	cmds := scenario()
+	cmds = append(cmds,
+		plan("mig-x", "wl-4", "node-b", 0),  // in flight
+		segs("node-b", "grp-0", 1),          // not owner
+		plan("mig-y", "wl-1", "node-a", 3),  // same node
+		phase("mig-4", PhaseRestored, 7),    // stale epoch
+		upsertWL("wl-9", "node-z", "grp-9"), // unknown node
+		cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "wl-3"}},
+	)
+	run := func() (string, []string) {
+		f := NewFSM()
+		var resps []string
+		for _, c := range cmds {
+			resps = append(resps, fmt.Sprint(applyCmd(t, f, c)))
+		}
+		return tableJSON(t, f.Table()), resps
+	}
+	t1, r1 := run()
+	for range 5 {
+		t2, r2 := run()
+		if t1 != t2 {
+			t.Fatalf("tables differ:\n%s\n%s", t1, t2)
+		}
+		if !slices.Equal(r1, r2) {
+			t.Fatalf("responses differ:\n%q\n%q", r1, r2)
+		}
+	}
+}
+
+func TestTableCopies(t *testing.T) {
+	f := NewFSM()
+	mustApply(t, f, base()...)
+	tb := f.Table()
+	w := wantWorkload(t, tb, "w1")
+	w.Pids[0] = -1
+	tb.Workloads()[0].Pids[0] = -1
+	tb.Segments()[0].Epoch = 99
+	tb.workloads["w1"] = Workload{}
+	if got := wantWorkload(t, f.Table(), "w1"); got.Pids[0] != 100 {
+		t.Errorf("FSM table shares memory with a copy: %+v", got)
+	}
+	if got := wantWorkload(t, tb, "w1"); got.ID != "" {
+		t.Errorf("copy = %+v", got)
+	}
+	if got := wantSegment(t, f.Table(), "grp-1", 0); got.Epoch != 1 {
+		t.Errorf("segment = %+v", got)
+	}
+}
+
+func TestSegmentID(t *testing.T) {
+	id := SegmentID{Group: "ns/ipc:4026532", Shmid: 32769}
+	if s := id.String(); s != "ns/ipc:4026532/32769" {
+		t.Errorf("String = %q", s)
+	}
+	got, err := ParseSegmentID(id.String())
+	if err != nil || got != id {
+		t.Errorf("ParseSegmentID = %+v, %v", got, err)
+	}
+	for _, bad := range []string{"", "grp", "/1", "grp/", "grp/x", "grp/-1"} {
+		if _, err := ParseSegmentID(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseSegmentID(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+func TestErrorCodes(t *testing.T) {
+	for _, c := range codes {
+		wrapped := fmt.Errorf("plan migration m1: %w", c.err)
+		code := ErrorCode(wrapped)
+		if code != c.code {
+			t.Errorf("ErrorCode(%v) = %q, want %q", wrapped, code, c.code)
+		}
+		back := ErrorFromCode(code, wrapped.Error())
+		if !errors.Is(back, c.err) || back.Error() != wrapped.Error() {
+			t.Errorf("ErrorFromCode(%q) = %v, not %v", code, back, c.err)
+		}
+	}
+	if ErrorCode(errors.New("x")) != "" {
+		t.Error("plain error has a code")
+	}
+	if err := ErrorFromCode("martian", "boom"); err.Error() != "boom" || ErrorCode(err) != "" {
+		t.Errorf("unknown code: %v", err)
+	}
+}

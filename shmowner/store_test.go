@@ -1,0 +1,254 @@
+package shmowner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// testRaftConfig is RaftConfig with timeouts low enough for a test cluster.
+func testRaftConfig(id string) *raft.Config {
+	c := RaftConfig(id)
+	c.HeartbeatTimeout = 150 * time.Millisecond
+	c.ElectionTimeout = 150 * time.Millisecond
+	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.CommitTimeout = 10 * time.Millisecond
+	return c
+}
+
+func openTestStore(t *testing.T, id, dir, bind string, bootstrap bool) *Store {
+	t.Helper()
+	s, err := Open(StoreConfig{
+		NodeID: id, Dir: dir, BindAddr: bind, Bootstrap: bootstrap,
+		Logger: hclog.NewNullLogger(), Raft: testRaftConfig(id),
+	})
+	if err != nil {
+		t.Fatalf("open %s: %v", id, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// leaderOf waits until exactly one of stores leads and every store agrees on it.
+func leaderOf(t *testing.T, stores ...*Store) *Store {
+	t.Helper()
+	var leader *Store
+	waitFor(t, 10*time.Second, "a leader all agree on", func() bool {
+		leader = nil
+		for _, s := range stores {
+			if s.IsLeader() {
+				if leader != nil {
+					return false
+				}
+				leader = s
+			}
+		}
+		if leader == nil {
+			return false
+		}
+		for _, s := range stores {
+			if addr, id := s.Leader(); addr != leader.Addr() || id == "" {
+				return false
+			}
+		}
+		return true
+	})
+	return leader
+}
+
+func TestOpenRejectsMissingConfig(t *testing.T) {
+	if _, err := Open(StoreConfig{Dir: t.TempDir()}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Open without node id: %v", err)
+	}
+}
+
+func TestStoreSingleNode(t *testing.T) {
+	dir := t.TempDir()
+	s := openTestStore(t, "solo", dir, "127.0.0.1:0", true)
+	if !s.Bootstrapped() {
+		t.Fatal("fresh store did not bootstrap")
+	}
+	if err := s.WaitLeader(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "leadership", s.IsLeader)
+	ctx := ctxTimeout(t, 5*time.Second)
+	if err := s.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	// A rule violation comes back as the error, with its sentinel.
+	_, err := s.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m", Workload: "nope", Target: "solo"})
+	if !errors.Is(err, ErrUnknownWorkload) {
+		t.Fatalf("apply: %v, want ErrUnknownWorkload", err)
+	}
+	if _, err := s.Apply(ctx, ReportLoadType, make(chan int)); err == nil {
+		t.Error("apply of an unencodable body succeeded")
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Apply(cancelled, RegisterNodeType, RegisterNodeRequest{ID: "x"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("apply with cancelled ctx: %v", err)
+	}
+	if st := s.Stats(); st["state"] != "Leader" {
+		t.Errorf("stats state = %q", st["state"])
+	}
+	if s.Raft() == nil {
+		t.Error("Raft() is nil")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+
+	// Reopen: the table comes back from the bolt log (and snapshots), no re-bootstrap.
+	s2 := openTestStore(t, "solo", dir, s.Addr(), true)
+	if s2.Bootstrapped() {
+		t.Error("store with existing state bootstrapped again")
+	}
+	waitFor(t, 10*time.Second, "the table to come back", func() bool {
+		_, ok := s2.Table().Node("solo")
+		return ok
+	})
+}
+
+func TestStoreCluster(t *testing.T) {
+	ids := []string{"n0", "n1", "n2"}
+	dirs := make([]string, len(ids))
+	stores := make([]*Store, len(ids))
+	for i, id := range ids {
+		dirs[i] = filepath.Join(t.TempDir(), id)
+		stores[i] = openTestStore(t, id, dirs[i], "127.0.0.1:0", i == 0)
+	}
+	if !stores[0].Bootstrapped() || stores[1].Bootstrapped() || stores[2].Bootstrapped() {
+		t.Fatal("only n0 should bootstrap")
+	}
+	if leaderOf(t, stores[0]) != stores[0] {
+		t.Fatal("n0 does not lead its own cluster")
+	}
+	for i := 1; i < len(ids); i++ {
+		if err := stores[0].Join(ids[i], stores[i].Addr()); err != nil {
+			t.Fatalf("join %s: %v", ids[i], err)
+		}
+	}
+	if err := stores[0].Join(ids[1], stores[1].Addr()); err != nil {
+		t.Fatalf("joining twice: %v", err)
+	}
+	if err := stores[1].Join("n9", "127.0.0.1:1"); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("join on a follower: %v, want ErrNotLeader", err)
+	}
+	leader := leaderOf(t, stores...)
+	if leader != stores[0] {
+		t.Fatalf("leader moved to %s", leader.Addr())
+	}
+
+	ctx := ctxTimeout(t, 30*time.Second)
+	for i, id := range ids {
+		if _, err := leader.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: id, RaftAddr: stores[i].Addr()}); err != nil {
+			t.Fatalf("register %s: %v", id, err)
+		}
+	}
+	mustStore(t, leader,
+		upsertWL("w1", "n0", "grp-1"),
+		segs("n0", "grp-1", 0, 1),
+		plan("m1", "w1", "n1", 1),
+	)
+	converged := func(stores []*Store, want string) {
+		t.Helper()
+		for _, s := range stores {
+			waitFor(t, 10*time.Second, fmt.Sprintf("%s to converge", s.Addr()), func() bool {
+				return tableJSON(t, s.Table()) == want
+			})
+		}
+	}
+	converged(stores, tableJSON(t, leader.Table()))
+	if m, ok := stores[2].Table().Migration("m1"); !ok || m.Phase != PhasePlanned || m.Target != "n1" {
+		t.Fatalf("follower sees m1 = %+v %v", m, ok)
+	}
+
+	// A follower refuses writes with ErrNotLeader.
+	for _, f := range stores[1:] {
+		if _, err := f.Apply(ctx, ReportLoadType, ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, ErrNotLeader) {
+			t.Fatalf("apply on follower: %v, want ErrNotLeader", err)
+		}
+	}
+
+	// The leader goes away; one of the other two takes over and accepts writes.
+	oldAddr := stores[0].Addr()
+	if err := stores[0].Close(); err != nil {
+		t.Fatalf("close leader: %v", err)
+	}
+	rest := stores[1:]
+	leader = leaderOf(t, rest...)
+	mustStore(t, leader, phase("m1", PhasePrecopy, 1), phase("m1", PhaseFrozen, 1), phase("m1", PhaseShipped, 1),
+		phase("m1", PhaseRestored, 1), phase("m1", PhaseDone, 1))
+	// Fencing survives the change of leader: the old epoch is refused.
+	if _, err := leader.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("plan with the old epoch: %v, want ErrStaleEpoch", err)
+	}
+	converged(rest, tableJSON(t, leader.Table()))
+
+	// n0 comes back from its own directory, with Bootstrap still set: it must not
+	// bootstrap a cluster of its own but rejoin and catch up.
+	stores[0] = openTestStore(t, "n0", dirs[0], oldAddr, true)
+	if stores[0].Bootstrapped() {
+		t.Fatal("n0 bootstrapped again over existing state")
+	}
+	converged(stores, tableJSON(t, leader.Table()))
+	if s, _ := stores[0].Table().Segment(SegmentID{"grp-1", 0}); s.Owner != "n1" || s.Epoch != 2 {
+		t.Fatalf("n0 did not catch up: segment = %+v", s)
+	}
+	if leaderOf(t, stores...) == nil {
+		t.Fatal("no leader")
+	}
+	cf := leader.Raft().GetConfiguration()
+	if err := cf.Error(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(cf.Configuration().Servers); n != 3 {
+		t.Fatalf("configuration has %d servers, want 3", n)
+	}
+
+	// Remove a follower; the other two still commit.
+	leader = leaderOf(t, stores...)
+	victim := "n0"
+	if leader == stores[0] {
+		victim = "n1"
+	}
+	if err := leader.Remove(victim); err != nil {
+		t.Fatalf("remove %s: %v", victim, err)
+	}
+	mustStore(t, leader, cmd{ReportLoadType, ReportLoadRequest{ID: "n2", At: 99, Load: LoadVector{CPU: 0.5}}})
+	if n, _ := leader.Table().Node("n2"); n.LoadAt != 99 {
+		t.Errorf("n2 = %+v", n)
+	}
+}
+
+// mustStore applies commands through s that must all succeed.
+func mustStore(t *testing.T, s *Store, cmds ...cmd) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, c := range cmds {
+		if _, err := s.Apply(ctx, c.t, c.body); err != nil {
+			t.Fatalf("apply %s: %v", c.t, err)
+		}
+	}
+}

@@ -46,21 +46,8 @@ static void usage(void)
 	exit(2);
 }
 
-static unsigned long long parse_num(const char *flag, const char *s)
-{
-	char *end;
-	unsigned long long v;
-
-	if (s == NULL)
-		usage();
-	errno = 0;
-	v = strtoull(s, &end, 0);
-	if (errno != 0 || end == s || *end != '\0' || s[0] == '-') {
-		fprintf(stderr, "shmbench: bad value for %s: %s\n", flag, s);
-		exit(2);
-	}
-	return v;
-}
+#define PROG "shmbench"
+#include "common.h"
 
 static double parse_pct(const char *s)
 {

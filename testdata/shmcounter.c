@@ -78,21 +78,8 @@ static void usage(void)
 	exit(2);
 }
 
-static unsigned long long parse_num(const char *flag, const char *s)
-{
-	char *end;
-	unsigned long long v;
-
-	if (s == NULL)
-		usage();
-	errno = 0;
-	v = strtoull(s, &end, 0);
-	if (errno != 0 || end == s || *end != '\0' || s[0] == '-') {
-		fprintf(stderr, "shmcounter: bad value for %s: %s\n", flag, s);
-		exit(2);
-	}
-	return v;
-}
+#define PROG "shmcounter"
+#include "common.h"
 
 static size_t segment_size(unsigned workers)
 {

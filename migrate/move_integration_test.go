@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,28 +87,16 @@ func waitOutput(t *testing.T, path, substr string) string {
 	return out
 }
 
-// inIPC runs a tool inside the IPC namespace of pid.
-func inIPC(pid int, args ...string) (string, error) {
-	cmd := exec.Command("nsenter", append([]string{"--ipc=/proc/" + strconv.Itoa(pid) + "/ns/ipc", "--"}, args...)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
+var inIPC = testwork.InIPC
 
-var counterRE = regexp.MustCompile(`total=(\d+) sum=(\d+) workers=(\d+) ok=(\d)`)
-
-// counterCheck runs `shmcounter check` in the workload's IPC namespace and returns the
-// shared total after asserting the invariant total == sum of per-worker counts.
+// counterCheck asserts the shared counter's invariant in the workload's IPC namespace and
+// returns the shared total.
 func counterCheck(t *testing.T, bins testwork.Bins, pid int) uint64 {
 	t.Helper()
-	out, err := inIPC(pid, bins.ShmCounter, "check")
-	m := counterRE.FindStringSubmatch(out)
-	if err != nil || m == nil {
-		t.Fatalf("shmcounter check in ipc ns of %d: %v: %s", pid, err, out)
+	total, err := bins.CounterCheck(pid)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if m[4] != "1" || m[1] != m[2] {
-		t.Fatalf("invariant broken in ipc ns of %d: %s", pid, out)
-	}
-	total, _ := strconv.ParseUint(m[1], 10, 64)
 	return total
 }
 

@@ -12,9 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -96,7 +94,7 @@ func demo(ctx context.Context, nodes []string, hops, workers int, work string) e
 	fmt.Fprintln(tw, "hop\tfrom\tto\tprocs\tsegments\tshm sha256 (verified)\tfrozen\timages\trestore\tcounter\t")
 	for hop := 1; hop <= hops; hop++ {
 		from, to := nodes[(hop-1)%len(nodes)], nodes[hop%len(nodes)]
-		if err := waitFor(10*time.Second, func() error { _, err := counter(bins, proc.Pid); return err }); err != nil {
+		if err := waitFor(10*time.Second, func() error { _, err := bins.CounterCheck(proc.Pid); return err }); err != nil {
 			return fmt.Errorf("hop %d: invariant before the move: %w", hop, err)
 		}
 		tree, err := migrate.Preflight{}.Check(proc.Pid)
@@ -136,7 +134,7 @@ func demo(ctx context.Context, nodes []string, hops, workers int, work string) e
 		}
 		proc = workload.Attach(res.Pid)
 		var total uint64
-		if err := waitFor(10*time.Second, func() error { total, err = counter(bins, proc.Pid); return err }); err != nil {
+		if err := waitFor(10*time.Second, func() error { total, err = bins.CounterCheck(proc.Pid); return err }); err != nil {
 			return fmt.Errorf("hop %d: after the move: %w", hop, err)
 		}
 		var sums []string
@@ -158,18 +156,6 @@ func demo(ctx context.Context, nodes []string, hops, workers int, work string) e
 }
 
 func nsPath(name string) string { return filepath.Join("/run/netns", name) }
-
-var counterRE = regexp.MustCompile(`total=(\d+) sum=(\d+) workers=\d+ ok=1`)
-
-// counter checks the invariant inside the workload's IPC namespace and returns the total.
-func counter(bins testwork.Bins, pid int) (uint64, error) {
-	out, err := exec.Command("nsenter", fmt.Sprintf("--ipc=/proc/%d/ns/ipc", pid), "--", bins.ShmCounter, "check").CombinedOutput()
-	m := counterRE.FindSubmatch(out)
-	if err != nil || m == nil || string(m[1]) != string(m[2]) {
-		return 0, fmt.Errorf("shmcounter check: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return strconv.ParseUint(string(m[1]), 10, 64)
-}
 
 func grep(path, s string) error {
 	b, err := os.ReadFile(path)

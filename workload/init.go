@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -36,13 +37,25 @@ func runInit(args []string) int {
 			fmt.Fprintf(os.Stderr, "migshm-init: set hostname %q: %v\n", h, err)
 		}
 	}
+	statusFile := os.Getenv(envStatusFile)
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if len(kv) < len(envHostname)+1 || kv[:len(envHostname)+1] != envHostname+"=" {
+		if !strings.HasPrefix(kv, envHostname+"=") && !strings.HasPrefix(kv, envStatusFile+"=") {
 			env = append(env, kv)
 		}
 	}
+	status := superviseCommand(args, env)
+	if statusFile != "" {
+		if err := writeExitStatus(statusFile, status); err != nil {
+			fmt.Fprintf(os.Stderr, "migshm-init: record exit status: %v\n", err)
+		}
+	}
+	return status
+}
 
+// superviseCommand starts the command, forwards signals to it, reaps orphans and returns
+// the command's exit status (128+signal if a signal killed it).
+func superviseCommand(args, env []string) int {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwarded...)...)
 

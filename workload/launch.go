@@ -18,6 +18,9 @@ const initArg0 = "migshm-init"
 // envHostname passes the UTS hostname from the launcher to the init.
 const envHostname = "MIGSHM_INIT_HOSTNAME"
 
+// envStatusFile passes Spec.StatusFile from the launcher to the init.
+const envStatusFile = "MIGSHM_INIT_STATUS_FILE"
+
 // Spec says what to start and where.
 type Spec struct {
 	// Args is the command and its arguments; Args[0] is looked up in PATH.
@@ -38,6 +41,14 @@ type Spec struct {
 	// InitPath is the executable that acts as init; empty means this binary, which must
 	// then call MaybeRunInit first thing in main (or TestMain).
 	InitPath string
+	// IPCNS is the path of an existing IPC namespace (/proc/PID/ns/ipc of another
+	// workload's init) to start the workload in, so that both share its SysV objects;
+	// empty means a fresh IPC namespace.
+	IPCNS string
+	// StatusFile, if set, is where the init records the command's exit status (see
+	// ReadExitStatus) just before it exits. Whoever is not the init's parent (a daemon
+	// restarted while the workload ran on) learns the status from it.
+	StatusFile string
 }
 
 // Process is a started workload: the host view of its init.
@@ -93,6 +104,13 @@ func Start(spec Spec) (*Process, error) {
 	if spec.Hostname != "" {
 		initEnv = append(initEnv, envHostname+"="+spec.Hostname)
 	}
+	if spec.StatusFile != "" {
+		initEnv = append(initEnv, envStatusFile+"="+spec.StatusFile)
+	}
+	clone := uintptr(unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
+	if spec.IPCNS != "" {
+		clone &^= unix.CLONE_NEWIPC
+	}
 	dir := spec.Dir
 	if dir == "" {
 		dir = "/"
@@ -109,10 +127,11 @@ func Start(spec Spec) (*Process, error) {
 			// Setsid runs in the child after clone, so the session leader is PID 1 of the
 			// new PID namespace, which is what CRIU requires.
 			Setsid:     true,
-			Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS,
+			Cloneflags: clone,
 		},
 	}
-	if err := nsutil.Do(nsutil.Net, spec.NetNS, cmd.Start); err != nil {
+	start := func() error { return nsutil.Do(nsutil.IPC, spec.IPCNS, cmd.Start) }
+	if err := nsutil.Do(nsutil.Net, spec.NetNS, start); err != nil {
 		return nil, fmt.Errorf("start workload %s: %w", spec.Args[0], err)
 	}
 	return &Process{Pid: cmd.Process.Pid, proc: cmd.Process}, nil

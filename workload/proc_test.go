@@ -560,3 +560,15 @@ func TestProcString(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestParseStartTime(t *testing.T) {
+	// comm with a space and a parenthesis; starttime is field 22.
+	stat := "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1234 56 18446744073709551615"
+	got, err := parseStartTime(stat)
+	if err != nil || got != 987654 {
+		t.Fatalf("parseStartTime = %d, %v; want 987654", got, err)
+	}
+	if _, err := parseStartTime("4242 (x) S 1"); err == nil {
+		t.Fatal("short stat: no error")
+	}
+}

@@ -21,6 +21,10 @@ const (
 	SetSegmentsType       MessageType = 8  // SetSegmentsRequest
 	PlanMigrationType     MessageType = 9  // PlanMigrationRequest
 	SetMigrationPhaseType MessageType = 10 // SetMigrationPhaseRequest
+
+	// ProbeType is a write that changes nothing: it carries IgnoreUnknownFlag, so every
+	// node skips it. The daemon uses it to measure commit latency end to end.
+	ProbeType MessageType = IgnoreUnknownFlag | 11 // ProbeRequest
 )
 
 // IgnoreUnknownFlag marks a message type that a node which does not know it may skip
@@ -39,6 +43,7 @@ var typeNames = map[MessageType]string{
 	SetSegmentsType:       "SetSegments",
 	PlanMigrationType:     "PlanMigration",
 	SetMigrationPhaseType: "SetMigrationPhase",
+	ProbeType:             "Probe",
 }
 
 func (t MessageType) String() string {
@@ -86,7 +91,13 @@ type ReportLoadRequest struct {
 	At   int64      `json:"at"`
 }
 
-// UpsertWorkloadRequest adds or replaces a workload. Its node must be registered; an
+// ProbeRequest is the body of a ProbeType entry.
+type ProbeRequest struct {
+	Seq uint64 `json:"seq"`
+}
+
+// UpsertWorkloadRequest adds or replaces a workload. Its node must be registered; its
+// name, if any, must not be another workload's; an
 // empty State means running; State may not be migrating (only PlanMigration sets it),
 // and a workload with a migration in flight cannot be replaced.
 type UpsertWorkloadRequest struct {
@@ -106,6 +117,7 @@ type SetWorkloadStateRequest struct {
 	ID         string        `json:"id"`
 	State      WorkloadState `json:"state"`
 	ExitStatus int           `json:"exit_status"`
+	At         int64         `json:"at,omitempty"` // unix nanos; recorded as ExitedAt
 }
 
 // SegmentInfo is one segment as the owner node observes it.

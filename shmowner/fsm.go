@@ -160,6 +160,13 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 	if _, ok := t.nodes[w.Node]; !ok {
 		return fmt.Errorf("upsert workload %q on node %q: %w", w.ID, w.Node, ErrUnknownNode)
 	}
+	if w.Name != "" {
+		for _, o := range t.workloads {
+			if o.Name == w.Name && o.ID != w.ID {
+				return fmt.Errorf("upsert workload %q: name %q is taken by %s: %w", w.ID, w.Name, o.ID, ErrExists)
+			}
+		}
+	}
 	if m, ok := t.ActiveMigration(w.ID); ok {
 		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, ErrMigrationInFlight)
 	}
@@ -216,6 +223,9 @@ func (t *Table) setWorkloadState(r SetWorkloadStateRequest) error {
 		return fmt.Errorf("set workload %q state %q: %w", r.ID, r.State, ErrInvalid)
 	}
 	w.State, w.ExitStatus = r.State, r.ExitStatus
+	if r.State == WorkloadExited {
+		w.ExitedAt = r.At
+	}
 	t.workloads[r.ID] = w
 	return nil
 }

@@ -147,6 +147,21 @@ func TestApply(t *testing.T) {
 			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w9", Node: "node-a", Group: "g", State: WorkloadMigrating}}},
 			want: ErrInvalid,
 		},
+		{
+			name: "upsert with another workload's name",
+			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w9", Name: "name-w1", Node: "node-a", Group: "g"}}},
+			want: ErrExists,
+		},
+		{name: "upsert keeps its own name", cmd: upsertWL("w1", "node-b", "grp-1"), check: func(t *testing.T, tb *Table) {
+			if w := wantWorkload(t, tb, "w1"); w.Name != "name-w1" || w.Node != "node-b" {
+				t.Errorf("workload = %+v", w)
+			}
+		}},
+		{name: "probe changes nothing", cmd: cmd{ProbeType, ProbeRequest{Seq: 7}}, check: func(t *testing.T, tb *Table) {
+			if n := len(tb.Workloads()); n != 4 {
+				t.Errorf("%d workloads after a probe, want 4", n)
+			}
+		}},
 		{name: "upsert while migrating", setup: inFlight, cmd: upsertWL("w1", "node-a", "grp-1"), want: ErrMigrationInFlight},
 		{name: "upsert moving the last workload out of a group drops its segments", cmd: upsertWL("w1", "node-a", "grp-9"), check: func(t *testing.T, tb *Table) {
 			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
@@ -175,8 +190,8 @@ func TestApply(t *testing.T) {
 		{name: "remove migrating workload", setup: inFlight, cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, want: ErrMigrationInFlight},
 
 		// SetWorkloadState
-		{name: "workload exits", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: WorkloadExited, ExitStatus: 7}}, check: func(t *testing.T, tb *Table) {
-			if w := wantWorkload(t, tb, "w2"); w.State != WorkloadExited || w.ExitStatus != 7 {
+		{name: "workload exits", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: WorkloadExited, ExitStatus: 7, At: 99}}, check: func(t *testing.T, tb *Table) {
+			if w := wantWorkload(t, tb, "w2"); w.State != WorkloadExited || w.ExitStatus != 7 || w.ExitedAt != 99 {
 				t.Errorf("workload = %+v", w)
 			}
 		}},

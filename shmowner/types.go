@@ -76,6 +76,9 @@ type Workload struct {
 	State      WorkloadState `json:"state"`
 	ExitStatus int           `json:"exit_status"`
 	Pinned     bool          `json:"pinned"` // the balancer must not move it
+	Args       []string      `json:"args,omitempty"`       // the command, for display
+	StartedAt  int64         `json:"started_at,omitempty"` // unix nanos
+	ExitedAt   int64         `json:"exited_at,omitempty"`  // unix nanos, once exited
 }
 
 // SegmentID is the cluster-wide id of a SysV segment: its IPC group and its shmid inside
@@ -215,6 +218,7 @@ func NewTable() *Table {
 
 func (w Workload) clone() Workload {
 	w.Pids = slices.Clone(w.Pids)
+	w.Args = slices.Clone(w.Args)
 	return w
 }
 

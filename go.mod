@@ -3,6 +3,7 @@ module github.com/migshm/migshm
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v1.5.0
 	github.com/checkpoint-restore/go-criu/v7 v7.2.0
 	github.com/hashicorp/go-hclog v1.6.2
 	github.com/hashicorp/raft v1.7.3
@@ -26,4 +27,5 @@ require (
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	go.etcd.io/bbolt v1.5.0 // indirect
+	gopkg.in/yaml.v3 v3.0.1 // indirect
 )

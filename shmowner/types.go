@@ -75,7 +75,7 @@ type Workload struct {
 	Group      string        `json:"group"`    // IPC group id (shm group)
 	State      WorkloadState `json:"state"`
 	ExitStatus int           `json:"exit_status"`
-	Pinned     bool          `json:"pinned"` // the balancer must not move it
+	Pinned     bool          `json:"pinned"`               // the balancer must not move it
 	Args       []string      `json:"args,omitempty"`       // the command, for display
 	StartedAt  int64         `json:"started_at,omitempty"` // unix nanos
 	ExitedAt   int64         `json:"exited_at,omitempty"`  // unix nanos, once exited

@@ -26,8 +26,13 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "criu", Usage: "criu binary to use", EnvVars: []string{migrate.EnvCRIU},
 				DefaultText: migrate.DefaultCRIUPrefix + "/bin/criu"},
+			socketFlag,
 		},
-		Commands: []*cli.Command{doctorCommand(), checkCommand()},
+		Commands: []*cli.Command{
+			runCommand(), psCommand(), stopCommand(), logsCommand(), rmCommand(),
+			nodesCommand(), segmentsCommand(), statusCommand(), leaveCommand(),
+			checkCommand(), doctorCommand(), tlsCommand(),
+		},
 	}
 }
 

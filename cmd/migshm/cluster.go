@@ -1,0 +1,384 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/migshm/migshm/daemon"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+)
+
+// socketFlag picks the node the CLI talks to.
+var socketFlag = &cli.StringFlag{Name: "socket", Usage: "local API socket of the node to talk to",
+	EnvVars: []string{"MIGSHM_SOCKET"}, Value: daemon.DefaultSocket}
+
+func client(c *cli.Context) *daemon.Client { return daemon.NewClient(c.String("socket")) }
+
+// apiContext bounds one API call; long operations pass their own.
+func apiContext(c *cli.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.Context, 30*time.Second)
+}
+
+func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func ago(nanos int64) string {
+	if nanos == 0 {
+		return "-"
+	}
+	d := time.Since(time.Unix(0, nanos))
+	switch {
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		return d.Round(time.Minute).String()
+	default:
+		return d.Round(time.Hour).String()
+	}
+}
+
+func human(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show this node and the Raft cluster as it sees them",
+		Description: "Shows the node answering on --socket, the Raft leader, term, commit and applied\n" +
+			"index, and the voters of the cluster.\n\n" +
+			"Examples:\n  migshm status\n  migshm --socket /run/migshm-cluster/migshm-n2.sock status --json",
+		Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			s, err := client(c).Status(ctx)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, s)
+			}
+			w := newTable(c.App.Writer)
+			leader := s.Leader
+			if leader == "" {
+				leader = "none (no quorum?)"
+			}
+			fmt.Fprintf(w, "node:\t%s (%s)\n", s.Node, strings.ToLower(s.RaftState))
+			fmt.Fprintf(w, "raft address:\t%s\n", s.RaftAddr)
+			fmt.Fprintf(w, "peer api:\t%s\n", s.APIAddr)
+			fmt.Fprintf(w, "leader:\t%s\n", leader)
+			fmt.Fprintf(w, "term:\t%d\n", s.Term)
+			fmt.Fprintf(w, "commit index:\t%d (applied %d)\n", s.CommitIndex, s.AppliedIndex)
+			fmt.Fprintf(w, "workloads here:\t%d running\n", s.Workloads)
+			fmt.Fprintf(w, "daemon:\t%s, up %s\n", s.Version, s.Uptime)
+			if s.Error != "" {
+				fmt.Fprintf(w, "problem:\t%s\n", s.Error)
+			}
+			w.Flush()
+			fmt.Fprintln(c.App.Writer, "\nvoters:")
+			w = newTable(c.App.Writer)
+			fmt.Fprintln(w, "  ID\tADDRESS\tSUFFRAGE\tROLE")
+			for _, p := range s.Peers {
+				role := "follower"
+				if p.Leader {
+					role = "leader"
+				}
+				fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", p.ID, p.Address, p.Suffrage, role)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func nodesCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "nodes",
+		Usage:       "list the nodes of the cluster with their state and last load report",
+		Description: "Examples:\n  migshm nodes\n  migshm nodes --json",
+		Flags:       []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			nodes, err := client(c).Nodes(ctx)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, nodes)
+			}
+			w := newTable(c.App.Writer)
+			fmt.Fprintln(w, "NODE\tSTATE\tRAFT\tPEER API\tCPU\tMEM FREE\tWORKLOADS\tREPORTED")
+			for _, n := range nodes {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.0f%%\t%s\t%d\t%s\n", n.ID, n.State, n.RaftAddr, n.APIAddr,
+					100*n.Load.CPU, human(n.Load.MemFreeBytes), n.Load.Workloads, ago(n.LoadAt))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func psCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ps",
+		Usage: "list workloads on every node",
+		Description: "PIDS counts the processes of the workload; INIT is the host pid of its init on its\n" +
+			"node (use it, or the name or id, with stop, logs and move).\n\n" +
+			"Examples:\n  migshm ps\n  migshm ps --all --json",
+		Flags: []cli.Flag{jsonFlag, &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include exited workloads"}},
+		Action: func(c *cli.Context) error {
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			ws, err := client(c).Workloads(ctx)
+			if err != nil {
+				return err
+			}
+			if !c.Bool("all") {
+				kept := ws[:0]
+				for _, wl := range ws {
+					if wl.State != "exited" {
+						kept = append(kept, wl)
+					}
+				}
+				ws = kept
+			}
+			if c.Bool("json") {
+				if ws == nil {
+					ws = []daemon.Workload{}
+				}
+				return printJSON(c.App.Writer, ws)
+			}
+			sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
+			w := newTable(c.App.Writer)
+			fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tGROUP\tSTARTED\tCOMMAND")
+			for _, wl := range ws {
+				state := string(wl.State)
+				if wl.State == "exited" {
+					state = fmt.Sprintf("exited(%d)", wl.ExitStatus)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
+					len(wl.Pids), wl.Group, ago(wl.StartedAt), strings.Join(wl.Args, " "))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func segmentsCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "segments",
+		Usage: "list SysV shared memory segments of all workloads and who owns them",
+		Description: "GROUP is the IPC group (the workload's IPC namespace); SHMID and KEY are as the\n" +
+			"workload sees them, and stay the same when it moves. OWNER holds the owner copy.\n\n" +
+			"Examples:\n  migshm segments\n  migshm segments --json",
+		Flags: []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			segs, err := client(c).Segments(ctx)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, segs)
+			}
+			ws, err := client(c).Workloads(ctx)
+			if err != nil {
+				return err
+			}
+			users := map[string][]string{}
+			for _, wl := range ws {
+				if wl.State != "exited" {
+					users[wl.Group] = append(users[wl.Group], wl.Name)
+				}
+			}
+			w := newTable(c.App.Writer)
+			fmt.Fprintln(w, "GROUP\tSHMID\tKEY\tSIZE\tMODE\tOWNER\tEPOCH\tWORKLOADS")
+			for _, s := range segs {
+				fmt.Fprintf(w, "%s\t%d\t0x%08x\t%s\t%04o\t%s\t%d\t%s\n", s.Group, s.Shmid, s.Key, human(s.Size),
+					s.Mode, s.Owner, s.Epoch, strings.Join(users[s.Group], ","))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "start a command as a workload on the node (in its own PID, IPC and UTS namespaces)",
+		ArgsUsage: "-- CMD [ARGS...]",
+		Description: "The node's daemon starts CMD under a small init in fresh namespaces, with stdin on\n" +
+			"/dev/null and stdout/stderr in files (see `migshm logs`), registers it in the cluster\n" +
+			"table, and follows its SysV segments. The workload keeps running if the daemon restarts.\n" +
+			"CMD, its files and the directory must exist at the same paths on a node it moves to.\n\n" +
+			"Examples:\n" +
+			"  migshm run -- /usr/local/bin/shmcounter 4\n" +
+			"  migshm run --name db1 --env PGDATA=/srv/pg -- /usr/lib/postgresql/15/bin/postgres\n" +
+			"  migshm run --ipc-group g1 -- ./producer; migshm run --ipc-group g1 -- ./consumer",
+		Flags: []cli.Flag{
+			jsonFlag,
+			&cli.StringFlag{Name: "name", Usage: "workload name (default: command name + id suffix)"},
+			&cli.StringFlag{Name: "ipc-group", Usage: "share the IPC namespace (SysV segments) of the running workloads of this group, or start the group"},
+			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE for the command's environment (repeatable); PATH defaults to the system's"},
+			&cli.StringFlag{Name: "dir", Usage: "working directory (default: the current one)"},
+		},
+		Action: func(c *cli.Context) error {
+			args := c.Args().Slice()
+			if len(args) == 0 {
+				return errors.New("no command given: use `migshm run [--name N] -- CMD [ARGS...]`")
+			}
+			if strings.Contains(args[0], "/") && !filepath.IsAbs(args[0]) {
+				abs, err := filepath.Abs(args[0])
+				if err != nil {
+					return err
+				}
+				args[0] = abs
+			}
+			for _, e := range c.StringSlice("env") {
+				if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+					return fmt.Errorf("--env %q: want KEY=VALUE", e)
+				}
+			}
+			dir := c.String("dir")
+			if dir == "" {
+				dir, _ = os.Getwd()
+			}
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			wl, err := client(c).Run(ctx, daemon.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"),
+				Args: args, Env: c.StringSlice("env"), Dir: dir})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, wl)
+			}
+			fmt.Fprintf(c.App.Writer, "started %s (id %s) on %s, init pid %d, ipc group %s\n", wl.Name, wl.ID, wl.Node, wl.InitPid, wl.Group)
+			return nil
+		},
+	}
+}
+
+func stopCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "stop",
+		Usage:     "stop a workload (SIGTERM, then SIGKILL after the timeout)",
+		ArgsUsage: "WORKLOAD",
+		Description: "WORKLOAD is a name, an id (or a unique prefix of at least 3 characters) or a host pid\n" +
+			"of one of its processes. It may run on any node.\n\n" +
+			"Examples:\n  migshm stop db1\n  migshm stop --timeout 30s w3f2a",
+		Flags: []cli.Flag{jsonFlag, &cli.DurationFlag{Name: "timeout", Usage: "grace period before SIGKILL (default: the node's stop-timeout)"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("give one workload: `migshm stop WORKLOAD` (see `migshm ps`)")
+			}
+			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout")+time.Minute)
+			defer cancel()
+			wl, err := client(c).Stop(ctx, c.Args().First(), daemon.StopRequest{TimeoutMS: c.Duration("timeout").Milliseconds()})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, wl)
+			}
+			fmt.Fprintf(c.App.Writer, "stopped %s on %s: exit status %d\n", wl.Name, wl.Node, wl.ExitStatus)
+			return nil
+		},
+	}
+}
+
+func rmCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "rm",
+		Usage:       "forget an exited workload: its record and its log files",
+		ArgsUsage:   "WORKLOAD",
+		Description: "Examples:\n  migshm rm db1",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("give one workload: `migshm rm WORKLOAD` (see `migshm ps --all`)")
+			}
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			if err := client(c).Remove(ctx, c.Args().First()); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "removed %s\n", c.Args().First())
+			return nil
+		},
+	}
+}
+
+func logsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "logs",
+		Usage:     "print a workload's output",
+		ArgsUsage: "WORKLOAD",
+		Description: "Prints the workload's stdout (or stderr), fetched from the node it runs on.\n\n" +
+			"Examples:\n  migshm logs db1\n  migshm logs -f --tail 20 db1\n  migshm logs --stderr db1",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new output until the workload exits"},
+			&cli.BoolFlag{Name: "stderr", Usage: "print stderr instead of stdout"},
+			&cli.IntFlag{Name: "tail", Usage: "start with the last N lines (0: all)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("give one workload: `migshm logs WORKLOAD` (see `migshm ps`)")
+			}
+			stream := "stdout"
+			if c.Bool("stderr") {
+				stream = "stderr"
+			}
+			ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
+			defer stop()
+			return client(c).Logs(ctx, c.Args().First(), stream, c.Bool("follow"), c.Int("tail"), c.App.Writer)
+		},
+	}
+}
+
+func leaveCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "leave",
+		Usage:     "remove a node from the cluster (the node answering on --socket, or NODE)",
+		ArgsUsage: "[NODE]",
+		Description: "Without NODE the node you talk to leaves; name a NODE to remove a dead one. A node\n" +
+			"that still runs workloads is refused unless --force. Afterwards stop that node's\n" +
+			"daemon; to join again, clear its data dir's raft/ and start it with --join.\n\n" +
+			"Examples:\n  migshm --socket /run/migshmd/migshmd.sock leave\n  migshm leave node3",
+		Flags: []cli.Flag{jsonFlag, &cli.BoolFlag{Name: "force", Usage: "leave even though workloads run there"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 1 {
+				return errors.New("give at most one node: `migshm leave [NODE]`")
+			}
+			ctx, cancel := apiContext(c)
+			defer cancel()
+			res, err := client(c).Leave(ctx, daemon.LeaveRequest{Node: c.Args().First(), Force: c.Bool("force")})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, res)
+			}
+			fmt.Fprintf(c.App.Writer, "node %s left the cluster; stop its daemon now\n", res.Node)
+			return nil
+		},
+	}
+}

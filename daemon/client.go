@@ -1,0 +1,192 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// Client talks to one daemon: over its local unix socket (the CLI) or over its peer API
+// with mutual TLS (other daemons).
+type Client struct {
+	base   string // "http://migshmd" or "https://HOST:PORT"
+	target string // what to name in errors: the socket path or the address
+	hc     *http.Client
+	header http.Header // added to every request
+}
+
+// NewClient returns a client of the local API at socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns: 4,
+	}
+	return &Client{base: "http://migshmd", target: socket, hc: &http.Client{Transport: tr}}
+}
+
+// newPeerClient returns a client of another daemon's peer API.
+func newPeerClient(addr string, tr *http.Transport) *Client {
+	return &Client{base: "https://" + addr, target: addr, hc: &http.Client{Transport: tr}}
+}
+
+// peerTransport is the one HTTP transport a daemon uses for all its peers.
+func peerTransport(cfg *tls.Config) *http.Transport {
+	return &http.Transport{
+		TLSClientConfig:     cfg,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     time.Minute,
+	}
+}
+
+// do sends one JSON request and decodes the JSON answer into out (if not nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode answer of %s: %w", method, path, c.target, err)
+	}
+	return nil
+}
+
+// send sends a request and returns the response if its status is 2xx; otherwise the
+// error the daemon sent, mapped back to its sentinel.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.dialError(err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Error wireError `json:"error"`
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
+		return nil, fmt.Errorf("%s %s at %s: HTTP %d: %s", method, path, c.target, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	return nil, fromWire(e.Error)
+}
+
+func (c *Client) dialError(err error) error {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
+		if c.base == "http://migshmd" {
+			return fmt.Errorf("no migshmd listening on %s (is the daemon running? pick another node with --socket or MIGSHM_SOCKET): %w", c.target, ErrUnreachable)
+		}
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("cannot connect to %s: permission denied (the local API is root only; use sudo): %w", c.target, ErrForbidden)
+	}
+	return fmt.Errorf("%s: %v: %w", c.target, err, ErrUnreachable)
+}
+
+// Status returns the node's view of itself and the cluster.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// Nodes lists the nodes of the table.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var out []Node
+	return out, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+}
+
+// Workloads lists the workloads of the table.
+func (c *Client) Workloads(ctx context.Context) ([]Workload, error) {
+	var out []Workload
+	return out, c.do(ctx, http.MethodGet, "/v1/workloads", nil, &out)
+}
+
+// Segments lists the segments of the table.
+func (c *Client) Segments(ctx context.Context) ([]Segment, error) {
+	var out []Segment
+	return out, c.do(ctx, http.MethodGet, "/v1/segments", nil, &out)
+}
+
+// Run starts a workload on the node.
+func (c *Client) Run(ctx context.Context, r RunRequest) (Workload, error) {
+	var w Workload
+	return w, c.do(ctx, http.MethodPost, "/v1/workloads", r, &w)
+}
+
+// Stop stops a workload (id, name or host pid) wherever it runs.
+func (c *Client) Stop(ctx context.Context, ref string, r StopRequest) (Workload, error) {
+	var w Workload
+	return w, c.do(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/stop", r, &w)
+}
+
+// Remove deletes the record and files of an exited workload.
+func (c *Client) Remove(ctx context.Context, ref string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/workloads/"+url.PathEscape(ref), nil, nil)
+}
+
+// Logs copies a workload's stdout or stderr to w; with follow it keeps copying until
+// the workload exits or ctx ends. tail > 0 starts with the last tail lines.
+func (c *Client) Logs(ctx context.Context, ref, stream string, follow bool, tail int, w io.Writer) error {
+	q := url.Values{"stream": {stream}, "follow": {strconv.FormatBool(follow)}, "tail": {strconv.Itoa(tail)}}
+	resp, err := c.send(ctx, http.MethodGet, "/v1/workloads/"+url.PathEscape(ref)+"/logs?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	if err != nil && ctx.Err() != nil {
+		return nil // the user interrupted a follow
+	}
+	return err
+}
+
+// Leave removes a node (r.Node, or the node served) from the cluster.
+func (c *Client) Leave(ctx context.Context, r LeaveRequest) (LeaveResult, error) {
+	var out LeaveResult
+	return out, c.do(ctx, http.MethodPost, "/v1/leave", r, &out)
+}
+
+// Probe commits a no-op entry through the leader (forwarded if this node is not the
+// leader) and returns once the leader applied it.
+func (c *Client) Probe(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/probe", struct{}{}, nil)
+}

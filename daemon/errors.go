@@ -1,0 +1,99 @@
+package daemon
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/migshm/migshm/shmowner"
+)
+
+// Sentinels of the daemon's API. Table rule violations use shmowner's sentinels; both
+// travel the wire as a code (see codeOf) and come back as errors that errors.Is matches.
+var (
+	// ErrBadRequest: the request is malformed or names something that cannot work.
+	ErrBadRequest = errors.New("bad request")
+	// ErrNoLeader: the cluster has no leader (no quorum) within the request's deadline.
+	ErrNoLeader = errors.New("no raft leader")
+	// ErrForbidden: the caller may not use this API (the local socket is root only; a
+	// peer may only join under its certificate's name).
+	ErrForbidden = errors.New("forbidden")
+	// ErrNotRunning: the workload has exited; it cannot be stopped or moved.
+	ErrNotRunning = errors.New("workload not running")
+	// ErrStillRunning: the workload runs; stop it first.
+	ErrStillRunning = errors.New("workload still running")
+	// ErrUnreachable: the node that must serve the request does not answer.
+	ErrUnreachable = errors.New("node unreachable")
+	// ErrNotReady: the daemon is starting and has not joined the cluster yet.
+	ErrNotReady = errors.New("daemon not ready")
+)
+
+var daemonCodes = []struct {
+	code   string
+	err    error
+	status int
+}{
+	{"bad_request", ErrBadRequest, http.StatusBadRequest},
+	{"no_leader", ErrNoLeader, http.StatusServiceUnavailable},
+	{"forbidden", ErrForbidden, http.StatusForbidden},
+	{"not_running", ErrNotRunning, http.StatusConflict},
+	{"still_running", ErrStillRunning, http.StatusConflict},
+	{"unreachable", ErrUnreachable, http.StatusBadGateway},
+	{"not_ready", ErrNotReady, http.StatusServiceUnavailable},
+}
+
+// codeOf returns the wire code and HTTP status of err.
+func codeOf(err error) (string, int) {
+	for _, c := range daemonCodes {
+		if errors.Is(err, c.err) {
+			return c.code, c.status
+		}
+	}
+	code := shmowner.ErrorCode(err)
+	switch code {
+	case "":
+		return "internal", http.StatusInternalServerError
+	case "unknown_node", "unknown_workload", "unknown_migration":
+		return code, http.StatusNotFound
+	case "not_leader":
+		return code, http.StatusServiceUnavailable
+	case "invalid":
+		return code, http.StatusBadRequest
+	default:
+		return code, http.StatusConflict
+	}
+}
+
+// wireError is the JSON body of every failed API call.
+type wireError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// fromWire rebuilds an error received over the wire.
+func fromWire(e wireError) error {
+	for _, c := range daemonCodes {
+		if c.code == e.Code {
+			return &codedError{msg: e.Message, err: c.err}
+		}
+	}
+	return shmowner.ErrorFromCode(e.Code, e.Message)
+}
+
+type codedError struct {
+	msg string
+	err error
+}
+
+func (e *codedError) Error() string { return e.msg }
+func (e *codedError) Unwrap() error { return e.err }
+
+func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
+	code, status := codeOf(err)
+	if status == http.StatusInternalServerError {
+		log.Error("request failed", "err", err)
+	}
+	writeJSON(w, status, struct {
+		Error wireError `json:"error"`
+	}{wireError{Code: code, Message: err.Error()}})
+}

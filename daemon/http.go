@@ -1,0 +1,450 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/migshm/migshm/internal/pki"
+	"github.com/migshm/migshm/shmowner"
+)
+
+// maxBody bounds every request body; API requests are small.
+const maxBody = 1 << 20
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// readJSON decodes a request body strictly: unknown fields and trailing data are errors.
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("malformed request body: %v: %w", err, ErrBadRequest)
+	}
+	if dec.More() {
+		return fmt.Errorf("malformed request body: trailing data: %w", ErrBadRequest)
+	}
+	return nil
+}
+
+// handler adapts a func returning (value, error) to HTTP: the value as JSON with 200,
+// or the error with its code.
+func (d *Daemon) handler(fn func(r *http.Request) (any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := fn(r)
+		if err != nil {
+			writeError(w, d.log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+}
+
+// routes are served on both APIs: the local socket (CLI) and the peer API (other
+// daemons forwarding a user's request to the node that must serve it).
+func (d *Daemon) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/status", d.handler(func(*http.Request) (any, error) { return d.status(), nil }))
+	mux.HandleFunc("GET /v1/nodes", d.handler(func(*http.Request) (any, error) { return d.store.Table().Nodes(), nil }))
+	mux.HandleFunc("GET /v1/workloads", d.handler(func(*http.Request) (any, error) { return d.store.Table().Workloads(), nil }))
+	mux.HandleFunc("GET /v1/segments", d.handler(func(*http.Request) (any, error) { return d.store.Table().Segments(), nil }))
+	mux.HandleFunc("GET /v1/migrations", d.handler(func(*http.Request) (any, error) { return d.store.Table().Migrations(), nil }))
+	mux.HandleFunc("POST /v1/workloads/{ref}/stop", d.handler(d.handleStop))
+	mux.HandleFunc("DELETE /v1/workloads/{ref}", d.handler(d.handleRemove))
+	mux.HandleFunc("GET /v1/workloads/{ref}/logs", d.handleLogs)
+	mux.HandleFunc("POST /v1/leave", d.handler(d.handleLeave))
+	mux.HandleFunc("POST /v1/probe", d.handler(func(r *http.Request) (any, error) {
+		return struct{}{}, d.apply(r.Context(), shmowner.ProbeType, shmowner.ProbeRequest{Seq: uint64(time.Now().UnixNano())})
+	}))
+}
+
+// localHandler serves the CLI on the unix socket. Only root may call it.
+func (d *Daemon) localHandler() http.Handler {
+	mux := http.NewServeMux()
+	d.routes(mux)
+	// Starting a command is local only: no peer may make another node run a program.
+	mux.HandleFunc("POST /v1/workloads", d.handler(d.handleRun))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if uid := callerUID(r.Context()); uid != 0 {
+			writeError(w, d.log, fmt.Errorf("the local API is root only (caller uid %d): %w", uid, ErrForbidden))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// peerHandler serves other daemons over mutual TLS (the TLS layer already refused
+// anyone without a certificate of the cluster's CA).
+func (d *Daemon) peerHandler() http.Handler {
+	mux := http.NewServeMux()
+	d.routes(mux)
+	mux.HandleFunc("POST /peer/v1/apply", d.handler(d.handlePeerApply))
+	mux.HandleFunc("POST /peer/v1/join", d.handler(d.handlePeerJoin))
+	mux.HandleFunc("POST /peer/v1/remove", d.handler(d.handlePeerRemove))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || pki.PeerName(*r.TLS) == "" {
+			writeError(w, d.log, fmt.Errorf("peer API needs a client certificate: %w", ErrForbidden))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// handlePeerApply applies a command a follower forwarded. It never forwards again: if
+// this node is not the leader any more the caller gets not_leader and retries.
+func (d *Daemon) handlePeerApply(r *http.Request) (any, error) {
+	var req applyRequest
+	if err := readJSON(r, &req); err != nil {
+		return nil, err
+	}
+	t := shmowner.MessageType(req.Type)
+	if t == 0 || len(req.Body) == 0 {
+		return nil, fmt.Errorf("apply: empty command: %w", ErrBadRequest)
+	}
+	// The body must decode as JSON before it goes into the log: an entry the FSM cannot
+	// decode would stop every node.
+	if !json.Valid(req.Body) {
+		return nil, fmt.Errorf("apply %s: body is not JSON: %w", t, ErrBadRequest)
+	}
+	if _, known := map[shmowner.MessageType]bool{
+		shmowner.RegisterNodeType: true, shmowner.RemoveNodeType: true, shmowner.SetNodeStateType: true,
+		shmowner.ReportLoadType: true, shmowner.UpsertWorkloadType: true, shmowner.RemoveWorkloadType: true,
+		shmowner.SetWorkloadStateType: true, shmowner.SetSegmentsType: true, shmowner.PlanMigrationType: true,
+		shmowner.SetMigrationPhaseType: true, shmowner.ProbeType: true,
+	}[t]; !known {
+		return nil, fmt.Errorf("apply: unknown command type %d: %w", req.Type, ErrBadRequest)
+	}
+	if err := checkDecodes(t, req.Body); err != nil {
+		return nil, err
+	}
+	_, err := d.store.Apply(r.Context(), t, req.Body)
+	return struct{}{}, err
+}
+
+// checkDecodes makes sure body decodes into t's request type, as the FSM will.
+func checkDecodes(t shmowner.MessageType, body []byte) error {
+	var v any
+	switch t {
+	case shmowner.RegisterNodeType:
+		v = &shmowner.RegisterNodeRequest{}
+	case shmowner.RemoveNodeType:
+		v = &shmowner.RemoveNodeRequest{}
+	case shmowner.SetNodeStateType:
+		v = &shmowner.SetNodeStateRequest{}
+	case shmowner.ReportLoadType:
+		v = &shmowner.ReportLoadRequest{}
+	case shmowner.UpsertWorkloadType:
+		v = &shmowner.UpsertWorkloadRequest{}
+	case shmowner.RemoveWorkloadType:
+		v = &shmowner.RemoveWorkloadRequest{}
+	case shmowner.SetWorkloadStateType:
+		v = &shmowner.SetWorkloadStateRequest{}
+	case shmowner.SetSegmentsType:
+		v = &shmowner.SetSegmentsRequest{}
+	case shmowner.PlanMigrationType:
+		v = &shmowner.PlanMigrationRequest{}
+	case shmowner.SetMigrationPhaseType:
+		v = &shmowner.SetMigrationPhaseRequest{}
+	default:
+		v = &shmowner.ProbeRequest{}
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("apply %s: %v: %w", t, err, ErrBadRequest)
+	}
+	return nil
+}
+
+// handlePeerJoin adds a node to the cluster. The first daemon to receive the request
+// checks that the joiner's certificate names the node it joins as; a follower forwards
+// to the leader.
+func (d *Daemon) handlePeerJoin(r *http.Request) (any, error) {
+	var req joinRequest
+	if err := readJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if !nodeIDPattern.MatchString(req.ID) || req.RaftAddr == "" || req.APIAddr == "" {
+		return nil, fmt.Errorf("join: need a valid id, raft_addr and api_addr: %w", ErrBadRequest)
+	}
+	if r.Header.Get(forwardedHeader) == "" {
+		if cn := pki.PeerName(*r.TLS); cn != req.ID {
+			return nil, fmt.Errorf("join as %q refused: the caller's certificate is for %q: %w", req.ID, cn, ErrForbidden)
+		}
+	}
+	if !d.store.IsLeader() {
+		addr := d.leaderAPI()
+		if addr == "" {
+			return nil, fmt.Errorf("join %s: %w", req.ID, ErrNoLeader)
+		}
+		return struct{}{}, d.forward(r.Context(), addr, "/peer/v1/join", req)
+	}
+	if err := d.store.Join(req.ID, req.RaftAddr); err != nil {
+		return nil, err
+	}
+	d.log.Info("node joined", "peer", req.ID, "raft", req.RaftAddr, "api", req.APIAddr)
+	return struct{}{}, d.apply(r.Context(), shmowner.RegisterNodeType,
+		shmowner.RegisterNodeRequest{ID: req.ID, RaftAddr: req.RaftAddr, APIAddr: req.APIAddr})
+}
+
+// forwardedHeader marks a request one daemon forwards to another for a user or peer.
+const forwardedHeader = "X-Migshm-Forwarded-By"
+
+func (d *Daemon) forward(ctx context.Context, addr, path string, body any) error {
+	return d.forwardTo(ctx, addr, http.MethodPost, path, body, nil)
+}
+
+func (d *Daemon) forwardTo(ctx context.Context, addr, method, path string, in, out any) error {
+	c := newPeerClient(addr, d.peerTr)
+	c.header = http.Header{forwardedHeader: {d.cfg.NodeID}}
+	return c.do(ctx, method, path, in, out)
+}
+
+// handleLeave removes a node from Raft and the table (on the leader; forwarded there).
+func (d *Daemon) handleLeave(r *http.Request) (any, error) {
+	var req LeaveRequest
+	if err := readJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Node == "" {
+		req.Node = d.cfg.NodeID
+	}
+	t := d.store.Table()
+	if _, ok := t.Node(req.Node); !ok && !d.inRaftConfig(req.Node) {
+		return nil, fmt.Errorf("leave: node %q is not in the cluster: %w", req.Node, shmowner.ErrUnknownNode)
+	}
+	if !req.Force {
+		var running []string
+		for _, w := range t.Workloads() {
+			if w.Node == req.Node && w.State != shmowner.WorkloadExited {
+				running = append(running, w.Name)
+			}
+		}
+		if len(running) > 0 {
+			return nil, fmt.Errorf("node %s still runs %d workload(s) %v: stop or move them first, or use --force "+
+				"(they keep running but the cluster forgets them): %w", req.Node, len(running), running, ErrStillRunning)
+		}
+	}
+	if err := d.removeNode(r.Context(), req.Node); err != nil {
+		return nil, err
+	}
+	d.log.Info("node left the cluster", "peer", req.Node)
+	return LeaveResult{Node: req.Node}, nil
+}
+
+func (d *Daemon) inRaftConfig(id string) bool {
+	f := d.store.Raft().GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id {
+			return true
+		}
+	}
+	return false
+}
+
+// removeNode removes id from Raft and the table, on the leader or through it.
+func (d *Daemon) removeNode(ctx context.Context, id string) error {
+	if !d.store.IsLeader() {
+		addr := d.leaderAPI()
+		if addr == "" {
+			return fmt.Errorf("remove node %s: %w", id, ErrNoLeader)
+		}
+		return d.forward(ctx, addr, "/peer/v1/remove", LeaveRequest{Node: id, Force: true})
+	}
+	if d.inRaftConfig(id) {
+		if err := d.store.Remove(id); err != nil {
+			return err
+		}
+	}
+	if _, ok := d.store.Table().Node(id); ok {
+		return d.apply(ctx, shmowner.RemoveNodeType, shmowner.RemoveNodeRequest{ID: id})
+	}
+	return nil
+}
+
+func (d *Daemon) handlePeerRemove(r *http.Request) (any, error) {
+	var req LeaveRequest
+	if err := readJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if req.Node == "" {
+		return nil, fmt.Errorf("remove: no node named: %w", ErrBadRequest)
+	}
+	return struct{}{}, d.removeNode(r.Context(), req.Node)
+}
+
+// resolve finds a workload by id, name, unique id prefix, or host pid of a process on
+// the node that runs it.
+func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
+	if ref == "" {
+		return shmowner.Workload{}, fmt.Errorf("no workload named: %w", ErrBadRequest)
+	}
+	ws := t.Workloads()
+	for _, w := range ws {
+		if w.ID == ref || w.Name == ref {
+			return w, nil
+		}
+	}
+	if pid, err := strconv.Atoi(ref); err == nil && pid > 0 {
+		for _, w := range ws {
+			if w.InitPid == pid {
+				return w, nil
+			}
+			for _, p := range w.Pids {
+				if p == pid {
+					return w, nil
+				}
+			}
+		}
+	}
+	var match []shmowner.Workload
+	for _, w := range ws {
+		if len(ref) >= 3 && len(w.ID) > len(ref) && w.ID[:len(ref)] == ref {
+			match = append(match, w)
+		}
+	}
+	if len(match) == 1 {
+		return match[0], nil
+	}
+	if len(match) > 1 {
+		return shmowner.Workload{}, fmt.Errorf("%q matches %d workloads; give more of the id: %w", ref, len(match), ErrBadRequest)
+	}
+	return shmowner.Workload{}, fmt.Errorf("no workload %q (see `migshm ps`): %w", ref, shmowner.ErrUnknownWorkload)
+}
+
+// onOwner runs fn here if the workload runs on this node, otherwise forwards the same
+// request to that node's peer API.
+func (d *Daemon) workloadNodeAddr(w shmowner.Workload) (string, error) {
+	if w.Node == d.cfg.NodeID {
+		return "", nil
+	}
+	n, ok := d.store.Table().Node(w.Node)
+	if !ok || n.APIAddr == "" {
+		return "", fmt.Errorf("workload %s runs on node %s, which has no address in the table: %w", w.Name, w.Node, ErrUnreachable)
+	}
+	return n.APIAddr, nil
+}
+
+func (d *Daemon) handleRun(r *http.Request) (any, error) {
+	var req RunRequest
+	if err := readJSON(r, &req); err != nil {
+		return nil, err
+	}
+	return d.sup.start(r.Context(), req)
+}
+
+func (d *Daemon) handleStop(r *http.Request) (any, error) {
+	var req StopRequest
+	if err := readJSON(r, &req); err != nil {
+		return nil, err
+	}
+	w, err := resolve(d.store.Table(), r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	addr, err := d.workloadNodeAddr(w)
+	if err != nil {
+		return nil, err
+	}
+	if addr != "" {
+		var out Workload
+		return out, d.forwardTo(r.Context(), addr, http.MethodPost, "/v1/workloads/"+w.ID+"/stop", req, &out)
+	}
+	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = d.cfg.StopTimeout
+	}
+	return d.sup.stop(r.Context(), w.ID, timeout)
+}
+
+func (d *Daemon) handleRemove(r *http.Request) (any, error) {
+	w, err := resolve(d.store.Table(), r.PathValue("ref"))
+	if err != nil {
+		return nil, err
+	}
+	if w.State != shmowner.WorkloadExited {
+		return nil, fmt.Errorf("workload %s is %s; stop it first (`migshm stop %s`): %w", w.Name, w.State, w.Name, ErrStillRunning)
+	}
+	addr, err := d.workloadNodeAddr(w)
+	if err != nil {
+		return nil, err
+	}
+	if addr != "" {
+		return struct{}{}, d.forwardTo(r.Context(), addr, http.MethodDelete, "/v1/workloads/"+w.ID, nil, nil)
+	}
+	return struct{}{}, d.sup.remove(r.Context(), w.ID)
+}
+
+func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
+	wl, err := resolve(d.store.Table(), r.PathValue("ref"))
+	if err != nil {
+		writeError(w, d.log, err)
+		return
+	}
+	q := r.URL.Query()
+	stream := q.Get("stream")
+	if stream == "" {
+		stream = "stdout"
+	}
+	if stream != "stdout" && stream != "stderr" {
+		writeError(w, d.log, fmt.Errorf("stream %q: want stdout or stderr: %w", stream, ErrBadRequest))
+		return
+	}
+	follow := q.Get("follow") == "true"
+	tail, _ := strconv.Atoi(q.Get("tail"))
+	addr, err := d.workloadNodeAddr(wl)
+	if err != nil {
+		writeError(w, d.log, err)
+		return
+	}
+	if addr != "" {
+		c := newPeerClient(addr, d.peerTr)
+		c.header = http.Header{forwardedHeader: {d.cfg.NodeID}}
+		resp, err := c.send(r.Context(), http.MethodGet, "/v1/workloads/"+wl.ID+"/logs?"+q.Encode(), nil)
+		if err != nil {
+			writeError(w, d.log, err)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		copyFlush(w, resp.Body)
+		return
+	}
+	if err := d.sup.logs(r.Context(), w, wl.ID, stream, follow, tail); err != nil {
+		writeError(w, d.log, err)
+	}
+}
+
+// copyFlush copies r to w, flushing after every read so followers see lines at once.
+func copyFlush(w http.ResponseWriter, r io.Reader) {
+	f, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if f != nil {
+				f.Flush()
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				return
+			}
+			return
+		}
+	}
+}

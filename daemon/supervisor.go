@@ -1,0 +1,672 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/workload"
+	"golang.org/x/sys/unix"
+)
+
+// Files of a workload's directory (WorkloadDir/ID/).
+const (
+	recordFile = "workload.json" // record: what this node started
+	exitFile   = "exit.json"     // written by the init when the command ends
+	stdoutFile = "stdout.log"
+	stderrFile = "stderr.log"
+)
+
+// defaultPath is the PATH a workload gets unless the request sets one.
+const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// record is what a node keeps on disk about a workload it runs, so that a restarted
+// daemon finds its workloads again (they outlive the daemon).
+type record struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Group     string   `json:"group"`
+	Node      string   `json:"node"`
+	Args      []string `json:"args"`
+	InitPid   int      `json:"init_pid"`
+	InitStart uint64   `json:"init_start"` // start time in ticks: pid + start name one process
+	StartedAt int64    `json:"started_at"`
+}
+
+// localWL is a workload running (or run) on this node.
+type localWL struct {
+	rec    record
+	watch  *workload.Watch   // nil once exited or if it was gone at re-attach
+	proc   *workload.Process // non-nil if this daemon started it (it must reap it)
+	exited chan struct{}     // closed when the init is gone
+	status int               // exit status once exited; -1 if unknown (init killed, no record)
+	at     int64             // exit time, unix nanos
+}
+
+func (l *localWL) isExited() bool {
+	select {
+	case <-l.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// supervisor starts this node's workloads, follows them until they exit, and keeps
+// their table records (pids, segments, state) up to date.
+type supervisor struct {
+	d        *Daemon
+	log      *slog.Logger
+	dir      string
+	initPath string
+
+	mu   sync.Mutex
+	wl   map[string]*localWL
+	kick chan struct{} // a reconcile is due now
+
+	ctx    context.Context // the daemon's; watchers end with it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	cpu cpuSampler
+}
+
+func newSupervisor(d *Daemon) (*supervisor, error) {
+	s := &supervisor{d: d, log: d.log.With("component", "supervisor"), dir: d.cfg.WorkloadDir,
+		wl: map[string]*localWL{}, kick: make(chan struct{}, 1)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	var err error
+	if s.initPath, err = installInit(filepath.Join(d.cfg.DataDir, "init")); err != nil {
+		return nil, err
+	}
+	if err := s.reattach(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// installInit copies this executable to dir/migshm-init-<sha256 prefix>, the init of
+// every workload this node starts. Workloads then do not depend on the daemon's own
+// file, which an upgrade replaces; CRIU needs the init's file unchanged at restore.
+func installInit(dir string) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable: %w", err)
+	}
+	f, err := os.Open(self)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "migshm-init-"+hex.EncodeToString(h.Sum(nil))[:16])
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	tmp, err := os.CreateTemp(dir, ".init-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, f); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Chmod(0o700); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Close(); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// reattach finds the workloads an earlier run of this daemon started and follows them
+// again: a live init (same pid and start time) is watched through a pidfd; one that is
+// gone is recorded as exited with the status its init left (or -1 if it left none).
+func (s *supervisor) reattach() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("read workload dir: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.dir, e.Name(), recordFile))
+		if err != nil {
+			continue // a half-made dir of a failed start, or another node's
+		}
+		var rec record
+		if err := json.Unmarshal(b, &rec); err != nil || rec.ID != e.Name() {
+			s.log.Warn("ignoring unreadable workload record", "dir", e.Name(), "err", err)
+			continue
+		}
+		if rec.Node != s.d.cfg.NodeID {
+			continue // the workload dir may be shared by the nodes of one host
+		}
+		l := &localWL{rec: rec, exited: make(chan struct{})}
+		if ex, err := workload.ReadExitStatus(s.path(rec.ID, exitFile)); err == nil {
+			l.status, l.at = ex.Status, ex.At
+			close(l.exited)
+		} else if w, err := workload.WatchProcess(rec.InitPid, rec.InitStart); err == nil {
+			l.watch = w
+			s.log.Info("re-attached to workload", "workload", rec.Name, "pid", rec.InitPid)
+		} else {
+			l.status, l.at = -1, time.Now().UnixNano()
+			close(l.exited)
+			s.log.Warn("workload ended while the daemon was down and left no exit status", "workload", rec.Name, "pid", rec.InitPid)
+		}
+		s.wl[rec.ID] = l
+	}
+	return nil
+}
+
+func (s *supervisor) path(id, file string) string { return filepath.Join(s.dir, id, file) }
+
+// run follows the workloads and reconciles the table until ctx ends. Workloads keep
+// running after it returns.
+func (s *supervisor) run(ctx context.Context) {
+	s.mu.Lock()
+	for _, l := range s.wl {
+		if !l.isExited() {
+			s.follow(l)
+		}
+	}
+	s.mu.Unlock()
+	t := time.NewTicker(s.d.cfg.SegmentInterval)
+	defer t.Stop()
+	for {
+		s.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			s.cancel()
+			s.wg.Wait()
+			return
+		case <-t.C:
+		case <-s.kick:
+		}
+	}
+}
+
+func (s *supervisor) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// follow waits for l's init to exit (s.mu held by the caller).
+func (s *supervisor) follow(l *localWL) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := l.watch.Wait(s.ctx); err != nil {
+			return // the daemon stops; the workload goes on
+		}
+		status := -1
+		if l.proc != nil {
+			if ps, err := l.proc.Wait(); err == nil {
+				status = exitCode(ps.Sys().(unix.WaitStatus))
+			}
+		}
+		at := time.Now().UnixNano()
+		if ex, err := workload.ReadExitStatus(s.path(l.rec.ID, exitFile)); err == nil {
+			status, at = ex.Status, ex.At
+		} else if status >= 0 {
+			// The init was killed before it could record the status; keep what wait saw.
+			_ = writeFileAtomic(s.path(l.rec.ID, exitFile), mustJSON(workload.ExitRecord{Status: status, At: at}))
+		}
+		l.watch.Close()
+		s.mu.Lock()
+		l.status, l.at = status, at
+		close(l.exited)
+		s.mu.Unlock()
+		s.log.Info("workload exited", "workload", l.rec.Name, "status", status)
+		s.poke()
+	}()
+}
+
+func exitCode(ws unix.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func newID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "w" + hex.EncodeToString(b[:])
+}
+
+// start runs a new workload on this node and registers it; if registering fails the
+// workload is killed and nothing is left behind.
+func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error) {
+	if len(req.Args) == 0 || req.Args[0] == "" {
+		return Workload{}, fmt.Errorf("run: no command given: %w", ErrBadRequest)
+	}
+	id := newID()
+	if req.Name == "" {
+		req.Name = filepath.Base(req.Args[0]) + "-" + id[1:5]
+	}
+	if !nodeIDPattern.MatchString(req.Name) {
+		return Workload{}, fmt.Errorf("run: name %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Name, ErrBadRequest)
+	}
+	if req.Group != "" && !nodeIDPattern.MatchString(req.Group) {
+		return Workload{}, fmt.Errorf("run: ipc group %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Group, ErrBadRequest)
+	}
+	table := s.d.store.Table()
+	if _, ok := table.Node(s.d.cfg.NodeID); !ok {
+		return Workload{}, fmt.Errorf("run: this node has not joined the cluster yet (see `migshm status`): %w", ErrNotReady)
+	}
+	for _, w := range table.Workloads() {
+		if w.Name == req.Name {
+			return Workload{}, fmt.Errorf("run: a workload named %q exists (%s on %s); pick another --name or `migshm rm` it: %w",
+				req.Name, w.ID, w.Node, shmowner.ErrExists)
+		}
+	}
+	group, ipcns := id, ""
+	if req.Group != "" {
+		group = req.Group
+		for _, w := range table.Workloads() {
+			if w.Group != group || w.State == shmowner.WorkloadExited {
+				continue
+			}
+			if w.Node != s.d.cfg.NodeID {
+				return Workload{}, fmt.Errorf("run: ipc group %s lives on node %s; run this workload there "+
+					"(`migshm --socket <that node's socket> run --ipc-group %s ...`): %w", group, w.Node, group, ErrBadRequest)
+			}
+			s.mu.Lock()
+			l := s.wl[w.ID]
+			s.mu.Unlock()
+			if l != nil && !l.isExited() {
+				ipcns = fmt.Sprintf("/proc/%d/ns/ipc", l.rec.InitPid)
+				break
+			}
+		}
+	}
+	env := append([]string{defaultPath}, req.Env...)
+	dir := req.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	wdir := filepath.Join(s.dir, id)
+	if err := os.Mkdir(wdir, 0o700); err != nil {
+		return Workload{}, fmt.Errorf("run: %w", err)
+	}
+	p, err := workload.Start(workload.Spec{
+		Args: req.Args, Env: env, Dir: dir, Hostname: req.Name, IPCNS: ipcns,
+		Stdout: filepath.Join(wdir, stdoutFile), Stderr: filepath.Join(wdir, stderrFile),
+		StatusFile: filepath.Join(wdir, exitFile), InitPath: s.initPath,
+	})
+	if err != nil {
+		os.RemoveAll(wdir)
+		return Workload{}, fmt.Errorf("run %s: %v: %w", req.Args[0], err, ErrBadRequest)
+	}
+	fail := func(err error) (Workload, error) {
+		_ = p.Kill()
+		_, _ = p.Wait()
+		os.RemoveAll(wdir)
+		return Workload{}, err
+	}
+	st, err := workload.StartTime("/proc", p.Pid)
+	if err != nil {
+		return fail(fmt.Errorf("run: %w", err))
+	}
+	watch, err := workload.WatchProcess(p.Pid, st)
+	if err != nil {
+		return fail(fmt.Errorf("run: %w", err))
+	}
+	rec := record{ID: id, Name: req.Name, Group: group, Node: s.d.cfg.NodeID, Args: req.Args,
+		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}
+	if err := writeFileAtomic(filepath.Join(wdir, recordFile), mustJSON(rec)); err != nil {
+		watch.Close()
+		return fail(fmt.Errorf("run: save record: %w", err))
+	}
+	w := rec.workload()
+	if err := s.d.apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: w}); err != nil {
+		watch.Close()
+		return fail(fmt.Errorf("run: register workload: %w", err))
+	}
+	l := &localWL{rec: rec, watch: watch, proc: p, exited: make(chan struct{})}
+	s.mu.Lock()
+	s.wl[id] = l
+	s.follow(l)
+	s.mu.Unlock()
+	s.log.Info("workload started", "workload", rec.Name, "id", id, "pid", p.Pid, "group", group)
+	s.poke()
+	return w, nil
+}
+
+func (r record) workload() shmowner.Workload {
+	return shmowner.Workload{ID: r.ID, Name: r.Name, Node: r.Node, InitPid: r.InitPid, Pids: []int{r.InitPid},
+		Group: r.Group, State: shmowner.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt}
+}
+
+// stop sends SIGTERM to the workload (its init forwards it), then SIGKILL to the init
+// after timeout (the kernel then kills its whole PID namespace), and records the exit.
+func (s *supervisor) stop(ctx context.Context, id string, timeout time.Duration) (Workload, error) {
+	s.mu.Lock()
+	l := s.wl[id]
+	s.mu.Unlock()
+	if l == nil {
+		return Workload{}, fmt.Errorf("stop: workload %s is not on this node: %w", id, shmowner.ErrUnknownWorkload)
+	}
+	if l.isExited() {
+		return Workload{}, fmt.Errorf("stop %s: it already exited with status %d: %w", l.rec.Name, l.status, ErrNotRunning)
+	}
+	_ = l.watch.Signal(unix.SIGTERM)
+	select {
+	case <-l.exited:
+	case <-time.After(timeout):
+		s.log.Warn("workload ignored SIGTERM; killing it", "workload", l.rec.Name, "after", timeout)
+		_ = l.watch.Signal(unix.SIGKILL)
+		select {
+		case <-l.exited:
+		case <-time.After(10 * time.Second):
+			return Workload{}, fmt.Errorf("stop %s: init %d survived SIGKILL for 10s", l.rec.Name, l.rec.InitPid)
+		}
+	case <-ctx.Done():
+		return Workload{}, ctx.Err()
+	}
+	if err := s.recordExit(ctx, l); err != nil {
+		return Workload{}, err
+	}
+	w, _ := s.d.store.Table().Workload(id)
+	if w.State != shmowner.WorkloadExited { // this node's table may lag the leader's
+		w = l.rec.workload()
+		w.State, w.ExitStatus, w.ExitedAt = shmowner.WorkloadExited, l.status, l.at
+	}
+	return w, nil
+}
+
+func (s *supervisor) recordExit(ctx context.Context, l *localWL) error {
+	return s.d.apply(ctx, shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{
+		ID: l.rec.ID, State: shmowner.WorkloadExited, ExitStatus: l.status, At: l.at})
+}
+
+// remove forgets an exited workload: its table record and its files.
+func (s *supervisor) remove(ctx context.Context, id string) error {
+	s.mu.Lock()
+	l := s.wl[id]
+	s.mu.Unlock()
+	if l != nil && !l.isExited() {
+		return fmt.Errorf("remove %s: still running: %w", l.rec.Name, ErrStillRunning)
+	}
+	if err := s.d.apply(ctx, shmowner.RemoveWorkloadType, shmowner.RemoveWorkloadRequest{ID: id}); err != nil &&
+		!errors.Is(err, shmowner.ErrUnknownWorkload) {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.wl, id)
+	s.mu.Unlock()
+	if err := os.RemoveAll(filepath.Join(s.dir, id)); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	return nil
+}
+
+func (s *supervisor) runningCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, l := range s.wl {
+		if !l.isExited() {
+			n++
+		}
+	}
+	return n
+}
+
+// snapshot returns this node's workloads, sorted by id.
+func (s *supervisor) snapshot() []*localWL {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*localWL, 0, len(s.wl))
+	for _, l := range s.wl {
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].rec.ID < out[j].rec.ID })
+	return out
+}
+
+// reconcile brings the table in line with what runs here: registers workloads the table
+// lacks, records exits, member pids and the segments of every group this node runs.
+// It is level-triggered, so a write lost to a leader change is simply made again.
+func (s *supervisor) reconcile(ctx context.Context) {
+	if !s.d.isMember() {
+		return
+	}
+	table := s.d.store.Table()
+	if _, ok := table.Node(s.d.cfg.NodeID); !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	locals := s.snapshot()
+	procs, _, err := workload.ReadAll("/proc")
+	if err != nil {
+		s.log.Warn("read /proc", "err", err)
+		return
+	}
+	type groupInfo struct{ livePid int }
+	groups := map[string]*groupInfo{}
+	for _, l := range locals {
+		g := groups[l.rec.Group]
+		if g == nil {
+			g = &groupInfo{}
+			groups[l.rec.Group] = g
+		}
+		tw, inTable := table.Workload(l.rec.ID)
+		if inTable && tw.Node != s.d.cfg.NodeID {
+			continue // it moved away (Migration milestone)
+		}
+		exited := l.isExited()
+		if exited {
+			if !inTable {
+				continue // never registered, or removed
+			}
+			if tw.State != shmowner.WorkloadExited {
+				s.try(ctx, "record exit", l.rec.Name, func() error { return s.recordExit(ctx, l) })
+			}
+			continue
+		}
+		want := l.rec.workload()
+		if tree, err := workload.FindTree(procs, l.rec.InitPid); err == nil {
+			want.Pids = want.Pids[:0]
+			for _, p := range tree.Procs {
+				want.Pids = append(want.Pids, p.Pid)
+			}
+			slices.Sort(want.Pids)
+		}
+		g.livePid = l.rec.InitPid
+		if inTable && tw.State == shmowner.WorkloadMigrating {
+			continue
+		}
+		if !inTable || tw.State != shmowner.WorkloadRunning || !slices.Equal(tw.Pids, want.Pids) {
+			want.Pinned = tw.Pinned
+			s.try(ctx, "register workload", l.rec.Name, func() error {
+				return s.d.apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: want})
+			})
+		}
+	}
+	for group, g := range groups {
+		var have []shmowner.SegmentInfo
+		if g.livePid != 0 {
+			segs, err := workload.Segments(g.livePid)
+			if err != nil {
+				continue // it exited between the scans
+			}
+			for _, sg := range segs {
+				have = append(have, shmowner.SegmentInfo{Shmid: sg.Shmid, Key: sg.Key, Size: sg.Size, Mode: sg.Mode})
+			}
+		}
+		var known []shmowner.SegmentInfo
+		for _, sg := range table.GroupSegments(group) {
+			if sg.Owner != s.d.cfg.NodeID {
+				known = nil
+				break
+			}
+			known = append(known, shmowner.SegmentInfo{Shmid: sg.Shmid, Key: sg.Key, Size: sg.Size, Mode: sg.Mode})
+		}
+		if slices.Equal(have, known) {
+			continue
+		}
+		if g.livePid == 0 && len(known) == 0 {
+			continue
+		}
+		s.try(ctx, "report segments", group, func() error {
+			return s.d.apply(ctx, shmowner.SetSegmentsType, shmowner.SetSegmentsRequest{
+				Node: s.d.cfg.NodeID, Group: group, Segments: have})
+		})
+	}
+}
+
+func (s *supervisor) try(ctx context.Context, what, name string, fn func() error) {
+	if err := fn(); err != nil && ctx.Err() == nil {
+		s.log.Warn(what+" failed; will retry", "workload", name, "err", err)
+	}
+}
+
+// logs writes a workload's stdout or stderr to w. With follow it keeps writing new
+// output until the workload exits or the client goes away.
+func (s *supervisor) logs(ctx context.Context, w http.ResponseWriter, id, stream string, follow bool, tail int) error {
+	s.mu.Lock()
+	l := s.wl[id]
+	s.mu.Unlock()
+	if l == nil {
+		return fmt.Errorf("logs: workload %s has no files on this node: %w", id, shmowner.ErrUnknownWorkload)
+	}
+	name := stdoutFile
+	if stream == "stderr" {
+		name = stderrFile
+	}
+	f, err := os.Open(s.path(id, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("logs: %s has no %s file: %w", l.rec.Name, stream, shmowner.ErrUnknownWorkload)
+	}
+	if err != nil {
+		return fmt.Errorf("logs: %w", err)
+	}
+	defer f.Close()
+	if tail > 0 {
+		if err := seekTail(f, tail); err != nil {
+			return fmt.Errorf("logs: %w", err)
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 64<<10)
+	drain := func() bool {
+		for {
+			n, err := f.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					return false
+				}
+			}
+			if err != nil || n == 0 {
+				if fl != nil {
+					fl.Flush()
+				}
+				return true
+			}
+		}
+	}
+	if !drain() || !follow {
+		return nil
+	}
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-l.exited:
+			drain()
+			return nil
+		case <-t.C:
+			if !drain() {
+				return nil
+			}
+		}
+	}
+}
+
+// seekTail positions f at the start of its last n lines.
+func seekTail(f *os.File, n int) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := st.Size()
+	const chunk = 64 << 10
+	lines := 0
+	pos := size
+	buf := make([]byte, chunk)
+	for pos > 0 {
+		step := min(int64(chunk), pos)
+		pos -= step
+		if _, err := f.ReadAt(buf[:step], pos); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		for i := step - 1; i >= 0; i-- {
+			if buf[i] != '\n' || pos+i == size-1 {
+				continue
+			}
+			lines++
+			if lines == n {
+				_, err := f.Seek(pos+i+1, io.SeekStart)
+				return err
+			}
+		}
+	}
+	_, err = f.Seek(0, io.SeekStart)
+	return err
+}

@@ -246,7 +246,7 @@ func defaultAdvertise() (string, error) {
 // then keep its node record registered with the current addresses.
 func (d *Daemon) membership(ctx context.Context) {
 	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
+	for attempt := 1; ctx.Err() == nil; attempt++ {
 		err := d.ensureMember(ctx)
 		d.mu.Lock()
 		d.joinErr = err
@@ -255,7 +255,12 @@ func (d *Daemon) membership(ctx context.Context) {
 			d.log.Info("member of the cluster", "leader", d.leaderID())
 			return
 		}
-		d.log.Warn("not a member yet; retrying", "err", err, "in", backoff)
+		// The first attempts race the cluster's own start (no leader elected yet).
+		lvl := slog.LevelInfo
+		if attempt > 5 {
+			lvl = slog.LevelWarn
+		}
+		d.log.Log(ctx, lvl, "not a member yet; retrying", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -398,4 +403,36 @@ func (d *Daemon) status() Status {
 
 func suffrage(s raft.ServerSuffrage) string {
 	return strings.ToLower(s.String())
+}
+
+// readTable returns the table for a read request. On a follower it first catches up
+// with the leader: it asks the leader for its commit index and waits (up to a second)
+// until it has applied that much, so a user who just wrote through one node reads the
+// write from any other (read-your-writes, like Raft's ReadIndex without the lease
+// check). If the leader is unknown or slow the follower answers with what it has: a
+// partitioned node still shows its last view rather than nothing.
+func (d *Daemon) readTable(r *http.Request) *shmowner.Table {
+	if r.URL.Query().Get("stale") == "true" || d.store.IsLeader() {
+		return d.store.Table()
+	}
+	addr := d.leaderAPI()
+	if addr == "" {
+		return d.store.Table()
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	var ls Status
+	if err := newPeerClient(addr, d.peerTr).do(ctx, http.MethodGet, "/v1/status", nil, &ls); err != nil {
+		return d.store.Table()
+	}
+	for ctx.Err() == nil {
+		if d.store.AppliedIndex() >= ls.CommitIndex {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return d.store.Table()
 }

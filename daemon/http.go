@@ -53,10 +53,10 @@ func (d *Daemon) handler(fn func(r *http.Request) (any, error)) http.HandlerFunc
 // daemons forwarding a user's request to the node that must serve it).
 func (d *Daemon) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/status", d.handler(func(*http.Request) (any, error) { return d.status(), nil }))
-	mux.HandleFunc("GET /v1/nodes", d.handler(func(*http.Request) (any, error) { return d.store.Table().Nodes(), nil }))
-	mux.HandleFunc("GET /v1/workloads", d.handler(func(*http.Request) (any, error) { return d.store.Table().Workloads(), nil }))
-	mux.HandleFunc("GET /v1/segments", d.handler(func(*http.Request) (any, error) { return d.store.Table().Segments(), nil }))
-	mux.HandleFunc("GET /v1/migrations", d.handler(func(*http.Request) (any, error) { return d.store.Table().Migrations(), nil }))
+	mux.HandleFunc("GET /v1/nodes", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Nodes(), nil }))
+	mux.HandleFunc("GET /v1/workloads", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Workloads(), nil }))
+	mux.HandleFunc("GET /v1/segments", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Segments(), nil }))
+	mux.HandleFunc("GET /v1/migrations", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Migrations(), nil }))
 	mux.HandleFunc("POST /v1/workloads/{ref}/stop", d.handler(d.handleStop))
 	mux.HandleFunc("DELETE /v1/workloads/{ref}", d.handler(d.handleRemove))
 	mux.HandleFunc("GET /v1/workloads/{ref}/logs", d.handleLogs)

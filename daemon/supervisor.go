@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/migshm/migshm/shmowner"
@@ -235,7 +236,7 @@ func (s *supervisor) follow(l *localWL) {
 		status := -1
 		if l.proc != nil {
 			if ps, err := l.proc.Wait(); err == nil {
-				status = exitCode(ps.Sys().(unix.WaitStatus))
+				status = exitCode(ps.Sys().(syscall.WaitStatus))
 			}
 		}
 		at := time.Now().UnixNano()
@@ -255,7 +256,7 @@ func (s *supervisor) follow(l *localWL) {
 	}()
 }
 
-func exitCode(ws unix.WaitStatus) int {
+func exitCode(ws syscall.WaitStatus) int {
 	if ws.Signaled() {
 		return 128 + int(ws.Signal())
 	}

@@ -251,6 +251,9 @@ func (s *Store) Barrier(ctx context.Context) error {
 // Table returns a deep copy of this node's table (possibly behind the leader's).
 func (s *Store) Table() *Table { return s.fsm.Table() }
 
+// AppliedIndex returns the index of the last entry applied to this node's table.
+func (s *Store) AppliedIndex() uint64 { return s.raft.AppliedIndex() }
+
 // Stats returns raft's statistics.
 func (s *Store) Stats() map[string]string { return s.raft.Stats() }
 

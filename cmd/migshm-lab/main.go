@@ -26,8 +26,16 @@ import (
 
 func main() {
 	workload.MaybeRunInit()
+	if len(os.Args) >= 2 && os.Args[1] == "raftbench" {
+		if err := raftBench(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "migshm-lab: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "demo" {
-		fmt.Fprintln(os.Stderr, "usage: migshm-lab demo --netns NS1,NS2[,...] [--hops N] [--workers N]")
+		fmt.Fprintln(os.Stderr, "usage: migshm-lab demo --netns NS1,NS2[,...] [--hops N] [--workers N]\n"+
+			"       migshm-lab raftbench --socket SOCK[,SOCK...] [-n N] [-c 1,8,32]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("demo", flag.ExitOnError)

@@ -65,7 +65,8 @@ func Up(tb testing.TB, n int) []Node {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
 	defer cancel()
-	out, err := runScript(ctx, "up", strconv.Itoa(n), "--prefix", prefix)
+	// The tests start their own daemons (or none): the network only.
+	out, err := runScript(ctx, "up", strconv.Itoa(n), "--prefix", prefix, "--no-daemons")
 	if err != nil {
 		tb.Fatalf("scripts/cluster up %d --prefix %s: %v\n%s", n, prefix, err, out)
 	}

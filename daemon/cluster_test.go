@@ -538,6 +538,54 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("status and leave", func(t *testing.T) {
+		var st daemon.Status
+		c.cliJSON(t, n2, &st, "status")
+		if st.Node != "n2" || st.Leader == "" || len(st.Peers) != 3 || st.Term == 0 || st.CommitIndex == 0 ||
+			st.AppliedIndex > st.CommitIndex || !st.Member {
+			t.Fatalf("status from n2: %+v", st)
+		}
+		// n2 still runs "writer": it may not leave without --force.
+		if _, err := c.cli(n1, "leave", "n2"); err == nil || !strings.Contains(err.Error(), "stop or move them first") {
+			t.Fatalf("leave of a node with workloads: %v", err)
+		}
+		if _, err := c.cli(n1, "leave", "nosuch"); err == nil || !strings.Contains(err.Error(), "not in the cluster") {
+			t.Fatalf("leave of an unknown node: %v", err)
+		}
+		// Once its workloads are stopped n3 may leave, asked through itself.
+		ws, err := n1.c.Workloads(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range ws {
+			if w.Node == "n3" && w.State == shmowner.WorkloadRunning {
+				if _, err := c.cli(n1, "stop", "--timeout", "2s", w.Name); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var res daemon.LeaveResult
+		c.cliJSON(t, n3, &res, "leave")
+		if res.Node != "n3" {
+			t.Fatalf("leave: %+v", res)
+		}
+		waitFor(t, 10*time.Second, "n3 gone from the table and the voters", func() (bool, string) {
+			ns, err := n1.c.Nodes(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			st, err := n1.c.Status(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(ns) == 2 && len(st.Peers) == 2, fmt.Sprintf("nodes %+v peers %+v", ns, st.Peers)
+		})
+		// The two remaining nodes still make a working cluster.
+		if _, err := c.cli(n2, "run", "--name", "after-leave", "--", "sleep", "600"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("local API is root only", func(t *testing.T) {
 		fi, err := os.Stat(n1.sock)
 		if err != nil {
@@ -701,7 +749,6 @@ func peerRequest(nsPath, addr string, cfg *tls.Config, method, path, body string
 	_, _ = buf.ReadFrom(resp.Body)
 	return resp.StatusCode, buf.String(), nil
 }
-
 
 // TestReadyNotification: under systemd (Type=notify) the daemon says READY=1 only once
 // Raft and both listeners are up, and STOPPING=1 on SIGTERM, after which it exits 0

@@ -217,7 +217,7 @@ func (d *Daemon) handleLeave(r *http.Request) (any, error) {
 	if req.Node == "" {
 		req.Node = d.cfg.NodeID
 	}
-	t := d.store.Table()
+	t := d.readTable(r)
 	if _, ok := t.Node(req.Node); !ok && !d.inRaftConfig(req.Node) {
 		return nil, fmt.Errorf("leave: node %q is not in the cluster: %w", req.Node, shmowner.ErrUnknownNode)
 	}
@@ -323,11 +323,16 @@ func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
 	return shmowner.Workload{}, fmt.Errorf("no workload %q (see `migshm ps`): %w", ref, shmowner.ErrUnknownWorkload)
 }
 
-// onOwner runs fn here if the workload runs on this node, otherwise forwards the same
-// request to that node's peer API.
-func (d *Daemon) workloadNodeAddr(w shmowner.Workload) (string, error) {
+// workloadNodeAddr returns "" if the workload runs on this node, otherwise the peer API
+// address of its node, where the request is to be forwarded. A request that was already
+// forwarded is never forwarded again (two tables that disagree must not bounce it).
+func (d *Daemon) workloadNodeAddr(r *http.Request, w shmowner.Workload) (string, error) {
 	if w.Node == d.cfg.NodeID {
 		return "", nil
+	}
+	if by := r.Header.Get(forwardedHeader); by != "" {
+		return "", fmt.Errorf("workload %s: %s sent the request here but the table says it runs on %s; retry: %w",
+			w.Name, by, w.Node, ErrUnreachable)
 	}
 	n, ok := d.store.Table().Node(w.Node)
 	if !ok || n.APIAddr == "" {
@@ -349,11 +354,11 @@ func (d *Daemon) handleStop(r *http.Request) (any, error) {
 	if err := readJSON(r, &req); err != nil {
 		return nil, err
 	}
-	w, err := resolve(d.store.Table(), r.PathValue("ref"))
+	w, err := resolve(d.readTable(r), r.PathValue("ref"))
 	if err != nil {
 		return nil, err
 	}
-	addr, err := d.workloadNodeAddr(w)
+	addr, err := d.workloadNodeAddr(r, w)
 	if err != nil {
 		return nil, err
 	}
@@ -369,14 +374,14 @@ func (d *Daemon) handleStop(r *http.Request) (any, error) {
 }
 
 func (d *Daemon) handleRemove(r *http.Request) (any, error) {
-	w, err := resolve(d.store.Table(), r.PathValue("ref"))
+	w, err := resolve(d.readTable(r), r.PathValue("ref"))
 	if err != nil {
 		return nil, err
 	}
 	if w.State != shmowner.WorkloadExited {
 		return nil, fmt.Errorf("workload %s is %s; stop it first (`migshm stop %s`): %w", w.Name, w.State, w.Name, ErrStillRunning)
 	}
-	addr, err := d.workloadNodeAddr(w)
+	addr, err := d.workloadNodeAddr(r, w)
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +392,7 @@ func (d *Daemon) handleRemove(r *http.Request) (any, error) {
 }
 
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
-	wl, err := resolve(d.store.Table(), r.PathValue("ref"))
+	wl, err := resolve(d.readTable(r), r.PathValue("ref"))
 	if err != nil {
 		writeError(w, d.log, err)
 		return
@@ -403,7 +408,7 @@ func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	follow := q.Get("follow") == "true"
 	tail, _ := strconv.Atoi(q.Get("tail"))
-	addr, err := d.workloadNodeAddr(wl)
+	addr, err := d.workloadNodeAddr(r, wl)
 	if err != nil {
 		writeError(w, d.log, err)
 		return

@@ -112,6 +112,8 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 
 func (c *Client) dialError(err error) error {
 	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s did not answer in time: %w", c.target, err)
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
 		if c.base == "http://migshmd" {
 			return fmt.Errorf("no migshmd listening on %s (is the daemon running? pick another node with --socket or MIGSHM_SOCKET): %w", c.target, ErrUnreachable)

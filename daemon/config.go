@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/migshm/migshm/migrate"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -69,6 +70,15 @@ func (c *Config) Normalize() error {
 		}
 	}
 	def(&c.WorkloadDir, filepath.Join(c.DataDir, "workloads"))
+	for _, p := range []*string{&c.WorkloadDir, &c.Socket, &c.TLSCA, &c.TLSCert, &c.TLSKey} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return err
+			}
+			*p = abs
+		}
+	}
 	def(&c.Socket, DefaultSocket)
 	def(&c.RaftAddr, DefaultRaftAddr)
 	def(&c.PeerAddr, DefaultPeerAddr)
@@ -109,6 +119,9 @@ func (c *Config) Normalize() error {
 	}
 	if c.SegmentInterval < 50*time.Millisecond || c.LoadInterval < 50*time.Millisecond {
 		return errors.New("segment-interval and load-interval must be at least 50ms")
+	}
+	if c.StopTimeout < 100*time.Millisecond {
+		return fmt.Errorf("stop-timeout %v: give workloads at least 100ms to exit before SIGKILL", c.StopTimeout)
 	}
 	return nil
 }
@@ -162,6 +175,9 @@ func LoadConfigFile(c *cli.Context) error {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && !c.IsSet("config") {
 		return nil
 	}
+	if err := checkConfigKeys(path, c.Command.Flags); err != nil {
+		return err
+	}
 	src, err := altsrc.NewTomlSourceFromFile(path)
 	if err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
@@ -202,4 +218,29 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 		StopTimeout:     c.Duration("stop-timeout"),
 	}
 	return cfg, cfg.Normalize()
+}
+
+// checkConfigKeys refuses keys that name no flag: a typo such as node_id for node-id
+// would otherwise be ignored and the node start with a default.
+func checkConfigKeys(path string, flags []cli.Flag) error {
+	var doc map[string]any
+	md, err := toml.DecodeFile(path, &doc)
+	if err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	known := map[string]bool{}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			known[n] = true
+		}
+	}
+	for _, k := range md.Keys() {
+		if len(k) != 1 {
+			continue // inside a table: reported with the table's key
+		}
+		if !known[k[0]] || k[0] == "config" {
+			return fmt.Errorf("config file %s: unknown key %q (keys are the flag names, e.g. node-id; see migshmd --help)", path, k[0])
+		}
+	}
+	return nil
 }

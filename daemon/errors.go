@@ -85,7 +85,12 @@ type codedError struct {
 	err error
 }
 
-func (e *codedError) Error() string { return e.msg }
+func (e *codedError) Error() string {
+	if e.msg == "" {
+		return e.err.Error()
+	}
+	return e.msg
+}
 func (e *codedError) Unwrap() error { return e.err }
 
 func writeError(w http.ResponseWriter, log *slog.Logger, err error) {

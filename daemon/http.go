@@ -30,7 +30,7 @@ func readJSON(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("malformed request body: %v: %w", err, ErrBadRequest)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("malformed request body: trailing data: %w", ErrBadRequest)
 	}
 	return nil
@@ -297,7 +297,11 @@ func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
 		}
 	}
 	if pid, err := strconv.Atoi(ref); err == nil && pid > 0 {
+		// Only running workloads: exited ones keep their pids, which the kernel reuses.
 		for _, w := range ws {
+			if w.State == shmowner.WorkloadExited {
+				continue
+			}
 			if w.InitPid == pid {
 				return w, nil
 			}

@@ -119,8 +119,12 @@ func installInit(dir string) (string, error) {
 		return "", err
 	}
 	path := filepath.Join(dir, "migshm-init-"+hex.EncodeToString(h.Sum(nil))[:16])
-	if _, err := os.Stat(path); err == nil {
-		return path, nil
+	selfInfo, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(path); err == nil && st.Size() == selfInfo.Size() {
+		return path, nil // written whole (temp file, fsync, rename) by an earlier start
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
@@ -138,6 +142,10 @@ func installInit(dir string) (string, error) {
 		return "", err
 	}
 	if err := tmp.Chmod(0o700); err != nil {
+		tmp.Close()
+		return "", err
+	}
+	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		return "", err
 	}

@@ -26,7 +26,7 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "criu", Usage: "criu binary to use", EnvVars: []string{migrate.EnvCRIU},
 				DefaultText: migrate.DefaultCRIUPrefix + "/bin/criu"},
-			socketFlag,
+			socketFlag(),
 		},
 		Commands: []*cli.Command{
 			runCommand(), psCommand(), stopCommand(), logsCommand(), rmCommand(),
@@ -36,7 +36,7 @@ func newApp() *cli.App {
 	}
 }
 
-var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print the result as JSON"}
+func jsonFlag() cli.Flag { return &cli.BoolFlag{Name: "json", Usage: "print the result as JSON"} }
 
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
@@ -63,7 +63,7 @@ func doctorCommand() *cli.Command {
 		Description: "Runs `criu check` with the CRIU migshm uses (never the one in PATH), lists the\n" +
 			"optional CRIU features it reports, and checks root and kernel settings.\n\n" +
 			"Examples:\n  migshm doctor\n  migshm doctor --json",
-		Flags: []cli.Flag{jsonFlag},
+		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			r := doctorReport{Root: os.Geteuid() == 0}
 			if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
@@ -139,7 +139,7 @@ func checkCommand() *cli.Command {
 			"segment is attached in the host IPC namespace. PID may be any process of the tree.\n" +
 			"Exits 0 when movable, 1 (with the reason) when not.\n\n" +
 			"Examples:\n  migshm check 4242\n  migshm check --json 4242",
-		Flags: []cli.Flag{jsonFlag},
+		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
 				return fmt.Errorf("check needs exactly one PID (got %d arguments); see `migshm check --help`", c.NArg())

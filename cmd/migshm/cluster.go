@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -18,9 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// socketFlag picks the node the CLI talks to.
-var socketFlag = &cli.StringFlag{Name: "socket", Usage: "local API socket of the node to talk to",
-	EnvVars: []string{"MIGSHM_SOCKET"}, Value: daemon.DefaultSocket}
+// socketFlag picks the node the CLI talks to. Flags are built afresh for every app:
+// urfave/cli stores parsed values in them.
+func socketFlag() cli.Flag {
+	return &cli.StringFlag{Name: "socket", Usage: "local API socket of the node to talk to",
+		EnvVars: []string{"MIGSHM_SOCKET"}, Value: daemon.DefaultSocket}
+}
 
 func client(c *cli.Context) *daemon.Client { return daemon.NewClient(c.String("socket")) }
 
@@ -66,7 +68,7 @@ func statusCommand() *cli.Command {
 		Description: "Shows the node answering on --socket, the Raft leader, term, commit and applied\n" +
 			"index, and the voters of the cluster.\n\n" +
 			"Examples:\n  migshm status\n  migshm --socket /run/migshm-cluster/migshm-n2.sock status --json",
-		Flags: []cli.Flag{jsonFlag},
+		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			ctx, cancel := apiContext(c)
 			defer cancel()
@@ -114,7 +116,7 @@ func nodesCommand() *cli.Command {
 		Name:        "nodes",
 		Usage:       "list the nodes of the cluster with their state and last load report",
 		Description: "Examples:\n  migshm nodes\n  migshm nodes --json",
-		Flags:       []cli.Flag{jsonFlag},
+		Flags:       []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			ctx, cancel := apiContext(c)
 			defer cancel()
@@ -143,7 +145,7 @@ func psCommand() *cli.Command {
 		Description: "PIDS counts the processes of the workload; INIT is the host pid of its init on its\n" +
 			"node (use it, or the name or id, with stop, logs and move).\n\n" +
 			"Examples:\n  migshm ps\n  migshm ps --all --json",
-		Flags: []cli.Flag{jsonFlag, &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include exited workloads"}},
+		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include exited workloads"}},
 		Action: func(c *cli.Context) error {
 			ctx, cancel := apiContext(c)
 			defer cancel()
@@ -189,7 +191,7 @@ func segmentsCommand() *cli.Command {
 		Description: "GROUP is the IPC group (the workload's IPC namespace); SHMID and KEY are as the\n" +
 			"workload sees them, and stay the same when it moves. OWNER holds the owner copy.\n\n" +
 			"Examples:\n  migshm segments\n  migshm segments --json",
-		Flags: []cli.Flag{jsonFlag},
+		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			ctx, cancel := apiContext(c)
 			defer cancel()
@@ -235,10 +237,10 @@ func runCommand() *cli.Command {
 			"  migshm run --name db1 --env PGDATA=/srv/pg -- /usr/lib/postgresql/15/bin/postgres\n" +
 			"  migshm run --ipc-group g1 -- ./producer; migshm run --ipc-group g1 -- ./consumer",
 		Flags: []cli.Flag{
-			jsonFlag,
+			jsonFlag(),
 			&cli.StringFlag{Name: "name", Usage: "workload name (default: command name + id suffix)"},
 			&cli.StringFlag{Name: "ipc-group", Usage: "share the IPC namespace (SysV segments) of the running workloads of this group, or start the group"},
-			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE for the command's environment (repeatable); PATH defaults to the system's"},
+			&cli.StringSliceFlag{Name: "env", Usage: "KEY=VALUE for the command's environment (repeatable); PATH defaults to the system's"},
 			&cli.StringFlag{Name: "dir", Usage: "working directory (default: the current one)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -258,9 +260,9 @@ func runCommand() *cli.Command {
 					return fmt.Errorf("--env %q: want KEY=VALUE", e)
 				}
 			}
-			dir := c.String("dir")
-			if dir == "" {
-				dir, _ = os.Getwd()
+			dir, err := filepath.Abs(c.String("dir")) // "" is the current directory
+			if err != nil {
+				return err
 			}
 			ctx, cancel := apiContext(c)
 			defer cancel()
@@ -286,14 +288,18 @@ func stopCommand() *cli.Command {
 		Description: "WORKLOAD is a name, an id (or a unique prefix of at least 3 characters) or a host pid\n" +
 			"of one of its processes. It may run on any node.\n\n" +
 			"Examples:\n  migshm stop db1\n  migshm stop --timeout 30s w3f2a",
-		Flags: []cli.Flag{jsonFlag, &cli.DurationFlag{Name: "timeout", Usage: "grace period before SIGKILL (default: the node's stop-timeout)"}},
+		Flags: []cli.Flag{jsonFlag(), &cli.DurationFlag{Name: "timeout", Usage: "grace period before SIGKILL (default: the node's stop-timeout)"}},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
+			args, err := interspersedArgs(c)
+			if err != nil || args == nil {
+				return err
+			}
+			if len(args) != 1 {
 				return errors.New("give one workload: `migshm stop WORKLOAD` (see `migshm ps`)")
 			}
 			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout")+time.Minute)
 			defer cancel()
-			wl, err := client(c).Stop(ctx, c.Args().First(), daemon.StopRequest{TimeoutMS: c.Duration("timeout").Milliseconds()})
+			wl, err := client(c).Stop(ctx, args[0], daemon.StopRequest{TimeoutMS: c.Duration("timeout").Milliseconds()})
 			if err != nil {
 				return err
 			}
@@ -313,15 +319,19 @@ func rmCommand() *cli.Command {
 		ArgsUsage:   "WORKLOAD",
 		Description: "Examples:\n  migshm rm db1",
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
+			args, err := interspersedArgs(c)
+			if err != nil || args == nil {
+				return err
+			}
+			if len(args) != 1 {
 				return errors.New("give one workload: `migshm rm WORKLOAD` (see `migshm ps --all`)")
 			}
 			ctx, cancel := apiContext(c)
 			defer cancel()
-			if err := client(c).Remove(ctx, c.Args().First()); err != nil {
+			if err := client(c).Remove(ctx, args[0]); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "removed %s\n", c.Args().First())
+			fmt.Fprintf(c.App.Writer, "removed %s\n", args[0])
 			return nil
 		},
 	}
@@ -340,7 +350,11 @@ func logsCommand() *cli.Command {
 			&cli.IntFlag{Name: "tail", Usage: "start with the last N lines (0: all)"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
+			args, err := interspersedArgs(c)
+			if err != nil || args == nil {
+				return err
+			}
+			if len(args) != 1 {
 				return errors.New("give one workload: `migshm logs WORKLOAD` (see `migshm ps`)")
 			}
 			stream := "stdout"
@@ -349,7 +363,7 @@ func logsCommand() *cli.Command {
 			}
 			ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
 			defer stop()
-			return client(c).Logs(ctx, c.Args().First(), stream, c.Bool("follow"), c.Int("tail"), c.App.Writer)
+			return client(c).Logs(ctx, args[0], stream, c.Bool("follow"), c.Int("tail"), c.App.Writer)
 		},
 	}
 }
@@ -363,14 +377,22 @@ func leaveCommand() *cli.Command {
 			"that still runs workloads is refused unless --force. Afterwards stop that node's\n" +
 			"daemon; to join again, clear its data dir's raft/ and start it with --join.\n\n" +
 			"Examples:\n  migshm --socket /run/migshmd/migshmd.sock leave\n  migshm leave node3",
-		Flags: []cli.Flag{jsonFlag, &cli.BoolFlag{Name: "force", Usage: "leave even though workloads run there"}},
+		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Usage: "leave even though workloads run there"}},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 1 {
+			args, err := interspersedArgs(c)
+			if err != nil || args == nil {
+				return err
+			}
+			if len(args) > 1 {
 				return errors.New("give at most one node: `migshm leave [NODE]`")
+			}
+			node := ""
+			if len(args) == 1 {
+				node = args[0]
 			}
 			ctx, cancel := apiContext(c)
 			defer cancel()
-			res, err := client(c).Leave(ctx, daemon.LeaveRequest{Node: c.Args().First(), Force: c.Bool("force")})
+			res, err := client(c).Leave(ctx, daemon.LeaveRequest{Node: node, Force: c.Bool("force")})
 			if err != nil {
 				return err
 			}

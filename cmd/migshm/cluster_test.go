@@ -1,0 +1,745 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/shmowner"
+)
+
+// apiCall is one request the fake daemon received.
+type apiCall struct {
+	Method, Path string
+	Query        url.Values
+	Body         string
+}
+
+// fakeDaemon is a canned local API on a unix socket: the CLI talks to it as to migshmd.
+type fakeDaemon struct {
+	sock      string
+	nodes     []daemon.Node
+	workloads []daemon.Workload
+
+	mu    sync.Mutex
+	calls []apiCall
+}
+
+func (f *fakeDaemon) record(r *http.Request) string {
+	b, _ := io.ReadAll(r.Body)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, apiCall{Method: r.Method, Path: r.URL.Path, Query: r.URL.Query(), Body: string(b)})
+	return string(b)
+}
+
+// takeCalls returns the requests received since the last call.
+func (f *fakeDaemon) takeCalls() []apiCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.calls
+	f.calls = nil
+	return c
+}
+
+var (
+	fakeStatus = daemon.Status{
+		Node: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", RaftState: "Leader", Member: true,
+		Leader: "n1", LeaderAddr: "10.0.0.11:7420", Term: 7, CommitIndex: 120, AppliedIndex: 119, LastLogIndex: 120,
+		Workloads: 2, Version: "v0.1.0-test", Uptime: "1h2m3s",
+		Peers: []daemon.Peer{
+			{ID: "n1", Address: "10.0.0.11:7420", Suffrage: "Voter", Leader: true},
+			{ID: "n2", Address: "10.0.0.12:7420", Suffrage: "Voter"},
+		},
+	}
+	fakeSegments = []daemon.Segment{
+		{Group: "g1", Shmid: 5, Key: 0x1234, Size: 4 << 20, Mode: 0o600, Owner: "n1", Epoch: 2, Replicas: []string{"n2"}},
+		{Group: "w00000002", Shmid: 0, Key: 0, Size: 4096, Mode: 0o640, Owner: "n2", Epoch: 1},
+	}
+)
+
+// fakeTable returns the daemon's canned nodes and workloads: a load reported now,
+// workloads started two minutes ago.
+func fakeTable() (nodes []daemon.Node, workloads []daemon.Workload) {
+	now := time.Now()
+	startedAt := now.Add(-2 * time.Minute).UnixNano()
+	nodes = []daemon.Node{
+		{ID: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", State: shmowner.NodeActive, LoadAt: now.UnixNano(),
+			Load: shmowner.LoadVector{CPU: 0.25, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30, Workloads: 2}},
+		{ID: "n2", RaftAddr: "10.0.0.12:7420", APIAddr: "10.0.0.12:7421", State: shmowner.NodeDraining},
+	}
+	workloads = []daemon.Workload{
+		{ID: "w00000001", Name: "db1", Node: "n1", InitPid: 4242, Pids: []int{4242, 4243, 4250}, Group: "g1",
+			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt},
+		{ID: "w00000002", Name: "web", Node: "n2", InitPid: 5000, Pids: []int{5000}, Group: "w00000002",
+			State: shmowner.WorkloadExited, ExitStatus: 3, Args: []string{"/usr/bin/web"}, StartedAt: startedAt},
+		{ID: "w00000003", Name: "api", Node: "n1", InitPid: 4300, Pids: []int{4300}, Group: "g1",
+			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/api"}, StartedAt: startedAt},
+	}
+	return nodes, workloads
+}
+
+// wireErr writes an API error in the daemon's wire format.
+func wireErr(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+func reply(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// strict decodes a request body as the daemon does: unknown fields are errors.
+func strict(body string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}
+
+func newFakeDaemon(t *testing.T) *fakeDaemon {
+	t.Helper()
+	f := &fakeDaemon{sock: filepath.Join(t.TempDir(), "migshmd.sock")}
+	f.nodes, f.workloads = fakeTable()
+	unknown := func(w http.ResponseWriter, ref string) {
+		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+ref+"\" (see `migshm ps`)")
+	}
+	known := func(ref string) (daemon.Workload, bool) {
+		for _, wl := range f.workloads {
+			if wl.Name == ref || wl.ID == ref {
+				return wl, true
+			}
+		}
+		return daemon.Workload{}, false
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, fakeStatus) })
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.nodes) })
+	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.workloads) })
+	mux.HandleFunc("GET /v1/segments", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, fakeSegments) })
+	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
+		var req daemon.RunRequest
+		if err := strict(f.record(r), &req); err != nil {
+			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		if req.Name == "taken" {
+			wireErr(w, http.StatusConflict, "exists", `run: a workload named "taken" exists`)
+			return
+		}
+		wl := daemon.Workload{ID: "w0000000a", Name: req.Name, Node: "n1", InitPid: 777, Pids: []int{777},
+			Group: req.Group, State: shmowner.WorkloadRunning, Args: req.Args}
+		if wl.Name == "" {
+			wl.Name = filepath.Base(req.Args[0]) + "-0000"
+		}
+		if wl.Group == "" {
+			wl.Group = wl.ID
+		}
+		reply(w, wl)
+	})
+	mux.HandleFunc("POST /v1/workloads/{ref}/stop", func(w http.ResponseWriter, r *http.Request) {
+		var req daemon.StopRequest
+		if err := strict(f.record(r), &req); err != nil {
+			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		wl, ok := known(r.PathValue("ref"))
+		if !ok {
+			unknown(w, r.PathValue("ref"))
+			return
+		}
+		if wl.State == shmowner.WorkloadExited {
+			wireErr(w, http.StatusConflict, "not_running", "stop "+wl.Name+": it already exited with status 3")
+			return
+		}
+		wl.State, wl.ExitStatus = shmowner.WorkloadExited, 143
+		reply(w, wl)
+	})
+	mux.HandleFunc("DELETE /v1/workloads/{ref}", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		wl, ok := known(r.PathValue("ref"))
+		switch {
+		case !ok:
+			unknown(w, r.PathValue("ref"))
+		case wl.State != shmowner.WorkloadExited:
+			wireErr(w, http.StatusConflict, "still_running", "workload "+wl.Name+" is running; stop it first")
+		default:
+			reply(w, struct{}{})
+		}
+	})
+	mux.HandleFunc("GET /v1/workloads/{ref}/logs", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		if _, ok := known(r.PathValue("ref")); !ok {
+			unknown(w, r.PathValue("ref"))
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "line one\nline two\n")
+	})
+	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
+		var req daemon.LeaveRequest
+		if err := strict(f.record(r), &req); err != nil {
+			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		if req.Node == "" {
+			req.Node = "n1"
+		}
+		if req.Node == "n1" && !req.Force {
+			wireErr(w, http.StatusConflict, "still_running", "node n1 still runs 2 workload(s) [api db1]: stop or move them first, or use --force")
+			return
+		}
+		reply(w, daemon.LeaveResult{Node: req.Node})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		t.Errorf("unexpected request %s %s", r.Method, r.URL)
+		http.NotFound(w, r)
+	})
+
+	ln, err := net.Listen("unix", f.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return f
+}
+
+// cli runs migshm against the fake daemon.
+func (f *fakeDaemon) cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	return run(t, append([]string{"--socket", f.sock}, args...)...)
+}
+
+// tableRows splits table output into rows of columns (two or more spaces apart).
+func tableRows(out string) [][]string {
+	var rows [][]string
+	sep := regexp.MustCompile(`\s{2,}`)
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		rows = append(rows, sep.Split(strings.TrimSpace(line), -1))
+	}
+	return rows
+}
+
+func wantRows(t *testing.T, out string, want [][]string) {
+	t.Helper()
+	got := tableRows(out)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("table\n%s\nrows %q\nwant %q", out, got, want)
+	}
+}
+
+func wantNoCalls(t *testing.T, f *fakeDaemon) {
+	t.Helper()
+	if c := f.takeCalls(); len(c) > 0 {
+		t.Errorf("the daemon was called: %+v", c)
+	}
+}
+
+func wantJSON[T any](t *testing.T, out string, want T) {
+	t.Helper()
+	var got T
+	if err := strict(out, &got); err != nil {
+		t.Fatalf("--json output does not parse as %T: %v\n%s", got, err, out)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("--json gives\n %+v\nwant\n %+v", got, want)
+	}
+}
+
+func TestCLIStatus(t *testing.T) {
+	f := newFakeDaemon(t)
+	out, err := f.cli(t, "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, voters, ok := strings.Cut(out, "\nvoters:\n")
+	if !ok {
+		t.Fatalf("no voters in\n%s", out)
+	}
+	wantRows(t, regexp.MustCompile(`(?m)^([a-z ]+):`).ReplaceAllString(head, "$1"), [][]string{
+		{"node", "n1 (leader)"},
+		{"raft address", "10.0.0.11:7420"},
+		{"peer api", "10.0.0.11:7421"},
+		{"leader", "n1"},
+		{"term", "7"},
+		{"commit index", "120 (applied 119)"},
+		{"workloads here", "2 running"},
+		{"daemon", "v0.1.0-test, up 1h2m3s"},
+	})
+	wantRows(t, voters, [][]string{
+		{"ID", "ADDRESS", "SUFFRAGE", "ROLE"},
+		{"n1", "10.0.0.11:7420", "Voter", "leader"},
+		{"n2", "10.0.0.12:7420", "Voter", "follower"},
+	})
+	if c := f.takeCalls(); len(c) != 1 || c[0].Method != "GET" || c[0].Path != "/v1/status" {
+		t.Errorf("calls %+v", c)
+	}
+
+	out, err = f.cli(t, "status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON(t, out, fakeStatus)
+}
+
+func TestCLINodes(t *testing.T) {
+	f := newFakeDaemon(t)
+	out, err := f.cli(t, "nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := tableRows(out)
+	if len(rows) != 3 {
+		t.Fatalf("nodes:\n%s", out)
+	}
+	wantRows(t, out, [][]string{
+		{"NODE", "STATE", "RAFT", "PEER API", "CPU", "MEM FREE", "WORKLOADS", "REPORTED"},
+		{"n1", "active", "10.0.0.11:7420", "10.0.0.11:7421", "25%", "2.0 GiB", "2", rows[1][7]},
+		{"n2", "draining", "10.0.0.12:7420", "10.0.0.12:7421", "0%", "0 B", "0", "-"},
+	})
+	if !regexp.MustCompile(`^\d+s$`).MatchString(rows[1][7]) {
+		t.Errorf("REPORTED of a fresh report: %q", rows[1][7])
+	}
+	out, err = f.cli(t, "nodes", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON(t, out, f.nodes)
+}
+
+func TestCLIPs(t *testing.T) {
+	f := newFakeDaemon(t)
+	out, err := f.cli(t, "ps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := tableRows(out)
+	if len(rows) != 3 {
+		t.Fatalf("ps shows %d rows, want the header and the 2 running workloads:\n%s", len(rows), out)
+	}
+	wantRows(t, out, [][]string{
+		{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "GROUP", "STARTED", "COMMAND"},
+		{"w00000003", "api", "n1", "running", "4300", "1", "g1", "2m0s", "/usr/bin/api"},
+		{"w00000001", "db1", "n1", "running", "4242", "3", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
+	})
+
+	for _, all := range []string{"--all", "-a"} {
+		out, err = f.cli(t, "ps", all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRows(t, out, [][]string{
+			{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "GROUP", "STARTED", "COMMAND"},
+			{"w00000003", "api", "n1", "running", "4300", "1", "g1", "2m0s", "/usr/bin/api"},
+			{"w00000001", "db1", "n1", "running", "4242", "3", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
+			{"w00000002", "web", "n2", "exited(3)", "5000", "1", "w00000002", "2m0s", "/usr/bin/web"},
+		})
+	}
+
+	out, err = f.cli(t, "ps", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON(t, out, []daemon.Workload{f.workloads[0], f.workloads[2]})
+	out, err = f.cli(t, "ps", "--json", "--all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON(t, out, f.workloads)
+}
+
+func TestCLISegments(t *testing.T) {
+	f := newFakeDaemon(t)
+	out, err := f.cli(t, "segments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// WORKLOADS lists the running workloads of the group, in the order the daemon lists them;
+	// web has exited, so its group shows none.
+	wantRows(t, out, [][]string{
+		{"GROUP", "SHMID", "KEY", "SIZE", "MODE", "OWNER", "EPOCH", "WORKLOADS"},
+		{"g1", "5", "0x00001234", "4.0 MiB", "0600", "n1", "2", "db1,api"},
+		{"w00000002", "0", "0x00000000", "4.0 KiB", "0640", "n2", "1"},
+	})
+	out, err = f.cli(t, "segments", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON(t, out, fakeSegments)
+}
+
+func TestCLIRun(t *testing.T) {
+	f := newFakeDaemon(t)
+	cwd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("refused before calling the daemon", func(t *testing.T) {
+		for _, tt := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"run"}, "no command given"},
+			{[]string{"run", "--name", "x", "--"}, "no command given"},
+			{[]string{"run", "--env", "FOO", "--", "/bin/true"}, `--env "FOO": want KEY=VALUE`},
+			{[]string{"run", "--env", "A=1", "--env", "=x", "--", "/bin/true"}, `--env "=x": want KEY=VALUE`},
+		} {
+			_, err := f.cli(t, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("migshm %q: %v, want an error containing %q", tt.args, err, tt.want)
+			}
+			wantNoCalls(t, f)
+		}
+	})
+
+	for _, tt := range []struct {
+		name string
+		args []string
+		want daemon.RunRequest
+	}{
+		{"relative path", []string{"run", "--", "./bin/prog", "arg1", "--flag"},
+			daemon.RunRequest{Args: []string{filepath.Join(cwd, "bin/prog"), "arg1", "--flag"}, Dir: cwd}},
+		{"relative path without --", []string{"run", "bin/prog", "-x"},
+			daemon.RunRequest{Args: []string{filepath.Join(cwd, "bin/prog"), "-x"}, Dir: cwd}},
+		{"command from PATH", []string{"run", "--", "sleep", "100"},
+			daemon.RunRequest{Args: []string{"sleep", "100"}, Dir: cwd}},
+		{"everything", []string{"run", "--name", "db2", "--ipc-group", "g1", "--env", "A=B", "--env", "C=D=E", "--dir", "/srv", "--", "/usr/bin/x"},
+			daemon.RunRequest{Name: "db2", Group: "g1", Args: []string{"/usr/bin/x"}, Env: []string{"A=B", "C=D=E"}, Dir: "/srv"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := f.cli(t, tt.args...)
+			if err != nil {
+				t.Fatalf("migshm %q: %v", tt.args, err)
+			}
+			calls := f.takeCalls()
+			if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "/v1/workloads" {
+				t.Fatalf("calls %+v", calls)
+			}
+			var got daemon.RunRequest
+			if err := strict(calls[0].Body, &got); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("request %+v, want %+v", got, tt.want)
+			}
+			if !regexp.MustCompile(`^started \S+ \(id w0000000a\) on n1, init pid 777, ipc group \S+\n$`).MatchString(out) {
+				t.Errorf("output %q", out)
+			}
+		})
+	}
+
+	out, err := f.cli(t, "run", "--json", "--name", "j1", "--", "/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.takeCalls()
+	wantJSON(t, out, daemon.Workload{ID: "w0000000a", Name: "j1", Node: "n1", InitPid: 777, Pids: []int{777},
+		Group: "w0000000a", State: shmowner.WorkloadRunning, Args: []string{"/bin/true"}})
+
+	_, err = f.cli(t, "run", "--name", "taken", "--", "/bin/true")
+	if !errors.Is(err, shmowner.ErrExists) || err.Error() != `run: a workload named "taken" exists` {
+		t.Errorf("run of a taken name: %v", err)
+	}
+}
+
+func TestCLIStop(t *testing.T) {
+	f := newFakeDaemon(t)
+	for _, args := range [][]string{{"stop"}, {"stop", "db1", "api"}} {
+		_, err := f.cli(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "give one workload") {
+			t.Errorf("migshm %q: %v", args, err)
+		}
+		wantNoCalls(t, f)
+	}
+
+	out, err := f.cli(t, "stop", "--timeout", "30s", "db1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != "stopped db1 on n1: exit status 143\n" {
+		t.Errorf("output %q", out)
+	}
+	calls := f.takeCalls()
+	if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "/v1/workloads/db1/stop" || calls[0].Body != `{"timeout_ms":30000}` {
+		t.Errorf("calls %+v", calls)
+	}
+
+	out, err = f.cli(t, "stop", "--json", "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls := f.takeCalls(); len(calls) != 1 || calls[0].Body != `{}` {
+		t.Errorf("stop without --timeout sent %+v, want an empty request (the node's stop-timeout)", calls)
+	}
+	want := f.workloads[2]
+	want.State, want.ExitStatus = shmowner.WorkloadExited, 143
+	wantJSON(t, out, want)
+
+	// API errors surface with the daemon's message and map back to their sentinel.
+	for _, tt := range []struct {
+		ref      string
+		msg      string
+		sentinel error
+	}{
+		{"x", "no workload \"x\" (see `migshm ps`)", shmowner.ErrUnknownWorkload},
+		{"web", "stop web: it already exited with status 3", daemon.ErrNotRunning},
+	} {
+		out, err := f.cli(t, "stop", tt.ref)
+		if err == nil || err.Error() != tt.msg || !errors.Is(err, tt.sentinel) {
+			t.Errorf("stop %s: %v, want %q (%v)", tt.ref, err, tt.msg, tt.sentinel)
+		}
+		if out != "" {
+			t.Errorf("stop %s printed %q", tt.ref, out)
+		}
+	}
+}
+
+// TestCLIRunEnvForms: --env is repeatable and has no short alias (urfave/cli v2 refuses a
+// slice flag given in both forms, "Cannot use two forms of the same flag").
+func TestCLIRunEnvForms(t *testing.T) {
+	f := newFakeDaemon(t)
+	if _, err := f.cli(t, "run", "--env", "A=1", "--env", "B=2", "--", "/bin/true"); err != nil {
+		t.Fatal(err)
+	}
+	calls := f.takeCalls()
+	if len(calls) != 1 {
+		t.Fatalf("calls %+v", calls)
+	}
+	var req daemon.RunRequest
+	if err := strict(calls[0].Body, &req); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(req.Env, " ") != "A=1 B=2" {
+		t.Errorf("env sent %q, want A=1 B=2", req.Env)
+	}
+	if _, err := f.cli(t, "run", "-e", "A=1", "--", "/bin/true"); err == nil {
+		t.Error("-e is accepted; the help does not offer it")
+	}
+	f.takeCalls()
+}
+
+// TestCLIRunRelativeDir: like a relative command, a relative --dir means the caller's
+// directory; the daemon (cwd / under systemd) would resolve it against its own.
+func TestCLIRunRelativeDir(t *testing.T) {
+	f := newFakeDaemon(t)
+	cwd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.cli(t, "run", "--dir", "sub", "--", "/bin/true"); err != nil {
+		t.Fatal(err)
+	}
+	calls := f.takeCalls()
+	if len(calls) != 1 {
+		t.Fatalf("calls %+v", calls)
+	}
+	var req daemon.RunRequest
+	if err := strict(calls[0].Body, &req); err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(cwd, "sub"); req.Dir != want {
+		t.Errorf("migshm run --dir sub sends dir %q, want %q", req.Dir, want)
+	}
+}
+
+// TestCLIFlagsAfterArgument: urfave/cli v2 stops parsing flags at the first argument, so
+// `migshm stop db1 --timeout 30s` passes three arguments. `migshm tls node` handles this
+// (interspersedArgs); the cluster commands should too, or at least not say "give one
+// workload" to someone who gave one.
+func TestCLIFlagsAfterArgument(t *testing.T) {
+	f := newFakeDaemon(t)
+	var failed []string
+	for _, args := range [][]string{
+		{"stop", "db1", "--timeout", "30s"},
+		{"logs", "db1", "-f"},
+		{"leave", "n2", "--force"},
+	} {
+		if _, err := f.cli(t, args...); err != nil {
+			failed = append(failed, strings.Join(args, " ")+": "+err.Error())
+		}
+		f.takeCalls()
+	}
+	if len(failed) > 0 {
+		t.Errorf("flags after the WORKLOAD/NODE argument are taken as more arguments:\n  %s", strings.Join(failed, "\n  "))
+	}
+}
+
+func TestCLIRm(t *testing.T) {
+	f := newFakeDaemon(t)
+	out, err := f.cli(t, "rm", "web")
+	if err != nil || out != "removed web\n" {
+		t.Fatalf("rm web: %q %v", out, err)
+	}
+	if c := f.takeCalls(); len(c) != 1 || c[0].Method != "DELETE" || c[0].Path != "/v1/workloads/web" {
+		t.Errorf("calls %+v", c)
+	}
+	_, err = f.cli(t, "rm", "db1")
+	if !errors.Is(err, daemon.ErrStillRunning) || !strings.Contains(err.Error(), "stop it first") {
+		t.Errorf("rm of a running workload: %v", err)
+	}
+	f.takeCalls()
+	for _, args := range [][]string{{"rm"}, {"rm", "a", "b"}} {
+		if _, err := f.cli(t, args...); err == nil || !strings.Contains(err.Error(), "give one workload") {
+			t.Errorf("migshm %q: %v", args, err)
+		}
+		wantNoCalls(t, f)
+	}
+}
+
+func TestCLILogs(t *testing.T) {
+	f := newFakeDaemon(t)
+	for _, tt := range []struct {
+		args []string
+		q    url.Values
+	}{
+		{[]string{"logs", "db1"}, url.Values{"stream": {"stdout"}, "follow": {"false"}, "tail": {"0"}}},
+		{[]string{"logs", "--stderr", "--tail", "5", "-f", "db1"}, url.Values{"stream": {"stderr"}, "follow": {"true"}, "tail": {"5"}}},
+	} {
+		out, err := f.cli(t, tt.args...)
+		if err != nil || out != "line one\nline two\n" {
+			t.Fatalf("migshm %q: %q %v", tt.args, out, err)
+		}
+		c := f.takeCalls()
+		if len(c) != 1 || c[0].Method != "GET" || c[0].Path != "/v1/workloads/db1/logs" || !reflect.DeepEqual(c[0].Query, tt.q) {
+			t.Errorf("migshm %q: calls %+v, want query %v", tt.args, c, tt.q)
+		}
+	}
+	out, err := f.cli(t, "logs", "nope")
+	if !errors.Is(err, shmowner.ErrUnknownWorkload) || err.Error() != "no workload \"nope\" (see `migshm ps`)" || out != "" {
+		t.Errorf("logs nope: %q %v", out, err)
+	}
+	f.takeCalls()
+	if _, err := f.cli(t, "logs"); err == nil || !strings.Contains(err.Error(), "give one workload") {
+		t.Errorf("logs without a workload: %v", err)
+	}
+	wantNoCalls(t, f)
+}
+
+func TestCLILeave(t *testing.T) {
+	f := newFakeDaemon(t)
+	_, err := f.cli(t, "leave")
+	if !errors.Is(err, daemon.ErrStillRunning) || !strings.Contains(err.Error(), "use --force") {
+		t.Errorf("leave: %v", err)
+	}
+	if c := f.takeCalls(); len(c) != 1 || c[0].Method != "POST" || c[0].Path != "/v1/leave" || c[0].Body != `{}` {
+		t.Errorf("calls %+v", c)
+	}
+	out, err := f.cli(t, "leave", "--force")
+	if err != nil || out != "node n1 left the cluster; stop its daemon now\n" {
+		t.Errorf("leave --force: %q %v", out, err)
+	}
+	if c := f.takeCalls(); len(c) != 1 || c[0].Body != `{"force":true}` {
+		t.Errorf("calls %+v", c)
+	}
+	out, err = f.cli(t, "leave", "--json", "n3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON(t, out, daemon.LeaveResult{Node: "n3"})
+	if c := f.takeCalls(); len(c) != 1 || c[0].Body != `{"node":"n3"}` {
+		t.Errorf("calls %+v", c)
+	}
+	if _, err := f.cli(t, "leave", "n2", "n3"); err == nil || !strings.Contains(err.Error(), "at most one node") {
+		t.Errorf("leave n2 n3: %v", err)
+	}
+	wantNoCalls(t, f)
+}
+
+func TestCLISocket(t *testing.T) {
+	f := newFakeDaemon(t)
+	missing := filepath.Join(t.TempDir(), "missing.sock")
+
+	for _, args := range [][]string{{"ps"}, {"status"}, {"run", "--", "/bin/true"}, {"stop", "x"}, {"logs", "x"}, {"leave"}} {
+		_, err := run(t, append([]string{"--socket", missing}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "no migshmd listening on "+missing) || !errors.Is(err, daemon.ErrUnreachable) {
+			t.Errorf("migshm --socket %s %q: %v", missing, args, err)
+		}
+	}
+
+	t.Run("MIGSHM_SOCKET", func(t *testing.T) {
+		defer resetSocketFlag()
+		t.Setenv("MIGSHM_SOCKET", f.sock)
+		if _, err := run(t, "ps"); err != nil {
+			t.Fatalf("MIGSHM_SOCKET=%s migshm ps: %v", f.sock, err)
+		}
+		if c := f.takeCalls(); len(c) != 1 {
+			t.Errorf("calls %+v", c)
+		}
+		// The flag wins over the environment.
+		if _, err := run(t, "--socket", missing, "ps"); err == nil || !strings.Contains(err.Error(), missing) {
+			t.Errorf("--socket over MIGSHM_SOCKET: %v", err)
+		}
+		t.Setenv("MIGSHM_SOCKET", missing)
+		if _, err := run(t, "ps"); err == nil || !strings.Contains(err.Error(), "no migshmd listening on "+missing) {
+			t.Errorf("MIGSHM_SOCKET=%s migshm ps: %v", missing, err)
+		}
+		wantNoCalls(t, f)
+	})
+}
+
+// resetSocketFlag is a no-op kept for the tests that call it: newApp builds its flags
+// afresh, so nothing is shared between runs.
+func resetSocketFlag() {}
+
+// TestCLISocketFlagNotShared: newApp() must give a fresh app. socketFlag is a package
+// variable, and urfave/cli writes MIGSHM_SOCKET into the flag's Value when it applies it,
+// so one run's environment becomes the next run's default.
+func TestCLISocketFlagNotShared(t *testing.T) {
+	defer resetSocketFlag()
+	missing := filepath.Join(t.TempDir(), "from-env.sock")
+	t.Setenv("MIGSHM_SOCKET", missing)
+	_, _ = run(t, "ps")
+	os.Unsetenv("MIGSHM_SOCKET")
+	app := newApp()
+	for _, fl := range app.Flags {
+		if fl.Names()[0] != "socket" {
+			continue
+		}
+		if v := fl.(interface{ GetValue() string }).GetValue(); v != daemon.DefaultSocket {
+			t.Errorf("after a run with MIGSHM_SOCKET=%s, a new app's --socket default is %q, not %q "+
+				"(the package-level socketFlag is shared and mutated)", missing, v, daemon.DefaultSocket)
+		}
+	}
+}
+
+// TestCLIAPIErrorFormat: what the user sees of an API error is the daemon's message,
+// nothing else (main prints "migshm: " before it).
+func TestCLIAPIErrorFormat(t *testing.T) {
+	f := newFakeDaemon(t)
+	_, err := f.cli(t, "stop", "x")
+	var want = "no workload \"x\" (see `migshm ps`)"
+	if err == nil || err.Error() != want {
+		t.Fatalf("got %v, want %q", err, want)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	// The same through the client directly, to be sure the CLI adds nothing.
+	if _, err := daemon.NewClient(f.sock).Stop(ctx, "x", daemon.StopRequest{}); err == nil || err.Error() != want {
+		t.Errorf("client: %v", err)
+	}
+}

@@ -1,0 +1,373 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/migshm/migshm/shmowner"
+	"golang.org/x/sys/unix"
+)
+
+func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// serveUnix serves h on a unix socket in a temporary directory until the test ends and
+// returns the socket's path.
+func serveUnix(t *testing.T, h http.Handler, connContext func(context.Context, net.Conn) context.Context) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ConnContext: connContext, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return sock
+}
+
+var sentinelByRef = map[string]error{}
+
+func init() {
+	for _, c := range append(append([]sentinelCase{}, daemonSentinels...), shmownerSentinels...) {
+		sentinelByRef[c.code] = c.err
+	}
+}
+
+// fakeAPI answers like a daemon, through writeJSON, writeError and readJSON.
+func fakeAPI(t *testing.T) http.Handler {
+	log := discardLog()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, Status{Node: "n1", RaftState: "Leader", Leader: "n1", Term: 3,
+			Peers: []Peer{{ID: "n1", Address: "10.0.0.1:7420", Suffrage: "Voter", Leader: true}}})
+	})
+	mux.HandleFunc("POST /v1/workloads/{ref}/stop", func(w http.ResponseWriter, r *http.Request) {
+		var req StopRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, log, err)
+			return
+		}
+		ref := r.PathValue("ref")
+		if s, ok := sentinelByRef[ref]; ok {
+			writeError(w, log, fmt.Errorf("stop %s: %w", ref, s))
+			return
+		}
+		writeJSON(w, http.StatusOK, Workload{ID: "w1", Name: ref, State: shmowner.WorkloadExited, ExitStatus: int(req.TimeoutMS)})
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "upstream connect error or disconnect/reset before headers", http.StatusBadGateway)
+	})
+	mux.HandleFunc("GET /v1/segments", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "<html>not json</html>")
+	})
+	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
+		// JSON, but not the error format.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		io.WriteString(w, `{"message":"oops"}`)
+	})
+	mux.HandleFunc("GET /v1/workloads/{ref}/logs", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("ref") != "db1" {
+			writeError(w, log, fmt.Errorf("no workload %q (see `migshm ps`): %w", r.PathValue("ref"), shmowner.ErrUnknownWorkload))
+			return
+		}
+		q := r.URL.Query()
+		fmt.Fprintf(w, "stream=%s follow=%s tail=%s\n", q.Get("stream"), q.Get("follow"), q.Get("tail"))
+	})
+	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
+		var req LeaveRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, LeaveResult{Node: req.Node})
+	})
+	return mux
+}
+
+// TestClientErrors runs the client against a server that answers as the daemon does.
+func TestClientErrors(t *testing.T) {
+	c := NewClient(serveUnix(t, fakeAPI(t), nil))
+	ctx := context.Background()
+
+	s, err := c.Status(ctx)
+	if err != nil || s.Node != "n1" || len(s.Peers) != 1 || !s.Peers[0].Leader {
+		t.Fatalf("Status: %+v, %v", s, err)
+	}
+	w, err := c.Stop(ctx, "db1", StopRequest{TimeoutMS: 1500})
+	if err != nil || w.Name != "db1" || w.ExitStatus != 1500 {
+		t.Fatalf("Stop: %+v, %v (the server decodes the request strictly)", w, err)
+	}
+	res, err := c.Leave(ctx, LeaveRequest{Node: "n3", Force: true})
+	if err != nil || res.Node != "n3" {
+		t.Fatalf("Leave: %+v, %v", res, err)
+	}
+
+	for code, sentinel := range sentinelByRef {
+		t.Run(code, func(t *testing.T) {
+			_, err := c.Stop(ctx, code, StopRequest{})
+			if !errors.Is(err, sentinel) {
+				t.Fatalf("Stop: %v (%T), want %v", err, err, sentinel)
+			}
+			if want := "stop " + code + ": " + sentinel.Error(); err.Error() != want {
+				t.Errorf("message %q, want %q", err, want)
+			}
+		})
+	}
+
+	t.Run("non-JSON 502", func(t *testing.T) {
+		_, err := c.Nodes(ctx)
+		if err == nil {
+			t.Fatal("no error")
+		}
+		for _, want := range []string{"GET /v1/nodes", "HTTP 502", "upstream connect error"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not contain %q", err, want)
+			}
+		}
+		if strings.HasSuffix(err.Error(), "\n") {
+			t.Errorf("error %q ends in a newline", err)
+		}
+	})
+	t.Run("JSON without an error code", func(t *testing.T) {
+		_, err := c.Workloads(ctx)
+		if err == nil || !strings.Contains(err.Error(), "HTTP 500") || !strings.Contains(err.Error(), "oops") {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("2xx that is not JSON", func(t *testing.T) {
+		_, err := c.Segments(ctx)
+		if err == nil || !strings.Contains(err.Error(), "decode answer") {
+			t.Errorf("got %v", err)
+		}
+	})
+	t.Run("logs", func(t *testing.T) {
+		var out bytes.Buffer
+		if err := c.Logs(ctx, "db1", "stderr", false, 7, &out); err != nil {
+			t.Fatal(err)
+		}
+		if out.String() != "stream=stderr follow=false tail=7\n" {
+			t.Errorf("logs: %q", out.String())
+		}
+		out.Reset()
+		err := c.Logs(ctx, "nope", "stdout", false, 0, &out)
+		if !errors.Is(err, shmowner.ErrUnknownWorkload) || !strings.Contains(err.Error(), `no workload "nope"`) {
+			t.Errorf("logs of an unknown workload: %v", err)
+		}
+		if out.Len() != 0 {
+			t.Errorf("an error body was copied to the output: %q", out.String())
+		}
+	})
+}
+
+// TestClientDialError: the CLI's errors when no daemon answers on the socket.
+func TestClientDialError(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close() // the file stays, nobody listens: a killed daemon's socket
+
+	for _, tt := range []struct{ name, sock string }{
+		{"missing socket", filepath.Join(dir, "missing.sock")},
+		{"missing directory", filepath.Join(dir, "nodir", "migshmd.sock")},
+		{"stale socket", stale},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := NewClient(tt.sock).Status(context.Background())
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), "no migshmd listening on "+tt.sock) {
+				t.Errorf("error %q does not say no migshmd listens on %s", err, tt.sock)
+			}
+			if !errors.Is(err, ErrUnreachable) {
+				t.Errorf("error %q is not ErrUnreachable", err)
+			}
+		})
+	}
+
+	t.Run("peer", func(t *testing.T) {
+		// Port 1 on loopback: connection refused. A peer client never suggests --socket.
+		c := newPeerClient("127.0.0.1:1", peerTransport(nil))
+		_, err := c.Status(context.Background())
+		if !errors.Is(err, ErrUnreachable) || strings.Contains(err.Error(), "no migshmd listening") ||
+			!strings.Contains(err.Error(), "127.0.0.1:1") {
+			t.Errorf("peer dial error: %v", err)
+		}
+	})
+}
+
+// TestClientDeadline: a daemon that answers too slowly is not "unreachable", and the
+// caller must be able to tell a timeout (errors.Is context.DeadlineExceeded).
+func TestClientDeadline(t *testing.T) {
+	release := make(chan struct{})
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}), nil)
+	t.Cleanup(func() { close(release) })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := NewClient(sock).Status(ctx)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnreachable) {
+		t.Errorf("a request that timed out gives %q: errors.Is(DeadlineExceeded) = %v, errors.Is(ErrUnreachable) = %v "+
+			"(dialError wraps every transport error with %%v as ErrUnreachable)",
+			err, errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrUnreachable))
+	}
+}
+
+// TestLocalHandlerAuth: only root may use the local API, whatever the socket's mode.
+func TestLocalHandlerAuth(t *testing.T) {
+	d := &Daemon{log: discardLog()}
+	h := d.localHandler()
+	withUID := func(uid int) context.Context {
+		return context.WithValue(context.Background(), credKey{}, &unix.Ucred{Pid: 1, Uid: uint32(uid), Gid: uint32(uid)})
+	}
+	for _, tt := range []struct {
+		name   string
+		ctx    context.Context
+		method string
+		path   string
+		body   string
+		status int
+		code   string
+		msg    string
+	}{
+		{"no peer cred", context.Background(), "GET", "/v1/status", "", http.StatusForbidden, "forbidden", "caller uid -1"},
+		{"uid 1000", withUID(1000), "GET", "/v1/workloads", "", http.StatusForbidden, "forbidden", "caller uid 1000"},
+		{"uid 1000 run", withUID(1000), "POST", "/v1/workloads", `{"args":["/bin/true"]}`, http.StatusForbidden, "forbidden", "root only"},
+		// Root gets through to the routes; a malformed body stops before any state is used.
+		{"root", withUID(0), "POST", "/v1/workloads", `{"bogus":1}`, http.StatusBadRequest, "bad_request", "unknown field"},
+		{"root unknown route", withUID(0), "GET", "/v2/nothing", "", http.StatusNotFound, "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequestWithContext(tt.ctx, tt.method, "http://migshmd"+tt.path, strings.NewReader(tt.body))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tt.status {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.status, rec.Body)
+			}
+			if tt.code == "" {
+				return
+			}
+			err := checkWireBody(t, rec, tt.code)
+			if !strings.Contains(err.Message, tt.msg) {
+				t.Errorf("message %q does not contain %q", err.Message, tt.msg)
+			}
+		})
+	}
+}
+
+func checkWireBody(t *testing.T, rec *httptest.ResponseRecorder, code string) wireError {
+	t.Helper()
+	var body struct {
+		Error wireError `json:"error"`
+	}
+	if err := readJSON(httptest.NewRequest("POST", "/", rec.Body), &body); err != nil {
+		t.Fatalf("error body: %v", err)
+	}
+	if body.Error.Code != code {
+		t.Fatalf("code %q, want %q (message %q)", body.Error.Code, code, body.Error.Message)
+	}
+	return body.Error
+}
+
+func TestPeerHandlerNeedsCertificate(t *testing.T) {
+	d := &Daemon{log: discardLog()}
+	rec := httptest.NewRecorder()
+	d.peerHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://n1/v1/status", nil))
+	if rec.Code != http.StatusForbidden {
+		t.Fatalf("status %d", rec.Code)
+	}
+	checkWireBody(t, rec, "forbidden")
+}
+
+// TestPeerCredContext reads the uid at the other end of a real unix socket.
+func TestPeerCredContext(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer server.Close()
+
+	for name, c := range map[string]net.Conn{"server side": server, "client side": client} {
+		if uid := callerUID(peerCredContext(context.Background(), c)); uid != os.Getuid() {
+			t.Errorf("%s: uid %d, want %d", name, uid, os.Getuid())
+		}
+	}
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if uid := callerUID(peerCredContext(context.Background(), p1)); uid != -1 {
+		t.Errorf("not a unix socket: uid %d, want -1", uid)
+	}
+	if uid := callerUID(context.Background()); uid != -1 {
+		t.Errorf("no cred: uid %d, want -1", uid)
+	}
+}
+
+// TestLocalAPIOverSocket serves the real local handler with the real peer credentials,
+// as the daemon does, and calls it with the client.
+func TestLocalAPIOverSocket(t *testing.T) {
+	d := &Daemon{log: discardLog()}
+	c := NewClient(serveUnix(t, d.localHandler(), peerCredContext))
+	err := c.do(context.Background(), http.MethodPost, "/v1/workloads", map[string]any{"args": []string{"/bin/true"}, "bogus": 1}, nil)
+	if os.Getuid() == 0 {
+		if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), `unknown field "bogus"`) {
+			t.Fatalf("as root: %v, want the body refused as a bad request", err)
+		}
+		return
+	}
+	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("caller uid %d", os.Getuid())) {
+		t.Fatalf("as uid %d: %v, want forbidden", os.Getuid(), err)
+	}
+}

@@ -354,7 +354,7 @@ func TestReadJSON(t *testing.T) {
 				t.Fatalf("readJSON(%q): %v", tt.body, err)
 			case tt.ok && req.Node != "n2":
 				t.Fatalf("readJSON(%q) = %+v", tt.body, req)
-						case !tt.ok && !errors.Is(err, ErrBadRequest):
+			case !tt.ok && !errors.Is(err, ErrBadRequest):
 				t.Fatalf("readJSON(%q) = %v, want ErrBadRequest", tt.body, err)
 			}
 		})

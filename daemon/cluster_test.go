@@ -584,6 +584,30 @@ func TestCluster(t *testing.T) {
 		if _, err := c.cli(n2, "run", "--name", "after-leave", "--", "sleep", "600"); err != nil {
 			t.Fatal(err)
 		}
+		// The leader itself can be removed (through the other node): the table change
+		// is committed before it leaves Raft, and the last node leads alone.
+		leader, other := n1, n2
+		if leaderOf(t, n1) == "n2" {
+			leader, other = n2, n1
+		}
+		if _, err := c.cli(other, "leave", leader.id, "--force"); err != nil {
+			t.Fatalf("leave %s (the leader) --force: %v", leader.id, err)
+		}
+		waitFor(t, 15*time.Second, other.id+" leading alone", func() (bool, string) {
+			st, err := other.c.Status(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			ns, err := other.c.Nodes(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			return st.Leader == other.id && len(st.Peers) == 1 && len(ns) == 1 && ns[0].ID == other.id,
+				fmt.Sprintf("status %+v nodes %+v", st, ns)
+		})
+		if _, err := c.cli(other, "run", "--name", "alone", "--", "sleep", "600"); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("local API is root only", func(t *testing.T) {

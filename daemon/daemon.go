@@ -415,12 +415,18 @@ func (d *Daemon) readTable(r *http.Request) *shmowner.Table {
 	if r.URL.Query().Get("stale") == "true" || d.store.IsLeader() {
 		return d.store.Table()
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
 	addr := d.leaderAPI()
+	for addr == "" && d.leaderID() != "" && ctx.Err() == nil {
+		// A leader is known but not yet in this node's table: a node that just restarted
+		// replays the log once it hears from the leader. Give it a moment.
+		time.Sleep(5 * time.Millisecond)
+		addr = d.leaderAPI()
+	}
 	if addr == "" {
 		return d.store.Table()
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-	defer cancel()
 	var ls Status
 	if err := newPeerClient(addr, d.peerTr).do(ctx, http.MethodGet, "/v1/status", nil, &ls); err != nil {
 		return d.store.Table()

@@ -262,13 +262,17 @@ func (d *Daemon) removeNode(ctx context.Context, id string) error {
 		}
 		return d.forward(ctx, addr, "/peer/v1/remove", LeaveRequest{Node: id, Force: true})
 	}
+	// The table first: once the leader removes itself from Raft it steps down and its
+	// Raft shuts down, so nothing can be committed through it after that.
+	if _, ok := d.store.Table().Node(id); ok {
+		if _, err := d.store.Apply(ctx, shmowner.RemoveNodeType, shmowner.RemoveNodeRequest{ID: id}); err != nil {
+			return err
+		}
+	}
 	if d.inRaftConfig(id) {
 		if err := d.store.Remove(id); err != nil {
 			return err
 		}
-	}
-	if _, ok := d.store.Table().Node(id); ok {
-		return d.apply(ctx, shmowner.RemoveNodeType, shmowner.RemoveNodeRequest{ID: id})
 	}
 	return nil
 }

@@ -137,15 +137,25 @@ func (s *supervisor) loadVector(now time.Time) shmowner.LoadVector {
 func (d *Daemon) loadLoop(ctx context.Context) {
 	t := time.NewTicker(d.cfg.LoadInterval)
 	defer t.Stop()
+	// The first report goes out as soon as this node is in the table (checked every
+	// 200ms), so `migshm nodes` never shows a fresh node without a load.
+	soon := time.NewTicker(200 * time.Millisecond)
+	defer soon.Stop()
+	reported := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-soon.C:
+			if reported {
+				continue
+			}
 		}
-		if !d.isMember() {
+		if _, ok := d.store.Table().Node(d.cfg.NodeID); !ok || !d.isMember() {
 			continue
 		}
+		reported = true
 		now := time.Now()
 		lv := d.sup.loadVector(now)
 		cctx, cancel := context.WithTimeout(ctx, d.cfg.LoadInterval)

@@ -225,6 +225,7 @@ func (t *Table) setWorkloadState(r SetWorkloadStateRequest) error {
 	w.State, w.ExitStatus = r.State, r.ExitStatus
 	if r.State == WorkloadExited {
 		w.ExitedAt = r.At
+		w.Pids = nil // gone; the kernel will hand these pids to others
 	}
 	t.workloads[r.ID] = w
 	return nil

@@ -49,7 +49,7 @@ func peerTransport(cfg *tls.Config) *http.Transport {
 		TLSClientConfig:     cfg,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		TLSHandshakeTimeout: 5 * time.Second,
-		MaxIdleConnsPerHost: 4,
+		MaxIdleConnsPerHost: 64, // forwarded writes come in bursts; a new TLS handshake per write is slow
 		IdleConnTimeout:     time.Minute,
 	}
 }

@@ -569,6 +569,13 @@ func TestCluster(t *testing.T) {
 		if res.Node != "n3" {
 			t.Fatalf("leave: %+v", res)
 		}
+		waitFor(t, 10*time.Second, "n3 says it left", func() (bool, string) {
+			st, err := n3.c.Status(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			return !st.Member && strings.Contains(st.Error, "no longer a voter"), fmt.Sprintf("%+v", st)
+		})
 		waitFor(t, 10*time.Second, "n3 gone from the table and the voters", func() (bool, string) {
 			ns, err := n1.c.Nodes(context.Background())
 			if err != nil {

@@ -56,7 +56,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	return &Daemon{cfg: cfg, log: log, ready: make(chan struct{})}, nil
+	return &Daemon{cfg: cfg, log: log, ready: make(chan struct{}),
+		joinErr: errors.New("starting: not yet a member of the cluster")}, nil
 }
 
 // Ready is closed once Raft and both listeners are up.
@@ -394,8 +395,12 @@ func (d *Daemon) status() Status {
 		}
 	}
 	d.mu.Lock()
-	if d.joinErr != nil {
+	switch {
+	case d.joinErr != nil:
 		s.Error = d.joinErr.Error()
+	case !s.Member:
+		s.Error = fmt.Sprintf("this node is no longer a voter of the cluster (it left or was removed); its table is stale. "+
+			"To join again: stop it, delete %s, start it with --join", filepath.Join(d.cfg.DataDir, "raft"))
 	}
 	d.mu.Unlock()
 	return s

@@ -453,10 +453,7 @@ func copyFlush(w http.ResponseWriter, r io.Reader) {
 				f.Flush()
 			}
 		}
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				return
-			}
+		if err != nil { // io.EOF or the peer went away: either way the copy is over
 			return
 		}
 	}

@@ -209,6 +209,10 @@ type RestoreOptions struct {
 	NetNS string
 	// LogLevel is CRIU's log level (0-4); 0 means 4.
 	LogLevel int32
+	// LeaveStopped leaves the restored tree stopped (SIGSTOP) instead of running it: a
+	// migration resumes it (Resume) only once the move is committed, so the workload
+	// never runs on two nodes at once.
+	LeaveStopped bool
 	// BeforeResume, if set, is called with the host pid of the restored root while the
 	// tree is restored but not yet running. An error aborts the restore: CRIU kills
 	// the restored tree and removes what it created.
@@ -240,6 +244,9 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 		LogFile:     proto.String(logName),
 		LogLevel:    proto.Int32(logLevel(opts.LogLevel)),
 		RstSibling:  proto.Bool(true),
+	}
+	if opts.LeaveStopped {
+		ro.LeaveStopped = proto.Bool(true)
 	}
 	n := &restoreNotify{before: opts.BeforeResume}
 	logFile := filepath.Join(workDir.Name(), logName)

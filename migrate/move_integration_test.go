@@ -288,3 +288,53 @@ func assertPrivateImages(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// TestRestoreLeftStopped: a tree restored with LeaveStopped does not run until it gets
+// SIGCONT; a migration resumes it only once the move is committed.
+func TestRestoreLeftStopped(t *testing.T) {
+	c := testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	nodes := netnode.Up(t, 2)
+	ctx := context.Background()
+	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", "2")
+	waitOutput(t, w.stdout, "shmcounter ready")
+	images := filepath.Join(t.TempDir(), "images")
+	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: w.proc.Pid, ImagesDir: images, NetNS: nodes[0].NetNSPath}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	res, err := c.Restore(ctx, migrate.RestoreOptions{ImagesDir: images, WorkDir: t.TempDir(),
+		NetNS: nodes[1].NetNSPath, LeaveStopped: true})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	restored := workload.Attach(res.Pid)
+	t.Cleanup(func() { killAndReap(restored) })
+	tree, err := migrate.Preflight{}.Check(res.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range tree.Procs {
+		waitFor(t, fmt.Sprintf("%v to be stopped", p), 5*time.Second, func() error {
+			if st, err := procState(p.Pid); err != nil || st != "T" {
+				return fmt.Errorf("state %q (%v)", st, err)
+			}
+			return nil
+		})
+	}
+	stopped := counterCheck(t, bins, res.Pid)
+	time.Sleep(200 * time.Millisecond) // a running tree counts hundreds in this time
+	if n := counterCheck(t, bins, res.Pid); n != stopped {
+		t.Fatalf("the stopped tree counted from %d to %d", stopped, n)
+	}
+	for _, p := range tree.Procs {
+		if err := syscall.Kill(p.Pid, syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "counter progress after SIGCONT", 10*time.Second, func() error {
+		if n := counterCheck(t, bins, res.Pid); n < stopped+50 {
+			return fmt.Errorf("total %d, was %d", n, stopped)
+		}
+		return nil
+	})
+}

@@ -25,6 +25,11 @@ const (
 	// ProbeType is a write that changes nothing: it carries IgnoreUnknownFlag, so every
 	// node skips it. The daemon uses it to measure commit latency end to end.
 	ProbeType MessageType = IgnoreUnknownFlag | 11 // ProbeRequest
+
+	// SetMigrationStatsType records a migration's figures, also once it is done (the
+	// downtime is known only after the commit). Losing one loses figures, never
+	// state, so old nodes may skip it.
+	SetMigrationStatsType MessageType = IgnoreUnknownFlag | 12 // SetMigrationStatsRequest
 )
 
 // IgnoreUnknownFlag marks a message type that a node which does not know it may skip
@@ -44,6 +49,7 @@ var typeNames = map[MessageType]string{
 	PlanMigrationType:     "PlanMigration",
 	SetMigrationPhaseType: "SetMigrationPhase",
 	ProbeType:             "Probe",
+	SetMigrationStatsType: "SetMigrationStats",
 }
 
 func (t MessageType) String() string {
@@ -158,4 +164,12 @@ type SetMigrationPhaseRequest struct {
 	At    int64  `json:"at"` // unix nanos
 	Bytes uint64 `json:"bytes,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Stats, if set, replaces the migration's figures.
+	Stats *MigrationStats `json:"stats,omitempty"`
+}
+
+// SetMigrationStatsRequest replaces a migration's figures, in any phase.
+type SetMigrationStatsRequest struct {
+	ID    string         `json:"id"`
+	Stats MigrationStats `json:"stats"`
 }

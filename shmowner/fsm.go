@@ -86,6 +86,10 @@ func (f *FSM) apply(data []byte) error {
 		var r SetMigrationPhaseRequest
 		decode(t, body, &r)
 		return f.t.setMigrationPhase(r)
+	case SetMigrationStatsType:
+		var r SetMigrationStatsRequest
+		decode(t, body, &r)
+		return f.t.setMigrationStats(r)
 	}
 	if t&IgnoreUnknownFlag != 0 {
 		return nil
@@ -327,6 +331,10 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 	if r.Error != "" {
 		m.Error = r.Error
 	}
+	if r.Stats != nil {
+		st := *r.Stats
+		m.Stats = &st
+	}
 	t.migrations[r.ID] = m
 
 	w, ok := t.workloads[m.Workload]
@@ -353,6 +361,17 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 		return nil
 	}
 	t.workloads[w.ID] = w
+	return nil
+}
+
+func (t *Table) setMigrationStats(r SetMigrationStatsRequest) error {
+	m, ok := t.migrations[r.ID]
+	if !ok {
+		return fmt.Errorf("set migration %s stats: %w", r.ID, ErrUnknownMigration)
+	}
+	st := r.Stats
+	m.Stats = &st
+	t.migrations[r.ID] = m
 	return nil
 }
 

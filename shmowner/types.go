@@ -194,6 +194,21 @@ type Migration struct {
 	UpdatedAt int64  `json:"updated_at"`
 	Bytes     uint64 `json:"bytes"` // bytes shipped so far
 	Error     string `json:"error"`
+	// Stats are the migration's figures, as the source last reported them.
+	Stats *MigrationStats `json:"stats,omitempty"`
+}
+
+// MigrationStats are the figures of a migration: what it cost and what it shipped.
+type MigrationStats struct {
+	Rounds        int    `json:"rounds"`         // pre-copy rounds
+	PrecopyBytes  uint64 `json:"precopy_bytes"`  // bytes sent while the workload ran
+	FinalBytes    uint64 `json:"final_bytes"`    // bytes sent while it was frozen
+	WorkloadBytes uint64 `json:"workload_bytes"` // size of its checkpoint images (memory and state)
+	FrozenNS      int64  `json:"frozen_ns"`      // downtime: from the freeze to the resume on the target
+	DumpNS        int64  `json:"dump_ns"`        // the final dump
+	ShipNS        int64  `json:"ship_ns"`        // shipping the final images
+	RestoreNS     int64  `json:"restore_ns"`     // the restore on the target
+	TotalNS       int64  `json:"total_ns"`       // from plan to done (or abort)
 }
 
 // Table is the whole replicated state. A *Table returned by FSM.Table is a deep copy owned
@@ -222,6 +237,14 @@ func (w Workload) clone() Workload {
 	return w
 }
 
+func (m Migration) clone() Migration {
+	if m.Stats != nil {
+		st := *m.Stats
+		m.Stats = &st
+	}
+	return m
+}
+
 func (s Segment) clone() Segment {
 	s.Replicas = slices.Clone(s.Replicas)
 	return s
@@ -240,7 +263,7 @@ func (t *Table) clone() *Table {
 		c.segments[k] = v.clone()
 	}
 	for k, v := range t.migrations {
-		c.migrations[k] = v
+		c.migrations[k] = v.clone()
 	}
 	return c
 }
@@ -303,7 +326,7 @@ func (t *Table) GroupEpoch(group string) uint64 {
 func (t *Table) Migrations() []Migration {
 	out := make([]Migration, 0, len(t.migrations))
 	for _, m := range t.migrations {
-		out = append(out, m)
+		out = append(out, m.clone())
 	}
 	slices.SortFunc(out, func(a, b Migration) int { return cmp.Compare(a.ID, b.ID) })
 	return out
@@ -330,7 +353,7 @@ func (t *Table) Segment(id SegmentID) (Segment, bool) {
 // Migration returns the migration with the given id.
 func (t *Table) Migration(id string) (Migration, bool) {
 	m, ok := t.migrations[id]
-	return m, ok
+	return m.clone(), ok
 }
 
 // ActiveMigration returns the migration of the workload that is neither done nor
@@ -338,7 +361,7 @@ func (t *Table) Migration(id string) (Migration, bool) {
 func (t *Table) ActiveMigration(workload string) (Migration, bool) {
 	for _, m := range t.migrations {
 		if m.Workload == workload && !m.Phase.Terminal() {
-			return m, true
+			return m.clone(), true
 		}
 	}
 	return Migration{}, false

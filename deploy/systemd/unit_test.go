@@ -244,6 +244,7 @@ var fileKeys = map[string]valueKind{
 	"node-id":          kindString,
 	"data-dir":         kindString,
 	"workload-dir":     kindString,
+	"image-dir":        kindString,
 	"socket":           kindString,
 	"raft-addr":        kindString,
 	"peer-addr":        kindString,

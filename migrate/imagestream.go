@@ -35,13 +35,29 @@ var ErrCorruptStream = errors.New("corrupt stream")
 //	         then the sha256 of the whole file
 //	ref      'R' | name length u16 | name | mode u32 | size u64 | sha256 | crc u32
 //	         (a file the receiver already holds: StreamOptions.Skip and Have)
+//	paged    'P' | name length u16 | name | mode u32 | size u64 | crc u32 of the record
+//	         (a file of raw pages sent page by page: StreamOptions.Paged, Held, Pages)
+//	         then ceil(size / (P * 4096)) chunks of P pages, P = max(1, chunk size / 4096),
+//	         each: one flag per page of the chunk (0: the page follows as it is, 1: its
+//	         hash [16] follows instead) | the pages and hashes, in page order | crc u32 of
+//	         the flags and what follows them
+//	         then the file's digest: the sha256 over the 16-byte hashes of its pages in
+//	         order (HashPage; a short last page, always sent as it is, is hashed the same
+//	         way over its bytes)
 //	trailer  'E' | files u64 | bytes u64 | digest [32] | crc u32
 //
-// Files come sorted by name. The trailer counts every file (sent or referenced) and
-// their total size; its digest is the sha256 over (name length u16, name, size u64,
-// sha256) of every file in stream order, so a dropped or reordered file is caught. Each
-// chunk's CRC is checked before the next chunk is read: a corrupt stream is refused
-// where the damage is, not at its end.
+// Files come sorted by name. The trailer counts every file (sent, referenced or paged)
+// and their total size; its digest is the sha256 over (name length u16, name, size u64,
+// sha256 or, for a paged file, its digest) of every file in stream order, so a dropped
+// or reordered file is caught. Each chunk's CRC is checked before the next chunk is read:
+// a corrupt stream is refused where the damage is, not at its end.
+//
+// Paged records are version 1 too: a stream without them is what older senders wrote,
+// and a reader that predates them refuses a stream with them ("unknown record kind
+// 0x50"). A paged file's digest is built from the page hashes the sender computes
+// anyway to decide what to send, so neither side hashes a page twice: the receiver
+// hashes only the pages sent in full, and trusts Pages for the others (a PageStore
+// checks every page against its hash when it is added).
 const (
 	streamMagic   = "MIGSHM-IMAGES"
 	streamVersion = 1
@@ -59,7 +75,12 @@ const (
 
 	kindFile    = 'F'
 	kindRef     = 'R'
+	kindPaged   = 'P'
 	kindTrailer = 'E'
+
+	// The flags of the pages of a paged chunk.
+	pageLiteral = 0
+	pageRef     = 1
 
 	crcLen       = 4
 	shaLen       = sha256.Size
@@ -74,7 +95,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // StreamOptions tunes WriteImages and ReadImages.
 type StreamOptions struct {
 	// ChunkSize is the size of the checksummed chunks WriteImages cuts files into; 0
-	// means DefaultChunkSize. The reader takes it from the stream.
+	// means DefaultChunkSize. The reader takes it from the stream. A paged file's chunks
+	// hold ChunkSize / 4096 pages (at least one).
 	ChunkSize int
 	// MaxBytes bounds the total size of the files ReadImages accepts (sent and
 	// referenced alike); 0 means DefaultMaxBytes.
@@ -87,16 +109,37 @@ type StreamOptions struct {
 	// local file with that content. ReadImages copies it into the directory and checks
 	// its sha256. A stream with references and no Have is refused.
 	Have func(name string, sha256 [32]byte) (path string, ok bool)
+
+	// Paged, if set, names the files WriteImages sends page by page: CRIU's page data
+	// (pages-*.img, raw pages, a multiple of 4096 bytes; CRIU 4.1 writes SysV shm
+	// contents there too). Each page whose hash Held reports, and every zero page,
+	// travels as its 16-byte hash only; the others travel as they are. A short last
+	// page (a file that is not a multiple of 4096 bytes) always travels as it is. Skip
+	// is not asked about paged files.
+	Paged func(name string) bool
+	// Held reports whether the receiver holds a page (a pre-copy round that the
+	// receiver acknowledged sent it): Precopier.Held. nil means none but the zero page.
+	Held func(PageHash) bool
+	// Pages (receiver) gives the content of pages sent as hashes: a PageStore. A paged
+	// file naming a page Pages lacks is refused (the error wraps ErrCorruptStream and
+	// says which file and page). nil holds only the zero page.
+	Pages interface {
+		Get(h PageHash, dst []byte) bool
+	}
 }
 
 // StreamStats counts what an image stream carried. Files and Bytes are the files whose
 // content crossed the stream and that content's size (framing not included); Skipped
-// and SkippedBytes the files sent as references only.
+// and SkippedBytes the files sent as references only. A paged file counts in Files; its
+// pages sent in full count in Bytes, those sent as hashes in RefPages, and their size in
+// RefBytes. Bytes + SkippedBytes + RefBytes is the size of all files.
 type StreamStats struct {
 	Files        int
 	Bytes        int64
 	Skipped      int
 	SkippedBytes int64
+	RefPages     int64
+	RefBytes     int64
 }
 
 // WriteImages writes the regular files of the images directory dir to w as an image
@@ -130,14 +173,14 @@ func writeImages(ctx context.Context, w io.Writer, dir string, opts StreamOption
 	if _, err := w.Write(appendStreamHeader(nil, uint32(chunk))); err != nil {
 		return fmt.Errorf("write header: %w", err)
 	}
-	s := &imageSender{ctx: ctx, w: w, dir: dir, opts: opts, st: st,
+	s := &imageSender{ctx: ctx, w: w, dir: dir, opts: opts, st: st, chunk: chunk,
 		buf: make([]byte, chunk+crcLen), dig: newStreamDigest()}
 	for _, name := range names {
 		if err := s.send(name); err != nil {
 			return err
 		}
 	}
-	total := st.Bytes + st.SkippedBytes
+	total := st.Bytes + st.SkippedBytes + st.RefBytes
 	tr := appendTrailer(nil, uint64(st.Files+st.Skipped), uint64(total), s.dig.sum())
 	if _, err := w.Write(tr); err != nil {
 		return fmt.Errorf("write trailer: %w", err)
@@ -173,13 +216,18 @@ func imageFiles(dir string) ([]string, error) {
 }
 
 type imageSender struct {
-	ctx  context.Context
-	w    io.Writer
-	dir  string
-	opts StreamOptions
-	st   *StreamStats
-	buf  []byte // chunk size + crcLen
-	dig  *streamDigest
+	ctx   context.Context
+	w     io.Writer
+	dir   string
+	opts  StreamOptions
+	st    *StreamStats
+	chunk int
+	buf   []byte // chunk size + crcLen
+	dig   *streamDigest
+
+	// For paged files: flags, pages and CRC of a chunk, and the pages' hashes.
+	pbuf  []byte
+	psums []PageHash
 }
 
 // send writes one file, or a reference to it if opts.Skip says the receiver has it.
@@ -202,6 +250,9 @@ func (s *imageSender) send(name string) error {
 		return fmt.Errorf("%s is not a regular file (%v)", path, info.Mode().Type())
 	}
 	size, mode := info.Size(), uint32(info.Mode().Perm())
+	if s.opts.Paged != nil && s.opts.Paged(name) {
+		return s.sendPaged(f, path, name, mode, size)
+	}
 	var pre [32]byte
 	if s.opts.Skip != nil {
 		if pre, err = s.hash(f, path, size); err != nil {
@@ -254,6 +305,84 @@ func (s *imageSender) send(name string) error {
 	}
 	s.dig.add(name, uint64(size), sum)
 	s.st.Files++
+	return nil
+}
+
+// pagesPerChunk is how many pages a chunk of a paged file holds.
+func pagesPerChunk(chunk int) int {
+	return max(1, chunk/PageSize)
+}
+
+// sendPaged writes a paged file: each chunk's pages are read in place behind the
+// chunk's flags, hashed, and then those the receiver holds are replaced by their hash,
+// moving the following pages down. Nothing is copied when no page, or every page, is
+// held.
+func (s *imageSender) sendPaged(f *os.File, path, name string, mode uint32, size int64) error {
+	if _, err := s.w.Write(appendRecord(nil, kindPaged, name, mode, uint64(size), nil)); err != nil {
+		return fmt.Errorf("write record of %s: %w", name, err)
+	}
+	ppc := pagesPerChunk(s.chunk)
+	if s.pbuf == nil {
+		s.pbuf = make([]byte, ppc+ppc*PageSize+crcLen)
+		s.psums = make([]PageHash, ppc)
+	}
+	dig := sha256.New()
+	var literal, refs int64
+	for i, off := 1, int64(0); off < size; i++ {
+		if err := s.ctx.Err(); err != nil {
+			return err
+		}
+		n := int(min(int64(ppc*PageSize), size-off))
+		np := (n + PageSize - 1) / PageSize
+		full := n / PageSize
+		out := s.pbuf
+		data := out[np : np+n]
+		if _, err := io.ReadFull(f, data); err != nil {
+			return fmt.Errorf("%s: %w (did it shrink while being sent?)", path, err)
+		}
+		sums := s.psums[:np]
+		hashPages(data, sums[:full])
+		if full < np {
+			sums[full] = sum16(data[full*PageSize:])
+		}
+		w := np // where the next page or hash goes
+		for p := range np {
+			if p < full && (sums[p] == ZeroPageHash || s.opts.Held != nil && s.opts.Held(sums[p])) {
+				out[p] = pageRef
+				w += copy(out[w:], sums[p][:])
+				refs++
+				continue
+			}
+			out[p] = pageLiteral
+			src, ln := np+p*PageSize, min(PageSize, n-p*PageSize)
+			if w != src {
+				copy(out[w:w+ln], out[src:src+ln])
+			}
+			w += ln
+			literal += int64(ln)
+		}
+		for p := range sums {
+			dig.Write(sums[p][:])
+		}
+		out = binary.BigEndian.AppendUint32(out[:w], crc32.Checksum(out[:w], castagnoli))
+		if _, err := s.w.Write(out); err != nil {
+			return fmt.Errorf("write chunk %d of %s: %w", i, name, err)
+		}
+		off += int64(n)
+	}
+	if err := noMore(f, path); err != nil {
+		return err
+	}
+	var sum [32]byte
+	dig.Sum(sum[:0])
+	if _, err := s.w.Write(sum[:]); err != nil {
+		return fmt.Errorf("write digest of %s: %w", name, err)
+	}
+	s.dig.add(name, uint64(size), sum)
+	s.st.Files++
+	s.st.Bytes += literal
+	s.st.RefPages += refs
+	s.st.RefBytes += refs * PageSize
 	return nil
 }
 
@@ -335,6 +464,13 @@ type imageReceiver struct {
 	st      StreamStats
 	tmp     string   // the temporary file being written, if any
 	written []string // files this call created
+
+	// For paged files: a chunk's flags, its pages (and CRC), the pages' hashes, and
+	// which pages came in full.
+	pflags []byte
+	pbuf   []byte
+	psums  []PageHash
+	plits  []int
 }
 
 func (rd *imageReceiver) receive() error {
@@ -353,7 +489,7 @@ func (rd *imageReceiver) receive() error {
 			return rd.readErr(err, fmt.Sprintf("after %d files, before the trailer", len(rd.seen)))
 		}
 		switch kind[0] {
-		case kindFile, kindRef:
+		case kindFile, kindRef, kindPaged:
 			if err := rd.readFile(kind[0]); err != nil {
 				return err
 			}
@@ -406,8 +542,8 @@ func (rd *imageReceiver) readHeader() error {
 	return nil
 }
 
-// readFile reads a file or ref record (its kind byte is already in rd.head) and what
-// follows it, and installs the file.
+// readFile reads a file, ref or paged record (its kind byte is already in rd.head) and
+// what follows it, and installs the file.
 func (rd *imageReceiver) readFile(kind byte) error {
 	where := fmt.Sprintf("record after %d files", len(rd.seen))
 	if _, err := io.ReadFull(rd.r, rd.head[1:3]); err != nil {
@@ -455,6 +591,12 @@ func (rd *imageReceiver) readFile(kind byte) error {
 		}
 		rd.st.Skipped++
 		rd.st.SkippedBytes += int64(size)
+	} else if kind == kindPaged {
+		var err error
+		if sum, err = rd.readPaged(name, int64(size)); err != nil {
+			return err
+		}
+		rd.st.Files++
 	} else {
 		var err error
 		if sum, err = rd.readContent(name, int64(size)); err != nil {
@@ -525,6 +667,113 @@ func (rd *imageReceiver) readContent(name string, size int64) ([32]byte, error) 
 		return sum, fmt.Errorf("%s: sha256 mismatch: received %.12x, the stream says %.12x: %w", name, sum, want, ErrCorruptStream)
 	}
 	return sum, f.Close()
+}
+
+// readPaged reads a paged file's chunks and digest into a new temporary file. The
+// entries of a chunk are read into the end of its buffer and spread out to their places
+// in page order (each entry starts at or after its page's place, so none is overwritten
+// before it is used); pages sent as hashes come from opts.Pages.
+func (rd *imageReceiver) readPaged(name string, size int64) ([32]byte, error) {
+	var sum [32]byte
+	f, err := rd.create()
+	if err != nil {
+		return sum, err
+	}
+	defer f.Close()
+	ppc := pagesPerChunk(rd.chunk)
+	if want := ppc*PageSize + crcLen; len(rd.pbuf) < want {
+		rd.pbuf = make([]byte, want)
+		rd.pflags = make([]byte, ppc)
+		rd.psums = make([]PageHash, ppc)
+	}
+	dig := sha256.New()
+	for i, off := 1, int64(0); off < size; i++ {
+		if err := rd.ctx.Err(); err != nil {
+			return sum, err
+		}
+		where := fmt.Sprintf("chunk %d of %s", i, name)
+		n := int(min(int64(ppc*PageSize), size-off))
+		np := (n + PageSize - 1) / PageSize
+		full := n / PageSize
+		flags := rd.pflags[:np]
+		if _, err := io.ReadFull(rd.r, flags); err != nil {
+			return sum, rd.readErr(err, where)
+		}
+		entries := 0
+		for p, fl := range flags {
+			switch {
+			case fl == pageLiteral:
+				entries += min(PageSize, n-p*PageSize)
+			case fl == pageRef && p < full:
+				entries += len(PageHash{})
+			default:
+				return sum, fmt.Errorf("%s: page %d has flag %#x: %w", where, p+1, fl, ErrCorruptStream)
+			}
+		}
+		out := rd.pbuf[:n+crcLen]
+		if _, err := io.ReadFull(rd.r, out[n-entries:]); err != nil {
+			return sum, rd.readErr(err, where)
+		}
+		crc := crc32.Update(crc32.Checksum(flags, castagnoli), castagnoli, out[n-entries:n])
+		if crc != binary.BigEndian.Uint32(out[n:]) {
+			return sum, fmt.Errorf("%s: checksum mismatch: %w", where, ErrCorruptStream)
+		}
+		sums := rd.psums[:np]
+		lits := rd.plits[:0]
+		pos := n - entries
+		for p, fl := range flags {
+			dst, ln := p*PageSize, min(PageSize, n-p*PageSize)
+			if fl == pageRef {
+				h := PageHash(out[pos : pos+len(PageHash{})])
+				pos += len(h)
+				if !rd.page(h, out[dst:dst+PageSize]) {
+					return sum, fmt.Errorf("%s: page %d (offset %d) was sent as hash %s, and no such page is held here: %w",
+						name, p+1+(i-1)*ppc, off+int64(dst), h, ErrCorruptStream)
+				}
+				sums[p] = h
+				rd.st.RefPages++
+				rd.st.RefBytes += PageSize
+				continue
+			}
+			if pos != dst {
+				copy(out[dst:dst+ln], out[pos:pos+ln])
+			}
+			pos += ln
+			lits = append(lits, p)
+			rd.st.Bytes += int64(ln)
+		}
+		parallel(len(lits), func(lo, hi int) {
+			for _, p := range lits[lo:hi] {
+				sums[p] = sum16(out[p*PageSize : min((p+1)*PageSize, n)])
+			}
+		})
+		rd.plits = lits
+		for p := range sums {
+			dig.Write(sums[p][:])
+		}
+		if _, err := f.Write(out[:n]); err != nil {
+			return sum, err
+		}
+		off += int64(n)
+	}
+	var want [32]byte
+	if _, err := io.ReadFull(rd.r, want[:]); err != nil {
+		return sum, rd.readErr(err, "digest of "+name)
+	}
+	dig.Sum(sum[:0])
+	if sum != want {
+		return sum, fmt.Errorf("%s: digest mismatch: received %.12x, the stream says %.12x: %w", name, sum, want, ErrCorruptStream)
+	}
+	return sum, f.Close()
+}
+
+// page copies the page with hash h into dst: the zero page, or one of opts.Pages.
+func (rd *imageReceiver) page(h PageHash, dst []byte) bool {
+	if h == ZeroPageHash {
+		clear(dst)
+		return true
+	}
+	return rd.opts.Pages != nil && rd.opts.Pages.Get(h, dst)
 }
 
 // fetch copies the local file opts.Have names for a referenced file into a new

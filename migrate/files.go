@@ -1,0 +1,296 @@
+package migrate
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/migshm/migshm/workload"
+)
+
+// FileNeed is a file the restored tree reopens by path on the target.
+type FileNeed struct {
+	Path string `json:"path"`
+	Kind string `json:"kind"` // "exe", "map", "fd", "cwd"
+	// Size is the size of a regular file: CRIU refuses to reopen one whose size changed.
+	// -1 means CRIU does not check it: the file is only open write-only for appending
+	// (a log), which CRIU reopens whatever its size.
+	Size int64 `json:"size"`
+	Dir  bool  `json:"dir"`
+}
+
+// Kinds of FileNeed, strongest first: a path needed in several ways is listed once, as
+// the first of these.
+const (
+	NeedExe = "exe"
+	NeedMap = "map"
+	NeedFd  = "fd"
+	NeedCwd = "cwd"
+)
+
+var needRank = map[string]int{NeedExe: 0, NeedMap: 1, NeedFd: 2, NeedCwd: 3}
+
+// NeededFiles lists, deduplicated by path and sorted, the exe of every process, its
+// file-backed mappings (not SysV, not memfd, not [anon] names), regular files and
+// directories open as fds, and cwds, all from procRoot. Files under skipDirs (the daemon
+// ships those itself: the workload's log dir, the init copy) are left out, and so are
+// deleted files and files under /proc/<pid> (CheckResources reports those).
+func NeededFiles(procRoot string, tree *workload.Tree, skipDirs ...string) ([]FileNeed, error) {
+	return neededFiles(newProcView(procRoot), tree, skipDirs)
+}
+
+func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed, error) {
+	var skip []string
+	for _, d := range skipDirs {
+		if d == "" {
+			continue
+		}
+		skip = append(skip, filepath.Clean(d))
+		// /proc shows resolved paths: skip a directory by its real path too.
+		if real, err := filepath.EvalSymlinks(d); err == nil && real != filepath.Clean(d) {
+			skip = append(skip, real)
+		}
+	}
+	byPath := map[string]*FileNeed{}
+	add := func(path, kind, procPath string, sizeChecked bool) error {
+		if !strings.HasPrefix(path, "/") || strings.HasSuffix(path, deletedSuffix) ||
+			kernelObject(path) || procPidFile(path) || under(path, skip) {
+			return nil
+		}
+		info, err := v.stat(procPath, path)
+		if gone(err) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("stat %s: %w", path, err)
+		}
+		n := FileNeed{Path: path, Kind: kind}
+		switch {
+		case info.IsDir():
+			n.Dir = true
+		case info.Mode().IsRegular():
+			n.Size = info.Size()
+			if !sizeChecked {
+				n.Size = -1
+			}
+		default:
+			return nil // devices, sockets, fifos: CheckResources judges those
+		}
+		old, ok := byPath[path]
+		if !ok {
+			byPath[path] = &n
+			return nil
+		}
+		if needRank[kind] < needRank[old.Kind] {
+			old.Kind = kind
+		}
+		if old.Size < 0 && n.Size >= 0 {
+			old.Size = n.Size
+		}
+		return nil
+	}
+	for _, p := range tree.Procs {
+		if exe, err := os.Readlink(v.path(p.Pid, "exe")); err == nil {
+			if err := add(exe, NeedExe, v.path(p.Pid, "exe"), true); err != nil {
+				return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
+			}
+		} else if !gone(err) {
+			return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
+		}
+		maps, err := v.maps(p.Pid)
+		if err != nil {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		for _, m := range maps {
+			if seen[m.path] {
+				continue
+			}
+			seen[m.path] = true
+			if err := add(m.path, NeedMap, v.path(p.Pid, "map_files", m.addrs), true); err != nil {
+				return nil, fmt.Errorf("pid %d: mapping %s: %w", p.Pid, m.addrs, err)
+			}
+		}
+		fds, err := v.fds(p.Pid)
+		if err != nil {
+			return nil, err
+		}
+		for _, fd := range fds {
+			if !strings.HasPrefix(fd.link, "/") {
+				continue
+			}
+			flags, err := v.fdFlags(p.Pid, fd.fd)
+			if gone(err) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			if err := add(fd.link, NeedFd, v.path(p.Pid, "fd", strconv.Itoa(fd.fd)), sizeChecked(flags)); err != nil {
+				return nil, fmt.Errorf("pid %d: fd %d: %w", p.Pid, fd.fd, err)
+			}
+		}
+		if cwd, err := os.Readlink(v.path(p.Pid, "cwd")); err == nil {
+			if err := add(cwd, NeedCwd, v.path(p.Pid, "cwd"), true); err != nil {
+				return nil, fmt.Errorf("pid %d: cwd: %w", p.Pid, err)
+			}
+		} else if !gone(err) {
+			return nil, fmt.Errorf("pid %d: cwd: %w", p.Pid, err)
+		}
+	}
+	out := make([]FileNeed, 0, len(byPath))
+	for _, n := range byPath {
+		out = append(out, *n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
+// under reports whether path is one of dirs or lies below one.
+func under(path string, dirs []string) bool {
+	for _, d := range dirs {
+		if path == d || strings.HasPrefix(path, strings.TrimSuffix(d, "/")+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// Open flags as /proc/PID/fdinfo shows them (octal, x86 and arm64 values).
+const (
+	oAccMode = 0o3
+	oWronly  = 0o1
+	oAppend  = 0o2000
+)
+
+// sizeChecked reports whether CRIU records the size of a regular file open with these
+// flags (and so refuses to restore it if the size changed): it does, except for files
+// open write-only for appending, like logs.
+func sizeChecked(flags uint64) bool {
+	return !(flags&oAccMode == oWronly && flags&oAppend != 0)
+}
+
+// fdFlags reads the open flags of a file descriptor from fdinfo.
+func (v procView) fdFlags(pid, fd int) (uint64, error) {
+	b, err := os.ReadFile(v.path(pid, "fdinfo", strconv.Itoa(fd)))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "flags:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(rest), 8, 64)
+			if err != nil {
+				return 0, fmt.Errorf("pid %d: fdinfo %d: bad flags %q", pid, fd, line)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("pid %d: fdinfo %d: no flags", pid, fd)
+}
+
+// FileProblem is a FileNeed the target cannot meet.
+type FileProblem struct {
+	Path   string
+	Reason string // "missing", "size", "type"
+	Detail string
+}
+
+// Reasons of a FileProblem.
+const (
+	FileMissing = "missing"
+	FileSize    = "size"
+	FileType    = "type"
+)
+
+// CheckFiles runs on the target: each need must exist with the same type and, for
+// regular files whose size CRIU checks, the same size. It returns one problem per
+// mismatch (nil if none), each naming the path and what to do. root "" or "/" is the
+// real file system; tests pass a temp dir.
+func CheckFiles(root string, needs []FileNeed) []FileProblem {
+	var out []FileProblem
+	for _, n := range needs {
+		p := n.Path
+		if root != "" && root != "/" {
+			p = filepath.Join(root, n.Path)
+		}
+		info, err := os.Stat(p)
+		if err != nil {
+			out = append(out, FileProblem{Path: n.Path, Reason: FileMissing, Detail: missingDetail(n, err)})
+			continue
+		}
+		want := "regular file"
+		if n.Dir {
+			want = "directory"
+		}
+		if got := fileType(info.Mode()); got != want {
+			out = append(out, FileProblem{Path: n.Path, Reason: FileType, Detail: fmt.Sprintf(
+				"%s is a %s on this node but a %s on the source: %s", n.Path, got, want, sameThere(n))})
+			continue
+		}
+		if !n.Dir && n.Size >= 0 && info.Size() != n.Size {
+			out = append(out, FileProblem{Path: n.Path, Reason: FileSize, Detail: fmt.Sprintf(
+				"%s is %d bytes on this node but %d bytes on the source, and CRIU refuses to reopen a file "+
+					"whose size changed: %s", n.Path, info.Size(), n.Size, sameThere(n))})
+		}
+	}
+	return out
+}
+
+func fileType(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "regular file"
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m&fs.ModeNamedPipe != 0:
+		return "named pipe"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	}
+	return "special file"
+}
+
+// sameThere says how to make a file on this node the one the workload had.
+func sameThere(n FileNeed) string {
+	switch n.Kind {
+	case NeedExe, NeedMap:
+		return "install the same build there, at the same path"
+	case NeedCwd:
+		return "create the same directory there"
+	}
+	if n.Dir {
+		return "create the same directory there"
+	}
+	return "copy the same file there, at the same path"
+}
+
+func missingDetail(n FileNeed, err error) string {
+	why := "is missing on this node"
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, syscall.ENOTDIR):
+		why += " (a parent of it is not a directory)"
+	case errors.As(err, &pe):
+		why = fmt.Sprintf("cannot be read on this node (%v)", pe.Err)
+	default:
+		why = fmt.Sprintf("cannot be read on this node (%v)", err)
+	}
+	switch n.Kind {
+	case NeedExe:
+		return fmt.Sprintf("%s %s: the workload runs it; %s", n.Path, why, sameThere(n))
+	case NeedMap:
+		return fmt.Sprintf("%s %s: the workload has it mapped (a library, say); %s", n.Path, why, sameThere(n))
+	case NeedCwd:
+		return fmt.Sprintf("directory %s %s: the workload runs in it; %s", n.Path, why, sameThere(n))
+	}
+	return fmt.Sprintf("%s %s: the workload has it open and CRIU reopens it by path; %s", n.Path, why, sameThere(n))
+}

@@ -1,0 +1,178 @@
+package migrate
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/migshm/migshm/workload"
+)
+
+func TestNeededFilesFixture(t *testing.T) {
+	tree := fxTree(workload.Proc{Pid: 4100, Comm: "migshm-init"}, workload.Proc{Pid: 4101, Comm: "server"},
+		workload.Proc{Pid: 4102, Comm: "worker"}, workload.Proc{Pid: 4103, Comm: "zombie"},
+		workload.Proc{Pid: 4999, Comm: "gone"})
+	base := []FileNeed{
+		{Path: "/", Kind: "cwd", Dir: true},
+		{Path: "/opt/app/bin/server", Kind: "exe", Size: 123456},
+		{Path: "/opt/app/data/with space.db", Kind: "map", Size: 8192},
+		{Path: "/opt/app/lib/libfoo.so", Kind: "map", Size: 4096}, // also open as fd 10
+		{Path: "/proc/cpuinfo", Kind: "fd"},
+		{Path: "/srv/app", Kind: "fd", Dir: true},        // open as fd 5 and the cwd
+		{Path: "/srv/app/app.log", Kind: "fd", Size: -1}, // open for appending only: size not checked
+		{Path: "/srv/app/data.db", Kind: "fd", Size: 65536},
+		{Path: "/srv/app/shared.log", Kind: "fd", Size: 300}, // appended by 4101, read-write by 4102
+		{Path: "/usr/lib/x86_64-linux-gnu/libc.so.6", Kind: "map", Size: 1922136},
+		{Path: "/usr/local/bin/migshmd", Kind: "exe", Size: 9000000},
+	}
+	withLog := append(append([]FileNeed{}, base...), FileNeed{Path: "/var/lib/migshm/workloads/w1/stdout", Kind: "fd", Size: -1})
+	sortNeeds(withLog)
+	cases := []struct {
+		name string
+		skip []string
+		want []FileNeed
+	}{
+		{"no skip", nil, withLog},
+		{"skip the workload dir", []string{"/var/lib/migshm/workloads/w1"}, base},
+		{"skip with a trailing slash", []string{"/var/lib/migshm/workloads/w1/"}, base},
+		{"skip the whole state dir", []string{"", "/var/lib/migshm"}, base},
+		{"a prefix of a name is not a parent", []string{"/var/lib/migshm/workloads/w", "/srv/ap"}, withLog},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := neededFiles(fxView(t, "proc-files"), tree, tc.skip)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got\n%s\nwant\n%s", fmtNeeds(got), fmtNeeds(tc.want))
+			}
+		})
+	}
+}
+
+func sortNeeds(ns []FileNeed) {
+	sort.Slice(ns, func(i, j int) bool { return ns[i].Path < ns[j].Path })
+}
+
+func fmtNeeds(ns []FileNeed) string {
+	var b strings.Builder
+	for _, n := range ns {
+		fmt.Fprintf(&b, "  %s %s size=%d dir=%v\n", n.Path, n.Kind, n.Size, n.Dir)
+	}
+	return b.String()
+}
+
+func TestSizeChecked(t *testing.T) {
+	for flags, want := range map[uint64]bool{
+		0o100000:  true,  // O_RDONLY|O_LARGEFILE
+		0o100002:  true,  // O_RDWR
+		0o100001:  true,  // O_WRONLY
+		0o102001:  false, // O_WRONLY|O_APPEND: a log
+		0o2102001: false, // ... |O_CLOEXEC
+		0o102002:  true,  // O_RDWR|O_APPEND: CRIU checks
+	} {
+		if got := sizeChecked(flags); got != want {
+			t.Errorf("sizeChecked(%#o) = %v, want %v", flags, got, want)
+		}
+	}
+}
+
+func TestCheckFiles(t *testing.T) {
+	root := t.TempDir()
+	mk := func(path string, size int) {
+		t.Helper()
+		p := filepath.Join(root, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, make([]byte, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkdir := func(path string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(root, path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("/opt/app/bin/server", 1000)
+	mk("/opt/app/lib/libfoo.so", 10)
+	mk("/srv/app/app.log", 12345)
+	mk("/srv/app/data.db", 4096)
+	mk("/srv/app/notadir", 1)
+	mkdir("/srv/app/cache")
+	mkdir("/data")
+	if err := os.Symlink("server", filepath.Join(root, "/opt/app/bin/link")); err != nil {
+		t.Fatal(err)
+	}
+
+	needs := []FileNeed{
+		{Path: "/opt/app/bin/server", Kind: "exe", Size: 1000},        // fine
+		{Path: "/opt/app/bin/link", Kind: "exe", Size: 1000},          // fine, through a symlink
+		{Path: "/opt/app/lib/libfoo.so", Kind: "map", Size: 4096},     // size
+		{Path: "/opt/app/lib/libbar.so", Kind: "map", Size: 10},       // missing
+		{Path: "/srv/app/app.log", Kind: "fd", Size: -1},              // fine: size not checked
+		{Path: "/srv/app/data.db", Kind: "fd", Size: 8192},            // size
+		{Path: "/srv/app/cache", Kind: "fd", Size: 10},                // type: a directory here
+		{Path: "/srv/app/data.db/x", Kind: "fd", Size: 1},             // missing (ENOTDIR)
+		{Path: "/srv/app/notadir", Kind: "cwd", Dir: true},            // type: a file here
+		{Path: "/data", Kind: "cwd", Dir: true},                       // fine
+		{Path: "/srv/gone", Kind: "cwd", Dir: true},                   // missing
+		{Path: "/usr/local/bin/migshmd", Kind: "exe", Size: 9000000},  // missing
+		{Path: "/var/lib/app/queue", Kind: "fd", Dir: false, Size: 0}, // missing
+	}
+	want := []struct {
+		path, reason string
+		detail       []string
+	}{
+		{"/opt/app/lib/libfoo.so", "size", []string{"is 10 bytes on this node but 4096 bytes on the source", "install the same build there, at the same path"}},
+		{"/opt/app/lib/libbar.so", "missing", []string{"/opt/app/lib/libbar.so is missing on this node", "mapped", "install the same build there, at the same path"}},
+		{"/srv/app/data.db", "size", []string{"4096 bytes on this node but 8192", "refuses", "copy the same file there"}},
+		{"/srv/app/cache", "type", []string{"/srv/app/cache is a directory on this node but a regular file on the source"}},
+		{"/srv/app/data.db/x", "missing", []string{"/srv/app/data.db/x is missing on this node (a parent of it is not a directory)"}},
+		{"/srv/app/notadir", "type", []string{"is a regular file on this node but a directory on the source", "create the same directory there"}},
+		{"/srv/gone", "missing", []string{"directory /srv/gone is missing on this node", "runs in it"}},
+		{"/usr/local/bin/migshmd", "missing", []string{"/usr/local/bin/migshmd is missing on this node: the workload runs it; install the same build there, at the same path"}},
+		{"/var/lib/app/queue", "missing", []string{"has it open", "copy the same file there"}},
+	}
+	got := CheckFiles(root, needs)
+	for _, p := range got {
+		t.Logf("%s %s: %s", p.Reason, p.Path, p.Detail)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d problems, want %d", len(got), len(want))
+	}
+	for i, w := range want {
+		if got[i].Path != w.path || got[i].Reason != w.reason {
+			t.Errorf("problem %d: %s %s, want %s %s", i, got[i].Path, got[i].Reason, w.path, w.reason)
+		}
+		for _, s := range w.detail {
+			if !strings.Contains(got[i].Detail, s) {
+				t.Errorf("problem %d: detail %q lacks %q", i, got[i].Detail, s)
+			}
+		}
+	}
+
+	if p := CheckFiles(root, nil); p != nil {
+		t.Errorf("no needs: got %+v", p)
+	}
+	// The real root: this test's own binary and the root directory are there.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"", "/"} {
+		if p := CheckFiles(r, []FileNeed{{Path: exe, Kind: "exe", Size: st.Size()}, {Path: "/", Kind: "cwd", Dir: true}}); p != nil {
+			t.Errorf("root %q: got %+v", r, p)
+		}
+	}
+}

@@ -1,0 +1,74 @@
+package migrate
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"sync/atomic"
+	"testing"
+)
+
+func TestHashPage(t *testing.T) {
+	page := fxRandom(100, PageSize)
+	full := sha256.Sum256(page)
+	if h := HashPage(page); !bytes.Equal(h[:], full[:16]) {
+		t.Fatalf("HashPage = %x, want the first 16 bytes of %x", h, full)
+	}
+	zero := sha256.Sum256(make([]byte, PageSize))
+	if !bytes.Equal(ZeroPageHash[:], zero[:16]) {
+		t.Fatalf("ZeroPageHash = %x, want %x", ZeroPageHash, zero[:16])
+	}
+	if got, want := HashPage(page).String(), HashPage(page); got != string(fxHex(want[:])) {
+		t.Fatalf("String() = %q", got)
+	}
+	for _, n := range []int{0, 1, PageSize - 1, PageSize + 1} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("HashPage of %d bytes did not panic", n)
+				}
+			}()
+			HashPage(make([]byte, n))
+		}()
+	}
+}
+
+func fxHex(b []byte) []byte {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = append(out, digits[c>>4], digits[c&15])
+	}
+	return out
+}
+
+func TestHashPagesParallel(t *testing.T) {
+	data := fxRandom(101, 300*PageSize)
+	for _, n := range []int{0, 1, minParallelPages - 1, minParallelPages, minParallelPages + 1, 257, 300} {
+		sums := make([]PageHash, n)
+		hashPages(data, sums)
+		for i := range sums {
+			if want := HashPage(data[i*PageSize : (i+1)*PageSize]); sums[i] != want {
+				t.Fatalf("%d pages: page %d hashed to %s, want %s", n, i, sums[i], want)
+			}
+		}
+	}
+}
+
+func TestParallelCoversOnce(t *testing.T) {
+	for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 1000, 1001} {
+		seen := make([]atomic.Int32, n)
+		parallel(n, func(lo, hi int) {
+			if lo >= hi {
+				t.Errorf("n=%d: empty part [%d, %d)", n, lo, hi)
+			}
+			for i := lo; i < hi; i++ {
+				seen[i].Add(1)
+			}
+		})
+		for i := range seen {
+			if c := seen[i].Load(); c != 1 {
+				t.Fatalf("n=%d: index %d done %d times", n, i, c)
+			}
+		}
+	}
+}

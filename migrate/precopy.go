@@ -1,0 +1,655 @@
+package migrate
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pre-copy reads a running workload's memory and sends the target every page it does
+// not hold yet, round after round, so that the final, frozen image stream can send most
+// pages as hashes (StreamOptions.Held). This kernel has no soft-dirty bits, so a round
+// reads all of the tree's memory and finds what changed by hashing it.
+//
+// A round travels as a page stream. Integers are big endian; every CRC is CRC-32C
+// (Castagnoli) over the whole frame before it, kind byte included.
+//
+//	header   "MIGSHM-PAGES" | version u16 (1) | crc u32
+//	batch    'B' | count u32 (1..1024) | count x (hash [16] | page [4096]) | crc u32
+//	trailer  'E' | pages u64 | crc u32
+//
+// The trailer counts the pages of all batches, so a dropped batch is caught. A page
+// whose HashPage is not the hash it comes with is refused as well: the receiver only
+// ever holds pages whose name is their content.
+const (
+	pagesMagic   = "MIGSHM-PAGES"
+	pagesVersion = 1
+
+	kindBatch = 'B'
+
+	pageEntryLen    = len(PageHash{}) + PageSize
+	pagesHeaderLen  = len(pagesMagic) + 2 + crcLen
+	batchHeadLen    = 1 + 4
+	pagesTrailerLen = 1 + 8 + crcLen
+
+	// batchPages is how many pages a round puts in a batch; maxBatchPages is the most
+	// a reader accepts (and so what it allocates).
+	batchPages    = 256
+	maxBatchPages = 1024
+
+	// readWindow is the most a round reads of a process's memory at a time.
+	readWindow      = 1 << 20
+	readWindowPages = readWindow / PageSize
+)
+
+// Bits of a /proc/PID/pagemap entry.
+const (
+	pmPresent = 1 << 63
+	pmSwapped = 1 << 62
+	pmFile    = 1 << 61 // a file page, or shared anonymous memory: not copied on write yet
+)
+
+// RoundStats are the figures of one pre-copy round.
+type RoundStats struct {
+	// Pages is how many pages were read.
+	Pages int64
+	// Changed is how many of them differ from the previous round at the same place (all
+	// of them in the first round): the measure of how fast the workload dirties memory.
+	Changed int64
+	// Sent is how many pages were written to the stream; SentBytes how many bytes, its
+	// framing included.
+	Sent      int64
+	SentBytes int64
+	Duration  time.Duration
+}
+
+// Precopier reads the memory of a running workload tree for pre-copy rounds. It reads
+// what CRIU dumps as page data: the private writable mappings (anonymous, heap, stack,
+// private file mappings), only the pages present or swapped and, for file mappings,
+// already copied on write; and every SysV shm segment the tree attaches, once per round
+// and in full. It uses no kernel dirty tracking: every round reads and hashes all of it.
+//
+// Round, Commit and Held are for one goroutine at a time, except Held, which may be
+// called at any time.
+type Precopier struct {
+	procRoot string
+	pids     func() ([]int, error)
+
+	mu      sync.RWMutex
+	held    map[PageHash]struct{} // pages the target acknowledged
+	pending map[PageHash]struct{} // sent by the last Round, until Commit
+
+	prev map[placeKey][]pageRun // the last round's hashes, by place
+	buf  []byte                 // readWindow bytes
+	pm   []byte                 // pagemap entries of a window
+	sums []PageHash             // hashes of a window
+}
+
+// NewPrecopier returns a Precopier that reads the tree pids lists (its host pids, asked
+// anew each round: processes may come and go) under procRoot (normally "/proc").
+func NewPrecopier(procRoot string, pids func() ([]int, error)) *Precopier {
+	return &Precopier{procRoot: procRoot, pids: pids, held: map[PageHash]struct{}{}}
+}
+
+// Held reports whether the target holds the page with hash h: a page sent by a
+// committed round, or the zero page.
+func (p *Precopier) Held(h PageHash) bool {
+	if h == ZeroPageHash {
+		return true
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	_, ok := p.held[h]
+	return ok
+}
+
+// Commit records that the target holds every page the last Round sent. Call it only
+// once the target has acknowledged the whole round.
+func (p *Precopier) Commit() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for h := range p.pending {
+		p.held[h] = struct{}{}
+	}
+	p.pending = nil
+}
+
+// Round reads the tree's memory once and writes to w, as a page stream, every page the
+// target is not known to hold: not Held, not sent earlier in this round, not the zero
+// page. Processes that exit and mappings that go away while it reads are skipped. A
+// failed round commits nothing; the next one sends its pages again.
+func (p *Precopier) Round(ctx context.Context, w io.Writer) (RoundStats, error) {
+	start := time.Now()
+	r := &round{p: p, ctx: ctx, pw: newPageWriter(w), cur: map[placeKey][]pageRun{},
+		sent: map[PageHash]struct{}{}, shmRead: map[uint64][][2]uint64{}}
+	if p.buf == nil {
+		p.buf = make([]byte, readWindow)
+		p.pm = make([]byte, readWindowPages*8)
+		p.sums = make([]PageHash, readWindowPages)
+	}
+	err := r.run()
+	r.st.Duration = time.Since(start)
+	r.st.Sent, r.st.SentBytes = r.pw.pages, r.pw.bytes
+	p.mu.Lock()
+	p.pending = nil
+	if err == nil {
+		p.pending = r.sent
+	}
+	p.mu.Unlock()
+	if err != nil {
+		return r.st, fmt.Errorf("pre-copy round: %w", err)
+	}
+	for _, runs := range r.cur {
+		slices.SortFunc(runs, func(a, b pageRun) int { return cmpUint64(a.first, b.first) })
+	}
+	p.prev = r.cur
+	return r.st, nil
+}
+
+func cmpUint64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// placeKey names where pages live: a process's private memory (by page number of the
+// virtual address) or a SysV segment (by page number in the segment).
+type placeKey struct {
+	shm bool
+	id  uint64 // pid, or shmid
+}
+
+// pageRun is the hashes of consecutive pages read in a round.
+type pageRun struct {
+	first  uint64 // page number of hashes[0]
+	hashes []PageHash
+}
+
+// errProcessGone stops the reading of a process that exited.
+var errProcessGone = errors.New("process is gone")
+
+// round is one Round in progress.
+type round struct {
+	p       *Precopier
+	ctx     context.Context
+	pw      *pageWriter
+	st      RoundStats
+	cur     map[placeKey][]pageRun
+	sent    map[PageHash]struct{}
+	shmRead map[uint64][][2]uint64 // page ranges of each segment read this round
+}
+
+func (r *round) run() error {
+	pids, err := r.p.pids()
+	if err != nil {
+		return fmt.Errorf("list the tree's processes: %w", err)
+	}
+	if err := r.pw.header(); err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		if err := r.process(pid); err != nil {
+			return err
+		}
+	}
+	return r.pw.finish()
+}
+
+// process reads one process's memory. Its exit is not an error.
+func (r *round) process(pid int) error {
+	dir := filepath.Join(r.p.procRoot, strconv.Itoa(pid))
+	err := r.readProcess(pid, dir)
+	var we *writeError
+	if err == nil || errors.As(err, &we) || errors.Is(err, r.ctx.Err()) {
+		return err
+	}
+	if errors.Is(err, errProcessGone) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+		return nil // it exited while being read
+	}
+	return fmt.Errorf("read memory of pid %d: %w", pid, err)
+}
+
+func (r *round) readProcess(pid int, dir string) error {
+	f, err := os.Open(filepath.Join(dir, "maps"))
+	if err != nil {
+		return err
+	}
+	vmas, err := parseMaps(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	mem, err := os.Open(filepath.Join(dir, "mem"))
+	if err != nil {
+		return err
+	}
+	defer mem.Close()
+	var pagemap *os.File // opened when a private mapping needs it
+	defer func() {
+		if pagemap != nil {
+			pagemap.Close()
+		}
+	}()
+	for _, v := range vmas {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		switch {
+		case v.shmid >= 0:
+			if err := r.readShm(mem, v); err != nil {
+				return err
+			}
+		case v.private && v.writable:
+			if pagemap == nil {
+				if pagemap, err = os.Open(filepath.Join(dir, "pagemap")); err != nil {
+					return err
+				}
+			}
+			if err := r.readPrivate(pid, mem, pagemap, v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readShm reads a SysV segment's mapping in full, unless this round read that part of
+// the segment already (through another process, or another attachment).
+func (r *round) readShm(mem *os.File, v vma) error {
+	id := uint64(v.shmid)
+	lo := v.offset / PageSize
+	hi := lo + (v.end-v.start)/PageSize
+	for _, s := range r.shmRead[id] {
+		if s[0] <= lo && hi <= s[1] {
+			return nil
+		}
+	}
+	r.shmRead[id] = append(r.shmRead[id], [2]uint64{lo, hi})
+	key := placeKey{shm: true, id: id}
+	prev := r.p.prev[key]
+	for addr := v.start; addr < v.end; addr += readWindow {
+		n := min(readWindowPages, int((v.end-addr)/PageSize))
+		first := lo + (addr-v.start)/PageSize
+		if done, err := r.readRun(mem, key, prev, addr, first, n); err != nil || done {
+			return err
+		}
+	}
+	return nil
+}
+
+// readPrivate reads the pages of a private mapping that CRIU would dump: present or
+// swapped, and not a file page nobody wrote to.
+func (r *round) readPrivate(pid int, mem, pagemap *os.File, v vma) error {
+	key := placeKey{id: uint64(pid)}
+	prev := r.p.prev[key]
+	for addr := v.start; addr < v.end; addr += readWindow {
+		n := min(readWindowPages, int((v.end-addr)/PageSize))
+		pm := r.p.pm[:n*8]
+		got, err := unix.Pread(int(pagemap.Fd()), pm, int64(addr/PageSize*8))
+		if err != nil {
+			return err
+		}
+		if got == 0 {
+			return errProcessGone
+		}
+		entries := got / 8
+		for i := 0; i < entries; {
+			if !wanted(binary.NativeEndian.Uint64(pm[i*8:])) {
+				i++
+				continue
+			}
+			j := i + 1
+			for j < entries && wanted(binary.NativeEndian.Uint64(pm[j*8:])) {
+				j++
+			}
+			a := addr + uint64(i)*PageSize
+			if done, err := r.readRun(mem, key, prev, a, a/PageSize, j-i); err != nil || done {
+				return err
+			}
+			i = j
+		}
+		if entries < n {
+			return nil // the mapping ended early: unmapped while being read
+		}
+	}
+	return nil
+}
+
+func wanted(pme uint64) bool {
+	return pme&(pmPresent|pmSwapped) != 0 && pme&pmFile == 0
+}
+
+// readRun reads n pages at addr, first being the number of the first page in its place.
+// done reports that the rest of the mapping is gone.
+func (r *round) readRun(mem *os.File, key placeKey, prev []pageRun, addr, first uint64, n int) (done bool, err error) {
+	buf := r.p.buf[:n*PageSize]
+	got, err := unix.Pread(int(mem.Fd()), buf, int64(addr))
+	if got <= 0 {
+		switch {
+		case err == nil:
+			return true, errProcessGone // its memory is gone: it exited
+		case errors.Is(err, unix.EIO) || errors.Is(err, unix.EFAULT):
+			return true, nil // unmapped while being read
+		default:
+			return true, err
+		}
+	}
+	pages := got / PageSize
+	sums := r.p.sums[:pages]
+	hashPages(buf, sums)
+	r.cur[key] = append(r.cur[key], pageRun{first: first, hashes: slices.Clone(sums)})
+	r.st.Pages += int64(pages)
+	for i, h := range sums {
+		if old, ok := lookup(prev, first+uint64(i)); !ok || old != h {
+			r.st.Changed++
+		}
+		if h == ZeroPageHash || r.p.Held(h) {
+			continue
+		}
+		if _, ok := r.sent[h]; ok {
+			continue
+		}
+		r.sent[h] = struct{}{}
+		if err := r.pw.add(h, buf[i*PageSize:(i+1)*PageSize]); err != nil {
+			return true, err
+		}
+	}
+	return pages < n, nil
+}
+
+// lookup finds the hash page pn had in runs (sorted by first page).
+func lookup(runs []pageRun, pn uint64) (PageHash, bool) {
+	i, _ := slices.BinarySearchFunc(runs, pn, func(r pageRun, pn uint64) int {
+		switch {
+		case r.first+uint64(len(r.hashes)) <= pn:
+			return -1
+		case r.first > pn:
+			return 1
+		}
+		return 0
+	})
+	if i < len(runs) && runs[i].first <= pn && pn < runs[i].first+uint64(len(runs[i].hashes)) {
+		return runs[i].hashes[pn-runs[i].first], true
+	}
+	return PageHash{}, false
+}
+
+// vma is a line of /proc/PID/maps, as far as pre-copy cares.
+type vma struct {
+	start, end uint64
+	offset     uint64
+	private    bool
+	writable   bool
+	shmid      int // a SysV shm attachment: the segment's id (the inode column); else -1
+}
+
+// parseMaps parses a /proc/PID/maps listing.
+func parseMaps(r io.Reader) ([]vma, error) {
+	var out []vma
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		// address perms offset dev inode [path]
+		f := strings.SplitN(line, " ", 6)
+		if len(f) < 5 {
+			return nil, fmt.Errorf("maps: bad line %q", line)
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		offset, err3 := strconv.ParseUint(f[2], 16, 64)
+		inode, err4 := strconv.ParseUint(f[4], 10, 64)
+		if !ok || errors.Join(err1, err2, err3, err4) != nil || len(f[1]) != 4 || end < start ||
+			start%PageSize != 0 || end%PageSize != 0 {
+			return nil, fmt.Errorf("maps: bad line %q", line)
+		}
+		v := vma{start: start, end: end, offset: offset, private: f[1][3] == 'p', writable: f[1][1] == 'w', shmid: -1}
+		if len(f) == 6 && !v.private && isSysVName(strings.TrimLeft(f[5], " ")) && inode <= 1<<31 {
+			v.shmid = int(inode)
+		}
+		out = append(out, v)
+	}
+	return out, sc.Err()
+}
+
+// isSysVName reports whether a maps path is a SysV shm segment's: "/SYSV%08x (deleted)".
+func isSysVName(path string) bool {
+	key, ok := strings.CutPrefix(path, "/SYSV")
+	if !ok {
+		return false
+	}
+	key, ok = strings.CutSuffix(key, " (deleted)")
+	if !ok || len(key) != 8 {
+		return false
+	}
+	_, err := strconv.ParseUint(key, 16, 32)
+	return err == nil
+}
+
+// writeError is a failed write of the stream: never mistaken for a process that went
+// away.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
+// pageWriter writes a page stream.
+type pageWriter struct {
+	w     io.Writer
+	buf   []byte // the batch being built
+	count int    // pages in it
+	pages int64  // pages written, all batches
+	bytes int64  // bytes written, framing included
+}
+
+func newPageWriter(w io.Writer) *pageWriter {
+	return &pageWriter{w: w}
+}
+
+func (pw *pageWriter) write(b []byte, what string) error {
+	n, err := pw.w.Write(b)
+	pw.bytes += int64(n)
+	if err != nil {
+		return &writeError{fmt.Errorf("write %s: %w", what, err)}
+	}
+	return nil
+}
+
+func (pw *pageWriter) header() error {
+	b := append([]byte(pagesMagic), 0, pagesVersion)
+	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	return pw.write(b, "page stream header")
+}
+
+// add appends a page to the batch, writing the batch when it is full.
+func (pw *pageWriter) add(h PageHash, page []byte) error {
+	if pw.buf == nil {
+		pw.buf = make([]byte, batchHeadLen, batchHeadLen+batchPages*pageEntryLen+crcLen)
+	}
+	pw.buf = append(pw.buf, h[:]...)
+	pw.buf = append(pw.buf, page...)
+	if pw.count++; pw.count == batchPages {
+		return pw.flush()
+	}
+	return nil
+}
+
+func (pw *pageWriter) flush() error {
+	if pw.count == 0 {
+		return nil
+	}
+	pw.buf[0] = kindBatch
+	binary.BigEndian.PutUint32(pw.buf[1:], uint32(pw.count))
+	pw.buf = binary.BigEndian.AppendUint32(pw.buf, crc32.Checksum(pw.buf, castagnoli))
+	err := pw.write(pw.buf, "page batch")
+	pw.pages += int64(pw.count)
+	pw.buf, pw.count = pw.buf[:batchHeadLen], 0
+	return err
+}
+
+// finish writes the last batch and the trailer.
+func (pw *pageWriter) finish() error {
+	if err := pw.flush(); err != nil {
+		return err
+	}
+	b := binary.BigEndian.AppendUint64([]byte{kindTrailer}, uint64(pw.pages))
+	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	return pw.write(b, "page stream trailer")
+}
+
+// ReadPages reads one page stream from r into store and returns how many pages it
+// carried (each is in the store now). It reads up to the trailer and no further. A
+// stream that is damaged, cut short or not a page stream at all gives an error wrapping
+// ErrCorruptStream; the pages added before the damage stay (each was checked against
+// its hash). ctx is checked between batches.
+func ReadPages(ctx context.Context, r io.Reader, store *PageStore) (int64, error) {
+	n, err := readPages(ctx, r, store)
+	if err != nil {
+		return n, fmt.Errorf("receive pre-copy pages: %w", err)
+	}
+	return n, nil
+}
+
+func readPages(ctx context.Context, r io.Reader, store *PageStore) (int64, error) {
+	if store == nil {
+		return 0, errors.New("no page store")
+	}
+	if err := readPagesHeader(r); err != nil {
+		return 0, err
+	}
+	var pages int64
+	var buf []byte
+	var sums []PageHash
+	for batch := 1; ; batch++ {
+		if err := ctx.Err(); err != nil {
+			return pages, err
+		}
+		var head [batchHeadLen]byte
+		where := fmt.Sprintf("after %d pages", pages)
+		if _, err := io.ReadFull(r, head[:1]); err != nil {
+			return pages, pagesReadErr(err, where)
+		}
+		switch head[0] {
+		case kindBatch:
+		case kindTrailer:
+			return pages, readPagesTrailer(r, pages)
+		default:
+			return pages, fmt.Errorf("%s: unknown record kind %#x: %w", where, head[0], ErrCorruptStream)
+		}
+		where = fmt.Sprintf("batch %d", batch)
+		if _, err := io.ReadFull(r, head[1:]); err != nil {
+			return pages, pagesReadErr(err, where)
+		}
+		count := int(binary.BigEndian.Uint32(head[1:]))
+		if count == 0 || count > maxBatchPages {
+			return pages, fmt.Errorf("%s: %d pages, not in 1..%d: %w", where, count, maxBatchPages, ErrCorruptStream)
+		}
+		if need := count*pageEntryLen + crcLen; cap(buf) < need {
+			buf = make([]byte, need)
+			sums = make([]PageHash, count)
+		}
+		b := buf[:count*pageEntryLen+crcLen]
+		if _, err := io.ReadFull(r, b); err != nil {
+			return pages, pagesReadErr(err, where)
+		}
+		data := b[:len(b)-crcLen]
+		crc := crc32.Update(crc32.Checksum(head[:], castagnoli), castagnoli, data)
+		if crc != binary.BigEndian.Uint32(b[len(data):]) {
+			return pages, fmt.Errorf("%s: checksum mismatch: %w", where, ErrCorruptStream)
+		}
+		sums = sums[:count]
+		parallel(count, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				e := data[i*pageEntryLen:]
+				sums[i] = sum16(e[len(PageHash{}):pageEntryLen])
+			}
+		})
+		// The batch is taken whole or not at all.
+		for i := range count {
+			if h := PageHash(data[i*pageEntryLen:]); h != sums[i] {
+				return pages, fmt.Errorf("%s, page %d: content does not match its hash %s: %w", where, i+1, h, ErrCorruptStream)
+			}
+		}
+		for i := range count {
+			if err := store.Add(sums[i], data[i*pageEntryLen+len(PageHash{}):(i+1)*pageEntryLen]); err != nil {
+				return pages, err
+			}
+			pages++
+		}
+	}
+}
+
+func readPagesHeader(r io.Reader) error {
+	var h [pagesHeaderLen]byte
+	n, err := io.ReadFull(r, h[:])
+	if n == 0 && err != nil {
+		if err == io.EOF {
+			return fmt.Errorf("not a migshm page stream (it is empty): %w", ErrCorruptStream)
+		}
+		return fmt.Errorf("header: %w", err)
+	}
+	if m := min(n, len(pagesMagic)); string(h[:m]) != pagesMagic[:m] {
+		return fmt.Errorf("not a migshm page stream (it begins %q): %w", h[:min(n, 16)], ErrCorruptStream)
+	}
+	if n >= len(pagesMagic)+2 {
+		if v := binary.BigEndian.Uint16(h[len(pagesMagic):]); v != pagesVersion {
+			return fmt.Errorf("page stream version %d is not supported (this migshm reads version %d)", v, pagesVersion)
+		}
+	}
+	if err != nil {
+		return pagesReadErr(err, "header")
+	}
+	if crc32.Checksum(h[:pagesHeaderLen-crcLen], castagnoli) != binary.BigEndian.Uint32(h[pagesHeaderLen-crcLen:]) {
+		return fmt.Errorf("header: checksum mismatch: %w", ErrCorruptStream)
+	}
+	return nil
+}
+
+// readPagesTrailer reads the rest of the trailer (its kind byte is read) and checks it.
+func readPagesTrailer(r io.Reader, pages int64) error {
+	var t [pagesTrailerLen]byte
+	t[0] = kindTrailer
+	if _, err := io.ReadFull(r, t[1:]); err != nil {
+		return pagesReadErr(err, "trailer")
+	}
+	if crc32.Checksum(t[:pagesTrailerLen-crcLen], castagnoli) != binary.BigEndian.Uint32(t[pagesTrailerLen-crcLen:]) {
+		return fmt.Errorf("trailer: checksum mismatch: %w", ErrCorruptStream)
+	}
+	if n := binary.BigEndian.Uint64(t[1:]); n != uint64(pages) {
+		return fmt.Errorf("trailer mismatch: received %d pages, the trailer says %d: %w", pages, n, ErrCorruptStream)
+	}
+	return nil
+}
+
+// pagesReadErr says where a read failed; a stream that ends early is corrupt.
+func pagesReadErr(err error, where string) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%s: truncated (%w): %w", where, io.ErrUnexpectedEOF, ErrCorruptStream)
+	}
+	return fmt.Errorf("%s: %w", where, err)
+}

@@ -1,0 +1,229 @@
+package migrate_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/migshm/migshm/internal/testenv"
+	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/workload"
+	"golang.org/x/sys/unix"
+)
+
+// TestResourcesOfMovableWorkload: the shared counter holds nothing CRIU cannot move;
+// the files it needs on the target are its binary, the init's, their libraries and its
+// cwd, all present here with the same sizes; its logs are left to the daemon.
+func TestResourcesOfMovableWorkload(t *testing.T) {
+	testenv.RequireRoot(t)
+	bins := testwork.Build(t)
+	w := startWorkload(t, "", bins.ShmCounter, "--workers", "2")
+	waitOutput(t, w.stdout, "shmcounter ready")
+	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blockers, err := migrate.CheckResources("/proc", tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if blockers != nil {
+		t.Fatalf("shmcounter is blocked by %+v", blockers)
+	}
+
+	logDir := filepath.Dir(w.stdout)
+	needs, err := migrate.NeededFiles("/proc", tree, logDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]migrate.FileNeed{}
+	for _, n := range needs {
+		t.Logf("%-5s %10d %v %s", n.Kind, n.Size, n.Dir, n.Path)
+		byPath[n.Path] = n
+		switch {
+		case strings.HasPrefix(n.Path, "/SYSV"), strings.HasPrefix(n.Path, "/memfd:"), strings.HasPrefix(n.Path, "["):
+			t.Errorf("need for a kernel object %q", n.Path)
+		case strings.HasPrefix(n.Path, logDir+"/"):
+			t.Errorf("need for %s, under the skipped %s", n.Path, logDir)
+		}
+	}
+	exe, err := filepath.EvalSymlinks(bins.ShmCounter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := byPath[exe]; !ok || n.Kind != "exe" || n.Size != st.Size() {
+		t.Errorf("needs lack the workload's binary %s (%d bytes) as exe: %+v", exe, st.Size(), n)
+	}
+	if n, ok := byPath["/"]; !ok || !n.Dir {
+		t.Errorf("needs lack the cwd /: %+v", n)
+	}
+	if p := migrate.CheckFiles("/", needs); p != nil {
+		t.Errorf("this node lacks files its own workload uses: %+v", p)
+	}
+	// In an empty root everything but the root directory itself is missing.
+	if p := migrate.CheckFiles(t.TempDir(), needs); len(p) != len(needs)-1 {
+		t.Errorf("an empty root: %d problems for %d needs: %+v", len(p), len(needs), p)
+	}
+
+	// Without the skip, the logs are needed, but their size is not (append-only).
+	all, err := migrate.NeededFiles("/proc", tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs int
+	for _, n := range all {
+		if strings.HasPrefix(n.Path, logDir+"/") {
+			logs++
+			if n.Kind != "fd" || n.Size != -1 {
+				t.Errorf("log need %+v, want kind fd with size -1", n)
+			}
+		}
+	}
+	if logs != 2 {
+		t.Errorf("found %d logs (stdout, stderr) among the needs, want 2", logs)
+	}
+}
+
+// openPty opens a pseudo-terminal pair's master and returns it with its slave's path.
+func openPty(t *testing.T) (*os.File, string) {
+	t.Helper()
+	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		testenv.Unavailable(t, "no pseudo-terminals: %v", err)
+	}
+	master := os.NewFile(uintptr(fd), "/dev/ptmx")
+	t.Cleanup(func() { master.Close() })
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(fd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return master, fmt.Sprintf("/dev/pts/%d", n)
+}
+
+// someDevice returns a device node other than the harmless ones that root can open.
+func someDevice(t *testing.T) string {
+	t.Helper()
+	for _, d := range []string{"/dev/kmsg", "/dev/loop-control", "/dev/fuse", "/dev/loop0"} {
+		if st, err := os.Stat(d); err == nil && st.Mode()&os.ModeDevice != 0 {
+			if f, err := os.Open(d); err == nil {
+				f.Close()
+				return d
+			}
+		}
+	}
+	testenv.Unavailable(t, "no openable device node (/dev/kmsg, /dev/loop-control, ...)")
+	return ""
+}
+
+// listen opens a TCP listener on a loopback address and accepts (and keeps) whatever
+// connects, so the workload's side of the connection is ESTABLISHED.
+func listen(t *testing.T, network, addr string) net.Listener {
+	t.Helper()
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("no %s loopback here: %v", network, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go io.Copy(io.Discard, c)
+		}
+	}()
+	return l
+}
+
+// TestResourcesThatBlock: real workloads holding what CRIU cannot move are reported,
+// with the right reason, the pid holding it, and the object named.
+func TestResourcesThatBlock(t *testing.T) {
+	testenv.RequireRoot(t)
+	if _, err := exec.LookPath("bash"); err != nil {
+		testenv.Unavailable(t, "bash is needed for the workloads: %v", err)
+	}
+	cases := []struct {
+		name string
+		// setup returns the redirections the workload's shell opens before it sleeps,
+		// and what the blocker's detail must name.
+		setup  func(t *testing.T) (redirect, names string)
+		reason string
+	}{
+		{"tcp over IPv4", func(t *testing.T) (string, string) {
+			l := listen(t, "tcp4", "127.0.0.1:0")
+			return "3<>/dev/tcp/127.0.0.1/" + port(l), "-> " + l.Addr().String()
+		}, "tcp-established"},
+		{"tcp over IPv6", func(t *testing.T) (string, string) {
+			l := listen(t, "tcp6", "[::1]:0")
+			return "3<>/dev/tcp/::1/" + port(l), "-> " + l.Addr().String()
+		}, "tcp-established"},
+		{"terminal", func(t *testing.T) (string, string) {
+			_, pts := openPty(t)
+			return "4<>" + pts, "terminal " + pts + " open (fd 4)"
+		}, "terminal"},
+		{"device", func(t *testing.T) (string, string) {
+			d := someDevice(t)
+			return "5<" + d, d + " open (fd 5)"
+		}, "device"},
+		{"deleted file", func(t *testing.T) (string, string) {
+			f := filepath.Join(t.TempDir(), "scratch")
+			return fmt.Sprintf("6<>%s; rm %s", f, f), "deleted file " + f + " open (fd 6)"
+		}, "deleted-file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			redirect, names := tc.setup(t)
+			w := startWorkload(t, "", "bash", "-c", "exec "+redirect+" && echo ready && exec sleep 1000")
+			waitOutput(t, w.stdout, "ready")
+			tree, err := migrate.Preflight{}.Check(w.proc.Pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			blockers, err := migrate.CheckResources("/proc", tree)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range blockers {
+				t.Logf("%s: %s", b.Reason, b.Detail)
+			}
+			if len(blockers) != 1 {
+				t.Fatalf("got %d blockers, want 1 (%s)", len(blockers), tc.reason)
+			}
+			b := blockers[0]
+			sleeper := procOf(tree, "sleep")
+			if b.Reason != tc.reason || b.Pid != sleeper.Pid {
+				t.Errorf("blocker %s held by pid %d, want %s held by %v", b.Reason, b.Pid, tc.reason, sleeper)
+			}
+			if !strings.Contains(b.Detail, names) || !strings.Contains(b.Detail, sleeper.String()) {
+				t.Errorf("detail %q does not name %q and %v", b.Detail, names, sleeper)
+			}
+		})
+	}
+}
+
+func port(l net.Listener) string { return fmt.Sprint(l.Addr().(*net.TCPAddr).Port) }
+
+// procOf returns the process of the tree running comm.
+func procOf(tree *workload.Tree, comm string) workload.Proc {
+	for _, p := range tree.Procs {
+		if p.Comm == comm {
+			return p
+		}
+	}
+	return workload.Proc{}
+}

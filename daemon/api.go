@@ -83,3 +83,78 @@ type (
 	Segment   = shmowner.Segment
 	Migration = shmowner.Migration
 )
+
+// MoveRequest asks to move a workload to another node (POST /v1/migrations). The
+// answer is a stream of MoveEvent, one JSON object per line, ending with an event
+// "done" or "error".
+type MoveRequest struct {
+	Workload string `json:"workload"` // id, name, host pid of any process of its tree, or unique id prefix
+	Target   string `json:"target"`   // node id
+	// MaxDowntimeMS is the downtime to aim for: pre-copy goes on while the pages that
+	// changed in the last round would take longer than this to ship. 0: 300 ms.
+	MaxDowntimeMS int64 `json:"max_downtime_ms,omitempty"`
+	// MaxRounds bounds the pre-copy rounds; 0: 8.
+	MaxRounds int `json:"max_rounds,omitempty"`
+	// NoPrecopy skips pre-copy: freeze, dump and ship everything at once.
+	NoPrecopy bool `json:"no_precopy,omitempty"`
+}
+
+// Move events.
+const (
+	EventPhase = "phase" // the migration entered Phase
+	EventRound = "round" // a pre-copy round ended (Round)
+	EventDone  = "done"  // the migration committed (Migration, Summary)
+	EventError = "error" // the migration failed or was refused (Error, Code); see Migration.Phase
+)
+
+// MoveEvent is one line of a move's progress stream.
+type MoveEvent struct {
+	Event     string          `json:"event"`
+	At        int64           `json:"at"` // unix nanos
+	Migration string          `json:"migration,omitempty"`
+	Phase     string          `json:"phase,omitempty"`
+	Round     *RoundInfo      `json:"round,omitempty"`
+	Record    *Migration      `json:"record,omitempty"` // the migration's record, on done and error
+	Summary   *MigrationStats `json:"summary,omitempty"`
+	Error     string          `json:"error,omitempty"`
+	Code      string          `json:"code,omitempty"` // wire error code (see errors.go)
+}
+
+// RoundInfo describes one pre-copy round.
+type RoundInfo struct {
+	Round        int     `json:"round"`         // 1-based
+	Pages        int64   `json:"pages"`         // pages read this round
+	ChangedPages int64   `json:"changed_pages"` // pages that differed from the last round (all, in round 1)
+	SentBytes    int64   `json:"sent_bytes"`    // bytes on the wire this round
+	DurationNS   int64   `json:"duration_ns"`
+	RateBPS      float64 `json:"rate_bps"` // bytes per second shipped this round
+}
+
+// CheckRequest asks whether a workload can move to a node (POST /v1/migrations/check).
+type CheckRequest struct {
+	Workload string `json:"workload"`
+	Target   string `json:"target"`
+}
+
+// Problem is one reason a workload cannot move now.
+type Problem struct {
+	Reason string `json:"reason"` // machine-readable, e.g. "tcp-established", "target-memory"
+	Detail string `json:"detail"` // what and what to do
+}
+
+// CheckReport is what a check found. OK is true when Problems is empty.
+type CheckReport struct {
+	Workload    string    `json:"workload"` // id
+	Name        string    `json:"name"`
+	Source      string    `json:"source"`
+	Target      string    `json:"target"`
+	OK          bool      `json:"ok"`
+	Processes   int       `json:"processes"`
+	Segments    int       `json:"segments"`
+	MemoryBytes uint64    `json:"memory_bytes"` // what the target must hold during the move: the memory (private resident + shm) and its images
+	TargetFree  uint64    `json:"target_free_bytes"`
+	Problems    []Problem `json:"problems"`
+}
+
+// MigrationStats is shmowner's figures of a migration, re-exported.
+type MigrationStats = shmowner.MigrationStats

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/migshm/migshm/shmowner"
 )
 
 // Client talks to one daemon: over its local unix socket (the CLI) or over its peer API
@@ -191,4 +193,107 @@ func (c *Client) Leave(ctx context.Context, r LeaveRequest) (LeaveResult, error)
 // leader) and returns once the leader applied it.
 func (c *Client) Probe(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/probe", struct{}{}, nil)
+}
+
+// ErrOutcomeUnknown: a move's event stream ended (the connection broke, the daemon
+// stopped, the caller gave up) before its last event, "done" or "error". The migration
+// may have gone on, committed or been rolled back: its record says which.
+var ErrOutcomeUnknown = errors.New("outcome of the move unknown")
+
+// Move asks the daemon to move a workload and follows the migration until it ends. It
+// calls onEvent (if not nil) for every event as it arrives, the last one included, and
+// returns the last event: "done", or "error" together with the error it carries, mapped
+// back to its sentinel by its code (and matching ErrMigrationFailed too if the event
+// says the migration was aborted). A move refused before it started returns the
+// daemon's error and no event. A stream that ends before its outcome, ctx ending
+// included, returns an error wrapping ErrOutcomeUnknown. Move sets no time limit of its
+// own: a pre-copy of a large workload takes as long as it takes; bound it with ctx.
+func (c *Client) Move(ctx context.Context, r MoveRequest, onEvent func(MoveEvent)) (MoveEvent, error) {
+	resp, err := c.send(ctx, http.MethodPost, "/v1/migrations", r)
+	if err != nil {
+		return MoveEvent{}, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	var last MoveEvent
+	var id, phase string // of the migration, as last seen
+	for {
+		var ev MoveEvent
+		if err := dec.Decode(&ev); err != nil {
+			return last, c.moveCut(ctx, r, id, phase, err)
+		}
+		if onEvent != nil {
+			onEvent(ev)
+		}
+		last = ev
+		if ev.Migration != "" {
+			id = ev.Migration
+		}
+		if ev.Phase != "" {
+			phase = ev.Phase
+		}
+		switch ev.Event {
+		case EventDone:
+			return ev, nil
+		case EventError:
+			msg := ev.Error
+			if msg == "" {
+				msg = "move " + r.Workload + " to " + r.Target + " failed (the daemon gave no reason)"
+			}
+			err := fromWire(wireError{Code: ev.Code, Message: msg})
+			if moveAborted(ev) && !errors.Is(err, ErrMigrationFailed) {
+				err = &abortedError{err}
+			}
+			return ev, err
+		}
+	}
+}
+
+// moveAborted reports whether an error event says its migration was rolled back: its
+// phase, or its record's, is aborted. (The record may lag: the source reads it from its
+// own copy of the table.)
+func moveAborted(ev MoveEvent) bool {
+	return ev.Phase == string(shmowner.PhaseAborted) || ev.Record != nil && ev.Record.Phase == shmowner.PhaseAborted
+}
+
+// abortedError is the error of a migration that was rolled back: it is both the
+// cause's sentinel (from the event's code) and ErrMigrationFailed.
+type abortedError struct{ cause error }
+
+func (e *abortedError) Error() string   { return e.cause.Error() }
+func (e *abortedError) Unwrap() []error { return []error{e.cause, ErrMigrationFailed} }
+
+// moveCut is the error of a move stream that ended before its last event.
+func (c *Client) moveCut(ctx context.Context, r MoveRequest, id, phase string, err error) error {
+	what := "the move of " + r.Workload + " to " + r.Target
+	if id != "" {
+		what = "migration " + id
+	}
+	if phase != "" {
+		what += " (last seen in phase " + phase + ")"
+	}
+	var cause error
+	switch {
+	case ctx.Err() != nil:
+		cause = ctx.Err()
+	case errors.Is(err, io.EOF):
+		cause = fmt.Errorf("%s ended the stream early", c.target)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		cause = fmt.Errorf("%s ended the stream in the middle of an event", c.target)
+	default:
+		cause = fmt.Errorf("reading the stream from %s: %w", c.target, err)
+	}
+	return fmt.Errorf("lost track of %s: %w: %w; see `migshm migrations`", what, cause, ErrOutcomeUnknown)
+}
+
+// Check asks whether a workload can move to a node now, without moving it.
+func (c *Client) Check(ctx context.Context, r CheckRequest) (CheckReport, error) {
+	var out CheckReport
+	return out, c.do(ctx, http.MethodPost, "/v1/migrations/check", r, &out)
+}
+
+// Migrations lists the migrations of the table, finished ones included.
+func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
+	var out []Migration
+	return out, c.do(ctx, http.MethodGet, "/v1/migrations", nil, &out)
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -369,5 +371,267 @@ func TestLocalAPIOverSocket(t *testing.T) {
 	}
 	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("caller uid %d", os.Getuid())) {
 		t.Fatalf("as uid %d: %v, want forbidden", os.Getuid(), err)
+	}
+}
+
+// moveStream answers a move as the daemon does: a 200 with one JSON event per line,
+// flushed as it goes. cut, if not empty, is written last, unterminated.
+func moveStream(t *testing.T, events []MoveEvent, cut string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req MoveRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, discardLog(), err)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		enc := json.NewEncoder(w)
+		for _, ev := range events {
+			if err := enc.Encode(ev); err != nil {
+				t.Errorf("write event: %v", err)
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+		io.WriteString(w, cut)
+	}
+}
+
+func TestClientMove(t *testing.T) {
+	planned := MoveEvent{Event: EventPhase, At: 1, Migration: "m1", Phase: string(shmowner.PhasePlanned),
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhasePlanned}}
+	round := MoveEvent{Event: EventRound, At: 2, Migration: "m1", Round: &RoundInfo{Round: 1, Pages: 10, ChangedPages: 10, SentBytes: 40960}}
+	frozen := MoveEvent{Event: EventPhase, At: 3, Migration: "m1", Phase: string(shmowner.PhaseFrozen)}
+	done := MoveEvent{Event: EventDone, At: 4, Migration: "m1", Phase: string(shmowner.PhaseDone),
+		Record:  &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseDone, Bytes: 40960},
+		Summary: &MigrationStats{Rounds: 1, PrecopyBytes: 40960, FrozenNS: 5e6}}
+	aborted := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "dump w1: criu failed", Code: "unreachable",
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseAborted}}
+	failed := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "migration m1 aborted: criu died", Code: "migration_failed",
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseAborted}}
+	// The source read the record before its copy of the table had the abort.
+	stale := MoveEvent{Event: EventError, At: 4, Migration: "m1", Phase: string(shmowner.PhaseAborted), Error: "target gone", Code: "unreachable",
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseFrozen}}
+	unsettled := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "outcome could not be recorded", Code: "no_leader"}
+	inFlight := MoveEvent{Event: EventError, At: 1, Error: "w1 is moving already (m0)", Code: "migration_in_flight"}
+	noCode := MoveEvent{Event: EventError, At: 1, Error: "something odd"}
+
+	mux := http.NewServeMux()
+	routes := map[string]http.HandlerFunc{
+		"done":      moveStream(t, []MoveEvent{planned, round, frozen, done}, ""),
+		"aborted":   moveStream(t, []MoveEvent{planned, round, aborted}, ""),
+		"failed":    moveStream(t, []MoveEvent{planned, failed}, ""),
+		"unsettled": moveStream(t, []MoveEvent{planned, frozen, unsettled}, ""),
+		"stale":     moveStream(t, []MoveEvent{planned, frozen, stale}, ""),
+		"in-flight": moveStream(t, []MoveEvent{inFlight}, ""),
+		"no-code":   moveStream(t, []MoveEvent{noCode}, ""),
+		"cut":       moveStream(t, []MoveEvent{planned, round}, ""),
+		"cut-line":  moveStream(t, []MoveEvent{planned, frozen}, `{"event":"pha`),
+		"empty":     moveStream(t, nil, ""),
+		"garbage":   moveStream(t, []MoveEvent{planned}, "<html>\n"),
+		"refused": func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, discardLog(), fmt.Errorf("no workload %q: %w", "refused", shmowner.ErrUnknownWorkload))
+		},
+	}
+	var (
+		mu     sync.Mutex
+		gotReq MoveRequest // the last request the daemon received
+	)
+	mux.HandleFunc("POST /v1/migrations", func(w http.ResponseWriter, r *http.Request) {
+		var req MoveRequest
+		b, _ := io.ReadAll(r.Body)
+		if err := readJSON(httptest.NewRequest("POST", "/", bytes.NewReader(b)), &req); err != nil {
+			writeError(w, discardLog(), err)
+			return
+		}
+		mu.Lock()
+		gotReq = req
+		mu.Unlock()
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		routes[req.Workload](w, r)
+	})
+	c := NewClient(serveUnix(t, mux, nil))
+
+	for _, tt := range []struct {
+		workload  string
+		events    []MoveEvent // what onEvent sees
+		sentinel  error       // nil: success
+		msg       string      // the whole message, or with "..." a part of it
+		notFailed bool        // the error must not be ErrMigrationFailed
+	}{
+		{workload: "done", events: []MoveEvent{planned, round, frozen, done}},
+		// An aborted migration is both the cause's code and ErrMigrationFailed.
+		{"aborted", []MoveEvent{planned, round, aborted}, ErrUnreachable, "dump w1: criu failed", false},
+		{"failed", []MoveEvent{planned, failed}, ErrMigrationFailed, "migration m1 aborted: criu died", false},
+		{"unsettled", []MoveEvent{planned, frozen, unsettled}, ErrNoLeader, "outcome could not be recorded", true},
+		{"stale", []MoveEvent{planned, frozen, stale}, ErrUnreachable, "target gone", false},
+		{"in-flight", []MoveEvent{inFlight}, shmowner.ErrMigrationInFlight, "w1 is moving already (m0)", true},
+		{"no-code", []MoveEvent{noCode}, nil, "something odd", true},
+		{"cut", []MoveEvent{planned, round}, ErrOutcomeUnknown,
+			"...lost track of migration m1 (last seen in phase planned): ...ended the stream early: outcome of the move unknown; see `migshm migrations`", true},
+		{"cut-line", []MoveEvent{planned, frozen}, ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase frozen): ...in the middle of an event: outcome of the move unknown; see `migshm migrations`", true},
+		{"empty", nil, ErrOutcomeUnknown, "lost track of the move of empty to n2: ...ended the stream early: outcome of the move unknown...", true},
+		{"garbage", []MoveEvent{planned}, ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase planned): reading the stream from ...invalid character '<'...", true},
+		{"refused", nil, shmowner.ErrUnknownWorkload, `no workload "refused": unknown workload`, true},
+	} {
+		t.Run(tt.workload, func(t *testing.T) {
+			req := MoveRequest{Workload: tt.workload, Target: "n2", MaxDowntimeMS: 250, MaxRounds: 3, NoPrecopy: true}
+			var seen []MoveEvent
+			last, err := c.Move(context.Background(), req, func(ev MoveEvent) { seen = append(seen, ev) })
+			mu.Lock()
+			defer mu.Unlock()
+			if gotReq != req {
+				t.Errorf("daemon got %+v, want %+v", gotReq, req)
+			}
+			if !reflectEqualJSON(t, seen, tt.events) {
+				t.Errorf("onEvent saw %+v\nwant %+v", seen, tt.events)
+			}
+			var wantLast MoveEvent
+			if len(tt.events) > 0 {
+				wantLast = tt.events[len(tt.events)-1]
+			}
+			if !reflectEqualJSON(t, last, wantLast) {
+				t.Errorf("returned %+v, want %+v", last, wantLast)
+			}
+			switch {
+			case tt.msg == "":
+				if err != nil {
+					t.Fatalf("error %v", err)
+				}
+				return
+			case err == nil:
+				t.Fatal("no error")
+			case tt.sentinel != nil && !errors.Is(err, tt.sentinel):
+				t.Errorf("error %q (%T) is not %v", err, err, tt.sentinel)
+			}
+			if failed := errors.Is(err, ErrMigrationFailed); failed == tt.notFailed {
+				t.Errorf("errors.Is(%q, ErrMigrationFailed) = %v", err, failed)
+			}
+			if !matchMsg(err.Error(), tt.msg) {
+				t.Errorf("error %q, want %q", err, tt.msg)
+			}
+		})
+	}
+
+	t.Run("nil onEvent", func(t *testing.T) {
+		last, err := c.Move(context.Background(), MoveRequest{Workload: "done", Target: "n2"}, nil)
+		if err != nil || last.Event != EventDone || last.Summary == nil || last.Summary.FrozenNS != 5e6 {
+			t.Fatalf("%+v, %v", last, err)
+		}
+	})
+}
+
+// matchMsg matches a message against a pattern whose "..." stand for anything.
+func matchMsg(msg, pattern string) bool {
+	parts := strings.Split(pattern, "...")
+	if !strings.HasPrefix(msg, parts[0]) || !strings.HasSuffix(msg, parts[len(parts)-1]) {
+		return false
+	}
+	for _, p := range parts {
+		i := strings.Index(msg, p)
+		if i < 0 {
+			return false
+		}
+		msg = msg[i+len(p):]
+	}
+	return true
+}
+
+// reflectEqualJSON compares two values by their JSON forms.
+func reflectEqualJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	ja, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(ja, jb)
+}
+
+// TestClientMoveStreams: Move hands each event over as it arrives, not when the answer
+// ends, and a caller that gives up mid-stream gets ErrOutcomeUnknown and its ctx error.
+func TestClientMoveStreams(t *testing.T) {
+	seen := make(chan struct{}) // closed by onEvent when it got the first event
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/migrations", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		enc := json.NewEncoder(w)
+		enc.Encode(MoveEvent{Event: EventPhase, Migration: "m7", Phase: "precopy"})
+		w.(http.Flusher).Flush()
+		select {
+		case <-seen:
+		case <-r.Context().Done():
+			return
+		case <-time.After(10 * time.Second):
+			enc.Encode(MoveEvent{Event: EventError, Error: "the client did not see the first event before the answer ended"})
+			return
+		}
+		// Block until the client gives up: the daemon is still working.
+		<-r.Context().Done()
+	})
+	c := NewClient(serveUnix(t, mux, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	_, err := c.Move(ctx, MoveRequest{Workload: "w7", Target: "n2"}, func(ev MoveEvent) {
+		n++
+		if ev.Error != "" {
+			t.Error(ev.Error)
+			return
+		}
+		close(seen)
+		cancel() // the user pressed ^C
+	})
+	if n != 1 {
+		t.Errorf("onEvent called %d times, want 1", n)
+	}
+	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v: want ErrOutcomeUnknown and context.Canceled", err)
+	}
+	if want := "lost track of migration m7 (last seen in phase precopy): context canceled: "; !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error %q, want it to start with %q", err, want)
+	}
+}
+
+func TestClientCheckAndMigrations(t *testing.T) {
+	report := CheckReport{Workload: "w1", Name: "db1", Source: "n1", Target: "n2", Processes: 3, Segments: 1,
+		MemoryBytes: 1 << 30, TargetFree: 512 << 20,
+		Problems: []Problem{{Reason: "target-memory", Detail: "n2 has 512 MiB free, db1 needs 1 GiB"}}}
+	migs := []Migration{
+		{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseDone, Bytes: 4096,
+			Stats: &MigrationStats{Rounds: 2, FrozenNS: 3e6}},
+		{ID: "m2", Workload: "w1", Source: "n2", Target: "n1", Phase: shmowner.PhaseAborted, Error: "criu failed"},
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/migrations/check", func(w http.ResponseWriter, r *http.Request) {
+		var req CheckRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, discardLog(), err)
+			return
+		}
+		if req.Target != "n2" {
+			writeError(w, discardLog(), fmt.Errorf("no node %q: %w", req.Target, shmowner.ErrUnknownNode))
+			return
+		}
+		writeJSON(w, http.StatusOK, report)
+	})
+	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, migs) })
+	c := NewClient(serveUnix(t, mux, nil))
+	ctx := context.Background()
+
+	got, err := c.Check(ctx, CheckRequest{Workload: "db1", Target: "n2"})
+	if err != nil || !reflectEqualJSON(t, got, report) {
+		t.Errorf("Check: %+v, %v", got, err)
+	}
+	_, err = c.Check(ctx, CheckRequest{Workload: "db1", Target: "n9"})
+	if !errors.Is(err, shmowner.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
+		t.Errorf("Check of an unknown node: %v", err)
+	}
+	gotMigs, err := c.Migrations(ctx)
+	if err != nil || !reflectEqualJSON(t, gotMigs, migs) {
+		t.Errorf("Migrations: %+v, %v", gotMigs, err)
 	}
 }

@@ -77,16 +77,18 @@ func binaries(t *testing.T) (migshmd, migshm string) {
 
 // tnode is one node: its netns and, once started, its daemon.
 type tnode struct {
-	id   string
-	net  netnode.Node
-	dir  string // data dir
-	sock string
-	log  string
-	tls  string // dir with ca.crt, node.crt, node.key
-	args []string
-	cmd  *exec.Cmd
-	done chan struct{}
-	c    *daemon.Client
+	id    string
+	net   netnode.Node
+	dir   string // data dir
+	sock  string
+	log   string
+	tls   string // dir with ca.crt, node.crt, node.key
+	args  []string
+	extra []string // the arguments given to start, after the common ones
+	env   []string // added to the daemon's environment
+	cmd   *exec.Cmd
+	done  chan struct{}
+	c     *daemon.Client
 }
 
 type cluster struct {
@@ -161,8 +163,15 @@ func tailLines(s string, n int) string {
 // start runs the node's daemon in its netns; extra args are added to the usual ones.
 func (c *cluster) start(nd *tnode, extra ...string) {
 	c.t.Helper()
+	c.startWithEnv(nd, nil, extra...)
+}
+
+// startWithEnv is start with env added to the daemon's environment (e.g. faults).
+func (c *cluster) startWithEnv(nd *tnode, env []string, extra ...string) {
+	c.t.Helper()
+	nd.env, nd.extra = env, extra
 	nd.args = append([]string{
-		"--data-dir", nd.dir, "--workload-dir", c.wdir, "--socket", nd.sock,
+		"--data-dir", nd.dir, "--workload-dir", c.wdir, "--image-dir", nd.imageDir(), "--socket", nd.sock,
 		"--tls-ca", filepath.Join(nd.tls, "ca.crt"), "--tls-cert", filepath.Join(nd.tls, "node.crt"),
 		"--tls-key", filepath.Join(nd.tls, "node.key"),
 		"--load-interval", "1s", "--segment-interval", "200ms", "--config", "",
@@ -180,6 +189,7 @@ func (c *cluster) restart(nd *tnode) {
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", nd.net.NetNS, c.migshmd}, nd.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), nd.env...)
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
@@ -195,6 +205,9 @@ func (c *cluster) restart(nd *tnode) {
 		return err == nil, fmt.Sprint(err)
 	})
 }
+
+// imageDir is the node's image dir (migration images and pages).
+func (nd *tnode) imageDir() string { return nd.dir + "-images" }
 
 func (c *cluster) logOf(nd *tnode) string {
 	b, _ := os.ReadFile(nd.log)

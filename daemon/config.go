@@ -24,6 +24,9 @@ const (
 	DefaultSocket     = "/run/migshmd/migshmd.sock"
 	DefaultRaftAddr   = "0.0.0.0:7420"
 	DefaultPeerAddr   = "0.0.0.0:7421"
+	// DefaultImageDir holds migration images: under systemd's RuntimeDirectory, a tmpfs,
+	// so the final dump while the workload is frozen runs at memory speed.
+	DefaultImageDir = "/run/migshmd/images"
 )
 
 // Config is everything a node daemon needs. Zero values of optional fields take the
@@ -32,6 +35,7 @@ type Config struct {
 	NodeID      string   // empty: the CN of the node certificate
 	DataDir     string   // raft/ (bbolt log, stable store, snapshots), init/
 	WorkloadDir string   // per-workload records and logs; empty: DataDir/workloads
+	ImageDir    string   // migration images and pre-copied pages; should be tmpfs; empty: DefaultImageDir
 	Socket      string   // local API unix socket (root only, 0600)
 	RaftAddr    string   // raft bind address (mutual TLS)
 	PeerAddr    string   // peer API bind address (HTTPS, mutual TLS)
@@ -70,7 +74,8 @@ func (c *Config) Normalize() error {
 		}
 	}
 	def(&c.WorkloadDir, filepath.Join(c.DataDir, "workloads"))
-	for _, p := range []*string{&c.WorkloadDir, &c.Socket, &c.TLSCA, &c.TLSCert, &c.TLSKey} {
+	def(&c.ImageDir, DefaultImageDir)
+	for _, p := range []*string{&c.WorkloadDir, &c.ImageDir, &c.Socket, &c.TLSCA, &c.TLSCert, &c.TLSKey} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			abs, err := filepath.Abs(*p)
 			if err != nil {
@@ -144,6 +149,7 @@ func Flags() []cli.Flag {
 		str("node-id", "this node's name (default: the CN of the node certificate)", ""),
 		str("data-dir", "raft state, snapshots and the init copy", DefaultDataDir),
 		str("workload-dir", "workload records and logs (default: DATA-DIR/workloads)", ""),
+		str("image-dir", "migration images and pre-copied pages; use a tmpfs: the final dump runs while the workload is frozen", DefaultImageDir),
 		str("socket", "local API socket for the migshm CLI (root only, mode 0600)", DefaultSocket),
 		str("raft-addr", "Raft bind address (mutual TLS)", DefaultRaftAddr),
 		str("peer-addr", "peer API bind address (HTTPS, mutual TLS)", DefaultPeerAddr),
@@ -202,6 +208,7 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 		NodeID:          c.String("node-id"),
 		DataDir:         c.String("data-dir"),
 		WorkloadDir:     c.String("workload-dir"),
+		ImageDir:        c.String("image-dir"),
 		Socket:          c.String("socket"),
 		RaftAddr:        c.String("raft-addr"),
 		PeerAddr:        c.String("peer-addr"),

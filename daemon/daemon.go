@@ -40,6 +40,8 @@ type Daemon struct {
 	localSrv, peerSrv *http.Server
 
 	sup *supervisor
+	mig *migrator
+	bg  context.Context // ends when the daemon stops; migrations run under it
 
 	mu        sync.Mutex
 	joinErr   error // last reason this node is not a member yet
@@ -88,7 +90,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 
 	bg, stopBG := context.WithCancel(ctx)
+	d.mu.Lock()
+	d.bg = bg
+	d.mu.Unlock()
 	d.goFn(func() { d.membership(bg) })
+	d.goFn(func() { d.mig.recoverLoop(bg) })
 	d.goFn(func() { d.leaderLoop(bg) })
 	d.goFn(func() { d.loadLoop(bg) })
 	d.goFn(func() { d.sup.run(bg) })
@@ -191,6 +197,13 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		return err
 	}
 
+	d.mig = newMigrator(d)
+	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
+		_ = pln.Close()
+		return fmt.Errorf("create image-dir %s: %w", cfg.ImageDir, err)
+	}
+	warnIfNotTmpfs(d.log, cfg.ImageDir)
+
 	// Local API: unix socket, root only.
 	lln, err := listenUnix(cfg.Socket)
 	if err != nil {
@@ -218,6 +231,16 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		_ = os.Remove(cfg.Socket)
 	})
 	return nil
+}
+
+// bgCtx returns the daemon's background context (cancelled when it stops).
+func (d *Daemon) bgCtx() context.Context {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.bg == nil {
+		return context.Background()
+	}
+	return d.bg
 }
 
 // advertiseAddr joins host with the port of bind.
@@ -417,11 +440,22 @@ func suffrage(s raft.ServerSuffrage) string {
 // check). If the leader is unknown or slow the follower answers with what it has: a
 // partitioned node still shows its last view rather than nothing.
 func (d *Daemon) readTable(r *http.Request) *shmowner.Table {
-	if r.URL.Query().Get("stale") == "true" || d.store.IsLeader() {
+	if r.URL.Query().Get("stale") == "true" {
 		return d.store.Table()
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 	defer cancel()
+	d.catchUp(ctx)
+	return d.store.Table()
+}
+
+// catchUp waits until this node has applied everything the leader had committed when
+// asked, and reports whether it got there before ctx ended. The leader is caught up by
+// definition (it applies what it commits; a new leader's Barrier ran on election).
+func (d *Daemon) catchUp(ctx context.Context) bool {
+	if d.store.IsLeader() {
+		return true
+	}
 	addr := d.leaderAPI()
 	for addr == "" && d.leaderID() != "" && ctx.Err() == nil {
 		// A leader is known but not yet in this node's table: a node that just restarted
@@ -430,20 +464,23 @@ func (d *Daemon) readTable(r *http.Request) *shmowner.Table {
 		addr = d.leaderAPI()
 	}
 	if addr == "" {
-		return d.store.Table()
+		return false
 	}
 	var ls Status
-	if err := newPeerClient(addr, d.peerTr).do(ctx, http.MethodGet, "/v1/status", nil, &ls); err != nil {
-		return d.store.Table()
+	if err := newPeerClient(addr, d.peerTr).do(ctx, http.MethodGet, "/v1/status?stale=true", nil, &ls); err != nil {
+		return false
+	}
+	if ls.RaftState != "Leader" {
+		return false
 	}
 	for ctx.Err() == nil {
 		if d.store.AppliedIndex() >= ls.CommitIndex {
-			break
+			return true
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
-	return d.store.Table()
+	return false
 }

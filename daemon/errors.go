@@ -26,6 +26,11 @@ var (
 	ErrUnreachable = errors.New("node unreachable")
 	// ErrNotReady: the daemon is starting and has not joined the cluster yet.
 	ErrNotReady = errors.New("daemon not ready")
+	// ErrNotMovable: a check found why the workload cannot move to that node; nothing
+	// was changed.
+	ErrNotMovable = errors.New("workload cannot be moved")
+	// ErrMigrationFailed: a migration was aborted; the workload runs on its source node.
+	ErrMigrationFailed = errors.New("migration failed")
 )
 
 var daemonCodes = []struct {
@@ -40,6 +45,8 @@ var daemonCodes = []struct {
 	{"still_running", ErrStillRunning, http.StatusConflict},
 	{"unreachable", ErrUnreachable, http.StatusBadGateway},
 	{"not_ready", ErrNotReady, http.StatusServiceUnavailable},
+	{"not_movable", ErrNotMovable, http.StatusConflict},
+	{"migration_failed", ErrMigrationFailed, http.StatusBadGateway},
 }
 
 // codeOf returns the wire code and HTTP status of err.

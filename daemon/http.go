@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/migshm/migshm/internal/pki"
@@ -57,6 +58,8 @@ func (d *Daemon) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/workloads", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Workloads(), nil }))
 	mux.HandleFunc("GET /v1/segments", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Segments(), nil }))
 	mux.HandleFunc("GET /v1/migrations", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Migrations(), nil }))
+	mux.HandleFunc("POST /v1/migrations", d.handleMove)
+	mux.HandleFunc("POST /v1/migrations/check", d.handler(d.handleCheck))
 	mux.HandleFunc("POST /v1/workloads/{ref}/stop", d.handler(d.handleStop))
 	mux.HandleFunc("DELETE /v1/workloads/{ref}", d.handler(d.handleRemove))
 	mux.HandleFunc("GET /v1/workloads/{ref}/logs", d.handleLogs)
@@ -90,14 +93,33 @@ func (d *Daemon) peerHandler() http.Handler {
 	mux.HandleFunc("POST /peer/v1/apply", d.handler(d.handlePeerApply))
 	mux.HandleFunc("POST /peer/v1/join", d.handler(d.handlePeerJoin))
 	mux.HandleFunc("POST /peer/v1/remove", d.handler(d.handlePeerRemove))
+	mux.HandleFunc("POST /peer/v1/migrations/target-check", d.handler(d.handlePeerTargetCheck))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/prepare", d.handler(d.handlePeerPrepare))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/pages", d.handler(d.handlePeerPages))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/files", d.handler(d.handlePeerFiles))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/images", d.handler(d.handlePeerImages))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/restore", d.handler(d.handlePeerRestore))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/resume", d.handler(d.handlePeerResume))
+	mux.HandleFunc("POST /peer/v1/migrations/{id}/abort", d.handler(d.handlePeerAbort))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || pki.PeerName(*r.TLS) == "" {
 			writeError(w, d.log, fmt.Errorf("peer API needs a client certificate: %w", ErrForbidden))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		// Page, image and file streams are big; their readers bound them (MaxBytes).
+		if !isStreamPath(r.URL.Path) {
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// isStreamPath names the peer endpoints whose bodies are data streams.
+func isStreamPath(p string) bool {
+	if !strings.HasPrefix(p, "/peer/v1/migrations/") {
+		return false
+	}
+	return strings.HasSuffix(p, "/pages") || strings.HasSuffix(p, "/images") || strings.HasSuffix(p, "/files")
 }
 
 // handlePeerApply applies a command a follower forwarded. It never forwards again: if
@@ -120,7 +142,7 @@ func (d *Daemon) handlePeerApply(r *http.Request) (any, error) {
 		shmowner.RegisterNodeType: true, shmowner.RemoveNodeType: true, shmowner.SetNodeStateType: true,
 		shmowner.ReportLoadType: true, shmowner.UpsertWorkloadType: true, shmowner.RemoveWorkloadType: true,
 		shmowner.SetWorkloadStateType: true, shmowner.SetSegmentsType: true, shmowner.PlanMigrationType: true,
-		shmowner.SetMigrationPhaseType: true, shmowner.ProbeType: true,
+		shmowner.SetMigrationPhaseType: true, shmowner.ProbeType: true, shmowner.SetMigrationStatsType: true,
 	}[t]; !known {
 		return nil, fmt.Errorf("apply: unknown command type %d: %w", req.Type, ErrBadRequest)
 	}
@@ -155,6 +177,8 @@ func checkDecodes(t shmowner.MessageType, body []byte) error {
 		v = &shmowner.PlanMigrationRequest{}
 	case shmowner.SetMigrationPhaseType:
 		v = &shmowner.SetMigrationPhaseRequest{}
+	case shmowner.SetMigrationStatsType:
+		v = &shmowner.SetMigrationStatsRequest{}
 	default:
 		v = &shmowner.ProbeRequest{}
 	}

@@ -60,6 +60,9 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 				}
 				leading = now
 			}
+			if leading {
+				d.abortOrphans(ctx)
+			}
 		}
 	}
 }

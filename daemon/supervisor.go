@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,6 +58,9 @@ type localWL struct {
 	exited chan struct{}     // closed when the init is gone
 	status int               // exit status once exited; -1 if unknown (init killed, no record)
 	at     int64             // exit time, unix nanos
+	// moved is set when the workload moved to another node and this copy is being
+	// removed: its end is not an exit of the workload.
+	moved atomic.Bool
 }
 
 func (l *localWL) isExited() bool {
@@ -240,6 +244,16 @@ func (s *supervisor) follow(l *localWL) {
 		defer s.wg.Done()
 		if err := l.watch.Wait(s.ctx); err != nil {
 			return // the daemon stops; the workload goes on
+		}
+		if l.moved.Load() {
+			if l.proc != nil {
+				_, _ = l.proc.Wait()
+			}
+			l.watch.Close()
+			s.mu.Lock()
+			close(l.exited)
+			s.mu.Unlock()
+			return
 		}
 		status := -1
 		if l.proc != nil {
@@ -460,6 +474,78 @@ func (s *supervisor) remove(ctx context.Context, id string) error {
 	return nil
 }
 
+// get returns the local workload id, nil if this node has none.
+func (s *supervisor) get(id string) *localWL {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.wl[id]
+}
+
+// release removes the copy of a workload that moved to another node: it kills the
+// (stopped) tree and forgets it without recording an exit. removeFiles removes its
+// workload dir too; not when the dir is shared with the node it moved to.
+func (s *supervisor) release(id string, removeFiles bool) {
+	s.mu.Lock()
+	l := s.wl[id]
+	delete(s.wl, id)
+	s.mu.Unlock()
+	if l == nil {
+		return
+	}
+	l.moved.Store(true)
+	if !l.isExited() && l.watch != nil {
+		_ = l.watch.Signal(unix.SIGKILL)
+		select {
+		case <-l.exited:
+		case <-time.After(10 * time.Second):
+			s.log.Error("the stopped copy of a moved workload survived SIGKILL for 10s", "workload", l.rec.Name, "pid", l.rec.InitPid)
+		}
+	}
+	if removeFiles {
+		if err := os.RemoveAll(filepath.Join(s.dir, id)); err != nil {
+			s.log.Warn("remove the files of a moved workload", "workload", l.rec.Name, "err", err)
+		}
+	}
+	s.log.Info("workload moved away; local copy removed", "workload", l.rec.Name, "pid", l.rec.InitPid)
+}
+
+// adopt takes over a workload restored on this node by a migration: it writes its
+// record (the workload dir is this node's from now on) and follows it. proc is the
+// restored init if this daemon is its parent (nil after a restart).
+func (s *supervisor) adopt(rec record, proc *workload.Process) error {
+	s.mu.Lock()
+	if l := s.wl[rec.ID]; l != nil && !l.isExited() {
+		s.mu.Unlock()
+		if l.rec.InitPid == rec.InitPid {
+			return nil // adopted before
+		}
+		return fmt.Errorf("workload %s already runs here as pid %d", rec.Name, l.rec.InitPid)
+	}
+	s.mu.Unlock()
+	watch, err := workload.WatchProcess(rec.InitPid, rec.InitStart)
+	if err != nil {
+		return fmt.Errorf("the restored init %d is gone: %w", rec.InitPid, err)
+	}
+	if err := os.MkdirAll(filepath.Join(s.dir, rec.ID), 0o700); err != nil {
+		watch.Close()
+		return err
+	}
+	// A leftover exit record (the source's copy never wrote one; an old one would make
+	// a restart think the workload ended) goes.
+	_ = os.Remove(s.path(rec.ID, exitFile))
+	if err := writeFileAtomic(s.path(rec.ID, recordFile), mustJSON(rec)); err != nil {
+		watch.Close()
+		return err
+	}
+	l := &localWL{rec: rec, watch: watch, proc: proc, exited: make(chan struct{})}
+	s.mu.Lock()
+	s.wl[rec.ID] = l
+	s.follow(l)
+	s.mu.Unlock()
+	s.poke()
+	return nil
+}
+
 func (s *supervisor) runningCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -506,6 +592,9 @@ func (s *supervisor) reconcile(ctx context.Context) {
 	type groupInfo struct{ livePid int }
 	groups := map[string]*groupInfo{}
 	for _, l := range locals {
+		if l.moved.Load() {
+			continue
+		}
 		g := groups[l.rec.Group]
 		if g == nil {
 			g = &groupInfo{}

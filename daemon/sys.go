@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -122,4 +123,37 @@ func callerUID(ctx context.Context) int {
 		return int(c.Uid)
 	}
 	return -1
+}
+
+// warnIfNotTmpfs logs a warning when dir is not on a tmpfs: migration images are
+// written there while the workload is frozen.
+func warnIfNotTmpfs(log *slog.Logger, dir string) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return
+	}
+	if st.Type != unix.TMPFS_MAGIC {
+		log.Warn("image-dir is not a tmpfs: the final dump of every migration, made while the workload is frozen, "+
+			"runs at disk speed; point image-dir at a tmpfs (systemd's RuntimeDirectory /run/migshmd is one)", "image_dir", dir)
+	}
+}
+
+// CloseExecFrom marks every open file descriptor >= minFd close-on-exec (runc's
+// utils.CloseExecFrom), so none of them reaches a child process.
+func CloseExecFrom(minFd int) error {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list own file descriptors: %w", err)
+	}
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < minFd {
+			continue
+		}
+		// The directory listing's own fd is gone by now: EBADF is fine.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && err != unix.EBADF {
+			return fmt.Errorf("set close-on-exec on fd %d: %w", fd, err)
+		}
+	}
+	return nil
 }

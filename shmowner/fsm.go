@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -14,6 +15,9 @@ import (
 type FSM struct {
 	mu sync.RWMutex
 	t  *Table
+	// applied is the index of the last entry Apply finished. Raft's own AppliedIndex
+	// moves when an entry is handed to the FSM goroutine, before the table shows it.
+	applied atomic.Uint64
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -31,11 +35,16 @@ func (f *FSM) Table() *Table {
 // Apply applies one committed log entry. It returns nil or an error (a rule violation,
 // wrapping a sentinel); it panics on an entry it cannot decode.
 func (f *FSM) Apply(l *raft.Log) any {
+	defer f.applied.Store(l.Index)
 	if err := f.apply(l.Data); err != nil {
 		return err
 	}
 	return nil
 }
+
+// AppliedIndex returns the index of the last entry the table reflects (0 before the
+// first Apply of this process).
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
 func (f *FSM) apply(data []byte) error {
 	if len(data) == 0 {

@@ -252,7 +252,12 @@ func (s *Store) Barrier(ctx context.Context) error {
 func (s *Store) Table() *Table { return s.fsm.Table() }
 
 // AppliedIndex returns the index of the last entry applied to this node's table.
-func (s *Store) AppliedIndex() uint64 { return s.raft.AppliedIndex() }
+func (s *Store) AppliedIndex() uint64 {
+	if i := s.fsm.AppliedIndex(); i > 0 {
+		return i
+	}
+	return s.raft.AppliedIndex() // restored from a snapshot, nothing applied since
+}
 
 // Stats returns raft's statistics.
 func (s *Store) Stats() map[string]string { return s.raft.Stats() }

@@ -31,7 +31,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			runCommand(), psCommand(), stopCommand(), logsCommand(), rmCommand(),
 			nodesCommand(), segmentsCommand(), statusCommand(), leaveCommand(),
-			checkCommand(), doctorCommand(), tlsCommand(),
+			moveCommand(), migrationsCommand(), checkCommand(), doctorCommand(), tlsCommand(),
 		},
 	}
 }
@@ -131,48 +131,63 @@ type checkReport struct {
 func checkCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "check",
-		Usage:     "say whether the workload of a process could be moved, and why not",
-		ArgsUsage: "PID",
-		Description: "Reads /proc only (nothing is stopped or dumped) and checks what CRIU needs to move\n" +
-			"the process tree with its SysV shared memory intact: the tree has PID and IPC\n" +
-			"namespaces of its own, no process outside it shares its IPC namespace, no SysV\n" +
-			"segment is attached in the host IPC namespace. PID may be any process of the tree.\n" +
-			"Exits 0 when movable, 1 (with the reason) when not.\n\n" +
-			"Examples:\n  migshm check 4242\n  migshm check --json 4242",
+		Usage:     "say whether a workload could be moved (to NODE), and why not",
+		ArgsUsage: "PID | WORKLOAD NODE",
+		Description: "With a PID: reads /proc on this machine only (no daemon needed; nothing is stopped or\n" +
+			"dumped) and checks what CRIU needs to move the process tree with its SysV shared\n" +
+			"memory intact: the tree has PID and IPC namespaces of its own, no process outside it\n" +
+			"shares its IPC namespace, no SysV segment is attached in the host IPC namespace. PID\n" +
+			"may be any process of the tree.\n\n" +
+			"With a WORKLOAD and a NODE: asks the daemons whether `migshm move WORKLOAD NODE`\n" +
+			"could work now, wherever the workload runs: the same checks on its node, its\n" +
+			"connections, and whether NODE is active and has the memory it needs. WORKLOAD is a\n" +
+			"name, an id (or a unique prefix) or a host pid of one of its processes.\n\n" +
+			"Exits 0 when movable, 1 (with the reasons) when not.\n\n" +
+			"Examples:\n  migshm check 4242\n  migshm check --json 4242\n" +
+			"  migshm check db1 n2\n  migshm check db1 n2 --json",
 		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return fmt.Errorf("check needs exactly one PID (got %d arguments); see `migshm check --help`", c.NArg())
-			}
-			pid, err := strconv.Atoi(c.Args().First())
-			if err != nil || pid <= 0 {
-				return fmt.Errorf("%q is not a process id", c.Args().First())
-			}
-			tree, err := migrate.Preflight{}.Check(pid)
-			r := checkReport{Pid: pid, Movable: err == nil}
-			var nm *migrate.NotMovableError
-			switch {
-			case err == nil:
-				r.Init, r.Procs, r.Segments = tree.Init.Pid, tree.Procs, tree.Segments()
-			case errors.As(err, &nm):
-				r.Reason, r.Detail, r.Procs = nm.Reason, nm.Detail, nm.Procs
-			case errors.Is(err, workload.ErrNoProcess):
-				return fmt.Errorf("no process with pid %d on this node", pid)
-			default:
-				return fmt.Errorf("check pid %d: %w", pid, err)
-			}
-			if c.Bool("json") {
-				if err := printJSON(c.App.Writer, r); err != nil {
-					return err
-				}
-			} else if r.Movable {
-				fmt.Fprintf(c.App.Writer, "pid %d: movable: workload init %d, %d processes, %d SysV segments attached\n",
-					pid, r.Init, len(r.Procs), len(r.Segments))
-			}
-			if err != nil {
+			args, err := interspersedArgs(c)
+			if err != nil || args == nil {
 				return err
 			}
-			return nil
+			switch len(args) {
+			case 1:
+				return checkLocal(c, args[0])
+			case 2:
+				return checkMove(c, args[0], args[1])
+			}
+			return fmt.Errorf("check needs one PID, or a WORKLOAD and a NODE (got %d arguments); see `migshm check --help`", len(args))
 		},
 	}
+}
+
+// checkLocal is the /proc preflight of the workload of one process on this machine.
+func checkLocal(c *cli.Context, arg string) error {
+	pid, err := strconv.Atoi(arg)
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("%q is not a process id", arg)
+	}
+	tree, err := migrate.Preflight{}.Check(pid)
+	r := checkReport{Pid: pid, Movable: err == nil}
+	var nm *migrate.NotMovableError
+	switch {
+	case err == nil:
+		r.Init, r.Procs, r.Segments = tree.Init.Pid, tree.Procs, tree.Segments()
+	case errors.As(err, &nm):
+		r.Reason, r.Detail, r.Procs = nm.Reason, nm.Detail, nm.Procs
+	case errors.Is(err, workload.ErrNoProcess):
+		return fmt.Errorf("no process with pid %d on this node", pid)
+	default:
+		return fmt.Errorf("check pid %d: %w", pid, err)
+	}
+	if c.Bool("json") {
+		if err := printJSON(c.App.Writer, r); err != nil {
+			return err
+		}
+	} else if r.Movable {
+		fmt.Fprintf(c.App.Writer, "pid %d: movable: workload init %d, %d processes, %d SysV segments attached\n",
+			pid, r.Init, len(r.Procs), len(r.Segments))
+	}
+	return err
 }

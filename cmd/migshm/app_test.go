@@ -39,8 +39,8 @@ func TestCheckBadInput(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"check"}, "exactly one PID"},
-		{[]string{"check", "1", "2"}, "exactly one PID"},
+		{[]string{"check"}, "check needs one PID, or a WORKLOAD and a NODE (got 0 arguments)"},
+		{[]string{"check", "1", "2", "3"}, "check needs one PID, or a WORKLOAD and a NODE (got 3 arguments)"},
 		{[]string{"check", "abc"}, `"abc" is not a process id`},
 		{[]string{"check", "0"}, `"0" is not a process id`},
 		{[]string{"check", "1073741824"}, "no process with pid 1073741824"},

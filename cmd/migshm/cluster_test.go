@@ -30,9 +30,10 @@ type apiCall struct {
 
 // fakeDaemon is a canned local API on a unix socket: the CLI talks to it as to migshmd.
 type fakeDaemon struct {
-	sock      string
-	nodes     []daemon.Node
-	workloads []daemon.Workload
+	sock       string
+	nodes      []daemon.Node
+	workloads  []daemon.Workload
+	migrations []daemon.Migration // as the daemon lists them: sorted by id
 
 	mu    sync.Mutex
 	calls []apiCall
@@ -115,6 +116,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	t.Helper()
 	f := &fakeDaemon{sock: filepath.Join(t.TempDir(), "migshmd.sock")}
 	f.nodes, f.workloads = fakeTable()
+	f.migrations = fakeMigrations()
 	unknown := func(w http.ResponseWriter, ref string) {
 		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+ref+"\" (see `migshm ps`)")
 	}
@@ -205,6 +207,9 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		}
 		reply(w, daemon.LeaveResult{Node: req.Node})
 	})
+	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.migrations) })
+	mux.HandleFunc("POST /v1/migrations", f.handleMove)
+	mux.HandleFunc("POST /v1/migrations/check", f.handleCheck)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		f.record(r)
 		t.Errorf("unexpected request %s %s", r.Method, r.URL)

@@ -1,10 +1,12 @@
 // Command migshm is the migshm command-line tool.
 //
-// This first milestone has the node-local commands: `migshm doctor` checks that this
-// machine can checkpoint and restore workloads, and `migshm check PID` says whether the
-// workload of a process could be moved with its SysV shared memory, and why not. The
-// cluster commands (run, move, ps, nodes, segments, status) talk to migshmd and come with
-// the daemon.
+// `migshm doctor` checks that this machine can checkpoint and restore workloads, and
+// `migshm check PID` says from /proc whether the workload of a process could be moved
+// with its SysV shared memory, and why not; neither needs a daemon. Every other command
+// talks to the local migshmd over its unix socket (--socket): run, ps, stop, logs and rm
+// manage workloads; move moves one to another node, showing its progress, `check
+// WORKLOAD NODE` says whether that could work, and migrations lists the moves; nodes,
+// segments, status and leave show and change the cluster. tls makes its certificates.
 package main
 
 import (

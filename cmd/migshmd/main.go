@@ -52,6 +52,12 @@ func run(c *cli.Context) error {
 	}
 	// Raft state, images, logs and sockets are private to root.
 	unix.Umask(0o077)
+	// Whatever this process inherited beyond stdio (a shell's or a supervisor's fds)
+	// must not leak into workloads: CRIU would have to dump them, and cannot when they
+	// belong to another mount namespace (ip netns exec makes one). As runc does.
+	if err := daemon.CloseExecFrom(3); err != nil {
+		return err
+	}
 	cfg, err := daemon.ConfigFromCLI(c)
 	if err != nil {
 		return err

@@ -1,0 +1,509 @@
+package daemon_test
+
+// Integration tests of migrations: real migshmd daemons in node netns, real CRIU, the
+// real migshm CLI. They need root and CRIU; outside CI they skip, with CI=true they fail.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/internal/testenv"
+	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/workload"
+)
+
+// move runs `migshm move --json REF TARGET EXTRA...` through node via and returns every
+// event and the command's error.
+func (c *cluster) move(via *tnode, ref, target string, extra ...string) ([]daemon.MoveEvent, error) {
+	c.t.Helper()
+	args := append([]string{"--socket", via.sock, "move", "--json", ref, target}, extra...)
+	cmd := exec.Command(c.migshm, args...)
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	out, err := cmd.Output()
+	var evs []daemon.MoveEvent
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		var ev daemon.MoveEvent
+		if jerr := json.Unmarshal(sc.Bytes(), &ev); jerr != nil {
+			c.t.Fatalf("migshm move: line %q is not a MoveEvent: %v", sc.Text(), jerr)
+		}
+		evs = append(evs, ev)
+	}
+	if err != nil {
+		return evs, fmt.Errorf("migshm move %s %s: %v: %s", ref, target, err, strings.TrimSpace(errb.String()))
+	}
+	return evs, nil
+}
+
+// workload returns the table's record of the named workload, read through nd.
+func (c *cluster) workload(nd *tnode, name string) daemon.Workload {
+	c.t.Helper()
+	ws, err := nd.c.Workloads(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	w, ok := workloadByName(ws, name)
+	if !ok {
+		c.t.Fatalf("no workload %s in %+v", name, ws)
+	}
+	return w
+}
+
+// copies counts, over the whole host, the IPC namespaces holding processes of a
+// command named comm, split into those with a running process and those whose
+// processes are all stopped. A moved workload must have exactly one running copy.
+func copies(t *testing.T, comm string) (running, stopped int) {
+	t.Helper()
+	procs, _, err := workload.ReadAll("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type nsState struct{ run, stop int }
+	byNS := map[string]*nsState{}
+	for _, p := range procs {
+		if p.Comm != comm {
+			continue
+		}
+		st := byNS[p.IPCNS]
+		if st == nil {
+			st = &nsState{}
+			byNS[p.IPCNS] = st
+		}
+		if s, err := procStateOf(p.Pid); err == nil && (s == "T" || s == "t") {
+			st.stop++
+		} else {
+			st.run++
+		}
+	}
+	for _, st := range byNS {
+		if st.run > 0 {
+			running++
+		} else {
+			stopped++
+		}
+	}
+	return running, stopped
+}
+
+func procStateOf(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+3 > len(s) {
+		return "", fmt.Errorf("bad stat %q", s)
+	}
+	return s[i+2 : i+3], nil
+}
+
+// nodeOfPid returns the id of the node whose netns pid lives in.
+func (c *cluster) nodeOfPid(pid int) string {
+	c.t.Helper()
+	link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		c.t.Fatalf("netns of pid %d: %v", pid, err)
+	}
+	for _, nd := range c.nodes {
+		if l, err := os.Readlink(nd.net.NetNSPath); err == nil && l == link {
+			return nd.id
+		}
+		var a, b os.FileInfo
+		a, _ = os.Stat(fmt.Sprintf("/proc/%d/ns/net", pid))
+		b, _ = os.Stat(nd.net.NetNSPath)
+		if a != nil && b != nil && os.SameFile(a, b) {
+			return nd.id
+		}
+	}
+	return "?" + link
+}
+
+// waitSettled waits until the workload's last migration is terminal, it runs on one
+// node with exactly one running copy and none stopped, and returns the workload.
+func (c *cluster) waitSettled(via *tnode, name, comm string) daemon.Workload {
+	c.t.Helper()
+	var w daemon.Workload
+	waitFor(c.t, 60*time.Second, name+" to settle on one node", func() (bool, string) {
+		ws, err := via.c.Workloads(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		var ok bool
+		if w, ok = workloadByName(ws, name); !ok {
+			return false, "no workload"
+		}
+		ms, err := via.c.Migrations(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, m := range ms {
+			if m.Workload == w.ID && !m.Phase.Terminal() {
+				return false, fmt.Sprintf("migration %s in phase %s", m.ID, m.Phase)
+			}
+		}
+		running, stopped := copies(c.t, comm)
+		if w.State != shmowner.WorkloadRunning || running != 1 || stopped != 0 {
+			return false, fmt.Sprintf("state %s on %s, %d running and %d stopped copies", w.State, w.Node, running, stopped)
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.InitPid)); err != nil || c.nodeOfPid(w.InitPid) != w.Node {
+			return false, fmt.Sprintf("table says init %d on %s", w.InitPid, w.Node)
+		}
+		return true, ""
+	})
+	return w
+}
+
+// counterAdvances checks the shared counter's invariant in the workload's IPC
+// namespace and that the workers keep counting.
+func counterAdvances(t *testing.T, bins testwork.Bins, pid int) uint64 {
+	t.Helper()
+	first, err := bins.CounterCheck(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the counter to advance", func() (bool, string) {
+		n, err := bins.CounterCheck(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n > first+20, fmt.Sprintf("total %d, was %d", n, first)
+	})
+	return first
+}
+
+func lastEvent(evs []daemon.MoveEvent) daemon.MoveEvent {
+	if len(evs) == 0 {
+		return daemon.MoveEvent{}
+	}
+	return evs[len(evs)-1]
+}
+
+// TestMoveRoundTrips moves the shared counter (4 workers, one segment, one semaphore
+// set) and the pattern writer n1 -> n2 -> n3 -> n1, ten times over, through the CLI of
+// varying nodes, with and without pre-copy. After every move: the workload runs on the
+// target only, in that node's netns; the table says so, with the segments owned by the
+// target at a higher epoch; the counter's invariant holds and it keeps counting; the
+// writer's segments are byte-identical to what they were before the move (it is paused).
+func TestMoveRoundTrips(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	c := newCluster(t, 3, 3)
+	n1 := c.nodes[0]
+	if _, err := c.cli(n1, "run", "--name", "counter", "--", bins.ShmCounter, "--workers", "4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.cli(n1, "run", "--name", "writer", "--", bins.ShmWriter, "--size", "1048576", "--interval-ms", "5"); err != nil {
+		t.Fatal(err)
+	}
+	w := c.waitSettled(n1, "counter", "shmcounter")
+	counterAdvances(t, bins, w.InitPid)
+	c.waitSettled(n1, "writer", "shmwriter")
+
+	hops := 30
+	if testing.Short() {
+		hops = 3
+	}
+	var lastCounter uint64
+	for i := 0; i < hops; i++ {
+		from, to := c.nodes[i%3], c.nodes[(i+1)%3]
+		via := c.nodes[(i+2)%3] // the CLI talks to a node that is neither end, or to the source
+		var extra []string
+		if i%5 == 4 {
+			extra = []string{"--no-precopy"}
+		}
+		before := c.workload(via, "counter")
+		if before.Node != from.id {
+			t.Fatalf("hop %d: counter is on %s, want %s", i, before.Node, from.id)
+		}
+		segsBefore, err := via.c.Segments(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := c.move(via, "counter", to.id, extra...)
+		if err != nil {
+			t.Fatalf("hop %d %s -> %s: %v\nevents: %+v", i, from.id, to.id, err, evs)
+		}
+		last := lastEvent(evs)
+		if last.Event != daemon.EventDone || last.Summary == nil || last.Record == nil || last.Record.Phase != shmowner.PhaseDone {
+			t.Fatalf("hop %d: last event %+v", i, last)
+		}
+		if last.Summary.FrozenNS <= 0 || last.Summary.WorkloadBytes == 0 || last.Summary.FinalBytes == 0 {
+			t.Fatalf("hop %d: summary without figures: %+v", i, *last.Summary)
+		}
+		if len(extra) == 0 && last.Summary.Rounds == 0 {
+			t.Fatalf("hop %d: pre-copy made no round: %+v", i, *last.Summary)
+		}
+		after := c.waitSettled(via, "counter", "shmcounter")
+		if after.Node != to.id || after.InitPid == before.InitPid {
+			t.Fatalf("hop %d: after the move the table says %s pid %d (was %s pid %d)", i, after.Node, after.InitPid, before.Node, before.InitPid)
+		}
+		n := counterAdvances(t, bins, after.InitPid)
+		if n < lastCounter {
+			t.Fatalf("hop %d: counter went back from %d to %d", i, lastCounter, n)
+		}
+		lastCounter = n
+		segsAfter, err := via.c.Segments(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		gb, ga := groupSegments(segsBefore, after.Group), groupSegments(segsAfter, after.Group)
+		if len(ga) != 1 || len(gb) != 1 || ga[0].Owner != to.id || ga[0].Epoch != gb[0].Epoch+1 || ga[0].Shmid != gb[0].Shmid || ga[0].Key != gb[0].Key {
+			t.Fatalf("hop %d: segments before %+v, after %+v: want the same segment owned by %s at epoch+1", i, gb, ga, to.id)
+		}
+
+		// The writer: paused, its segments must arrive byte for byte.
+		wb := c.workload(via, "writer")
+		if wb.Node != from.id {
+			t.Fatalf("hop %d: writer is on %s, want %s", i, wb.Node, from.id)
+		}
+		if err := syscallKillTree(wb.InitPid, "SIGUSR1"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // lets the writer finish the write in progress
+		sumBefore, err := testwork.InIPC(wb.InitPid, bins.ShmSum)
+		if err != nil {
+			t.Fatalf("shmsum: %v: %s", err, sumBefore)
+		}
+		if _, err := c.move(via, "writer", to.id, extra...); err != nil {
+			t.Fatalf("hop %d: move writer: %v", i, err)
+		}
+		wa := c.waitSettled(via, "writer", "shmwriter")
+		sumAfter, err := testwork.InIPC(wa.InitPid, bins.ShmSum)
+		if err != nil {
+			t.Fatalf("shmsum: %v: %s", err, sumAfter)
+		}
+		if sumAfter != sumBefore || strings.Count(sumAfter, "shmid=") != 2 {
+			t.Fatalf("hop %d: writer's segments changed in the move:\nbefore:\n%s\nafter:\n%s", i, sumBefore, sumAfter)
+		}
+		if err := syscallKillTree(wa.InitPid, "SIGUSR2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Nothing left behind: no journals, no images, and every record is done.
+	ms, err := n1.c.Migrations(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2*hops {
+		t.Fatalf("%d migration records, want %d", len(ms), 2*hops)
+	}
+	for _, m := range ms {
+		if m.Phase != shmowner.PhaseDone || m.Stats == nil || m.Stats.FrozenNS <= 0 {
+			t.Fatalf("migration %+v", m)
+		}
+	}
+	for _, nd := range c.nodes {
+		if es, _ := os.ReadDir(filepath.Join(nd.dir, "migrations")); len(es) != 0 {
+			t.Fatalf("%s keeps migration journals: %v", nd.id, es)
+		}
+		if es, _ := os.ReadDir(nd.imageDir()); len(es) != 0 {
+			t.Fatalf("%s keeps images: %v", nd.id, es)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(c.wdir, c.workload(n1, "writer").ID, "stderr.log")); strings.Contains(string(b), "CORRUPT") {
+		t.Fatalf("writer found corruption:\n%s", b)
+	}
+}
+
+// syscallKillTree sends a signal to every process of the tree whose init is pid, but
+// not the init (it does not forward SIGUSR1/2).
+func syscallKillTree(pid int, sig string) error {
+	out, err := exec.Command("pkill", "-"+strings.TrimPrefix(sig, "SIG"), "-P", fmt.Sprint(pid)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pkill -%s -P %d: %v: %s", sig, pid, err, out)
+	}
+	return nil
+}
+
+// TestMoveRefusals: every bad request is refused with a clear error and changes
+// nothing: no migration record, the workload still running where it was.
+func TestMoveRefusals(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	c := newCluster(t, 2, 2)
+	n1, n2 := c.nodes[0], c.nodes[1]
+	if _, err := c.cli(n1, "run", "--name", "counter", "--", bins.ShmCounter, "--workers", "2"); err != nil {
+		t.Fatal(err)
+	}
+	w := c.waitSettled(n1, "counter", "shmcounter")
+	// A sharer outside the workload: a second workload in the same IPC group.
+	if _, err := c.cli(n1, "run", "--name", "sharer", "--ipc-group", w.Group, "--", "sleep", "1000"); err != nil {
+		t.Fatal(err)
+	}
+	// A workload with an established TCP connection (to a listener in its own netns).
+	if _, err := c.cli(n1, "run", "--name", "tcp", "--", "bash", "-c",
+		"exec 3<>/dev/tcp/127.0.0.1/7421; exec sleep 1000"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.cli(n1, "run", "--name", "gone", "--", "true"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "gone to exit", func() (bool, string) {
+		g := c.workload(n1, "gone")
+		return g.State == shmowner.WorkloadExited, string(g.State)
+	})
+	cases := []struct {
+		name, ref, target string
+		code              error
+		says              string
+	}{
+		{"unknown node", "counter", "n9", shmowner.ErrUnknownNode, "no node"},
+		{"unknown workload", "nope", "n2", shmowner.ErrUnknownWorkload, "no workload"},
+		{"same node", "counter", "n1", shmowner.ErrSameNode, "already runs on n1"},
+		{"exited", "gone", "n2", daemon.ErrNotRunning, "exited"},
+		{"sharer outside", "counter", "n2", daemon.ErrNotMovable, "ipc-shared-outside"},
+		{"tcp", "tcp", "n2", daemon.ErrNotMovable, "tcp-established"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, via := range []*tnode{n1, n2} {
+				_, err := via.c.Move(context.Background(), daemon.MoveRequest{Workload: tc.ref, Target: tc.target}, nil)
+				if !errors.Is(err, tc.code) || !strings.Contains(err.Error(), tc.says) {
+					t.Fatalf("via %s: move %s to %s: %v; want %v saying %q", via.id, tc.ref, tc.target, err, tc.code, tc.says)
+				}
+				if _, err := c.move(via, tc.ref, tc.target); err == nil {
+					t.Fatalf("via %s: the CLI accepted move %s %s", via.id, tc.ref, tc.target)
+				}
+			}
+		})
+	}
+	rep, err := n2.c.Check(context.Background(), daemon.CheckRequest{Workload: "tcp", Target: "n2"})
+	if err != nil || rep.OK || len(rep.Problems) == 0 || rep.Problems[0].Reason != "tcp-established" {
+		t.Fatalf("check tcp: %+v, %v", rep, err)
+	}
+	ms, err := n2.c.Migrations(context.Background())
+	if err != nil || len(ms) != 0 {
+		t.Fatalf("refusals left migration records: %+v, %v", ms, err)
+	}
+	if after := c.waitSettled(n2, "counter", "shmcounter"); after.InitPid != w.InitPid || after.Node != "n1" {
+		t.Fatalf("counter changed: %+v, was %+v", after, w)
+	}
+	counterAdvances(t, bins, w.InitPid)
+}
+
+// TestMoveCorruptImageAborts: a byte flipped in the image stream is caught by its
+// checksums; the migration aborts and the workload runs on the source as before.
+func TestMoveCorruptImageAborts(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	c := newCluster(t, 2, 0)
+	c.start(c.nodes[0], "--bootstrap")
+	c.startWithEnv(c.nodes[1], []string{daemon.EnvFaults + "=corrupt-images"}, c.memberArgs(1)...)
+	c.waitMembers(c.nodes[0], 2)
+	n1, n2 := c.nodes[0], c.nodes[1]
+	// The counter starts on n2, whose daemon corrupts what it sends.
+	if _, err := c.cli(n2, "run", "--name", "counter", "--", bins.ShmCounter, "--workers", "2"); err != nil {
+		t.Fatal(err)
+	}
+	w := c.waitSettled(n1, "counter", "shmcounter")
+	evs, err := c.move(n1, "counter", "n1")
+	if err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("move with a corrupt image stream: %v, events %+v", err, evs)
+	}
+	last := lastEvent(evs)
+	if last.Event != daemon.EventError || last.Record == nil || last.Record.Phase != shmowner.PhaseAborted {
+		t.Fatalf("last event %+v", last)
+	}
+	after := c.waitSettled(n1, "counter", "shmcounter")
+	if after.Node != "n2" || after.InitPid != w.InitPid {
+		t.Fatalf("after the abort: %+v, was %+v", after, w)
+	}
+	counterAdvances(t, bins, after.InitPid)
+	if es, _ := os.ReadDir(n1.imageDir()); len(es) != 0 {
+		t.Fatalf("the target keeps images of the aborted migration: %v", es)
+	}
+}
+
+// TestMoveCrashes kills a daemon (kill -9, by injected fault) at each point of a
+// migration, restarts it, and checks that the migration ends (done or aborted) with the
+// workload running on exactly one node, its invariant intact and counting.
+func TestMoveCrashes(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	cases := []struct {
+		name  string
+		node  int // 0: the source, 1: the target
+		fault string
+		want  shmowner.Phase
+	}{
+		{"source after plan", 0, "crash-at:planned", shmowner.PhaseAborted},
+		{"source in pre-copy", 0, "crash-at:precopy", shmowner.PhaseAborted},
+		{"source after the dump", 0, "crash-at:dumped", shmowner.PhaseAborted},
+		{"source after shipping", 0, "crash-at:shipped", shmowner.PhaseAborted},
+		{"source after the restore", 0, "crash-at:restored", shmowner.PhaseAborted},
+		{"source after the commit", 0, "crash-at:done", shmowner.PhaseDone},
+		{"target after the restore", 1, "crash-at:target-restored", shmowner.PhaseAborted},
+	}
+	c := newCluster(t, 3, 3)
+	n3 := c.nodes[2]
+	if _, err := c.cli(c.nodes[0], "run", "--name", "counter", "--", bins.ShmCounter, "--workers", "2"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSettled(n3, "counter", "shmcounter")
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := c.workload(n3, "counter")
+			var src, dst *tnode
+			for _, nd := range c.nodes[:2] {
+				if nd.id == w.Node {
+					src = nd
+				} else {
+					dst = nd
+				}
+			}
+			victim := []*tnode{src, dst}[tc.node]
+			c.kill(victim)
+			c.startWithEnv(victim, []string{daemon.EnvFaults + "=" + tc.fault}, victim.extra...)
+			c.waitMembers(n3, 3)
+
+			_, err := c.move(n3, "counter", dst.id)
+			if err == nil && tc.want == shmowner.PhaseAborted {
+				t.Fatalf("move succeeded although %s crashed", victim.id)
+			}
+			select {
+			case <-victim.done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s did not crash at %s", victim.id, tc.fault)
+			}
+			victim.cmd = nil
+			// Restart without the fault: recovery settles the migration.
+			c.startWithEnv(victim, nil, victim.extra...)
+			c.waitMembers(n3, 3)
+			after := c.waitSettled(n3, "counter", "shmcounter")
+			ms, err := n3.c.Migrations(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mg daemon.Migration
+			for _, m := range ms {
+				if m.Workload == w.ID && m.StartedAt >= mg.StartedAt {
+					mg = m
+				}
+			}
+			if mg.Phase != tc.want {
+				t.Fatalf("migration ended %s (%s), want %s", mg.Phase, mg.Error, tc.want)
+			}
+			wantNode := src.id
+			if tc.want == shmowner.PhaseDone {
+				wantNode = dst.id
+			}
+			if after.Node != wantNode {
+				t.Fatalf("workload on %s, want %s", after.Node, wantNode)
+			}
+			counterAdvances(t, bins, after.InitPid)
+		})
+	}
+}

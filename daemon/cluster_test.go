@@ -187,7 +187,9 @@ func (c *cluster) restart(nd *tnode) {
 		c.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", nd.net.NetNS, c.migshmd}, nd.args...)...)
+	// nsenter --net keeps the host's mount namespace (ip netns exec would make one per
+	// start, and a restarted daemon's CRIU could not dump workloads of the last one).
+	cmd := exec.Command("nsenter", append([]string{"--net=" + nd.net.NetNSPath, c.migshmd}, nd.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), nd.env...)
 	if err := cmd.Start(); err != nil {

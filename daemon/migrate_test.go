@@ -23,6 +23,18 @@ import (
 	"github.com/migshm/migshm/workload"
 )
 
+// waitReady waits until nd is a member that knows the leader.
+func (c *cluster) waitReady(nd *tnode) {
+	c.t.Helper()
+	waitFor(c.t, 30*time.Second, nd.id+" to be a member with a leader", func() (bool, string) {
+		st, err := nd.c.Status(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Member && st.Leader != "" && st.Error == "", fmt.Sprintf("%+v", st)
+	})
+}
+
 // move runs `migshm move --json REF TARGET EXTRA...` through node via and returns every
 // event and the command's error.
 func (c *cluster) move(via *tnode, ref, target string, extra ...string) ([]daemon.MoveEvent, error) {
@@ -467,9 +479,11 @@ func TestMoveCrashes(t *testing.T) {
 			victim := []*tnode{src, dst}[tc.node]
 			c.kill(victim)
 			c.startWithEnv(victim, []string{daemon.EnvFaults + "=" + tc.fault}, victim.extra...)
+			c.waitReady(victim)
 			c.waitMembers(n3, 3)
 
-			_, err := c.move(n3, "counter", dst.id)
+			evs, err := c.move(n3, "counter", dst.id)
+			t.Logf("move with %s armed on %s: %v; events %+v", tc.fault, victim.id, err, evs)
 			if err == nil && tc.want == shmowner.PhaseAborted {
 				t.Fatalf("move succeeded although %s crashed", victim.id)
 			}
@@ -481,6 +495,7 @@ func TestMoveCrashes(t *testing.T) {
 			victim.cmd = nil
 			// Restart without the fault: recovery settles the migration.
 			c.startWithEnv(victim, nil, victim.extra...)
+			c.waitReady(victim)
 			c.waitMembers(n3, 3)
 			after := c.waitSettled(n3, "counter", "shmcounter")
 			ms, err := n3.c.Migrations(context.Background())
@@ -506,4 +521,61 @@ func TestMoveCrashes(t *testing.T) {
 			counterAdvances(t, bins, after.InitPid)
 		})
 	}
+
+	// The leader dies while the workload is frozen: the source's writes go through the
+	// election to the new leader and the move completes.
+	t.Run("leader killed while frozen", func(t *testing.T) {
+		leader := leaderOf(t, n3)
+		if leader != n3.id {
+			t.Fatalf("leader is %s; this case needs n3, which is neither end, to lead", leader)
+		}
+		w := c.workload(n3, "counter")
+		var src, dst *tnode
+		for _, nd := range c.nodes[:2] {
+			if nd.id == w.Node {
+				src = nd
+			} else {
+				dst = nd
+			}
+		}
+		c.kill(src)
+		c.startWithEnv(src, []string{daemon.EnvFaults + "=pause-at:dumped:3s"}, src.extra...)
+		c.waitReady(src)
+		type result struct {
+			evs []daemon.MoveEvent
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			evs, err := c.move(src, "counter", dst.id)
+			done <- result{evs, err}
+		}()
+		waitFor(t, 20*time.Second, "the migration to be frozen", func() (bool, string) {
+			ms, err := src.c.Migrations(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, m := range ms {
+				if m.Workload == w.ID && m.Phase == shmowner.PhaseFrozen {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%+v", ms)
+		})
+		c.kill(n3)
+		r := <-done
+		if r.err != nil {
+			t.Fatalf("move through an election: %v; events %+v", r.err, r.evs)
+		}
+		c.start(n3, n3.extra...)
+		c.waitReady(n3)
+		after := c.waitSettled(n3, "counter", "shmcounter")
+		if after.Node != dst.id {
+			t.Fatalf("workload on %s, want %s", after.Node, dst.id)
+		}
+		counterAdvances(t, bins, after.InitPid)
+		c.kill(src)
+		c.start(src, src.extra...) // without the fault, for whatever runs next
+		c.waitReady(src)
+	})
 }

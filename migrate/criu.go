@@ -184,7 +184,12 @@ func (c *CRIU) Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) 
 		return nil, fmt.Errorf("criu dump of pid %d: %w", opts.Pid, err)
 	}
 	res := &DumpResult{LogFile: logFile}
-	if st, err := stats.CriuGetDumpStats(imgDir); err == nil {
+	// CRIU writes stats-dump into the work dir when it has one.
+	st, err := stats.CriuGetDumpStats(workDir)
+	if err != nil {
+		st, err = stats.CriuGetDumpStats(imgDir)
+	}
+	if err == nil {
 		res.Freezing = time.Duration(st.GetFreezingTime()) * time.Microsecond
 		res.Frozen = time.Duration(st.GetFrozenTime()) * time.Microsecond
 		res.Memdump = time.Duration(st.GetMemdumpTime()) * time.Microsecond

@@ -3,7 +3,9 @@
 // namespace and moves it around the others with the CRIU adapter, checking at every hop
 // that each segment's contents are equal at the freeze and before the restored tree
 // resumes, that the counter invariant holds, and that the source copy is gone.
-// scripts/demo brings up the node namespaces and runs it.
+// scripts/demo brings up the node namespaces and runs it. `migshm-lab raftbench` times
+// table writes through the daemons; `migshm-lab bench` measures `migshm move` against a
+// hand-scripted CRIU dump / copy / restore on two throttled local nodes.
 package main
 
 import (
@@ -33,9 +35,20 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) >= 2 && os.Args[1] == "bench" {
+		if err := benchMain(os.Args[2:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				os.Exit(2)
+			}
+			fmt.Fprintf(os.Stderr, "migshm-lab: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "demo" {
 		fmt.Fprintln(os.Stderr, "usage: migshm-lab demo --netns NS1,NS2[,...] [--hops N] [--workers N]\n"+
-			"       migshm-lab raftbench --socket SOCK[,SOCK...] [-n N] [-c 1,8,32]")
+			"       migshm-lab raftbench --socket SOCK[,SOCK...] [-n N] [-c 1,8,32]\n"+
+			"       migshm-lab bench [--sizes 100,512,1024] [--rate 1gbit] [--dirty 5] [--runs N] (--help for more)")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("demo", flag.ExitOnError)

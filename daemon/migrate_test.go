@@ -579,3 +579,46 @@ func TestMoveCrashes(t *testing.T) {
 		c.waitReady(src)
 	})
 }
+
+// TestMoveTargetDiskFull: the target's image dir fills up while pages and images come
+// in; the migration aborts, the workload runs on the source as before, and the target
+// keeps nothing of it.
+func TestMoveTargetDiskFull(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	c := newCluster(t, 2, 1)
+	n1, n2 := c.nodes[0], c.nodes[1]
+	// n2's image dir: a 512 KiB tmpfs, far less than the workload's images.
+	if err := os.MkdirAll(n2.imageDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", n2.imageDir()).CombinedOutput(); err != nil {
+		t.Fatalf("mount a small tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", n2.imageDir()).Run() })
+	c.start(n2, c.memberArgs(1)...)
+	c.waitMembers(n1, 2)
+	if _, err := c.cli(n1, "run", "--name", "counter", "--", bins.ShmCounter, "--workers", "2"); err != nil {
+		t.Fatal(err)
+	}
+	w := c.waitSettled(n1, "counter", "shmcounter")
+	for _, extra := range [][]string{nil, {"--no-precopy"}} {
+		evs, err := c.move(n2, "counter", "n2", extra...)
+		if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+			t.Fatalf("move %v to a full disk: %v, events %+v", extra, err, evs)
+		}
+		if last := lastEvent(evs); last.Record == nil || last.Record.Phase != shmowner.PhaseAborted {
+			t.Fatalf("last event %+v", last)
+		}
+		after := c.waitSettled(n2, "counter", "shmcounter")
+		if after.Node != "n1" || after.InitPid != w.InitPid {
+			t.Fatalf("after the abort: %+v, was %+v", after, w)
+		}
+		counterAdvances(t, bins, after.InitPid)
+		waitFor(t, 10*time.Second, "n2 to remove what it received", func() (bool, string) {
+			es, _ := os.ReadDir(n2.imageDir())
+			js, _ := os.ReadDir(filepath.Join(n2.dir, "migrations"))
+			return len(es) == 0 && len(js) == 0, fmt.Sprintf("images %v, journals %v", es, js)
+		})
+	}
+}

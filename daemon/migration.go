@@ -49,9 +49,11 @@ const (
 	defaultMaxRounds   = 8
 	// stepTimeout bounds one request to the target outside the frozen window.
 	stepTimeout = 30 * time.Second
-	// frozenTimeout bounds the frozen window (ship + restore); past it the move aborts
-	// and the source resumes.
-	frozenTimeout = 5 * time.Minute
+	// frozenTimeout bounds the dump; after it, shipping and restoring get
+	// frozenTimeout plus the time the images take at slowLink: past that (a cut
+	// link, a hung target) the move aborts and the source resumes.
+	frozenTimeout = 30 * time.Second
+	slowLink      = 20 << 20 // bytes per second
 	// settleTimeout bounds how long the source tries to learn or set a migration's fate
 	// before it leaves the record to recovery.
 	settleTimeout = 2 * time.Minute
@@ -665,6 +667,9 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	}
 	s.stats.DumpNS = int64(time.Since(t0))
 	s.stats.WorkloadBytes = uint64(dump.ImageBytes)
+	cancel()
+	fctx, cancel = context.WithTimeout(ctx, frozenTimeout+time.Duration(dump.ImageBytes/slowLink)*time.Second)
+	defer cancel()
 	digests, err := workload.DigestSegments(s.l.rec.InitPid)
 	if err != nil {
 		return fmt.Errorf("digest segments at the freeze: %w", err)

@@ -319,7 +319,7 @@ func TestNormalizeDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", Socket: DefaultSocket,
+		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr,
 		TLSCA: "/srv/m/tls/ca.crt", TLSCert: "/srv/m/tls/node.crt", TLSKey: "/srv/m/tls/node.key",
 		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second,
@@ -414,7 +414,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	want := Config{
 		NodeID: "node1", Advertise: "10.0.0.11", Bootstrap: true,
 		TLSCA: "/var/lib/migshmd/tls/ca.crt", TLSCert: "/var/lib/migshmd/tls/node.crt", TLSKey: "/var/lib/migshmd/tls/node.key",
-		DataDir: DefaultDataDir, WorkloadDir: DefaultDataDir + "/workloads", Socket: DefaultSocket,
+		DataDir: DefaultDataDir, WorkloadDir: DefaultDataDir + "/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr, LogLevel: "info",
 		SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second,
 	}

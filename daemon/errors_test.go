@@ -33,6 +33,8 @@ var daemonSentinels = []sentinelCase{
 	{"ErrStillRunning", ErrStillRunning, "still_running", http.StatusConflict},
 	{"ErrUnreachable", ErrUnreachable, "unreachable", http.StatusBadGateway},
 	{"ErrNotReady", ErrNotReady, "not_ready", http.StatusServiceUnavailable},
+	{"ErrNotMovable", ErrNotMovable, "not_movable", http.StatusConflict},
+	{"ErrMigrationFailed", ErrMigrationFailed, "migration_failed", http.StatusBadGateway},
 }
 
 var shmownerSentinels = []sentinelCase{

@@ -525,22 +525,32 @@ func TestMoveCrashes(t *testing.T) {
 	// The leader dies while the workload is frozen: the source's writes go through the
 	// election to the new leader and the move completes.
 	t.Run("leader killed while frozen", func(t *testing.T) {
-		leader := leaderOf(t, n3)
-		if leader != n3.id {
-			t.Fatalf("leader is %s; this case needs n3, which is neither end, to lead", leader)
-		}
+		// The source is where the counter runs; the leader must be another node, and the
+		// target the third one.
 		w := c.workload(n3, "counter")
-		var src, dst *tnode
-		for _, nd := range c.nodes[:2] {
+		var src *tnode
+		for _, nd := range c.nodes {
 			if nd.id == w.Node {
 				src = nd
-			} else {
+			}
+		}
+		c.kill(src) // if it led, another node leads once it restarts
+		c.startWithEnv(src, []string{daemon.EnvFaults + "=pause-at:dumped:3s"}, src.extra...)
+		c.waitReady(src)
+		var leaderNode, dst *tnode
+		waitFor(t, 20*time.Second, "a leader other than the source", func() (bool, string) {
+			l := leaderOf(t, src)
+			return l != "" && l != src.id, "leader " + l
+		})
+		l := leaderOf(t, src)
+		for _, nd := range c.nodes {
+			switch {
+			case nd.id == l:
+				leaderNode = nd
+			case nd != src:
 				dst = nd
 			}
 		}
-		c.kill(src)
-		c.startWithEnv(src, []string{daemon.EnvFaults + "=pause-at:dumped:3s"}, src.extra...)
-		c.waitReady(src)
 		type result struct {
 			evs []daemon.MoveEvent
 			err error
@@ -562,14 +572,14 @@ func TestMoveCrashes(t *testing.T) {
 			}
 			return false, fmt.Sprintf("%+v", ms)
 		})
-		c.kill(n3)
+		c.kill(leaderNode)
 		r := <-done
 		if r.err != nil {
 			t.Fatalf("move through an election: %v; events %+v", r.err, r.evs)
 		}
-		c.start(n3, n3.extra...)
-		c.waitReady(n3)
-		after := c.waitSettled(n3, "counter", "shmcounter")
+		c.start(leaderNode, leaderNode.extra...)
+		c.waitReady(leaderNode)
+		after := c.waitSettled(src, "counter", "shmcounter")
 		if after.Node != dst.id {
 			t.Fatalf("workload on %s, want %s", after.Node, dst.id)
 		}

@@ -224,7 +224,13 @@ func (d *Daemon) handlePeerPages(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := migrate.ReadPages(r.Context(), r.Body, t.store)
+	t.mu.Lock()
+	store := t.store
+	t.mu.Unlock()
+	if store == nil {
+		return nil, fmt.Errorf("migration %s: pre-copy pages after the images: %w", id, shmowner.ErrBadTransition)
+	}
+	n, err := migrate.ReadPages(r.Context(), r.Body, store)
 	if err != nil {
 		return nil, fmt.Errorf("pre-copy pages: %w", err)
 	}
@@ -273,7 +279,10 @@ func (d *Daemon) handlePeerImages(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := migrate.ReadImages(r.Context(), r.Body, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: t.store})
+	t.mu.Lock()
+	store := t.store
+	t.mu.Unlock()
+	st, err := migrate.ReadImages(r.Context(), r.Body, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: store})
 	if err != nil {
 		return nil, fmt.Errorf("receive images: %w", err)
 	}

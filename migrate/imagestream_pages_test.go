@@ -334,6 +334,48 @@ func TestPagedImageStreamCorrupt(t *testing.T) {
 	})
 }
 
+func TestPagedImageStreamPipe(t *testing.T) {
+	data := fxPagedData(540, 1000, 0)
+	files := []fxImage{{name: "core-1.img", data: fxRandom(541, 700)}, {name: "pages-1.img", data: data}}
+	src := fxImageDir(t, files)
+	held, store, refs := fxHeld(t, data, 50)
+	wopts := StreamOptions{Paged: isPages, Held: held}
+
+	t.Run("ok", func(t *testing.T) {
+		dst := filepath.Join(t.TempDir(), "images")
+		wst, rst, werr, rerr := fxPipe(context.Background(), context.Background(), src, dst, wopts, StreamOptions{Pages: store}, nil)
+		if werr != nil || rerr != nil {
+			t.Fatalf("writer: %v; reader: %v", werr, rerr)
+		}
+		fxAssertImages(t, dst, files)
+		if wst != rst || rst.RefPages != refs {
+			t.Fatalf("stats: writer %+v, reader %+v; want %d pages as hashes", wst, rst, refs)
+		}
+	})
+	t.Run("sender cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		wrap := func(w io.Writer) io.Writer { return &fxCancelWriter{w: w, after: 1 << 20, cancel: cancel} }
+		dst := filepath.Join(t.TempDir(), "images")
+		_, _, werr, rerr := fxPipe(ctx, context.Background(), src, dst, wopts, StreamOptions{Pages: store}, wrap)
+		if !errors.Is(werr, context.Canceled) || !errors.Is(rerr, context.Canceled) {
+			t.Fatalf("writer: %v; reader: %v; want both context.Canceled", werr, rerr)
+		}
+		fxAssertEmpty(t, dst)
+	})
+	t.Run("receiver lacks pages", func(t *testing.T) {
+		dst := filepath.Join(t.TempDir(), "images")
+		_, _, werr, rerr := fxPipe(context.Background(), context.Background(), src, dst, wopts, StreamOptions{}, nil)
+		if !errors.Is(rerr, ErrCorruptStream) || !strings.Contains(rerr.Error(), "no such page is held here") {
+			t.Fatalf("reader: %v, want the missing page refused", rerr)
+		}
+		if werr == nil || !strings.Contains(werr.Error(), "receiver gone") {
+			t.Fatalf("writer: %v, want it stopped by the receiver", werr)
+		}
+		fxAssertEmpty(t, dst)
+	})
+}
+
 // fxFastDir returns a new directory on tmpfs (/dev/shm) when there is one, as the
 // daemon's images are, else in the test's temporary directory.
 func fxFastDir(tb testing.TB) string {

@@ -72,3 +72,14 @@ func TestParallelCoversOnce(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkHashPages hashes 64 MiB a page at a time; run with -cpu=1,2 to see what
+// hashing on every core gives.
+func BenchmarkHashPages(b *testing.B) {
+	data := fxRandom(102, 64<<20)
+	sums := make([]PageHash, len(data)/PageSize)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		hashPages(data, sums)
+	}
+}

@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -83,8 +84,8 @@ type RoundStats struct {
 // already copied on write; and every SysV shm segment the tree attaches, once per round
 // and in full. It uses no kernel dirty tracking: every round reads and hashes all of it.
 //
-// Round, Commit and Held are for one goroutine at a time, except Held, which may be
-// called at any time.
+// Round and Commit are for one goroutine at a time; Held may be called at any time,
+// from any goroutine.
 type Precopier struct {
 	procRoot string
 	pids     func() ([]int, error)
@@ -154,20 +155,10 @@ func (p *Precopier) Round(ctx context.Context, w io.Writer) (RoundStats, error) 
 		return r.st, fmt.Errorf("pre-copy round: %w", err)
 	}
 	for _, runs := range r.cur {
-		slices.SortFunc(runs, func(a, b pageRun) int { return cmpUint64(a.first, b.first) })
+		slices.SortFunc(runs, func(a, b pageRun) int { return cmp.Compare(a.first, b.first) })
 	}
 	p.prev = r.cur
 	return r.st, nil
-}
-
-func cmpUint64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // placeKey names where pages live: a process's private memory (by page number of the
@@ -346,6 +337,9 @@ func wanted(pme uint64) bool {
 // readRun reads n pages at addr, first being the number of the first page in its place.
 // done reports that the rest of the mapping is gone.
 func (r *round) readRun(mem *os.File, key placeKey, prev []pageRun, addr, first uint64, n int) (done bool, err error) {
+	if err := r.ctx.Err(); err != nil {
+		return true, err
+	}
 	buf := r.p.buf[:n*PageSize]
 	got, err := unix.Pread(int(mem.Fd()), buf, int64(addr))
 	if got <= 0 {

@@ -1,20 +1,27 @@
 package migrate
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"runtime"
 	"sync"
+
+	"github.com/zeebo/xxh3"
 )
 
 // PageSize is the unit of pre-copy and of page-level deduplication: the page size of
 // every architecture migshm runs on, and the unit CRIU's pages-*.img files are made of.
 const PageSize = 4096
 
-// PageHash names a page by its content: the first 16 bytes of the SHA-256 of its
-// 4096 bytes. Pre-copy sends pages under their hash; the final image stream then sends
-// the hash alone for every page the target already holds.
+// PageHash names a page by its content: the 128-bit XXH3 hash of its 4096 bytes.
+// Pre-copy sends pages under their hash; the final image stream then sends the hash
+// alone for every page the target already holds.
+//
+// XXH3 rather than SHA-256: the final stream hashes every page of the workload while it
+// is frozen, and XXH3 runs an order of magnitude faster (see BenchmarkHashPages). It is
+// not collision resistant against an adversary, and need not be: the traffic is inside
+// mutual TLS, and a page store holds the pages of one workload only, so crafted
+// colliding pages could only corrupt the memory of the workload that made them.
 type PageHash [16]byte
 
 // ZeroPageHash is the hash of the all-zero page. Every receiver holds that page without
@@ -33,11 +40,10 @@ func HashPage(p []byte) PageHash {
 // String returns the hash in hex.
 func (h PageHash) String() string { return hex.EncodeToString(h[:]) }
 
-// sum16 is the first 16 bytes of the SHA-256 of p, of any length (the image stream
-// hashes the short last page of a file with it).
+// sum16 is the 128-bit XXH3 hash of p, of any length (the image stream hashes the
+// short last page of a file with it), big endian.
 func sum16(p []byte) PageHash {
-	s := sha256.Sum256(p)
-	return PageHash(s[:16])
+	return PageHash(xxh3.Hash128(p).Bytes())
 }
 
 // minParallelPages is the fewest pages hashPages splits across goroutines: below it

@@ -204,9 +204,6 @@ static int run(unsigned long long key, unsigned workers)
 	}
 	worker_count = workers;
 	worker_pids = pids;
-	printf("shmcounter ready shmid=%d semid=%d workers=%u\n", shmid, semid, workers);
-	fflush(stderr);
-
 	for (i = 0; i < workers; i++) {
 		pid_t pid = fork();
 		if (pid < 0) {
@@ -220,6 +217,9 @@ static int run(unsigned long long key, unsigned workers)
 		}
 		pids[i] = pid;
 	}
+	/* Ready once every worker runs: tests count the tree's processes at this line. */
+	printf("shmcounter ready shmid=%d semid=%d workers=%u\n", shmid, semid, workers);
+	fflush(stdout);
 
 	alive = workers;
 	while (alive > 0) {

@@ -534,15 +534,25 @@ func TestMoveCrashes(t *testing.T) {
 				src = nd
 			}
 		}
-		c.kill(src) // if it led, another node leads once it restarts
+		var other *tnode
+		for _, nd := range c.nodes {
+			if nd != src {
+				other = nd
+			}
+		}
+		c.kill(src)
+		// If the source led, the others elect a leader before it comes back.
+		waitFor(t, 20*time.Second, "a leader other than the source", func() (bool, string) {
+			l := leaderOf(t, other)
+			return l != "" && l != src.id, "leader " + l
+		})
 		c.startWithEnv(src, []string{daemon.EnvFaults + "=pause-at:dumped:3s"}, src.extra...)
 		c.waitReady(src)
 		var leaderNode, dst *tnode
-		waitFor(t, 20*time.Second, "a leader other than the source", func() (bool, string) {
-			l := leaderOf(t, src)
-			return l != "" && l != src.id, "leader " + l
-		})
 		l := leaderOf(t, src)
+		if l == "" || l == src.id {
+			t.Fatalf("the restarted source sees leader %q", l)
+		}
 		for _, nd := range c.nodes {
 			switch {
 			case nd.id == l:

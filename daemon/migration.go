@@ -670,7 +670,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	cancel()
 	fctx, cancel = context.WithTimeout(ctx, frozenTimeout+time.Duration(dump.ImageBytes/slowLink)*time.Second)
 	defer cancel()
-	digests, err := workload.DigestSegments(s.l.rec.InitPid)
+	digests, err := workload.QuickDigestSegments(s.l.rec.InitPid)
 	if err != nil {
 		return fmt.Errorf("digest segments at the freeze: %w", err)
 	}

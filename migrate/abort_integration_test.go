@@ -54,6 +54,15 @@ func corruptShmImage(t *testing.T, images string) string {
 // its IPC namespace and segments) and the stopped source resumes intact. The workload
 // ends up running on exactly one node.
 func TestCorruptImageAbortsRestoreAndSourceResumes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		digest func(int) ([]workload.Segment, error)
+	}{{"sha256", workload.DigestSegments}, {"xxh3", workload.QuickDigestSegments}} {
+		t.Run(tc.name, func(t *testing.T) { corruptImageAborts(t, tc.digest) })
+	}
+}
+
+func corruptImageAborts(t *testing.T, digestSegments func(int) ([]workload.Segment, error)) {
 	c := testenv.RequireCRIU(t)
 	bins := testwork.Build(t)
 	nodes := netnode.Up(t, 2)
@@ -70,7 +79,7 @@ func TestCorruptImageAbortsRestoreAndSourceResumes(t *testing.T) {
 	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: w.proc.Pid, ImagesDir: images, LeaveStopped: true, NetNS: nodes[0].NetNSPath}); err != nil {
 		t.Fatalf("dump: %v", err)
 	}
-	digests, err := workload.DigestSegments(w.proc.Pid)
+	digests, err := digestSegments(w.proc.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}

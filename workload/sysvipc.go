@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/migshm/migshm/internal/nsutil"
+	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +25,8 @@ type Segment struct {
 	CPid   int // creator pid, in the namespace's view
 	NAttch int
 	UID    int
-	// Digest is the SHA-256 of the contents, hex; filled in by DigestSegments only.
+	// Digest is the SHA-256 of the contents, hex (DigestSegments), or "xxh3:" and the
+	// XXH3-128 of the contents, hex (QuickDigestSegments); empty otherwise.
 	Digest string `json:",omitempty"`
 }
 
@@ -103,6 +105,18 @@ func Segments(pid int) ([]Segment, error) {
 // updates the segment's attach time and last pid, nothing else); call it on a stopped
 // tree to get a stable answer.
 func DigestSegments(pid int) ([]Segment, error) {
+	return digestSegments(pid, digest)
+}
+
+// QuickDigestSegments is DigestSegments with the XXH3-128 of the contents instead
+// ("xxh3:" and hex), an order of magnitude faster: a migration digests the segments
+// twice while the workload is frozen. It finds any accidental difference, not one
+// crafted by an adversary (the workload can change its own memory anyway).
+func QuickDigestSegments(pid int) ([]Segment, error) {
+	return digestSegments(pid, quickDigest)
+}
+
+func digestSegments(pid int, digest func(int) (string, error)) ([]Segment, error) {
 	var segs []Segment
 	err := nsutil.Do(nsutil.IPC, fmt.Sprintf("/proc/%d/ns/ipc", pid), func() error {
 		var err error
@@ -131,6 +145,19 @@ func readSysVShm() ([]Segment, error) {
 	}
 	defer f.Close()
 	return ParseSysVShm(f)
+}
+
+// QuickDigestPrefix starts every digest QuickDigestSegments makes.
+const QuickDigestPrefix = "xxh3:"
+
+func quickDigest(shmid int) (string, error) {
+	mem, err := unix.SysvShmAttach(shmid, 0, unix.SHM_RDONLY)
+	if err != nil {
+		return "", fmt.Errorf("attach: %w", err)
+	}
+	defer unix.SysvShmDetach(mem)
+	sum := xxh3.Hash128(mem).Bytes()
+	return QuickDigestPrefix + hex.EncodeToString(sum[:]), nil
 }
 
 func digest(shmid int) (string, error) {

@@ -16,8 +16,9 @@ import (
 //	corrupt-images        the source flips one byte in the middle of the image stream
 //
 // Points: planned, precopy, frozen (after the dump), shipped, restored, done (after the
-// commit, before the target resumes) on the source; target-restored (after the restore,
-// before answering) on the target.
+// commit, before the target resumes) on the source; target-prepared (the migration
+// opened, before pre-copy), target-received (the images in, before the restore) and
+// target-restored (after the restore, before answering) on the target.
 const EnvFaults = "MIGSHMD_FAULTS"
 
 type faults struct {

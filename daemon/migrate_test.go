@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,19 +74,31 @@ func (c *cluster) workload(nd *tnode, name string) daemon.Workload {
 	return w
 }
 
-// copies counts, over the whole host, the IPC namespaces holding processes of a
-// command named comm, split into those with a running process and those whose
+// copies counts, in the cluster's node namespaces, the IPC namespaces holding processes
+// of a command named comm, split into those with a running process and those whose
 // processes are all stopped. A moved workload must have exactly one running copy.
-func copies(t *testing.T, comm string) (running, stopped int) {
+// (Other tests, of other packages, may run the same programs at the same time.)
+func (c *cluster) copies(comm string) (running, stopped int) {
+	t := c.t
 	t.Helper()
 	procs, _, err := workload.ReadAll("/proc")
 	if err != nil {
 		t.Fatal(err)
 	}
+	netns := map[string]bool{}
+	for _, nd := range c.nodes {
+		if st, err := os.Stat(nd.net.NetNSPath); err == nil {
+			netns[fmt.Sprint(st.Sys().(*syscall.Stat_t).Ino)] = true
+		}
+	}
 	type nsState struct{ run, stop int }
 	byNS := map[string]*nsState{}
 	for _, p := range procs {
 		if p.Comm != comm {
+			continue
+		}
+		var nsStat syscall.Stat_t
+		if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", p.Pid), &nsStat); err != nil || !netns[fmt.Sprint(nsStat.Ino)] {
 			continue
 		}
 		st := byNS[p.IPCNS]
@@ -166,7 +179,7 @@ func (c *cluster) waitSettled(via *tnode, name, comm string) daemon.Workload {
 				return false, fmt.Sprintf("migration %s in phase %s", m.ID, m.Phase)
 			}
 		}
-		running, stopped := copies(c.t, comm)
+		running, stopped := c.copies(comm)
 		if w.State != shmowner.WorkloadRunning || running != 1 || stopped != 0 {
 			return false, fmt.Sprintf("state %s on %s, %d running and %d stopped copies", w.State, w.Node, running, stopped)
 		}
@@ -457,6 +470,8 @@ func TestMoveCrashes(t *testing.T) {
 		{"source after shipping", 0, "crash-at:shipped", shmowner.PhaseAborted},
 		{"source after the restore", 0, "crash-at:restored", shmowner.PhaseAborted},
 		{"source after the commit", 0, "crash-at:done", shmowner.PhaseDone},
+		{"target after prepare", 1, "crash-at:target-prepared", shmowner.PhaseAborted},
+		{"target with the images", 1, "crash-at:target-received", shmowner.PhaseAborted},
 		{"target after the restore", 1, "crash-at:target-restored", shmowner.PhaseAborted},
 	}
 	c := newCluster(t, 3, 3)

@@ -633,11 +633,13 @@ func (s *sourceRun) precopyRound(ctx context.Context) (migrate.RoundStats, error
 	err := s.m.d.peerStream(ctx, s.target.APIAddr, "/peer/v1/migrations/"+s.id+"/pages", pr, &ack)
 	pr.CloseWithError(errors.New("request ended"))
 	<-done
-	if rerr != nil {
-		return st, rerr
-	}
+	// The target's answer says why first: a sender's write error is mostly the
+	// consequence of the target giving up on the request (a full disk, say).
 	if err != nil {
 		return st, err
+	}
+	if rerr != nil {
+		return st, rerr
 	}
 	s.pc.Commit()
 	return st, nil

@@ -212,6 +212,7 @@ func (d *Daemon) handlePeerPrepare(r *http.Request) (any, error) {
 	m.targets[id] = &targetState{j: j, dir: dir, store: store}
 	m.mu.Unlock()
 	m.log.Info("incoming migration", "migration", id, "workload", rec.Name, "peer", mg.Source, "shared_dir", shared)
+	m.faults.at("target-prepared")
 	return prepareResult{Shared: shared}, nil
 }
 
@@ -293,6 +294,7 @@ func (d *Daemon) handlePeerImages(r *http.Request) (any, error) {
 		t.store = nil
 	}
 	t.mu.Unlock()
+	d.mig.faults.at("target-received")
 	return imagesResult{Files: st.Files, Bytes: st.Bytes, RefPages: st.RefPages}, nil
 }
 

@@ -18,7 +18,8 @@ import (
 // Points: planned, precopy, frozen (after the dump), shipped, restored, done (after the
 // commit, before the target resumes) on the source; target-prepared (the migration
 // opened, before pre-copy), target-received (the images in, before the restore) and
-// target-restored (after the restore, before answering) on the target.
+// target-restored (after the restore, before answering) and target-resume (the move
+// committed, before resuming the restored copy) on the target.
 const EnvFaults = "MIGSHMD_FAULTS"
 
 type faults struct {

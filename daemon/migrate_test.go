@@ -473,6 +473,7 @@ func TestMoveCrashes(t *testing.T) {
 		{"target after prepare", 1, "crash-at:target-prepared", shmowner.PhaseAborted},
 		{"target with the images", 1, "crash-at:target-received", shmowner.PhaseAborted},
 		{"target after the restore", 1, "crash-at:target-restored", shmowner.PhaseAborted},
+		{"target after the commit", 1, "crash-at:target-resume", shmowner.PhaseDone},
 	}
 	c := newCluster(t, 3, 3)
 	n3 := c.nodes[2]

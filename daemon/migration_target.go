@@ -360,6 +360,7 @@ func (d *Daemon) handlePeerResume(r *http.Request) (any, error) {
 	if mg.Phase != shmowner.PhaseDone {
 		return nil, fmt.Errorf("migration %s is %s, not done: the restored copy stays stopped: %w", id, mg.Phase, shmowner.ErrBadTransition)
 	}
+	d.mig.faults.at("target-resume")
 	return struct{}{}, d.mig.resumeTarget(id)
 }
 

@@ -38,11 +38,20 @@ func runInit(args []string) int {
 		}
 	}
 	statusFile := os.Getenv(envStatusFile)
+	userGODEBUG, haveUser := os.LookupEnv(envGODEBUG)
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envHostname+"=") && !strings.HasPrefix(kv, envStatusFile+"=") {
+		switch {
+		case strings.HasPrefix(kv, envHostname+"="), strings.HasPrefix(kv, envStatusFile+"="),
+			strings.HasPrefix(kv, envGODEBUG+"="):
+		case haveUser && strings.HasPrefix(kv, "GODEBUG="):
+			// The init's own setting; the command gets its own back below.
+		default:
 			env = append(env, kv)
 		}
+	}
+	if userGODEBUG != "" {
+		env = append(env, userGODEBUG)
 	}
 	status := superviseCommand(args, env)
 	if statusFile != "" {

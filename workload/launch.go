@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/migshm/migshm/internal/nsutil"
@@ -20,6 +21,15 @@ const envHostname = "MIGSHM_INIT_HOSTNAME"
 
 // envStatusFile passes Spec.StatusFile from the launcher to the init.
 const envStatusFile = "MIGSHM_INIT_STATUS_FILE"
+
+// envGODEBUG carries the command's own GODEBUG setting ("GODEBUG=..." or "" if it has
+// none) past the init, which runs with GODEBUG=containermaxprocs=0: otherwise the Go
+// runtime in the init keeps cgroup files open (cpu.max, cpu.cfs_quota_us), which CRIU
+// must reopen at the same path on the target node, tying a workload to the cgroup path
+// of the daemon that started it.
+const envGODEBUG = "MIGSHM_INIT_GODEBUG"
+
+const initGODEBUG = "GODEBUG=containermaxprocs=0"
 
 // Spec says what to start and where.
 type Spec struct {
@@ -100,7 +110,16 @@ func Start(spec Spec) (*Process, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	initEnv := append([]string{}, env...)
+	initEnv := make([]string, 0, len(env)+4)
+	userGODEBUG := ""
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "GODEBUG=") {
+			userGODEBUG = kv
+			continue
+		}
+		initEnv = append(initEnv, kv)
+	}
+	initEnv = append(initEnv, initGODEBUG, envGODEBUG+"="+userGODEBUG)
 	if spec.Hostname != "" {
 		initEnv = append(initEnv, envHostname+"="+spec.Hostname)
 	}

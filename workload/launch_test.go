@@ -95,6 +95,18 @@ while :; do sleep 0.05; done`
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The init holds no cgroup files (the Go runtime would keep cpu.max open, which CRIU
+	// must then find at the same path on the target), and the command's environment
+	// carries none of the init's settings.
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p.Pid, fd.Name())); strings.HasPrefix(l, "/sys/fs/cgroup") {
+			t.Errorf("the init holds %s open (fd %s)", l, fd.Name())
+		}
+	}
 	if n := init.NSpid; len(n) != 2 || n[1] != 1 {
 		t.Errorf("init NSpid %v, want [hostpid 1]", n)
 	}
@@ -186,5 +198,40 @@ func TestStartErrors(t *testing.T) {
 	if _, err := workload.Start(workload.Spec{Args: []string{"true"}, NetNS: "/nonexistent/netns"}); err == nil ||
 		!strings.Contains(err.Error(), "/nonexistent/netns") {
 		t.Errorf("bad netns: got %v, want an error naming it", err)
+	}
+}
+
+// TestStartKeepsCommandGODEBUG: the init runs with its own GODEBUG; the command gets the
+// one it was given (or none), and none of the init's variables.
+func TestStartKeepsCommandGODEBUG(t *testing.T) {
+	testenv.RequireRoot(t)
+	for _, tc := range []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"own", []string{"PATH=/usr/bin:/bin", "GODEBUG=madvdontneed=1"}, "godebug=[madvdontneed=1]"},
+		{"none", []string{"PATH=/usr/bin:/bin"}, "godebug=[]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			out := filepath.Join(dir, "out")
+			p, err := workload.Start(workload.Spec{
+				Args: []string{"sh", "-c", `echo "godebug=[$GODEBUG] set=$(env | grep -c '^GODEBUG=\|^MIGSHM_INIT_')"`},
+				Env:  tc.env, Stdout: out, Stderr: filepath.Join(dir, "err"),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = p.Wait()
+			got := waitFile(t, out, "godebug=")
+			wantSet := "set=0"
+			if tc.name == "own" {
+				wantSet = "set=1"
+			}
+			if !strings.Contains(got, tc.want) || !strings.Contains(got, wantSet) {
+				t.Fatalf("the command saw %q, want %q and %q", got, tc.want, wantSet)
+			}
+		})
 	}
 }

@@ -449,12 +449,15 @@ func (d *Daemon) readTable(r *http.Request) *shmowner.Table {
 	return d.store.Table()
 }
 
-// catchUp waits until this node has applied everything the leader had committed when
-// asked, and reports whether it got there before ctx ended. The leader is caught up by
-// definition (it applies what it commits; a new leader's Barrier ran on election).
+// catchUp waits until this node has applied everything the leader had in its log when
+// asked, and reports whether it got there before ctx ended. The leader's last log
+// index, not its commit index: a leader elected a moment ago does not know yet that
+// entries of the last term are committed (it learns when its own first entry commits),
+// but it holds every committed entry (Raft's leader completeness). For the same reason
+// the leader itself waits until it applied its whole log.
 func (d *Daemon) catchUp(ctx context.Context) bool {
 	if d.store.IsLeader() {
-		return true
+		return d.waitApplied(ctx, d.store.Raft().LastIndex())
 	}
 	addr := d.leaderAPI()
 	for addr == "" && d.leaderID() != "" && ctx.Err() == nil {
@@ -473,14 +476,10 @@ func (d *Daemon) catchUp(ctx context.Context) bool {
 	if ls.RaftState != "Leader" {
 		return false
 	}
-	for ctx.Err() == nil {
-		if d.store.AppliedIndex() >= ls.CommitIndex {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	return false
+	return d.waitApplied(ctx, max(ls.LastLogIndex, ls.CommitIndex))
+}
+
+// waitApplied waits until this node's table reflects log index i.
+func (d *Daemon) waitApplied(ctx context.Context, i uint64) bool {
+	return d.store.WaitApplied(ctx, i)
 }

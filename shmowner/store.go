@@ -259,6 +259,41 @@ func (s *Store) AppliedIndex() uint64 {
 	return s.raft.AppliedIndex() // restored from a snapshot, nothing applied since
 }
 
+// WaitApplied waits until this node's table reflects every entry up to log index i, and
+// reports whether that happened before ctx ended. Raft's own AppliedIndex moves when
+// entries are handed to the FSM goroutine, before the table shows them, and entries the
+// FSM never sees (no-ops, configuration changes) do not move the FSM's index: so this
+// waits for raft to pass i, then for the FSM to apply the last command at or below i.
+func (s *Store) WaitApplied(ctx context.Context, i uint64) bool {
+	wait := func(cond func() bool) bool {
+		for !cond() {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+		return true
+	}
+	if !wait(func() bool { return s.raft.AppliedIndex() >= i }) {
+		return false
+	}
+	first, err := s.bolt.FirstIndex()
+	if err != nil {
+		return false
+	}
+	for k := i; k >= first && k > 0; k-- {
+		var l raft.Log
+		if err := s.bolt.GetLog(k, &l); err != nil {
+			break // compacted into a snapshot: restored before raft passed it
+		}
+		if l.Type == raft.LogCommand {
+			return wait(func() bool { return s.fsm.AppliedIndex() >= k })
+		}
+	}
+	return true
+}
+
 // Stats returns raft's statistics.
 func (s *Store) Stats() map[string]string { return s.raft.Stats() }
 

@@ -252,3 +252,31 @@ func mustStore(t *testing.T, s *Store, cmds ...cmd) {
 		}
 	}
 }
+
+// TestWaitApplied: WaitApplied returns once the table shows everything up to an index,
+// also when the last entries are ones the FSM never sees (the leader's no-op, the
+// bootstrap configuration), and gives up when ctx ends before an index is reached.
+func TestWaitApplied(t *testing.T) {
+	s := openTestStore(t, "solo", t.TempDir(), "127.0.0.1:0", true)
+	waitFor(t, 10*time.Second, "leadership", s.IsLeader)
+	// Only the configuration and the leader's no-op so far: no command at all.
+	if !s.WaitApplied(ctxTimeout(t, 5*time.Second), s.Raft().LastIndex()) {
+		t.Fatal("WaitApplied of a log without commands did not return true")
+	}
+	ctx := ctxTimeout(t, 5*time.Second)
+	if _, err := s.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	last := s.Raft().LastIndex()
+	if !s.WaitApplied(ctx, last) {
+		t.Fatalf("WaitApplied(%d) did not return true", last)
+	}
+	if _, ok := s.Table().Node("solo"); !ok {
+		t.Fatal("WaitApplied returned before the table shows the command")
+	}
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if s.WaitApplied(short, last+1000) {
+		t.Fatal("WaitApplied of an index far beyond the log returned true")
+	}
+}

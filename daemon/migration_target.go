@@ -102,28 +102,7 @@ func (m *migrator) saveJournal(j journal) error {
 	if j.Role == roleSource {
 		path = m.sourceJournalPath(j.ID)
 	}
-	return writeFileSync(path, mustJSON(j))
-}
-
-// writeFileSync writes a file atomically and durably (temp file, fsync, rename).
-func writeFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return workload.WriteFileSync(path, mustJSON(j))
 }
 
 // incoming checks that the caller is the source of migration id with this node as its
@@ -156,6 +135,16 @@ func (m *migrator) target(id string) (*targetState, error) {
 			id, m.d.cfg.NodeID, shmowner.ErrUnknownMigration)
 	}
 	return t, nil
+}
+
+// openTarget checks an incoming request of an open migration and returns its state.
+func (d *Daemon) openTarget(r *http.Request) (string, *targetState, error) {
+	id := r.PathValue("id")
+	if _, err := d.incoming(r, id); err != nil {
+		return id, nil, err
+	}
+	t, err := d.mig.target(id)
+	return id, t, err
 }
 
 func (d *Daemon) handlePeerPrepare(r *http.Request) (any, error) {
@@ -217,11 +206,7 @@ func (d *Daemon) handlePeerPrepare(r *http.Request) (any, error) {
 }
 
 func (d *Daemon) handlePeerPages(r *http.Request) (any, error) {
-	id := r.PathValue("id")
-	if _, err := d.incoming(r, id); err != nil {
-		return nil, err
-	}
-	t, err := d.mig.target(id)
+	id, t, err := d.openTarget(r)
 	if err != nil {
 		return nil, err
 	}
@@ -239,11 +224,7 @@ func (d *Daemon) handlePeerPages(r *http.Request) (any, error) {
 }
 
 func (d *Daemon) handlePeerFiles(r *http.Request) (any, error) {
-	id := r.PathValue("id")
-	if _, err := d.incoming(r, id); err != nil {
-		return nil, err
-	}
-	t, err := d.mig.target(id)
+	_, t, err := d.openTarget(r)
 	if err != nil {
 		return nil, err
 	}
@@ -272,11 +253,7 @@ func (d *Daemon) handlePeerFiles(r *http.Request) (any, error) {
 }
 
 func (d *Daemon) handlePeerImages(r *http.Request) (any, error) {
-	id := r.PathValue("id")
-	if _, err := d.incoming(r, id); err != nil {
-		return nil, err
-	}
-	t, err := d.mig.target(id)
+	_, t, err := d.openTarget(r)
 	if err != nil {
 		return nil, err
 	}

@@ -28,6 +28,12 @@ func writeExitStatus(path string, status int) error {
 	if err != nil {
 		return err
 	}
+	return WriteFileSync(path, b)
+}
+
+// WriteFileSync writes b to path atomically and durably: a private temporary file next
+// to it, fsync, rename. A reader sees the old content or the new, never half of it.
+func WriteFileSync(path string, b []byte) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

@@ -891,11 +891,7 @@ func treePids(initPid int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	pids := make([]int, 0, len(tree.Procs))
-	for _, p := range tree.Procs {
-		pids = append(pids, p.Pid)
-	}
-	return pids, nil
+	return tree.Pids(), nil
 }
 
 type countingWriter struct {

@@ -616,11 +616,7 @@ func (s *supervisor) reconcile(ctx context.Context) {
 		}
 		want := l.rec.workload()
 		if tree, err := workload.FindTree(procs, l.rec.InitPid); err == nil {
-			want.Pids = want.Pids[:0]
-			for _, p := range tree.Procs {
-				want.Pids = append(want.Pids, p.Pid)
-			}
-			slices.Sort(want.Pids)
+			want.Pids = tree.Pids()
 		}
 		g.livePid = l.rec.InitPid
 		if inTable && tw.State == shmowner.WorkloadMigrating {

@@ -193,11 +193,7 @@ func pcTreePids(init int) func() ([]int, error) {
 		if err != nil {
 			return nil, err
 		}
-		pids := make([]int, 0, len(tree.Procs))
-		for _, p := range tree.Procs {
-			pids = append(pids, p.Pid)
-		}
-		return pids, nil
+		return tree.Pids(), nil
 	}
 }
 

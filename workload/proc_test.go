@@ -572,3 +572,10 @@ func TestParseStartTime(t *testing.T) {
 		t.Fatal("short stat: no error")
 	}
 }
+
+func TestTreePids(t *testing.T) {
+	tree := &Tree{Procs: []Proc{{Pid: 30}, {Pid: 10}, {Pid: 20}}}
+	if got := fmt.Sprint(tree.Pids()); got != "[10 20 30]" {
+		t.Fatalf("Pids() = %s, want [10 20 30]", got)
+	}
+}

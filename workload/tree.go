@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 )
 
@@ -66,6 +67,16 @@ func FindTree(all []Proc, pid int) (*Tree, error) {
 	}
 	sort.Slice(t.Procs, func(i, j int) bool { return t.Procs[i].Pid < t.Procs[j].Pid })
 	return t, nil
+}
+
+// Pids returns the host pids of the tree's processes, sorted.
+func (t *Tree) Pids() []int {
+	pids := make([]int, 0, len(t.Procs))
+	for _, p := range t.Procs {
+		pids = append(pids, p.Pid)
+	}
+	slices.Sort(pids)
+	return pids
 }
 
 // Contains reports whether pid is part of the tree.

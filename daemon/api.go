@@ -26,6 +26,8 @@ type Status struct {
 	Uptime       string `json:"uptime"`          // since this daemon started
 	CRIU         string `json:"criu,omitempty"`  // the criu binary this node uses
 	Error        string `json:"error,omitempty"` // why this node is not yet a working member
+	// Balancer is the leader's newest balancer pass (nil if the leader did not answer).
+	Balancer *BalanceReport `json:"balancer,omitempty"`
 }
 
 // Peer is one server of the Raft configuration.
@@ -158,3 +160,64 @@ type CheckReport struct {
 
 // MigrationStats is shmowner's figures of a migration, re-exported.
 type MigrationStats = shmowner.MigrationStats
+
+// NodeLoad is a node's load as the leader's balancer counts it (GET /v1/balance): the
+// CPU its workloads use, from their processes, over the cores the node declares.
+type NodeLoad struct {
+	Node          string  `json:"node"`
+	State         string  `json:"state"`
+	Cores         float64 `json:"cores"`     // capacity the node declares (capacity-cores)
+	CPU           float64 `json:"cpu"`       // cores its workloads use
+	Load          float64 `json:"load"`      // CPU / Cores
+	Workloads     int     `json:"workloads"` // running workloads counted on it
+	MemFreeBytes  uint64  `json:"mem_free_bytes"`
+	MemTotalBytes uint64  `json:"mem_total_bytes"`
+}
+
+// BalanceMove is one move the balancer planned.
+type BalanceMove struct {
+	Workload string  `json:"workload"` // id
+	Name     string  `json:"name"`
+	Group    string  `json:"group"`
+	From     string  `json:"from"`
+	To       string  `json:"to"`
+	Kind     string  `json:"kind"`   // memory, drain or cpu
+	Reason   string  `json:"reason"` // why, with the numbers
+	Score    float64 `json:"score"`  // how much the move reduces the imbalance
+	// Started is set when the leader started the migration (not in a dry run);
+	// Error when starting it failed.
+	Started bool   `json:"started,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// BalanceSkip says why the balancer left a workload (or a node, or the whole pass) alone.
+type BalanceSkip struct {
+	Workload string `json:"workload,omitempty"`
+	Name     string `json:"name,omitempty"`
+	Node     string `json:"node,omitempty"`
+	Reason   string `json:"reason"`
+}
+
+// BalanceReport is one balancer pass of the leader: the loads it saw, the moves it
+// planned (and started, unless DryRun) and what it left alone and why. GET /v1/balance
+// plans without moving anything; POST /v1/balance runs a pass now; GET
+// /v1/balance/last returns the leader's newest pass.
+type BalanceReport struct {
+	Leader    string        `json:"leader"`
+	At        int64         `json:"at"` // unix nanos
+	DryRun    bool          `json:"dry_run"`
+	Auto      bool          `json:"auto"`     // the leader balances on its own (auto-balance)
+	Interval  string        `json:"interval"` // between automatic passes
+	Threshold float64       `json:"threshold"`
+	Mean      float64       `json:"mean"`      // cluster mean load of the active nodes
+	Spread    float64       `json:"spread"`    // most loaded minus least loaded active node
+	Imbalance float64       `json:"imbalance"` // what CPU balancing reduces (balancer.Imbalance)
+	InFlight  int           `json:"in_flight"` // migrations not yet done or aborted
+	Nodes     []NodeLoad    `json:"nodes"`
+	Moves     []BalanceMove `json:"moves"`
+	Skipped   []BalanceSkip `json:"skipped"`
+	// LastMoves are the moves of the newest pass that started any, at LastMovesAt
+	// (GET /v1/balance/last and status only).
+	LastMoves   []BalanceMove `json:"last_moves,omitempty"`
+	LastMovesAt int64         `json:"last_moves_at,omitempty"`
+}

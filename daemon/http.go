@@ -138,14 +138,6 @@ func (d *Daemon) handlePeerApply(r *http.Request) (any, error) {
 	if !json.Valid(req.Body) {
 		return nil, fmt.Errorf("apply %s: body is not JSON: %w", t, ErrBadRequest)
 	}
-	if _, known := map[shmowner.MessageType]bool{
-		shmowner.RegisterNodeType: true, shmowner.RemoveNodeType: true, shmowner.SetNodeStateType: true,
-		shmowner.ReportLoadType: true, shmowner.UpsertWorkloadType: true, shmowner.RemoveWorkloadType: true,
-		shmowner.SetWorkloadStateType: true, shmowner.SetSegmentsType: true, shmowner.PlanMigrationType: true,
-		shmowner.SetMigrationPhaseType: true, shmowner.ProbeType: true, shmowner.SetMigrationStatsType: true,
-	}[t]; !known {
-		return nil, fmt.Errorf("apply: unknown command type %d: %w", req.Type, ErrBadRequest)
-	}
 	if err := checkDecodes(t, req.Body); err != nil {
 		return nil, err
 	}
@@ -153,34 +145,12 @@ func (d *Daemon) handlePeerApply(r *http.Request) (any, error) {
 	return struct{}{}, err
 }
 
-// checkDecodes makes sure body decodes into t's request type, as the FSM will.
+// checkDecodes makes sure t is a known command and body decodes into its request type,
+// as the FSM will decode it.
 func checkDecodes(t shmowner.MessageType, body []byte) error {
-	var v any
-	switch t {
-	case shmowner.RegisterNodeType:
-		v = &shmowner.RegisterNodeRequest{}
-	case shmowner.RemoveNodeType:
-		v = &shmowner.RemoveNodeRequest{}
-	case shmowner.SetNodeStateType:
-		v = &shmowner.SetNodeStateRequest{}
-	case shmowner.ReportLoadType:
-		v = &shmowner.ReportLoadRequest{}
-	case shmowner.UpsertWorkloadType:
-		v = &shmowner.UpsertWorkloadRequest{}
-	case shmowner.RemoveWorkloadType:
-		v = &shmowner.RemoveWorkloadRequest{}
-	case shmowner.SetWorkloadStateType:
-		v = &shmowner.SetWorkloadStateRequest{}
-	case shmowner.SetSegmentsType:
-		v = &shmowner.SetSegmentsRequest{}
-	case shmowner.PlanMigrationType:
-		v = &shmowner.PlanMigrationRequest{}
-	case shmowner.SetMigrationPhaseType:
-		v = &shmowner.SetMigrationPhaseRequest{}
-	case shmowner.SetMigrationStatsType:
-		v = &shmowner.SetMigrationStatsRequest{}
-	default:
-		v = &shmowner.ProbeRequest{}
+	v := shmowner.NewRequest(t)
+	if v == nil {
+		return fmt.Errorf("apply: unknown command type %d: %w", uint8(t), ErrBadRequest)
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("apply %s: %v: %w", t, err, ErrBadRequest)

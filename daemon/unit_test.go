@@ -413,6 +413,8 @@ func TestCheckDecodes(t *testing.T) {
 		shmowner.PlanMigrationType:     shmowner.PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2", Epoch: 1},
 		shmowner.SetMigrationPhaseType: shmowner.SetMigrationPhaseRequest{ID: "m1", Phase: shmowner.PhasePrecopy, Epoch: 1},
 		shmowner.ProbeType:             shmowner.ProbeRequest{Seq: 7},
+		shmowner.SetMigrationStatsType: shmowner.SetMigrationStatsRequest{ID: "m1"},
+		shmowner.SetWorkloadPinnedType: shmowner.SetWorkloadPinnedRequest{ID: "w1", Pinned: true},
 	}
 	// Bodies the FSM cannot decode, for each type: a field of the wrong JSON type.
 	wrongType := map[shmowner.MessageType]string{
@@ -427,6 +429,8 @@ func TestCheckDecodes(t *testing.T) {
 		shmowner.PlanMigrationType:     `{"epoch":-1}`,
 		shmowner.SetMigrationPhaseType: `{"bytes":1.5}`,
 		shmowner.ProbeType:             `{"seq":"x"}`,
+		shmowner.SetMigrationStatsType: `{"stats":{"rounds":"2"}}`,
+		shmowner.SetWorkloadPinnedType: `{"pinned":"yes"}`,
 	}
 	for typ, body := range valid {
 		t.Run(typ.String(), func(t *testing.T) {

@@ -30,6 +30,10 @@ const (
 	// downtime is known only after the commit). Losing one loses figures, never
 	// state, so old nodes may skip it.
 	SetMigrationStatsType MessageType = IgnoreUnknownFlag | 12 // SetMigrationStatsRequest
+
+	// SetWorkloadPinnedType pins or unpins a workload. Not ignorable: a node that
+	// missed a pin could move a pinned workload.
+	SetWorkloadPinnedType MessageType = 13 // SetWorkloadPinnedRequest
 )
 
 // IgnoreUnknownFlag marks a message type that a node which does not know it may skip
@@ -50,6 +54,41 @@ var typeNames = map[MessageType]string{
 	SetMigrationPhaseType: "SetMigrationPhase",
 	ProbeType:             "Probe",
 	SetMigrationStatsType: "SetMigrationStats",
+	SetWorkloadPinnedType: "SetWorkloadPinned",
+}
+
+// NewRequest returns a pointer to a new body of type t (the type the FSM decodes it
+// into), or nil if t is not a known type.
+func NewRequest(t MessageType) any {
+	switch t {
+	case RegisterNodeType:
+		return &RegisterNodeRequest{}
+	case RemoveNodeType:
+		return &RemoveNodeRequest{}
+	case SetNodeStateType:
+		return &SetNodeStateRequest{}
+	case ReportLoadType:
+		return &ReportLoadRequest{}
+	case UpsertWorkloadType:
+		return &UpsertWorkloadRequest{}
+	case RemoveWorkloadType:
+		return &RemoveWorkloadRequest{}
+	case SetWorkloadStateType:
+		return &SetWorkloadStateRequest{}
+	case SetSegmentsType:
+		return &SetSegmentsRequest{}
+	case PlanMigrationType:
+		return &PlanMigrationRequest{}
+	case SetMigrationPhaseType:
+		return &SetMigrationPhaseRequest{}
+	case ProbeType:
+		return &ProbeRequest{}
+	case SetMigrationStatsType:
+		return &SetMigrationStatsRequest{}
+	case SetWorkloadPinnedType:
+		return &SetWorkloadPinnedRequest{}
+	}
+	return nil
 }
 
 func (t MessageType) String() string {
@@ -90,11 +129,22 @@ type SetNodeStateRequest struct {
 }
 
 // ReportLoadRequest records a node's load. At (unix nanos) is taken by the reporter;
-// a report older than the one already recorded is ignored.
+// a report older than the one already recorded is ignored. Workloads holds what the
+// node measured of its workloads (by workload id): each is recorded on a workload the
+// table places on that node and ignored otherwise (it moved, or is gone); a workload
+// not in the map keeps its last figures (a workload that just arrived has none yet).
 type ReportLoadRequest struct {
-	ID   string     `json:"id"`
-	Load LoadVector `json:"load"`
-	At   int64      `json:"at"`
+	ID        string                  `json:"id"`
+	Load      LoadVector              `json:"load"`
+	At        int64                   `json:"at"`
+	Workloads map[string]WorkloadLoad `json:"workloads,omitempty"`
+}
+
+// SetWorkloadPinnedRequest pins a workload (nothing moves it: neither the balancer nor
+// `migshm move`) or unpins it.
+type SetWorkloadPinnedRequest struct {
+	ID     string `json:"id"`
+	Pinned bool   `json:"pinned"`
 }
 
 // ProbeRequest is the body of a ProbeType entry.
@@ -151,7 +201,8 @@ type PlanMigrationRequest struct {
 	Workload string `json:"workload"`
 	Target   string `json:"target"`
 	Epoch    uint64 `json:"epoch"`
-	At       int64  `json:"at"` // unix nanos
+	At       int64  `json:"at"`               // unix nanos
+	Reason   string `json:"reason,omitempty"` // recorded as Migration.Reason
 }
 
 // SetMigrationPhaseRequest moves a migration to Phase. Epoch must be the migration's

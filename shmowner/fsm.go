@@ -99,6 +99,10 @@ func (f *FSM) apply(data []byte) error {
 		var r SetMigrationStatsRequest
 		decode(t, body, &r)
 		return f.t.setMigrationStats(r)
+	case SetWorkloadPinnedType:
+		var r SetWorkloadPinnedRequest
+		decode(t, body, &r)
+		return f.t.setWorkloadPinned(r)
 	}
 	if t&IgnoreUnknownFlag != 0 {
 		return nil
@@ -119,8 +123,11 @@ func (t *Table) registerNode(r RegisterNodeRequest) error {
 	if r.ID == "" {
 		return fmt.Errorf("register node: empty id: %w", ErrInvalid)
 	}
-	n := t.nodes[r.ID]
-	n.ID, n.RaftAddr, n.APIAddr, n.State = r.ID, r.RaftAddr, r.APIAddr, NodeActive
+	n, known := t.nodes[r.ID]
+	n.ID, n.RaftAddr, n.APIAddr = r.ID, r.RaftAddr, r.APIAddr
+	if !known || n.State != NodeDraining {
+		n.State = NodeActive // a draining node that restarts stays draining
+	}
 	t.nodes[r.ID] = n
 	return nil
 }
@@ -156,6 +163,25 @@ func (t *Table) reportLoad(r ReportLoadRequest) error {
 	}
 	n.Load, n.LoadAt = r.Load, r.At
 	t.nodes[r.ID] = n
+	for id, l := range r.Workloads { // each entry touches only its own workload
+		w, ok := t.workloads[id]
+		if !ok || w.Node != r.ID || w.State == WorkloadExited {
+			continue
+		}
+		l.At = r.At
+		w.Load = &l
+		t.workloads[id] = w
+	}
+	return nil
+}
+
+func (t *Table) setWorkloadPinned(r SetWorkloadPinnedRequest) error {
+	w, ok := t.workloads[r.ID]
+	if !ok {
+		return fmt.Errorf("pin workload %q: %w", r.ID, ErrUnknownWorkload)
+	}
+	w.Pinned = r.Pinned
+	t.workloads[r.ID] = w
 	return nil
 }
 
@@ -184,6 +210,11 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, ErrMigrationInFlight)
 	}
 	old, existed := t.workloads[w.ID]
+	if existed {
+		// Pinned and Load have commands of their own; a node re-registering its
+		// workload from what it saw a moment ago must not undo them.
+		w.Pinned, w.Load = old.Pinned, old.Load
+	}
 	t.workloads[w.ID] = w
 	if existed && old.Group != w.Group {
 		t.dropGroupIfUnused(old.Group)
@@ -315,7 +346,7 @@ func (t *Table) planMigration(r PlanMigrationRequest) error {
 	}
 	t.migrations[r.ID] = Migration{
 		ID: r.ID, Workload: r.Workload, Source: w.Node, Target: r.Target,
-		Phase: PhasePlanned, Epoch: r.Epoch, StartedAt: r.At, UpdatedAt: r.At,
+		Phase: PhasePlanned, Epoch: r.Epoch, StartedAt: r.At, UpdatedAt: r.At, Reason: r.Reason,
 	}
 	w.State = WorkloadMigrating
 	t.workloads[w.ID] = w

@@ -34,6 +34,13 @@ type LoadVector struct {
 	MemFreeBytes  uint64  `json:"mem_free_bytes"`
 	MemTotalBytes uint64  `json:"mem_total_bytes"`
 	Workloads     int     `json:"workloads"`
+	// Cores is the CPU capacity the node declares (migshmd capacity-cores; default its
+	// CPUs); the balancer divides its workloads' CPU by it.
+	Cores float64 `json:"cores,omitempty"`
+	// MemBudgetBytes, if not 0, is the memory this node's workloads may use
+	// (mem-capacity): set on nodes that share one kernel, whose /proc/meminfo reads
+	// the same. The balancer then counts free memory as budget minus workloads.
+	MemBudgetBytes uint64 `json:"mem_budget_bytes,omitempty"`
 }
 
 // Node is a host running migshmd.
@@ -75,10 +82,18 @@ type Workload struct {
 	Group      string        `json:"group"`    // IPC group id (shm group)
 	State      WorkloadState `json:"state"`
 	ExitStatus int           `json:"exit_status"`
-	Pinned     bool          `json:"pinned"`               // the balancer must not move it
+	Pinned     bool          `json:"pinned"`               // never moved (SetWorkloadPinned only)
+	Load       *WorkloadLoad `json:"load,omitempty"`       // last measured by its node (ReportLoad only)
 	Args       []string      `json:"args,omitempty"`       // the command, for display
 	StartedAt  int64         `json:"started_at,omitempty"` // unix nanos
 	ExitedAt   int64         `json:"exited_at,omitempty"`  // unix nanos, once exited
+}
+
+// WorkloadLoad is what a workload uses, as its node measures it from its processes.
+type WorkloadLoad struct {
+	CPU      float64 `json:"cpu"`       // cores used over the last load interval (1.0 = one core busy)
+	MemBytes uint64  `json:"mem_bytes"` // anonymous resident memory of its processes plus its IPC namespace's segments
+	At       int64   `json:"at"`        // unix nanos of the measurement
 }
 
 // SegmentID is the cluster-wide id of a SysV segment: its IPC group and its shmid inside
@@ -194,6 +209,9 @@ type Migration struct {
 	UpdatedAt int64  `json:"updated_at"`
 	Bytes     uint64 `json:"bytes"` // bytes shipped so far
 	Error     string `json:"error"`
+	// Reason says who asked for the move: empty for an operator, "balancer: ..." for
+	// the balancer, with its reason.
+	Reason string `json:"reason,omitempty"`
 	// Stats are the migration's figures, as the source last reported them.
 	Stats *MigrationStats `json:"stats,omitempty"`
 }
@@ -234,6 +252,10 @@ func NewTable() *Table {
 func (w Workload) clone() Workload {
 	w.Pids = slices.Clone(w.Pids)
 	w.Args = slices.Clone(w.Args)
+	if w.Load != nil {
+		l := *w.Load
+		w.Load = &l
+	}
 	return w
 }
 

@@ -99,6 +99,9 @@ type MoveRequest struct {
 	MaxRounds int `json:"max_rounds,omitempty"`
 	// NoPrecopy skips pre-copy: freeze, dump and ship everything at once.
 	NoPrecopy bool `json:"no_precopy,omitempty"`
+	// Reason is recorded on the migration (Migration.Reason): empty for an operator;
+	// the balancer sets "balancer: KIND: why".
+	Reason string `json:"reason,omitempty"`
 }
 
 // Move events.

@@ -297,3 +297,49 @@ func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
 	var out []Migration
 	return out, c.do(ctx, http.MethodGet, "/v1/migrations", nil, &out)
 }
+
+// Drain sets a node draining: it takes no new workloads, and the leader's balancer
+// moves every workload it can off it. It returns the node as the table has it then;
+// the workloads move afterwards (see Workloads).
+func (c *Client) Drain(ctx context.Context, node string) (Node, error) {
+	var n Node
+	return n, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/drain", struct{}{}, &n)
+}
+
+// Undrain makes a draining node active again: it takes new workloads.
+func (c *Client) Undrain(ctx context.Context, node string) (Node, error) {
+	var n Node
+	return n, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/undrain", struct{}{}, &n)
+}
+
+// Pin keeps a workload (id, name, host pid or unique id prefix) where it runs: the
+// balancer never moves it, not even off a draining node.
+func (c *Client) Pin(ctx context.Context, ref string) (Workload, error) {
+	var w Workload
+	return w, c.do(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/pin", struct{}{}, &w)
+}
+
+// Unpin lets the balancer move a pinned workload again.
+func (c *Client) Unpin(ctx context.Context, ref string) (Workload, error) {
+	var w Workload
+	return w, c.do(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/unpin", struct{}{}, &w)
+}
+
+// Balance asks the leader for a balancer pass. With dryRun it only plans: nothing
+// moves. Otherwise the leader runs a pass now and starts its moves; each move says
+// whether it started (Started, Error). The migrations go on after Balance returns: see
+// Migrations.
+func (c *Client) Balance(ctx context.Context, dryRun bool) (BalanceReport, error) {
+	var r BalanceReport
+	if dryRun {
+		return r, c.do(ctx, http.MethodGet, "/v1/balance", nil, &r)
+	}
+	return r, c.do(ctx, http.MethodPost, "/v1/balance", struct{}{}, &r)
+}
+
+// LastBalance returns the leader's newest balancer pass, with the moves of the newest
+// pass that started any (LastMoves, LastMovesAt).
+func (c *Client) LastBalance(ctx context.Context) (BalanceReport, error) {
+	var r BalanceReport
+	return r, c.do(ctx, http.MethodGet, "/v1/balance/last", nil, &r)
+}

@@ -635,3 +635,144 @@ func TestClientCheckAndMigrations(t *testing.T) {
 		t.Errorf("Migrations: %+v, %v", gotMigs, err)
 	}
 }
+
+// TestClientBalancer: drain, pin and balance requests, as the daemon's handlers read
+// them (a POST body is decoded strictly, so it must be a JSON object).
+func TestClientBalancer(t *testing.T) {
+	report := BalanceReport{Leader: "n1", At: 42, Auto: true, Interval: "30s", Threshold: 0.1, Mean: 0.4, Spread: 0.7,
+		Imbalance: 0.35, Nodes: []NodeLoad{{Node: "n1", State: "active", Cores: 4, CPU: 3.2, Load: 0.8, Workloads: 3}},
+		Moves:   []BalanceMove{{Workload: "w1", Name: "db1", Group: "g1", From: "n1", To: "n2", Kind: "cpu", Reason: "n1 above the mean", Score: 0.2}},
+		Skipped: []BalanceSkip{{Workload: "w3", Name: "api", Node: "n1", Reason: "pinned: workload w3 never moves"}}}
+	var (
+		mu    sync.Mutex
+		calls []string
+	)
+	record := func(r *http.Request) error {
+		mu.Lock()
+		calls = append(calls, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		if r.Method != http.MethodPost {
+			return nil
+		}
+		var body struct{}
+		return readJSON(r, &body)
+	}
+	handle := func(fn func(r *http.Request) (any, error)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if err := record(r); err != nil {
+				writeError(w, discardLog(), err)
+				return
+			}
+			v, err := fn(r)
+			if err != nil {
+				writeError(w, discardLog(), err)
+				return
+			}
+			writeJSON(w, http.StatusOK, v)
+		}
+	}
+	node := func(state shmowner.NodeState) func(r *http.Request) (any, error) {
+		return func(r *http.Request) (any, error) {
+			if id := r.PathValue("id"); id != "n1" {
+				return nil, fmt.Errorf("no node %q: %w", id, shmowner.ErrUnknownNode)
+			}
+			return Node{ID: "n1", State: state}, nil
+		}
+	}
+	pin := func(pinned bool) func(r *http.Request) (any, error) {
+		return func(r *http.Request) (any, error) {
+			if ref := r.PathValue("ref"); ref != "db 1" {
+				return nil, fmt.Errorf("no workload %q: %w", ref, shmowner.ErrUnknownWorkload)
+			}
+			return Workload{ID: "w1", Name: "db 1", Node: "n1", State: shmowner.WorkloadRunning, Pinned: pinned}, nil
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", handle(node(shmowner.NodeDraining)))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", handle(node(shmowner.NodeActive)))
+	mux.HandleFunc("POST /v1/workloads/{ref}/pin", handle(pin(true)))
+	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", handle(pin(false)))
+	mux.HandleFunc("GET /v1/balance", handle(func(*http.Request) (any, error) {
+		r := report
+		r.DryRun = true
+		return r, nil
+	}))
+	mux.HandleFunc("POST /v1/balance", handle(func(*http.Request) (any, error) {
+		r := report
+		r.Moves = []BalanceMove{r.Moves[0]}
+		r.Moves[0].Started = true
+		return r, nil
+	}))
+	mux.HandleFunc("GET /v1/balance/last", handle(func(*http.Request) (any, error) {
+		r := report
+		r.LastMoves, r.LastMovesAt = r.Moves, 41
+		return r, nil
+	}))
+	c := NewClient(serveUnix(t, mux, nil))
+	ctx := context.Background()
+	takeCalls := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		s := strings.Join(calls, ", ")
+		calls = nil
+		return s
+	}
+
+	n, err := c.Drain(ctx, "n1")
+	if err != nil || n.ID != "n1" || n.State != shmowner.NodeDraining {
+		t.Errorf("Drain: %+v, %v", n, err)
+	}
+	n, err = c.Undrain(ctx, "n1")
+	if err != nil || n.State != shmowner.NodeActive {
+		t.Errorf("Undrain: %+v, %v", n, err)
+	}
+	if got := takeCalls(); got != "POST /v1/nodes/n1/drain, POST /v1/nodes/n1/undrain" {
+		t.Errorf("calls: %s", got)
+	}
+	_, err = c.Drain(ctx, "n9")
+	if !errors.Is(err, shmowner.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
+		t.Errorf("Drain of an unknown node: %v", err)
+	}
+	_, err = c.Undrain(ctx, "n9")
+	if !errors.Is(err, shmowner.ErrUnknownNode) {
+		t.Errorf("Undrain of an unknown node: %v", err)
+	}
+	takeCalls()
+
+	// A ref is one path segment, escaped.
+	w, err := c.Pin(ctx, "db 1")
+	if err != nil || !w.Pinned || w.Name != "db 1" {
+		t.Errorf("Pin: %+v, %v", w, err)
+	}
+	w, err = c.Unpin(ctx, "db 1")
+	if err != nil || w.Pinned {
+		t.Errorf("Unpin: %+v, %v", w, err)
+	}
+	if got := takeCalls(); got != "POST /v1/workloads/db 1/pin, POST /v1/workloads/db 1/unpin" {
+		t.Errorf("calls: %s", got)
+	}
+	for _, fn := range []func(context.Context, string) (Workload, error){c.Pin, c.Unpin} {
+		if _, err := fn(ctx, "nope"); !errors.Is(err, shmowner.ErrUnknownWorkload) {
+			t.Errorf("pin or unpin of an unknown workload: %v", err)
+		}
+	}
+	takeCalls()
+
+	dry, err := c.Balance(ctx, true)
+	want := report
+	want.DryRun = true
+	if err != nil || !reflectEqualJSON(t, dry, want) {
+		t.Errorf("Balance(dry run): %+v, %v", dry, err)
+	}
+	ran, err := c.Balance(ctx, false)
+	if err != nil || ran.DryRun || len(ran.Moves) != 1 || !ran.Moves[0].Started {
+		t.Errorf("Balance: %+v, %v", ran, err)
+	}
+	last, err := c.LastBalance(ctx)
+	if err != nil || len(last.LastMoves) != 1 || last.LastMovesAt != 41 || last.LastMoves[0].Name != "db1" {
+		t.Errorf("LastBalance: %+v, %v", last, err)
+	}
+	if got := takeCalls(); got != "GET /v1/balance, POST /v1/balance, GET /v1/balance/last" {
+		t.Errorf("calls: %s", got)
+	}
+}

@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/migrate"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -27,6 +29,8 @@ const (
 	// DefaultImageDir holds migration images: under systemd's RuntimeDirectory, a tmpfs,
 	// so the final dump while the workload is frozen runs at memory speed.
 	DefaultImageDir = "/run/migshmd/images"
+	// DefaultBalanceInterval is how often the leader runs the balancer.
+	DefaultBalanceInterval = 10 * time.Second
 )
 
 // Config is everything a node daemon needs. Zero values of optional fields take the
@@ -47,10 +51,24 @@ type Config struct {
 	TLSKey      string   // empty: DataDir/tls/node.key
 	CRIU        string   // criu binary; empty: migrate.FindCRIU's default
 	LogLevel    string   // debug, info, warn, error
+	MetricsAddr string   // Prometheus /metrics over plain HTTP; empty: no metrics server
 
 	SegmentInterval time.Duration // how often local workloads' segments and pids are read
 	LoadInterval    time.Duration // how often this node reports its load
 	StopTimeout     time.Duration // default grace period of `migshm stop` before SIGKILL
+
+	// Balancing. The leader's settings are the cluster's: give every node the same.
+	AutoBalance      bool          // the leader moves workloads on its own (drains run either way)
+	BalanceInterval  time.Duration // between the leader's balancer passes
+	BalanceThreshold float64       // normalised load a node may sit from the mean (balancer.Config.Threshold)
+	BalanceMargin    float64       // least imbalance reduction a CPU move must bring (balancer.Config.Hysteresis)
+	WorkloadCooldown time.Duration // a workload moved (or tried) less than this ago stays
+	NodeCooldown     time.Duration // a node takes part in one CPU move per this
+	MaxMigrations    int           // migrations in flight at once, cluster-wide, that the balancer allows
+	MemFloor         uint64        // bytes: a node below this much free memory sheds workloads first
+	// This node's capacity, reported with its load.
+	CapacityCores float64 // CPU cores this node offers workloads; 0: its CPUs
+	MemCapacity   uint64  // bytes this node's workloads may use; 0: the host's memory (from /proc/meminfo)
 }
 
 var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -119,11 +137,35 @@ func (c *Config) Normalize() error {
 	if c.Advertise != "" && strings.Contains(c.Advertise, ":") && net.ParseIP(c.Advertise) == nil {
 		return fmt.Errorf("advertise %q: give an IP or host name without a port", c.Advertise)
 	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics-addr %q: want HOST:PORT (e.g. %s), or \"\" to serve no metrics: %v",
+				c.MetricsAddr, DefaultMetricsAddr, err)
+		}
+		if c.MetricsAddr == c.RaftAddr || c.MetricsAddr == c.PeerAddr {
+			return fmt.Errorf("metrics-addr %s is also raft-addr or peer-addr; give it its own port", c.MetricsAddr)
+		}
+	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
 	}
 	if c.SegmentInterval < 50*time.Millisecond || c.LoadInterval < 50*time.Millisecond {
 		return errors.New("segment-interval and load-interval must be at least 50ms")
+	}
+	if c.BalanceInterval == 0 {
+		c.BalanceInterval = DefaultBalanceInterval
+	}
+	if c.MaxMigrations == 0 {
+		c.MaxMigrations = balancer.DefaultConfig().MaxConcurrent
+	}
+	if c.BalanceInterval < 100*time.Millisecond {
+		return fmt.Errorf("balance-interval %v: at least 100ms", c.BalanceInterval)
+	}
+	if err := c.balancerConfig(nil).Validate(); err != nil {
+		return fmt.Errorf("balancer settings: %w", err)
+	}
+	if c.CapacityCores < 0 {
+		return fmt.Errorf("capacity-cores %v: want > 0, or 0 for this host's CPUs", c.CapacityCores)
 	}
 	if c.StopTimeout < 100*time.Millisecond {
 		return fmt.Errorf("stop-timeout %v: give workloads at least 100ms to exit before SIGKILL", c.StopTimeout)
@@ -134,6 +176,7 @@ func (c *Config) Normalize() error {
 // Flags returns the daemon's command-line flags. Each has an env var MIGSHMD_<NAME> and
 // may be set in the TOML config file under its flag name (flag > env > file > default).
 func Flags() []cli.Flag {
+	d := balancer.DefaultConfig()
 	env := func(name string) []string {
 		return []string{"MIGSHMD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
@@ -164,9 +207,26 @@ func Flags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "criu", Usage: "criu binary",
 			EnvVars: []string{"MIGSHMD_CRIU", migrate.EnvCRIU}, DefaultText: migrate.DefaultCRIUPrefix + "/bin/criu"}),
 		str("log-level", "debug, info, warn or error", "info"),
+		str("metrics-addr", "serve Prometheus metrics on http://HOST:PORT/metrics (plain HTTP, no auth: keep it on loopback "+
+			"or a trusted network); \"\" serves none", DefaultMetricsAddr),
 		dur("segment-interval", "how often workloads' segments are read", time.Second),
 		dur("load-interval", "how often this node reports its load", 5*time.Second),
 		dur("stop-timeout", "default grace period of migshm stop before SIGKILL", 10*time.Second),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "auto-balance", EnvVars: env("auto-balance"), Value: true,
+			Usage: "as leader, move workloads to balance CPU and memory on its own (--auto-balance=false: only drains and `migshm balance`)"}),
+		dur("balance-interval", "how often the leader runs the balancer", DefaultBalanceInterval),
+		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "balance-threshold", EnvVars: env("balance-threshold"), Value: d.Threshold,
+			Usage: "how far (normalised CPU load, 0.1 = a tenth of a node) a node may sit from the cluster mean before the balancer moves work"}),
+		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "balance-margin", EnvVars: env("balance-margin"), Value: d.Hysteresis,
+			Usage: "least reduction of the imbalance a CPU move must bring (hysteresis; stops moves that barely help)"}),
+		dur("workload-cooldown", "a workload moved (or tried) less than this ago is not moved by the balancer", d.WorkloadCooldown),
+		dur("node-cooldown", "a node takes part in at most one balancing move per this", d.NodeCooldown),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "max-migrations", EnvVars: env("max-migrations"), Value: d.MaxConcurrent,
+			Usage: "migrations in flight at once, cluster-wide, that the balancer allows"}),
+		str("mem-floor", "a node with less free memory than this sheds workloads first (e.g. 512MiB, 2GiB)", "512MiB"),
+		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "capacity-cores", EnvVars: env("capacity-cores"),
+			Usage: "CPU cores this node offers workloads (default: its CPUs)"}),
+		str("mem-capacity", "memory this node's workloads may use, e.g. 8GiB (default: the host's; set it when nodes share one host)", ""),
 	}
 }
 
@@ -220,9 +280,26 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 		TLSKey:          c.String("tls-key"),
 		CRIU:            c.String("criu"),
 		LogLevel:        c.String("log-level"),
+		MetricsAddr:     c.String("metrics-addr"),
 		SegmentInterval: c.Duration("segment-interval"),
 		LoadInterval:    c.Duration("load-interval"),
 		StopTimeout:     c.Duration("stop-timeout"),
+
+		AutoBalance:      c.Bool("auto-balance"),
+		BalanceInterval:  c.Duration("balance-interval"),
+		BalanceThreshold: c.Float64("balance-threshold"),
+		BalanceMargin:    c.Float64("balance-margin"),
+		WorkloadCooldown: c.Duration("workload-cooldown"),
+		NodeCooldown:     c.Duration("node-cooldown"),
+		MaxMigrations:    c.Int("max-migrations"),
+		CapacityCores:    c.Float64("capacity-cores"),
+	}
+	var err error
+	if cfg.MemFloor, err = parseSize("mem-floor", c.String("mem-floor")); err != nil {
+		return cfg, err
+	}
+	if cfg.MemCapacity, err = parseSize("mem-capacity", c.String("mem-capacity")); err != nil {
+		return cfg, err
 	}
 	return cfg, cfg.Normalize()
 }
@@ -250,4 +327,25 @@ func checkConfigKeys(path string, flags []cli.Flag) error {
 		}
 	}
 	return nil
+}
+
+// parseSize reads a byte size: a number with an optional unit (B, KiB, MiB, GiB, TiB, or
+// K, M, G, T as powers of 1024). Empty means 0.
+func parseSize(name, s string) (uint64, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, nil
+	}
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.TrimSpace(s[i:])
+	}
+	mult := map[string]float64{"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
+		"g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}[strings.ToLower(unit)]
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || mult == 0 || v < 0 || v*mult >= 1<<63 {
+		return 0, fmt.Errorf("%s %q: want a size such as 512MiB or 8GiB", name, s)
+	}
+	return uint64(v * mult), nil
 }

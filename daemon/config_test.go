@@ -323,6 +323,9 @@ func TestNormalizeDefaults(t *testing.T) {
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr,
 		TLSCA: "/srv/m/tls/ca.crt", TLSCert: "/srv/m/tls/node.crt", TLSKey: "/srv/m/tls/node.key",
 		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second,
+		// A Config built by hand balances only when told (AutoBalance false), with
+		// zero thresholds and cooldowns as given; the interval and cap need a value.
+		BalanceInterval: DefaultBalanceInterval, MaxMigrations: 4,
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Normalize filled\n %+v\nwant\n %+v", c, want)
@@ -417,6 +420,9 @@ func TestExampleConfigLoads(t *testing.T) {
 		DataDir: DefaultDataDir, WorkloadDir: DefaultDataDir + "/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr, LogLevel: "info",
 		SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second,
+		MetricsAddr: "127.0.0.1:9641", AutoBalance: true, BalanceInterval: DefaultBalanceInterval, BalanceThreshold: 0.1,
+		BalanceMargin: 0.005, WorkloadCooldown: 5 * time.Minute, NodeCooldown: 30 * time.Second, MaxMigrations: 4,
+		MemFloor: 512 << 20,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("%s gives\n %+v\nwant\n %+v", exampleConfig, cfg, want)
@@ -508,5 +514,36 @@ func TestConfigErrorIsPlain(t *testing.T) {
 	var ec cli.ExitCoder
 	if err == nil || errors.As(err, &ec) {
 		t.Fatalf("got %v (%T), want a plain error", err, err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want uint64
+		err  bool
+	}{
+		{"", 0, false}, {"0", 0, false}, {"4096", 4096, false}, {"512MiB", 512 << 20, false}, {"512M", 512 << 20, false},
+		{"1.5GiB", 3 << 29, false}, {"2 gib", 2 << 30, false}, {"1T", 1 << 40, false}, {"10B", 10, false},
+		{"-1", 0, true}, {"12XB", 0, true}, {"GiB", 0, true}, {"1e3", 0, true}, {"99999999TiB", 0, true},
+	} {
+		got, err := parseSize("mem-floor", tt.in)
+		if got != tt.want || (err != nil) != tt.err {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "mem-floor") {
+			t.Errorf("parseSize(%q): error %q does not name the setting", tt.in, err)
+		}
+	}
+}
+
+func TestBalancerSettingsChecked(t *testing.T) {
+	for _, args := range [][]string{
+		{"--balance-threshold", "-0.1"}, {"--balance-margin", "-1"}, {"--node-cooldown", "-1s"},
+		{"--max-migrations", "-2"}, {"--balance-interval", "10ms"}, {"--capacity-cores", "-1"}, {"--mem-floor", "lots"},
+	} {
+		if _, err := loadConfig(t, filepath.Join(t.TempDir(), "absent.toml"), args...); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
 	}
 }

@@ -35,12 +35,14 @@ type Daemon struct {
 	raftAddr string // advertised
 	apiAddr  string // advertised peer API address
 	peerTr   *http.Transport
+	metrics  *metrics
 
 	localLn, peerLn   net.Listener
 	localSrv, peerSrv *http.Server
 
 	sup *supervisor
 	mig *migrator
+	bal balanceState    // the leader's balancer passes
 	bg  context.Context // ends when the daemon stops; migrations run under it
 
 	mu        sync.Mutex
@@ -96,6 +98,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.goFn(func() { d.membership(bg) })
 	d.goFn(func() { d.mig.recoverLoop(bg) })
 	d.goFn(func() { d.leaderLoop(bg) })
+	d.goFn(func() { d.balanceLoop(bg) })
 	d.goFn(func() { d.loadLoop(bg) })
 	d.goFn(func() { d.sup.run(bg) })
 
@@ -106,6 +109,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	defer cancel()
 	_ = d.localSrv.Shutdown(sctx)
 	_ = d.peerSrv.Shutdown(sctx)
+	d.metrics.shutdown(sctx)
 	stopBG()
 	d.wg.Wait()
 	return nil
@@ -230,7 +234,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		_ = d.peerSrv.Close()
 		_ = os.Remove(cfg.Socket)
 	})
-	return nil
+	return d.startMetrics(cleanups)
 }
 
 // bgCtx returns the daemon's background context (cancelled when it stops).
@@ -353,7 +357,9 @@ func (d *Daemon) leaderID() string {
 
 // apply commits a table command, on this node if it leads, otherwise through the
 // leader's peer API. It retries through elections until ctx ends (give it a deadline).
-func (d *Daemon) apply(ctx context.Context, t shmowner.MessageType, body any) error {
+func (d *Daemon) apply(ctx context.Context, t shmowner.MessageType, body any) (err error) {
+	start := time.Now()
+	defer func() { d.metrics.observeApply(t, time.Since(start), err) }()
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 15*time.Second)

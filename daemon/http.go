@@ -53,7 +53,17 @@ func (d *Daemon) handler(fn func(r *http.Request) (any, error)) http.HandlerFunc
 // routes are served on both APIs: the local socket (CLI) and the peer API (other
 // daemons forwarding a user's request to the node that must serve it).
 func (d *Daemon) routes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/status", d.handler(func(*http.Request) (any, error) { return d.status(), nil }))
+	mux.HandleFunc("GET /v1/status", d.handler(func(r *http.Request) (any, error) {
+		st := d.status()
+		if r.URL.Query().Get("stale") != "true" { // catchUp's cheap form skips the balancer
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			if rep, err := d.onLeader(ctx, r, http.MethodGet, "/v1/balance/last", d.lastBalance); err == nil {
+				st.Balancer = rep
+			}
+		}
+		return st, nil
+	}))
 	mux.HandleFunc("GET /v1/nodes", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Nodes(), nil }))
 	mux.HandleFunc("GET /v1/workloads", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Workloads(), nil }))
 	mux.HandleFunc("GET /v1/segments", d.handler(func(r *http.Request) (any, error) { return d.readTable(r).Segments(), nil }))
@@ -64,6 +74,17 @@ func (d *Daemon) routes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/workloads/{ref}", d.handler(d.handleRemove))
 	mux.HandleFunc("GET /v1/workloads/{ref}/logs", d.handleLogs)
 	mux.HandleFunc("POST /v1/leave", d.handler(d.handleLeave))
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", d.handler(d.handleDrain(true)))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", d.handler(d.handleDrain(false)))
+	mux.HandleFunc("POST /v1/workloads/{ref}/pin", d.handler(d.handlePin(true)))
+	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", d.handler(d.handlePin(false)))
+	mux.HandleFunc("GET /v1/balance", d.handler(d.handleBalance(func(ctx context.Context) (*BalanceReport, error) {
+		return d.balancePass(ctx, true, false)
+	})))
+	mux.HandleFunc("POST /v1/balance", d.handler(d.handleBalance(func(ctx context.Context) (*BalanceReport, error) {
+		return d.balancePass(ctx, false, false)
+	})))
+	mux.HandleFunc("GET /v1/balance/last", d.handler(d.handleBalance(d.lastBalance)))
 	mux.HandleFunc("POST /v1/probe", d.handler(func(r *http.Request) (any, error) {
 		return struct{}{}, d.apply(r.Context(), shmowner.ProbeType, shmowner.ProbeRequest{Seq: uint64(time.Now().UnixNano())})
 	}))

@@ -402,6 +402,9 @@ func (m *migrator) validate(table *shmowner.Table, w shmowner.Workload, req Move
 	if w.Node == req.Target {
 		return fmt.Errorf("move: workload %s already runs on %s: %w", w.Name, w.Node, shmowner.ErrSameNode)
 	}
+	if w.Pinned {
+		return fmt.Errorf("move: workload %s is pinned to %s; `migshm unpin %s` first: %w", w.Name, w.Node, w.Name, ErrNotMovable)
+	}
 	if req.MaxDowntimeMS < 0 || req.MaxRounds < 0 {
 		return fmt.Errorf("move: max downtime and max rounds must not be negative: %w", ErrBadRequest)
 	}
@@ -471,7 +474,7 @@ func (m *migrator) move(ctx context.Context, w shmowner.Workload, req MoveReques
 	s.dir = filepath.Join(m.d.cfg.ImageDir, "out-"+s.id)
 	pctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	err = m.d.apply(pctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{
-		ID: s.id, Workload: w.ID, Target: tn.ID, Epoch: s.epoch, At: time.Now().UnixNano()})
+		ID: s.id, Workload: w.ID, Target: tn.ID, Epoch: s.epoch, At: time.Now().UnixNano(), Reason: req.Reason})
 	cancel()
 	if err != nil {
 		// Plan is the first write: if its outcome is unknown, recovery aborts the record

@@ -324,8 +324,13 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 		return Workload{}, fmt.Errorf("run: ipc group %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Group, ErrBadRequest)
 	}
 	table := s.d.store.Table()
-	if _, ok := table.Node(s.d.cfg.NodeID); !ok {
+	self, ok := table.Node(s.d.cfg.NodeID)
+	if !ok {
 		return Workload{}, fmt.Errorf("run: this node has not joined the cluster yet (see `migshm status`): %w", ErrNotReady)
+	}
+	if self.State == shmowner.NodeDraining {
+		return Workload{}, fmt.Errorf("run: node %s is draining and takes no new workloads; run it on another node, or `migshm undrain %s`: %w",
+			self.ID, self.ID, shmowner.ErrNodeNotActive)
 	}
 	for _, w := range table.Workloads() {
 		if w.Name == req.Name {

@@ -254,9 +254,10 @@ func TestCPUSampler(t *testing.T) {
 	writeStat(t, root, 12, procStat(12, "reused", 'R', 1000, 0))
 
 	var c cpuSampler
-	cores, running := c.sample(root, []int{10, 11, 12, 99}, t0)
-	if cores != 0 || running != 2 {
-		t.Fatalf("first sample: %v cores, %d running; want 0 (no interval yet), 2", cores, running)
+	one := func(pids ...int) map[string][]int { return map[string][]int{"w1": pids[:2], "w2": pids[2:]} }
+	got := c.sample(root, one(10, 11, 12, 99), t0)
+	if got.total != 0 || len(got.cores) != 0 || got.running != 2 || got.interval {
+		t.Fatalf("first sample: %+v; want no figures (no interval yet), 2 running", got)
 	}
 
 	// 0.5s later: pid 10 used 100 ticks (1s of CPU: 2 cores), 11 nothing, 12 was reused by
@@ -265,23 +266,27 @@ func TestCPUSampler(t *testing.T) {
 	writeStat(t, root, 11, procStat(11, "idle", 'S', 50, 50))
 	writeStat(t, root, 12, procStat(12, "reused", 'S', 3, 0))
 	writeStat(t, root, 13, procStat(13, "new", 'R', 500, 0))
-	cores, running = c.sample(root, []int{10, 11, 12, 13}, t0.Add(500*time.Millisecond))
-	if math.Abs(cores-2.0) > 1e-9 || running != 2 {
-		t.Fatalf("second sample: %v cores, %d running; want 2 = 100 ticks / %d / 0.5s, 2", cores, running, clockTicks)
+	got = c.sample(root, one(10, 11, 12, 13), t0.Add(500*time.Millisecond))
+	if math.Abs(got.total-2.0) > 1e-9 || got.running != 2 || math.Abs(got.cores["w1"]-2.0) > 1e-9 || got.cores["w2"] != 0 {
+		t.Fatalf("second sample: %+v; want w1 2 cores = 100 ticks / %d / 0.5s, w2 0 (12 reused), 2 running", got, clockTicks)
 	}
 
-	// 2s later: 13 used 100 ticks, 10 exited.
+	// 2s later: 13 used 100 ticks, 10 exited; w3 is new (just arrived): no figure yet.
 	writeStat(t, root, 13, procStat(13, "new", 'S', 550, 50))
+	writeStat(t, root, 14, procStat(14, "arrived", 'R', 9000, 0))
 	os.RemoveAll(filepath.Join(root, "10"))
-	cores, running = c.sample(root, []int{10, 11, 13}, t0.Add(2500*time.Millisecond))
-	if math.Abs(cores-0.5) > 1e-9 || running != 0 {
-		t.Fatalf("third sample: %v cores, %d running; want 0.5, 0", cores, running)
+	got = c.sample(root, map[string][]int{"w1": {10, 11}, "w2": {13}, "w3": {14}}, t0.Add(2500*time.Millisecond))
+	if math.Abs(got.total-0.5) > 1e-9 || got.running != 1 || got.cores["w1"] != 0 || math.Abs(got.cores["w2"]-0.5) > 1e-9 {
+		t.Fatalf("third sample: %+v; want w1 0, w2 0.5, 1 running", got)
+	}
+	if _, ok := got.cores["w3"]; ok {
+		t.Fatalf("third sample: w3 has a figure %v without a previous sample of its pids", got.cores["w3"])
 	}
 
 	// The same instant again: no interval, no load (and no division by zero).
-	cores, _ = c.sample(root, []int{11, 13}, t0.Add(2500*time.Millisecond))
-	if cores != 0 || math.IsNaN(cores) || math.IsInf(cores, 0) {
-		t.Fatalf("zero interval: %v cores", cores)
+	got = c.sample(root, map[string][]int{"w1": {11}, "w2": {13}}, t0.Add(2500*time.Millisecond))
+	if got.total != 0 || got.interval || len(got.cores) != 0 {
+		t.Fatalf("zero interval: %+v", got)
 	}
 }
 

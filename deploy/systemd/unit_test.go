@@ -259,6 +259,18 @@ var fileKeys = map[string]valueKind{
 	"segment-interval": kindDuration,
 	"load-interval":    kindDuration,
 	"stop-timeout":     kindDuration,
+	"metrics-addr":     kindString,
+
+	"auto-balance":      kindBool,
+	"balance-interval":  kindDuration,
+	"balance-threshold": kindFloat,
+	"balance-margin":    kindFloat,
+	"workload-cooldown": kindDuration,
+	"node-cooldown":     kindDuration,
+	"max-migrations":    kindInt,
+	"mem-floor":         kindString,
+	"capacity-cores":    kindFloat,
+	"mem-capacity":      kindString,
 }
 
 type valueKind string
@@ -268,6 +280,8 @@ const (
 	kindBool     valueKind = "a boolean"
 	kindStrings  valueKind = "an array of strings"
 	kindDuration valueKind = `a duration string such as "1s"`
+	kindFloat    valueKind = "a float (with a decimal point, e.g. 1.0)"
+	kindInt      valueKind = "an integer"
 )
 
 func (k valueKind) check(v any) error {
@@ -287,6 +301,14 @@ func (k valueKind) check(v any) error {
 					return fmt.Errorf("want %s, got element %#v", k, e)
 				}
 			}
+			return nil
+		}
+	case kindFloat:
+		if _, ok := v.(float64); ok {
+			return nil
+		}
+	case kindInt:
+		if _, ok := v.(int64); ok {
 			return nil
 		}
 	case kindDuration:

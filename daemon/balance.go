@@ -1,0 +1,408 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/migshm/migshm/balancer"
+	"github.com/migshm/migshm/shmowner"
+)
+
+// moveRetryAfter is how long the balancer leaves a workload alone after a move of it
+// failed to start or was aborted (drains ignore cooldowns, so without it a workload that
+// cannot move would be tried on every pass).
+const moveRetryAfter = time.Minute
+
+// balanceState is the leader's balancer: its newest pass and the moves that failed.
+type balanceState struct {
+	pass sync.Mutex // one pass at a time
+
+	mu          sync.Mutex
+	last        *BalanceReport
+	lastMoves   []BalanceMove
+	lastMovesAt int64
+	lastSkips   string               // the skip reasons last logged, to log them again only on change
+	failed      map[string]moveFault // workload id -> its last failed move
+}
+
+type moveFault struct {
+	at  time.Time
+	err string
+}
+
+// balancerConfig builds the policy's config from this node's settings and, if t is not
+// nil, the capacities the nodes report with their load (a node that reported none
+// counts one core, and its memory from its own report).
+func (c *Config) balancerConfig(t *shmowner.Table) balancer.Config {
+	bc := balancer.DefaultConfig()
+	bc.Threshold, bc.Hysteresis = c.BalanceThreshold, c.BalanceMargin
+	bc.WorkloadCooldown, bc.NodeCooldown = c.WorkloadCooldown, c.NodeCooldown
+	bc.MaxConcurrent, bc.MemFloorBytes = c.MaxMigrations, c.MemFloor
+	if t != nil {
+		bc.Capacity, bc.MemCapacity = map[string]float64{}, map[string]uint64{}
+		for _, n := range t.Nodes() {
+			if n.Load.Cores > 0 {
+				bc.Capacity[n.ID] = n.Load.Cores
+			}
+			if n.Load.MemBudgetBytes > 0 {
+				bc.MemCapacity[n.ID] = n.Load.MemBudgetBytes
+			}
+		}
+	}
+	return bc
+}
+
+// workloadLoads returns the workloads' last measured loads from the table.
+func workloadLoads(t *shmowner.Table) map[string]balancer.WorkloadLoad {
+	out := map[string]balancer.WorkloadLoad{}
+	for _, w := range t.Workloads() {
+		if w.Load != nil {
+			out[w.ID] = balancer.WorkloadLoad{CPU: w.Load.CPU, MemBytes: w.Load.MemBytes}
+		}
+	}
+	return out
+}
+
+// balanceLoop runs a balancer pass every balance-interval while this node leads. With
+// auto-balance off only drain moves are started.
+func (d *Daemon) balanceLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.BalanceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !d.store.IsLeader() {
+			continue
+		}
+		if _, err := d.balancePass(ctx, false, !d.cfg.AutoBalance); err != nil && ctx.Err() == nil {
+			d.log.Warn("balancer pass failed", "err", err)
+		}
+	}
+}
+
+// balancePass plans on the current table and, unless dryRun, starts the moves (only
+// drain moves if drainOnly), each as a migration driven by the workload's node like a
+// `migshm move`. A move is started when its migration is planned in the table; the pass
+// returns then, and the migration goes on (its outcome is logged, and a failure keeps
+// the workload out of the next passes for moveRetryAfter). Leader only.
+func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*BalanceReport, error) {
+	d.bal.pass.Lock()
+	defer d.bal.pass.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	caught := d.catchUp(cctx)
+	cancel()
+	if !d.store.IsLeader() {
+		return nil, fmt.Errorf("balance: %w", shmowner.ErrNotLeader)
+	}
+	if !caught {
+		return nil, fmt.Errorf("balance: this leader has not applied its log yet; try again: %w", ErrNoLeader)
+	}
+	t := d.store.Table()
+	now := time.Now()
+	cfg := d.cfg.balancerConfig(t)
+	load := workloadLoads(t)
+	dec := balancer.Plan(t, load, now, cfg)
+	rep := newBalanceReport(t, load, cfg, dec, now)
+	rep.Leader, rep.DryRun, rep.Auto, rep.Interval = d.cfg.NodeID, dryRun, d.cfg.AutoBalance, d.cfg.BalanceInterval.String()
+
+	// Moves the policy wants but this pass holds back become skips.
+	var moves []BalanceMove
+	held := map[string]string{} // group -> why its first move was held: the rest of the group stays too
+	d.bal.mu.Lock()
+	for _, mv := range rep.Moves {
+		why := held[mv.Group+"\x00"+mv.From]
+		if f, ok := d.bal.failed[mv.Workload]; why == "" && ok && now.Sub(f.at) < moveRetryAfter {
+			why = fmt.Sprintf("its last move failed %s ago (%s); tried again after %s", ago(now.Sub(f.at)), f.err, moveRetryAfter)
+		}
+		if why == "" && drainOnly && mv.Kind != string(balancer.KindDrain) {
+			why = fmt.Sprintf("would move to %s (%s: %s), but auto-balance is off: `migshm balance` moves it", mv.To, mv.Kind, mv.Reason)
+		}
+		if why != "" {
+			held[mv.Group+"\x00"+mv.From] = why
+			rep.Skipped = append(rep.Skipped, BalanceSkip{Workload: mv.Workload, Name: mv.Name, Node: mv.From, Reason: why})
+			continue
+		}
+		moves = append(moves, mv)
+	}
+	d.bal.mu.Unlock()
+	rep.Moves = moves
+	if dryRun {
+		return rep, nil
+	}
+
+	// Start the moves in order; the moves of a group stop at the first that fails, so a
+	// refused member does not split its group.
+	failedGroup := map[string]bool{}
+	for i := range rep.Moves {
+		mv := &rep.Moves[i]
+		if failedGroup[mv.Group] {
+			mv.Error = "not started: an earlier member of its group could not move"
+			continue
+		}
+		if err := d.startBalanceMove(ctx, t, *mv); err != nil {
+			mv.Error = err.Error()
+			failedGroup[mv.Group] = true
+			d.moveFailed(mv.Workload, err)
+			d.log.Warn("balancer: move refused", "workload", mv.Name, "from", mv.From, "to", mv.To, "kind", mv.Kind, "err", err)
+			continue
+		}
+		mv.Started = true
+		d.log.Info("balancer: moving", "workload", mv.Name, "from", mv.From, "to", mv.To, "kind", mv.Kind, "reason", mv.Reason)
+	}
+	d.recordPass(rep)
+	d.metrics.observeBalance(rep)
+	return rep, nil
+}
+
+// newBalanceReport turns a decision into the API's report.
+func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, cfg balancer.Config, dec balancer.Decision, now time.Time) *BalanceReport {
+	nls := balancer.NodeLoads(t, load, cfg)
+	rep := &BalanceReport{At: now.UnixNano(), Threshold: cfg.Threshold, Imbalance: balancer.Imbalance(nls),
+		Nodes: []NodeLoad{}, Moves: []BalanceMove{}, Skipped: []BalanceSkip{}}
+	lo, hi := math.Inf(1), math.Inf(-1)
+	var used, cores float64
+	for _, n := range nls {
+		rep.Nodes = append(rep.Nodes, NodeLoad{Node: n.Node, State: string(n.State), Cores: n.Cores, CPU: n.CPU,
+			Load: n.Load, Workloads: n.Workloads, MemFreeBytes: n.MemFreeBytes, MemTotalBytes: n.MemTotalBytes})
+		if n.State == shmowner.NodeActive && n.Cores > 0 {
+			lo, hi = min(lo, n.Load), max(hi, n.Load)
+			used, cores = used+n.CPU, cores+n.Cores
+		}
+	}
+	if cores > 0 {
+		rep.Mean, rep.Spread = used/cores, hi-lo
+	}
+	for _, m := range t.Migrations() {
+		if !m.Phase.Terminal() {
+			rep.InFlight++
+		}
+	}
+	name := func(id string) string {
+		if w, ok := t.Workload(id); ok {
+			return w.Name
+		}
+		return ""
+	}
+	for _, m := range dec.Moves {
+		rep.Moves = append(rep.Moves, BalanceMove{Workload: m.Workload, Name: name(m.Workload), Group: m.Group,
+			From: m.From, To: m.To, Kind: string(m.Kind), Reason: m.Reason, Score: m.Score})
+	}
+	for _, s := range dec.Skipped {
+		rep.Skipped = append(rep.Skipped, BalanceSkip{Workload: s.Workload, Name: name(s.Workload), Node: s.Node, Reason: s.Reason})
+	}
+	return rep
+}
+
+// startBalanceMove starts mv as a migration driven by the workload's node and returns
+// once it is planned in the table (nil) or refused (the error). The migration's progress
+// is read to its end in the background; its outcome is logged.
+func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv BalanceMove) error {
+	w, ok := t.Workload(mv.Workload)
+	if !ok {
+		return fmt.Errorf("workload %s: %w", mv.Workload, shmowner.ErrUnknownWorkload)
+	}
+	req := MoveRequest{Workload: w.ID, Target: mv.To, Reason: "balancer: " + mv.Kind + ": " + mv.Reason}
+	if err := d.mig.validate(t, w, req); err != nil {
+		return err
+	}
+	if w.Node == d.cfg.NodeID {
+		started := make(chan error, 1)
+		d.goFn(func() {
+			err := d.mig.move(d.bgCtx(), w, req, started, func(MoveEvent) {})
+			d.moveEnded(mv, err)
+		})
+		select {
+		case err := <-started:
+			return err
+		case <-ctx.Done():
+			return ctx.Err() // the move goes on; its outcome is logged
+		}
+	}
+	n, ok := t.Node(w.Node)
+	if !ok {
+		return fmt.Errorf("node %s of workload %s: %w", w.Node, w.Name, shmowner.ErrUnknownNode)
+	}
+	c := newPeerClient(n.APIAddr, d.peerTr)
+	c.header = http.Header{forwardedHeader: {d.cfg.NodeID}}
+	resp, err := c.send(d.bgCtx(), http.MethodPost, "/v1/migrations", req)
+	if err != nil {
+		return err
+	}
+	d.goFn(func() {
+		defer resp.Body.Close()
+		d.moveEnded(mv, readMoveOutcome(bufio.NewScanner(resp.Body)))
+	})
+	return nil
+}
+
+// readMoveOutcome reads a move's event stream to its end: nil if it ended done.
+func readMoveOutcome(sc *bufio.Scanner) error {
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev MoveEvent
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		switch ev.Event {
+		case EventDone:
+			return nil
+		case EventError:
+			return fmt.Errorf("%s: %w", ev.Error, ErrMigrationFailed)
+		}
+	}
+	return fmt.Errorf("the source's progress stream ended without an outcome (see `migshm migrations`): %w", ErrUnreachable)
+}
+
+// moveEnded logs the outcome of a balancer move.
+func (d *Daemon) moveEnded(mv BalanceMove, err error) {
+	if err != nil {
+		d.moveFailed(mv.Workload, err)
+		d.log.Warn("balancer: move failed", "workload", mv.Name, "from", mv.From, "to", mv.To, "err", err)
+		return
+	}
+	d.bal.mu.Lock()
+	delete(d.bal.failed, mv.Workload)
+	d.bal.mu.Unlock()
+	d.log.Info("balancer: moved", "workload", mv.Name, "from", mv.From, "to", mv.To, "kind", mv.Kind)
+}
+
+func (d *Daemon) moveFailed(workload string, err error) {
+	d.bal.mu.Lock()
+	defer d.bal.mu.Unlock()
+	if d.bal.failed == nil {
+		d.bal.failed = map[string]moveFault{}
+	}
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	d.bal.failed[workload] = moveFault{at: time.Now(), err: msg}
+}
+
+// recordPass keeps rep as the newest pass and logs what it left alone when that changed.
+func (d *Daemon) recordPass(rep *BalanceReport) {
+	var started []BalanceMove
+	for _, m := range rep.Moves {
+		if m.Started {
+			started = append(started, m)
+		}
+	}
+	var reasons []string
+	for _, s := range rep.Skipped {
+		reasons = append(reasons, s.Node+" "+s.Name+": "+s.Reason)
+	}
+	slices.Sort(reasons)
+	key := strings.Join(reasons, "\n")
+
+	d.bal.mu.Lock()
+	d.bal.last = rep
+	if len(started) > 0 {
+		d.bal.lastMoves, d.bal.lastMovesAt = started, rep.At
+	}
+	changed := key != d.bal.lastSkips
+	d.bal.lastSkips = key
+	d.bal.mu.Unlock()
+	if changed && len(reasons) > 0 {
+		d.log.Info("balancer: left alone", "count", len(reasons), "why", reasons)
+	}
+}
+
+// lastBalance returns the newest pass with the last moves it started, or a dry run if
+// this leader has not run a pass yet.
+func (d *Daemon) lastBalance(ctx context.Context) (*BalanceReport, error) {
+	d.bal.mu.Lock()
+	last := d.bal.last
+	var out BalanceReport
+	if last != nil {
+		out = *last
+		out.LastMoves, out.LastMovesAt = d.bal.lastMoves, d.bal.lastMovesAt
+	}
+	d.bal.mu.Unlock()
+	if last == nil || !d.store.IsLeader() {
+		return d.balancePass(ctx, true, false)
+	}
+	return &out, nil
+}
+
+// onLeader serves a balancer request (method and path) on the leader: here if this node
+// leads, else forwarded there.
+func (d *Daemon) onLeader(ctx context.Context, r *http.Request, method, path string, fn func(ctx context.Context) (*BalanceReport, error)) (*BalanceReport, error) {
+	if d.store.IsLeader() {
+		return fn(ctx)
+	}
+	if r.Header.Get(forwardedHeader) != "" {
+		return nil, fmt.Errorf("%s: this node no longer leads; try again: %w", path, shmowner.ErrNotLeader)
+	}
+	addr := d.leaderAPI()
+	if addr == "" {
+		return nil, fmt.Errorf("%s: no leader known (see `migshm status`): %w", path, ErrNoLeader)
+	}
+	var out BalanceReport
+	if err := d.forwardTo(ctx, addr, method, path, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// handleBalance serves the balancer's endpoints (see BalanceReport).
+func (d *Daemon) handleBalance(fn func(ctx context.Context) (*BalanceReport, error)) func(r *http.Request) (any, error) {
+	return func(r *http.Request) (any, error) {
+		return d.onLeader(r.Context(), r, r.Method, r.URL.Path, fn)
+	}
+}
+
+// handleDrain serves POST /v1/nodes/{id}/drain and .../undrain.
+func (d *Daemon) handleDrain(drain bool) func(r *http.Request) (any, error) {
+	return func(r *http.Request) (any, error) {
+		id := r.PathValue("id")
+		op, from, to := "drain", shmowner.NodeActive, shmowner.NodeDraining
+		if !drain {
+			op, from, to = "undrain", shmowner.NodeDraining, shmowner.NodeActive
+		}
+		n, ok := d.readTable(r).Node(id)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%s: no node %q (see `migshm nodes`): %w", op, id, shmowner.ErrUnknownNode)
+		case n.State == to:
+			return n, nil
+		case n.State != from:
+			return nil, fmt.Errorf("%s %s: the node is %s, not %s (a down node: start its daemon, or remove it with `migshm leave %s --force`): %w",
+				op, id, n.State, from, id, shmowner.ErrNodeNotActive)
+		}
+		if err := d.apply(r.Context(), shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: id, State: to}); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", op, id, err)
+		}
+		d.log.Info("node state changed", "peer", id, "from", from, "to", to, "by", "operator")
+		n, _ = d.readTable(r).Node(id)
+		return n, nil
+	}
+}
+
+// handlePin serves POST /v1/workloads/{ref}/pin and .../unpin.
+func (d *Daemon) handlePin(pinned bool) func(r *http.Request) (any, error) {
+	return func(r *http.Request) (any, error) {
+		w, err := resolve(d.readTable(r), r.PathValue("ref"))
+		if err != nil {
+			return nil, err
+		}
+		if err := d.apply(r.Context(), shmowner.SetWorkloadPinnedType, shmowner.SetWorkloadPinnedRequest{ID: w.ID, Pinned: pinned}); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", map[bool]string{true: "pin", false: "unpin"}[pinned], w.Name, err)
+		}
+		d.log.Info("workload pinned", "workload", w.Name, "pinned", pinned)
+		w, _ = d.readTable(r).Workload(w.ID)
+		return w, nil
+	}
+}
+
+func ago(d time.Duration) string { return d.Round(time.Second).String() }

@@ -1,0 +1,89 @@
+package shmowner
+
+import (
+	"errors"
+	"testing"
+)
+
+// TestWorkloadLoadAndPin: a load report records each workload's figures on the
+// workloads its reporter runs, and only those; pinning has its own command; an upsert
+// (a node re-registering what it saw) keeps both; a migration carries its reason.
+func TestWorkloadLoadAndPin(t *testing.T) {
+	f := NewFSM()
+	mustApply(t, f,
+		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1"}},
+		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
+		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w1", Node: "n1", Group: "g1"}}},
+		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w2", Node: "n2", Group: "g2"}}},
+		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w3", Node: "n1", Group: "g3", State: WorkloadExited}}},
+		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 100, Load: LoadVector{Cores: 4, MemBudgetBytes: 1 << 30},
+			Workloads: map[string]WorkloadLoad{
+				"w1": {CPU: 0.5, MemBytes: 1 << 20},
+				"w2": {CPU: 9, MemBytes: 9}, // runs on n2: not n1's to report
+				"w3": {CPU: 9, MemBytes: 9}, // exited
+				"w9": {CPU: 9, MemBytes: 9}, // unknown
+			}}},
+	)
+	tb := f.Table()
+	if w, _ := tb.Workload("w1"); w.Load == nil || *w.Load != (WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: 100}) {
+		t.Fatalf("w1 load %+v, want 0.5 cores, 1 MiB, at 100", w.Load)
+	}
+	for _, id := range []string{"w2", "w3"} {
+		if w, _ := tb.Workload(id); w.Load != nil {
+			t.Errorf("%s got load %+v from a node that does not run it", id, w.Load)
+		}
+	}
+	if n, _ := tb.Node("n1"); n.Load.Cores != 4 || n.Load.MemBudgetBytes != 1<<30 {
+		t.Errorf("n1 load %+v", n.Load)
+	}
+
+	mustApply(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "w1", Pinned: true}})
+	// Reconcile re-registers w1 without pin or load; both stay.
+	mustApply(t, f, cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w1", Node: "n1", Group: "g1", Pids: []int{7}}}})
+	w, _ := f.Table().Workload("w1")
+	if !w.Pinned || w.Load == nil || w.Load.CPU != 0.5 || len(w.Pids) != 1 {
+		t.Fatalf("after upsert w1 = %+v, want pinned with its load and the new pids", w)
+	}
+	// An older report does not overwrite a newer one; a report without w1 keeps its figures.
+	mustApply(t, f,
+		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 50, Workloads: map[string]WorkloadLoad{"w1": {CPU: 3}}}},
+		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 200}},
+	)
+	if w, _ := f.Table().Workload("w1"); w.Load.CPU != 0.5 {
+		t.Errorf("w1 load %+v after an old report and one without it, want 0.5 kept", w.Load)
+	}
+	mustApply(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "w1", Pinned: false}})
+	if w, _ := f.Table().Workload("w1"); w.Pinned {
+		t.Error("unpin did not unpin")
+	}
+	if err := applyCmd(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "nope", Pinned: true}}); !errors.Is(err, ErrUnknownWorkload) {
+		t.Errorf("pin unknown workload: %v", err)
+	}
+
+	mustApply(t, f, cmd{PlanMigrationType, PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2", Epoch: f.Table().GroupEpoch("g1"),
+		At: 300, Reason: "balancer: cpu: x"}})
+	if m, _ := f.Table().Migration("m1"); m.Reason != "balancer: cpu: x" {
+		t.Errorf("migration reason %q", m.Reason)
+	}
+}
+
+// TestDrainingSurvivesRegistration: a draining node whose daemon restarts registers
+// again and stays draining; a down node that registers becomes active.
+func TestDrainingSurvivesRegistration(t *testing.T) {
+	f := NewFSM()
+	mustApply(t, f,
+		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1", APIAddr: "a"}},
+		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
+		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n1", State: NodeDraining}},
+		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n2", State: NodeDown}},
+		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1", APIAddr: "b"}},
+		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
+	)
+	tb := f.Table()
+	if n, _ := tb.Node("n1"); n.State != NodeDraining || n.APIAddr != "b" {
+		t.Errorf("n1 = %+v, want draining with the new address", n)
+	}
+	if n, _ := tb.Node("n2"); n.State != NodeActive {
+		t.Errorf("n2 = %+v, want active", n)
+	}
+}

@@ -31,7 +31,8 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			runCommand(), psCommand(), stopCommand(), logsCommand(), rmCommand(),
 			nodesCommand(), segmentsCommand(), statusCommand(), leaveCommand(),
-			moveCommand(), migrationsCommand(), checkCommand(), doctorCommand(), tlsCommand(),
+			moveCommand(), migrationsCommand(), checkCommand(), drainCommand(), undrainCommand(),
+			pinCommand(), unpinCommand(), balanceCommand(), doctorCommand(), tlsCommand(),
 		},
 	}
 }

@@ -66,7 +66,9 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "show this node and the Raft cluster as it sees them",
 		Description: "Shows the node answering on --socket, the Raft leader, term, commit and applied\n" +
-			"index, and the voters of the cluster.\n\n" +
+			"index, the voters of the cluster, and the leader's balancer: whether it balances on\n" +
+			"its own and how often, its last pass, the migrations in flight, the load spread\n" +
+			"against its threshold, and the last moves it started, with their reasons.\n\n" +
 			"Examples:\n  migshm status\n  migshm --socket /run/migshm-cluster/migshm-n2.sock status --json",
 		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
@@ -106,17 +108,23 @@ func statusCommand() *cli.Command {
 				}
 				fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", p.ID, p.Address, p.Suffrage, role)
 			}
-			return w.Flush()
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			return printBalancer(c.App.Writer, s.Balancer)
 		},
 	}
 }
 
 func nodesCommand() *cli.Command {
 	return &cli.Command{
-		Name:        "nodes",
-		Usage:       "list the nodes of the cluster with their state and last load report",
-		Description: "Examples:\n  migshm nodes\n  migshm nodes --json",
-		Flags:       []cli.Flag{jsonFlag()},
+		Name:  "nodes",
+		Usage: "list the nodes of the cluster with their state and last load report",
+		Description: "STATE is active, draining (takes no new workloads; see `migshm drain`), down or\n" +
+			"left. CORES is the CPU capacity the node declares for the balancer; CPU is its use\n" +
+			"of all its CPUs.\n\n" +
+			"Examples:\n  migshm nodes\n  migshm nodes --json",
+		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
 			ctx, cancel := apiContext(c)
 			defer cancel()
@@ -128,10 +136,10 @@ func nodesCommand() *cli.Command {
 				return printJSON(c.App.Writer, nodes)
 			}
 			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "NODE\tSTATE\tRAFT\tPEER API\tCPU\tMEM FREE\tWORKLOADS\tREPORTED")
+			fmt.Fprintln(w, "NODE\tSTATE\tRAFT\tPEER API\tCORES\tCPU\tMEM FREE\tWORKLOADS\tREPORTED")
 			for _, n := range nodes {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.0f%%\t%s\t%d\t%s\n", n.ID, n.State, n.RaftAddr, n.APIAddr,
-					100*n.Load.CPU, human(n.Load.MemFreeBytes), n.Load.Workloads, ago(n.LoadAt))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%d\t%s\n", n.ID, n.State, n.RaftAddr, n.APIAddr,
+					cores(n.Load.Cores), 100*n.Load.CPU, human(n.Load.MemFreeBytes), n.Load.Workloads, ago(n.LoadAt))
 			}
 			return w.Flush()
 		},
@@ -143,7 +151,9 @@ func psCommand() *cli.Command {
 		Name:  "ps",
 		Usage: "list workloads on every node",
 		Description: "PIDS counts the processes of the workload; INIT is the host pid of its init on its\n" +
-			"node (use it, or the name or id, with stop, logs and move).\n\n" +
+			"node (use it, or the name or id, with stop, logs and move). CPU is the cores it used\n" +
+			"and MEM its memory (resident and shared), as its node last measured them; PIN says\n" +
+			"whether it is pinned (`migshm pin`): the balancer never moves it.\n\n" +
 			"Examples:\n  migshm ps\n  migshm ps --all --json",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include exited workloads"}},
 		Action: func(c *cli.Context) error {
@@ -170,14 +180,21 @@ func psCommand() *cli.Command {
 			}
 			sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
 			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tGROUP\tSTARTED\tCOMMAND")
+			fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tCPU\tMEM\tPIN\tGROUP\tSTARTED\tCOMMAND")
 			for _, wl := range ws {
 				state := string(wl.State)
+				cpu, mem := "-", "-"
 				if wl.State == "exited" {
 					state = fmt.Sprintf("exited(%d)", wl.ExitStatus)
+				} else if wl.Load != nil {
+					cpu, mem = fmt.Sprintf("%.2f", wl.Load.CPU), human(wl.Load.MemBytes)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
-					len(wl.Pids), wl.Group, ago(wl.StartedAt), strings.Join(wl.Args, " "))
+				pin := "-"
+				if wl.Pinned {
+					pin = "yes"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
+					len(wl.Pids), cpu, mem, pin, wl.Group, ago(wl.StartedAt), strings.Join(wl.Args, " "))
 			}
 			return w.Flush()
 		},

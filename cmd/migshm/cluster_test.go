@@ -34,9 +34,16 @@ type fakeDaemon struct {
 	nodes      []daemon.Node
 	workloads  []daemon.Workload
 	migrations []daemon.Migration // as the daemon lists them: sorted by id
+	status     daemon.Status
+	balance    daemon.BalanceReport // GET /v1/balance answers it; POST /v1/balance starts its moves
+	last       daemon.BalanceReport // GET /v1/balance/last
 
 	mu    sync.Mutex
 	calls []apiCall
+	// listWorkloads, if set, answers GET /v1/workloads instead of workloads; n counts
+	// those requests, from 1.
+	listWorkloads func(n int) []daemon.Workload
+	workloadLists int
 }
 
 func (f *fakeDaemon) record(r *http.Request) string {
@@ -79,16 +86,18 @@ func fakeTable() (nodes []daemon.Node, workloads []daemon.Workload) {
 	startedAt := now.Add(-2 * time.Minute).UnixNano()
 	nodes = []daemon.Node{
 		{ID: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", State: shmowner.NodeActive, LoadAt: now.UnixNano(),
-			Load: shmowner.LoadVector{CPU: 0.25, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30, Workloads: 2}},
+			Load: shmowner.LoadVector{CPU: 0.25, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30, Workloads: 2, Cores: 2.5}},
 		{ID: "n2", RaftAddr: "10.0.0.12:7420", APIAddr: "10.0.0.12:7421", State: shmowner.NodeDraining},
 	}
 	workloads = []daemon.Workload{
 		{ID: "w00000001", Name: "db1", Node: "n1", InitPid: 4242, Pids: []int{4242, 4243, 4250}, Group: "g1",
-			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt},
+			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt,
+			Load: &shmowner.WorkloadLoad{CPU: 0.984, MemBytes: 1288 << 20, At: now.UnixNano()}},
 		{ID: "w00000002", Name: "web", Node: "n2", InitPid: 5000, Pids: []int{5000}, Group: "w00000002",
-			State: shmowner.WorkloadExited, ExitStatus: 3, Args: []string{"/usr/bin/web"}, StartedAt: startedAt},
+			State: shmowner.WorkloadExited, ExitStatus: 3, Args: []string{"/usr/bin/web"}, StartedAt: startedAt,
+			Load: &shmowner.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: startedAt}}, // before it exited
 		{ID: "w00000003", Name: "api", Node: "n1", InitPid: 4300, Pids: []int{4300}, Group: "g1",
-			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/api"}, StartedAt: startedAt},
+			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/api"}, StartedAt: startedAt, Pinned: true},
 	}
 	return nodes, workloads
 }
@@ -117,6 +126,9 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	f := &fakeDaemon{sock: filepath.Join(t.TempDir(), "migshmd.sock")}
 	f.nodes, f.workloads = fakeTable()
 	f.migrations = fakeMigrations()
+	f.status = fakeStatus
+	f.balance = fakeBalance(time.Now())
+	f.last = f.balance
 	unknown := func(w http.ResponseWriter, ref string) {
 		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+ref+"\" (see `migshm ps`)")
 	}
@@ -129,9 +141,24 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		return daemon.Workload{}, false
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, fakeStatus) })
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.nodes) })
-	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.workloads) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.status) })
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		reply(w, f.nodes)
+	})
+	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.workloadLists++
+		if f.listWorkloads != nil {
+			reply(w, f.listWorkloads(f.workloadLists))
+			return
+		}
+		reply(w, f.workloads)
+	})
 	mux.HandleFunc("GET /v1/segments", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, fakeSegments) })
 	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
 		var req daemon.RunRequest
@@ -210,6 +237,18 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.migrations) })
 	mux.HandleFunc("POST /v1/migrations", f.handleMove)
 	mux.HandleFunc("POST /v1/migrations/check", f.handleCheck)
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", f.handleDrain(shmowner.NodeDraining))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", f.handleDrain(shmowner.NodeActive))
+	mux.HandleFunc("POST /v1/workloads/{ref}/pin", f.handlePin(true))
+	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", f.handlePin(false))
+	mux.HandleFunc("GET /v1/balance", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.balance) })
+	mux.HandleFunc("POST /v1/balance", f.handleBalance)
+	mux.HandleFunc("GET /v1/balance/last", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		reply(w, f.last)
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		f.record(r)
 		t.Errorf("unexpected request %s %s", r.Method, r.URL)
@@ -285,6 +324,10 @@ func TestCLIStatus(t *testing.T) {
 	if !ok {
 		t.Fatalf("no voters in\n%s", out)
 	}
+	voters, balancer, ok := strings.Cut(voters, "\n\nbalancer: ")
+	if !ok || balancer != "leader did not answer\n" {
+		t.Errorf("status without the leader's balancer report ends with %q, want \"balancer: leader did not answer\"", balancer)
+	}
 	wantRows(t, regexp.MustCompile(`(?m)^([a-z ]+):`).ReplaceAllString(head, "$1"), [][]string{
 		{"node", "n1 (leader)"},
 		{"raft address", "10.0.0.11:7420"},
@@ -322,12 +365,12 @@ func TestCLINodes(t *testing.T) {
 		t.Fatalf("nodes:\n%s", out)
 	}
 	wantRows(t, out, [][]string{
-		{"NODE", "STATE", "RAFT", "PEER API", "CPU", "MEM FREE", "WORKLOADS", "REPORTED"},
-		{"n1", "active", "10.0.0.11:7420", "10.0.0.11:7421", "25%", "2.0 GiB", "2", rows[1][7]},
-		{"n2", "draining", "10.0.0.12:7420", "10.0.0.12:7421", "0%", "0 B", "0", "-"},
+		{"NODE", "STATE", "RAFT", "PEER API", "CORES", "CPU", "MEM FREE", "WORKLOADS", "REPORTED"},
+		{"n1", "active", "10.0.0.11:7420", "10.0.0.11:7421", "2.5", "25%", "2.0 GiB", "2", rows[1][8]},
+		{"n2", "draining", "10.0.0.12:7420", "10.0.0.12:7421", "-", "0%", "0 B", "0", "-"},
 	})
-	if !regexp.MustCompile(`^\d+s$`).MatchString(rows[1][7]) {
-		t.Errorf("REPORTED of a fresh report: %q", rows[1][7])
+	if !regexp.MustCompile(`^\d+s$`).MatchString(rows[1][8]) {
+		t.Errorf("REPORTED of a fresh report: %q", rows[1][8])
 	}
 	out, err = f.cli(t, "nodes", "--json")
 	if err != nil {
@@ -346,10 +389,12 @@ func TestCLIPs(t *testing.T) {
 	if len(rows) != 3 {
 		t.Fatalf("ps shows %d rows, want the header and the 2 running workloads:\n%s", len(rows), out)
 	}
+	// CPU and MEM are "-" without a measurement, and for an exited workload (its last one
+	// is stale).
 	wantRows(t, out, [][]string{
-		{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "GROUP", "STARTED", "COMMAND"},
-		{"w00000003", "api", "n1", "running", "4300", "1", "g1", "2m0s", "/usr/bin/api"},
-		{"w00000001", "db1", "n1", "running", "4242", "3", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
+		{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "STARTED", "COMMAND"},
+		{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "2m0s", "/usr/bin/api"},
+		{"w00000001", "db1", "n1", "running", "4242", "3", "0.98", "1.3 GiB", "-", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
 	})
 
 	for _, all := range []string{"--all", "-a"} {
@@ -358,10 +403,10 @@ func TestCLIPs(t *testing.T) {
 			t.Fatal(err)
 		}
 		wantRows(t, out, [][]string{
-			{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "GROUP", "STARTED", "COMMAND"},
-			{"w00000003", "api", "n1", "running", "4300", "1", "g1", "2m0s", "/usr/bin/api"},
-			{"w00000001", "db1", "n1", "running", "4242", "3", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
-			{"w00000002", "web", "n2", "exited(3)", "5000", "1", "w00000002", "2m0s", "/usr/bin/web"},
+			{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "STARTED", "COMMAND"},
+			{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "2m0s", "/usr/bin/api"},
+			{"w00000001", "db1", "n1", "running", "4242", "3", "0.98", "1.3 GiB", "-", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
+			{"w00000002", "web", "n2", "exited(3)", "5000", "1", "-", "-", "-", "w00000002", "2m0s", "/usr/bin/web"},
 		})
 	}
 
@@ -583,6 +628,10 @@ func TestCLIFlagsAfterArgument(t *testing.T) {
 		{"stop", "db1", "--timeout", "30s"},
 		{"logs", "db1", "-f"},
 		{"leave", "n2", "--force"},
+		{"drain", "n2", "--no-wait"},
+		{"undrain", "n2", "--json"},
+		{"pin", "db1", "--json"},
+		{"unpin", "db1", "--json"},
 	} {
 		if _, err := f.cli(t, args...); err != nil {
 			failed = append(failed, strings.Join(args, " ")+": "+err.Error())

@@ -5,7 +5,9 @@
 // with its SysV shared memory, and why not; neither needs a daemon. Every other command
 // talks to the local migshmd over its unix socket (--socket): run, ps, stop, logs and rm
 // manage workloads; move moves one to another node, showing its progress, `check
-// WORKLOAD NODE` says whether that could work, and migrations lists the moves; nodes,
+// WORKLOAD NODE` says whether that could work, and migrations lists the moves; drain and
+// undrain empty a node and take it back, pin and unpin keep a workload where it is, and
+// balance runs (or, with --dry-run, plans) a pass of the leader's balancer; nodes,
 // segments, status and leave show and change the cluster. tls makes its certificates.
 package main
 

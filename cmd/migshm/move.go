@@ -303,7 +303,8 @@ func migrationsCommand() *cli.Command {
 		Name:  "migrations",
 		Usage: "list the migrations of the cluster: in flight, done and aborted",
 		Description: "Oldest first. Without --all, shows every migration in flight and the last 20\n" +
-			"started. STARTED is how long ago it started; DOWNTIME is how long the workload was\n" +
+			"started. BY is who asked for it: user (`migshm move`) or balancer (--json has its\n" +
+			"reason); STARTED is how long ago it started; DOWNTIME is how long the workload was\n" +
 			"frozen; BYTES were shipped to the target; ERROR is why it was aborted (--json has\n" +
 			"it whole).\n\n" +
 			"Examples:\n  migshm migrations\n  migshm migrations --all --json",
@@ -338,7 +339,7 @@ func migrationsCommand() *cli.Command {
 			}
 			names := workloadNames(ctx, cl)
 			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "ID\tWORKLOAD\tSOURCE\tTARGET\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tERROR")
+			fmt.Fprintln(w, "ID\tWORKLOAD\tSOURCE\tTARGET\tBY\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tERROR")
 			for _, m := range migs {
 				wl := m.Workload
 				if n := names[m.Workload]; n != "" {
@@ -348,8 +349,8 @@ func migrationsCommand() *cli.Command {
 				if m.Stats != nil {
 					down = span(m.Stats.FrozenNS)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, wl, m.Source, m.Target, m.Phase,
-					ago(m.StartedAt), down, human(m.Bytes), truncate(oneLine(m.Error), 60))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, wl, m.Source, m.Target, movedBy(m.Reason),
+					m.Phase, ago(m.StartedAt), down, human(m.Bytes), truncate(oneLine(m.Error), 60))
 			}
 			if err := w.Flush(); err != nil {
 				return err
@@ -360,6 +361,19 @@ func migrationsCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// movedBy says who asked for a migration, from its reason: "user" for none, else the
+// reason's first word ("balancer: cpu ..." is the balancer).
+func movedBy(reason string) string {
+	if reason == "" {
+		return "user"
+	}
+	by, _, _ := strings.Cut(reason, ":")
+	if f := strings.Fields(by); len(f) > 0 {
+		return f[0]
+	}
+	return "user"
 }
 
 // recent keeps the last n migrations of migs (sorted oldest first) and every one in

@@ -34,6 +34,8 @@ func fakeMigrations() []daemon.Migration {
 			m.Bytes = 1 << 20
 			m.Error = "dump api: criu dump failed:\n(00.123456) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option."
 			m.Stats = nil
+		case 19:
+			m.Reason = "balancer: cpu: n1 load 0.80 > mean 0.45 + threshold 0.10"
 		case 21:
 			m.Workload = "w000000ff" // removed since
 		}
@@ -366,13 +368,17 @@ func matchMsg(msg, pattern string) bool {
 
 func TestCLIMigrations(t *testing.T) {
 	f := newFakeDaemon(t)
-	header := []string{"ID", "WORKLOAD", "SOURCE", "TARGET", "PHASE", "STARTED", "DOWNTIME", "BYTES", "ERROR"}
-	moving := []string{movingID, "db1", "n1", "n2", "precopy", "45m0s", "-", "12.0 MiB"}
-	aborted := []string{"m20", "api", "n1", "n2", "aborted", "20m0s", "-", "1.0 MiB",
+	header := []string{"ID", "WORKLOAD", "SOURCE", "TARGET", "BY", "PHASE", "STARTED", "DOWNTIME", "BYTES", "ERROR"}
+	moving := []string{movingID, "db1", "n1", "n2", "user", "precopy", "45m0s", "-", "12.0 MiB"}
+	aborted := []string{"m20", "api", "n1", "n2", "user", "aborted", "20m0s", "-", "1.0 MiB",
 		"dump api: criu dump failed: (00.123456) Error (criu/sk-inet…"}
-	removed := []string{"m21", "w000000ff", "n1", "n2", "done", "19m0s", "84.3ms", "6.0 MiB"}
+	removed := []string{"m21", "w000000ff", "n1", "n2", "user", "done", "19m0s", "84.3ms", "6.0 MiB"}
 	done := func(i int) []string {
-		return []string{fmt.Sprintf("m%02d", i), "db1", "n1", "n2", "done", fmt.Sprintf("%dm0s", 40-i), "84.3ms", "6.0 MiB"}
+		by := "user"
+		if i == 19 {
+			by = "balancer"
+		}
+		return []string{fmt.Sprintf("m%02d", i), "db1", "n1", "n2", by, "done", fmt.Sprintf("%dm0s", 40-i), "84.3ms", "6.0 MiB"}
 	}
 
 	out, err := f.cli(t, "migrations")

@@ -30,7 +30,7 @@ func TestBalance(t *testing.T) {
 	const threshold = 0.1
 	c := newCluster(t, 3, 0)
 	for i, nd := range c.nodes {
-		c.start(nd, append(c.memberArgs(i), "--balance-interval", "1s", "--node-cooldown", "1s",
+		c.start(nd, append(c.memberArgs(i), "--auto-balance=true", "--balance-interval", "1s", "--node-cooldown", "1s",
 			"--workload-cooldown", "10m", "--balance-threshold", fmt.Sprint(threshold), "--mem-capacity", "4GiB",
 			"--max-migrations", "2")...)
 	}

@@ -175,6 +175,8 @@ func (c *cluster) startWithEnv(nd *tnode, env []string, extra ...string) {
 		"--tls-ca", filepath.Join(nd.tls, "ca.crt"), "--tls-cert", filepath.Join(nd.tls, "node.crt"),
 		"--tls-key", filepath.Join(nd.tls, "node.key"),
 		"--load-interval", "1s", "--segment-interval", "200ms", "--config", "",
+		// Tests move workloads themselves; TestBalance turns the balancer on.
+		"--auto-balance=false",
 	}, extra...)
 	c.restart(nd)
 }

@@ -761,6 +761,8 @@ func (b *bench) clusterUp(ctx context.Context) error {
 	b.logf("scripts/cluster %s", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, filepath.Join(b.root, "scripts", "cluster"), args...)
 	cmd.Dir = b.root
+	// The bench moves the workload itself: the balancer must not move it too.
+	cmd.Env = append(os.Environ(), "MIGSHM_CLUSTER_DAEMON_ARGS=--auto-balance=false")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		// up removes what it made when it fails.

@@ -116,27 +116,9 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*Bala
 	rep := newBalanceReport(t, load, cfg, dec, now)
 	rep.Leader, rep.DryRun, rep.Auto, rep.Interval = d.cfg.NodeID, dryRun, d.cfg.AutoBalance, d.cfg.BalanceInterval.String()
 
-	// Moves the policy wants but this pass holds back become skips.
-	var moves []BalanceMove
-	held := map[string]string{} // group -> why its first move was held: the rest of the group stays too
 	d.bal.mu.Lock()
-	for _, mv := range rep.Moves {
-		why := held[mv.Group+"\x00"+mv.From]
-		if f, ok := d.bal.failed[mv.Workload]; why == "" && ok && now.Sub(f.at) < moveRetryAfter {
-			why = fmt.Sprintf("its last move failed %s ago (%s); tried again after %s", ago(now.Sub(f.at)), f.err, moveRetryAfter)
-		}
-		if why == "" && drainOnly && mv.Kind != string(balancer.KindDrain) {
-			why = fmt.Sprintf("would move to %s (%s: %s), but auto-balance is off: `migshm balance` moves it", mv.To, mv.Kind, mv.Reason)
-		}
-		if why != "" {
-			held[mv.Group+"\x00"+mv.From] = why
-			rep.Skipped = append(rep.Skipped, BalanceSkip{Workload: mv.Workload, Name: mv.Name, Node: mv.From, Reason: why})
-			continue
-		}
-		moves = append(moves, mv)
-	}
+	rep.Moves, rep.Skipped = holdMoves(rep.Moves, rep.Skipped, d.bal.failed, now, drainOnly)
 	d.bal.mu.Unlock()
-	rep.Moves = moves
 	if dryRun {
 		return rep, nil
 	}
@@ -163,6 +145,32 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*Bala
 	d.recordPass(rep)
 	d.metrics.observeBalance(rep)
 	return rep, nil
+}
+
+// holdMoves takes out of moves those this pass must not start and adds them to skipped
+// with the reason: a workload whose last move failed less than moveRetryAfter ago, every
+// move but drains when drainOnly (auto-balance off), and the rest of a group one of
+// whose moves is held (a group moves together or not at all).
+func holdMoves(moves []BalanceMove, skipped []BalanceSkip, failed map[string]moveFault, now time.Time, drainOnly bool) ([]BalanceMove, []BalanceSkip) {
+	kept := []BalanceMove{}
+	held := map[string]string{} // group on its source -> why its first held move was held
+	for _, mv := range moves {
+		unit := mv.Group + "\x00" + mv.From
+		why := held[unit]
+		if f, ok := failed[mv.Workload]; why == "" && ok && now.Sub(f.at) < moveRetryAfter {
+			why = fmt.Sprintf("its last move failed %s ago (%s); tried again after %s", ago(now.Sub(f.at)), f.err, moveRetryAfter)
+		}
+		if why == "" && drainOnly && mv.Kind != string(balancer.KindDrain) {
+			why = fmt.Sprintf("would move to %s (%s: %s), but auto-balance is off: `migshm balance` moves it", mv.To, mv.Kind, mv.Reason)
+		}
+		if why != "" {
+			held[unit] = why
+			skipped = append(skipped, BalanceSkip{Workload: mv.Workload, Name: mv.Name, Node: mv.From, Reason: why})
+			continue
+		}
+		kept = append(kept, mv)
+	}
+	return kept, skipped
 }
 
 // newBalanceReport turns a decision into the API's report.

@@ -23,13 +23,14 @@ const moveRetryAfter = time.Minute
 
 // balanceState is the leader's balancer: its newest pass and the moves that failed.
 type balanceState struct {
-	pass sync.Mutex // one pass at a time
+	passOnce sync.Once
+	pass     chan struct{} // one pass at a time: holds a token while a pass runs
 
 	mu          sync.Mutex
 	last        *BalanceReport
 	lastMoves   []BalanceMove
 	lastMovesAt int64
-	lastSkips   string               // the skip reasons last logged, to log them again only on change
+	lastSkips   string               // what the last pass left alone, to log the reasons only on change
 	failed      map[string]moveFault // workload id -> its last failed move
 }
 
@@ -97,8 +98,13 @@ func (d *Daemon) balanceLoop(ctx context.Context) {
 // returns then, and the migration goes on (its outcome is logged, and a failure keeps
 // the workload out of the next passes for moveRetryAfter). Leader only.
 func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*BalanceReport, error) {
-	d.bal.pass.Lock()
-	defer d.bal.pass.Unlock()
+	d.bal.passOnce.Do(func() { d.bal.pass = make(chan struct{}, 1) })
+	select {
+	case d.bal.pass <- struct{}{}:
+		defer func() { <-d.bal.pass }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("balance: another pass is running: %w", ctx.Err())
+	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	caught := d.catchUp(cctx)
 	cancel()
@@ -243,16 +249,29 @@ func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv Bal
 	}
 	c := newPeerClient(n.APIAddr, d.peerTr)
 	c.header = http.Header{forwardedHeader: {d.cfg.NodeID}}
-	resp, err := c.send(d.bgCtx(), http.MethodPost, "/v1/migrations", req)
+	// The stream lives as long as the migration, but a source that does not answer
+	// (a cut link) must not hold the pass: the answer must start within startTimeout.
+	sctx, cancel := context.WithCancel(d.bgCtx())
+	timer := time.AfterFunc(startTimeout, cancel)
+	stop := context.AfterFunc(ctx, cancel)
+	resp, err := c.send(sctx, http.MethodPost, "/v1/migrations", req)
+	timer.Stop()
+	stop()
 	if err != nil {
+		cancel()
 		return err
 	}
 	d.goFn(func() {
+		defer cancel()
 		defer resp.Body.Close()
 		d.moveEnded(mv, readMoveOutcome(bufio.NewScanner(resp.Body)))
 	})
 	return nil
 }
+
+// startTimeout bounds how long a balancer move may take to start: the source's checks
+// (CRIU and cpuinfo on both nodes) and the plan's commit.
+const startTimeout = time.Minute
 
 // readMoveOutcome reads a move's event stream to its end: nil if it ended done.
 func readMoveOutcome(sc *bufio.Scanner) error {
@@ -306,12 +325,16 @@ func (d *Daemon) recordPass(rep *BalanceReport) {
 			started = append(started, m)
 		}
 	}
-	var reasons []string
+	// Reasons carry loads that change every pass: log them again only when what is left
+	// alone changes, not each time a figure does.
+	var reasons, items []string
 	for _, s := range rep.Skipped {
 		reasons = append(reasons, s.Node+" "+s.Name+": "+s.Reason)
+		items = append(items, s.Node+"/"+s.Workload)
 	}
 	slices.Sort(reasons)
-	key := strings.Join(reasons, "\n")
+	slices.Sort(items)
+	key := strings.Join(items, " ")
 
 	d.bal.mu.Lock()
 	d.bal.last = rep

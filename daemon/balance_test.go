@@ -161,6 +161,50 @@ func TestBalance(t *testing.T) {
 	if _, err := c.cli(n1, "undrain", "n2"); err != nil {
 		t.Fatal(err)
 	}
+
+	// A draining node that dies is marked down like an active one (the leader aborts
+	// what it drove), and comes back active.
+	if _, err := c.cli(n1, "drain", "n2", "--no-wait"); err != nil {
+		t.Fatal(err)
+	}
+	c.kill(n2)
+	via := n1
+	nodeState := func(id string) (bool, string) {
+		nodes, err := via.c.Nodes(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range nodes {
+			if n.ID == id {
+				return true, string(n.State)
+			}
+		}
+		return false, "no node " + id
+	}
+	waitFor(t, 30*time.Second, "the dead draining n2 to be marked down", func() (bool, string) {
+		_, st := nodeState("n2")
+		return st == string(shmowner.NodeDown), st
+	})
+	c.restart(n2)
+	waitFor(t, 30*time.Second, "n2 to be back, active", func() (bool, string) {
+		_, st := nodeState("n2")
+		return st == string(shmowner.NodeActive), st
+	})
+	// After the undrain the balancer may have been moving a writer to n2 when it died:
+	// whatever it was doing ended with every workload in one piece.
+	waitFor(t, time.Minute, "no migration in flight", func() (bool, string) {
+		ms, err := via.c.Migrations(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, m := range ms {
+			if !m.Phase.Terminal() {
+				return false, fmt.Sprintf("%s %s -> %s in %s", m.ID, m.Source, m.Target, m.Phase)
+			}
+		}
+		return true, ""
+	})
+	checkIntact(t, c, bins, via, writers)
 }
 
 // checkIntact checks every workload after moves: the writers and the counter run, each

@@ -45,7 +45,10 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 				leading = now
 			case raft.FailedHeartbeatObservation:
 				if leading && time.Since(ob.LastContact) > downAfter {
+					// A draining node that dies is down too (its migrations get
+					// aborted); it comes back active and must be drained again.
 					d.setNodeState(ctx, string(ob.PeerID), shmowner.NodeActive, shmowner.NodeDown)
+					d.setNodeState(ctx, string(ob.PeerID), shmowner.NodeDraining, shmowner.NodeDown)
 				}
 			case raft.ResumedHeartbeatObservation:
 				if leading {

@@ -322,11 +322,12 @@ func undrainCommand() *cli.Command {
 func pinCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "pin",
-		Usage:     "keep a workload on its node: the balancer never moves it",
+		Usage:     "keep a workload on its node: neither the balancer nor `migshm move` moves it",
 		ArgsUsage: "WORKLOAD",
 		Description: "WORKLOAD is a name, an id (or a unique prefix of at least 3 characters) or a host pid\n" +
 			"of one of its processes. The balancer leaves a pinned workload where it is, even on a\n" +
-			"draining node, and with it the other workloads of its IPC group (a group moves whole).\n" +
+			"draining node, and with it the other workloads of its IPC group (a group moves whole);\n" +
+			"`migshm move` refuses it until `migshm unpin`.\n" +
 			"`migshm ps` marks pinned workloads.\n\n" +
 			"Examples:\n  migshm pin db1\n  migshm pin db1 --json",
 		Flags:  []cli.Flag{jsonFlag()},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Config is the policy's knobs and the nodes' capacities.
@@ -153,7 +154,7 @@ type Decision struct {
 // NodeLoad is a node's load as the balancer counts it.
 type NodeLoad struct {
 	Node          string
-	State         shmowner.NodeState
+	State         record.NodeState
 	Cores         float64 // capacity (Config.Capacity or DefaultCapacity)
 	CPU           float64 // cores used by the workloads counted on it
 	Load          float64 // CPU / Cores; 0 when Cores is 0
@@ -190,7 +191,7 @@ func NodeLoads(t *shmowner.Table, load map[string]WorkloadLoad, cfg Config) []No
 func Imbalance(nodes []NodeLoad) float64 {
 	return imbalance(len(nodes), func(i int) (float64, float64, bool) {
 		n := nodes[i]
-		return n.Cores, n.CPU, n.State == shmowner.NodeActive && n.Cores > 0
+		return n.Cores, n.CPU, n.State == record.NodeActive && n.Cores > 0
 	})
 }
 
@@ -260,7 +261,7 @@ func Plan(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, cfg Co
 // node is a node's projected state during one Plan.
 type node struct {
 	id       string
-	state    shmowner.NodeState
+	state    record.NodeState
 	cores    float64
 	used     float64 // cores
 	count    int
@@ -282,17 +283,17 @@ func (n *node) load() float64 {
 
 // counted reports whether the node's workloads are counted at all.
 func (n *node) counted() bool {
-	return n.state == shmowner.NodeActive || n.state == shmowner.NodeDraining
+	return n.state == record.NodeActive || n.state == record.NodeDraining
 }
 
 // balanced reports whether the node takes part in the mean and the imbalance.
-func (n *node) balanced() bool { return n.state == shmowner.NodeActive && n.cores > 0 }
+func (n *node) balanced() bool { return n.state == record.NodeActive && n.cores > 0 }
 
 // unit is what moves: the workloads of one IPC group on one node.
 type unit struct {
 	group      string
 	node       *node
-	ws         []shmowner.Workload // sorted by id
+	ws         []record.Workload // sorted by id
 	cpu        float64
 	mem        int64
 	unmeasured []string
@@ -338,9 +339,9 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 		byID[n.id] = n
 	}
 
-	inflight := map[string]shmowner.Migration{} // by workload
-	lastAct := map[string]int64{}               // by workload
-	lastDone := map[string]shmowner.Migration{} // by workload
+	inflight := map[string]record.Migration{} // by workload
+	lastAct := map[string]int64{}             // by workload
+	lastDone := map[string]record.Migration{} // by workload
 	for _, m := range t.Migrations() {
 		at := max(m.StartedAt, m.UpdatedAt)
 		lastAct[m.Workload] = max(lastAct[m.Workload], at)
@@ -359,17 +360,17 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 				n.lastMove = max(n.lastMove, at)
 			}
 		}
-		if m.Phase == shmowner.PhaseDone {
+		if m.Phase == record.PhaseDone {
 			if prev, ok := lastDone[m.Workload]; !ok || m.UpdatedAt >= prev.UpdatedAt {
 				lastDone[m.Workload] = m
 			}
 		}
 	}
 
-	groups := map[string][]shmowner.Workload{}
+	groups := map[string][]record.Workload{}
 	for _, w := range t.Workloads() {
 		n := byID[w.Node]
-		if w.State == shmowner.WorkloadExited || n == nil {
+		if w.State == record.WorkloadExited || n == nil {
 			continue
 		}
 		groups[w.Group] = append(groups[w.Group], w)
@@ -382,7 +383,7 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 			n.memFree -= mem
 		}
 		at := n
-		if m, ok := inflight[w.ID]; ok && w.State == shmowner.WorkloadMigrating && byID[m.Target] != nil {
+		if m, ok := inflight[w.ID]; ok && w.State == record.WorkloadMigrating && byID[m.Target] != nil {
 			at = byID[m.Target]
 			if at.counted() {
 				at.memFree -= mem
@@ -395,7 +396,7 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 	}
 
 	for _, g := range sortedKeys(groups) {
-		parts := map[string][]shmowner.Workload{}
+		parts := map[string][]record.Workload{}
 		for _, w := range groups[g] {
 			parts[w.Node] = append(parts[w.Node], w)
 		}
@@ -426,7 +427,7 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 					u.block = fmt.Sprintf("pinned: workload %s never moves", w.ID)
 				case w.Pinned:
 					u.block = fmt.Sprintf("pinned: workload %s of group %s is pinned, and a group moves whole", w.ID, g)
-				case w.State == shmowner.WorkloadMigrating:
+				case w.State == record.WorkloadMigrating:
 					u.block = fmt.Sprintf("in flight: workload %s of group %s is migrating (migration %s)", w.ID, g, inflight[w.ID].ID)
 				}
 			}
@@ -650,7 +651,7 @@ func (p *planner) usher() {
 	floor := int64(p.cfg.MemFloorBytes)
 	var low []*node
 	for _, n := range p.nodes {
-		if n.state == shmowner.NodeActive && n.memKnown && n.memFree < floor {
+		if n.state == record.NodeActive && n.memKnown && n.memFree < floor {
 			low = append(low, n)
 		}
 	}
@@ -710,7 +711,7 @@ func (p *planner) usher() {
 // drain moves every movable unit off draining nodes.
 func (p *planner) drain() {
 	for _, a := range p.nodes {
-		if a.state != shmowner.NodeDraining {
+		if a.state != record.NodeDraining {
 			continue
 		}
 		us := slices.Clone(a.units)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 const gib = 1 << 30
@@ -18,13 +19,13 @@ var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // buildTable returns a table holding exactly these records, through the snapshot
 // document (the only way to put migrations in any phase without a log).
-func buildTable(tb testing.TB, nodes []shmowner.Node, ws []shmowner.Workload, migs []shmowner.Migration) *shmowner.Table {
+func buildTable(tb testing.TB, nodes []record.Node, ws []record.Workload, migs []record.Migration) *shmowner.Table {
 	tb.Helper()
 	doc := map[string]any{
 		"version":    shmowner.SnapshotVersion,
 		"nodes":      nodes,
 		"workloads":  ws,
-		"segments":   []shmowner.Segment{},
+		"segments":   []record.Segment{},
 		"migrations": migs,
 	}
 	b, err := json.Marshal(doc)
@@ -38,41 +39,41 @@ func buildTable(tb testing.TB, nodes []shmowner.Node, ws []shmowner.Workload, mi
 	return t
 }
 
-func node(id string, st shmowner.NodeState) shmowner.Node {
+func node(id string, st record.NodeState) record.Node {
 	// Every node reports the same busy host, as nodes sharing one kernel do: the
 	// balancer must not read it.
-	return shmowner.Node{ID: id, State: st, Load: shmowner.LoadVector{CPU: 0.99, RunQueue: 40, MemFreeBytes: 64 * gib, MemTotalBytes: 128 * gib}}
+	return record.Node{ID: id, State: st, Load: record.LoadVector{CPU: 0.99, RunQueue: 40, MemFreeBytes: 64 * gib, MemTotalBytes: 128 * gib}}
 }
 
-func active(ids ...string) []shmowner.Node {
-	var out []shmowner.Node
+func active(ids ...string) []record.Node {
+	var out []record.Node
 	for _, id := range ids {
-		out = append(out, node(id, shmowner.NodeActive))
+		out = append(out, node(id, record.NodeActive))
 	}
 	return out
 }
 
 // wl is a running workload alone in its own group (named after it).
-func wl(id, on string) shmowner.Workload {
-	return shmowner.Workload{ID: id, Node: on, Group: "g-" + id, State: shmowner.WorkloadRunning}
+func wl(id, on string) record.Workload {
+	return record.Workload{ID: id, Node: on, Group: "g-" + id, State: record.WorkloadRunning}
 }
 
-func inGroup(w shmowner.Workload, g string) shmowner.Workload { w.Group = g; return w }
-func pinned(w shmowner.Workload) shmowner.Workload            { w.Pinned = true; return w }
-func state(w shmowner.Workload, s shmowner.WorkloadState) shmowner.Workload {
+func inGroup(w record.Workload, g string) record.Workload { w.Group = g; return w }
+func pinned(w record.Workload) record.Workload            { w.Pinned = true; return w }
+func state(w record.Workload, s record.WorkloadState) record.Workload {
 	w.State = s
 	return w
 }
 
 // done is a finished migration of workload from src to dst that ended ago before t0.
-func done(id, workload, src, dst string, ago time.Duration) shmowner.Migration {
+func done(id, workload, src, dst string, ago time.Duration) record.Migration {
 	at := t0.Add(-ago).UnixNano()
-	return shmowner.Migration{ID: id, Workload: workload, Source: src, Target: dst, Phase: shmowner.PhaseDone,
+	return record.Migration{ID: id, Workload: workload, Source: src, Target: dst, Phase: record.PhaseDone,
 		StartedAt: at - int64(time.Second), UpdatedAt: at}
 }
 
 // testConfig: 4-core nodes with 16 GiB each for their workloads.
-func testConfig(nodes []shmowner.Node) balancer.Config {
+func testConfig(nodes []record.Node) balancer.Config {
 	c := balancer.DefaultConfig()
 	c.Hysteresis = 0.01 // the cases' numbers are worked out with it
 	c.MaxConcurrent = 10

@@ -9,6 +9,7 @@ import (
 
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 type skipWant struct{ who, reason string }
@@ -16,7 +17,7 @@ type skipWant struct{ who, reason string }
 // TestPlanRules is one case per rule: the moves planned (workload from->to kind), words
 // each move's reason must hold, and the skips (with their reasons) that must be there.
 func TestPlanRules(t *testing.T) {
-	inflight := shmowner.Migration{ID: "m9", Workload: "w9", Source: "n4", Target: "n2", Phase: shmowner.PhasePrecopy,
+	inflight := record.Migration{ID: "m9", Workload: "w9", Source: "n4", Target: "n2", Phase: record.PhasePrecopy,
 		StartedAt: t0.Add(-time.Minute).UnixNano(), UpdatedAt: t0.Add(-time.Second).UnixNano()}
 	mem := func(kv ...any) map[string]balancer.WorkloadLoad { // id, cores, GiB
 		m := map[string]balancer.WorkloadLoad{}
@@ -27,14 +28,14 @@ func TestPlanRules(t *testing.T) {
 	}
 	// groupCase: n1 holds group g (a, b) and two small workloads; n2 is empty.
 	groupNodes := active("n1", "n2", "n3")
-	groupWs := []shmowner.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n1"), "g"), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")}
+	groupWs := []record.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n1"), "g"), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")}
 	groupLoad := cpu("a", 0.8, "b", 0.7, "c", 0.3, "e", 0.2, "d", 0.4)
 
 	cases := []struct {
 		name  string
-		nodes []shmowner.Node
-		ws    []shmowner.Workload
-		migs  []shmowner.Migration
+		nodes []record.Node
+		ws    []record.Workload
+		migs  []record.Migration
 		load  map[string]balancer.WorkloadLoad
 		cfg   func(*balancer.Config)
 		want  []string   // "w n1->n2 kind", in order
@@ -44,7 +45,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "overloaded node sheds the unit that helps most to the least loaded node",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
 			load:  cpu("w1", 2.0, "w2", 1.0, "w3", 0.4, "w4", 0.8),
 			want:  []string{"w2 n1->n2 cpu"},
 			why:   [][]string{{"n1 load 0.750 > mean 0.350 + threshold 0.100", "to n2", "n2 load 0.100 -> 0.350", "imbalance -0.2000 >= hysteresis 0.0100"}},
@@ -54,13 +55,13 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "balanced cluster: nothing to do, nothing to explain",
 			nodes: active("n1", "n2"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n2")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n2")},
 			load:  cpu("w1", 1.0, "w2", 1.2),
 		},
 		{
 			name:  "a lone workload does not swap nodes: no gain",
 			nodes: active("n1", "n2"),
-			ws:    []shmowner.Workload{wl("w1", "n1")},
+			ws:    []record.Workload{wl("w1", "n1")},
 			load:  cpu("w1", 1.0),
 			skips: []skipWant{
 				{"w1", "hysteresis: workload w1 (1.00 cores) to n2 (n2 load 0.000 -> 0.250"},
@@ -71,7 +72,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "hysteresis margin: helpful but not helpful enough",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
 			load:  cpu("w1", 2.0, "w2", 1.0, "w3", 0.4, "w4", 0.8),
 			cfg:   func(c *balancer.Config) { c.Hysteresis = 0.25 },
 			skips: []skipWant{{"w1", "by 0.1500 < hysteresis 0.2500"}, {"w2", "by 0.2000 < hysteresis 0.2500"}},
@@ -79,7 +80,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "an underloaded node pulls from the most loaded node above the mean",
 			nodes: active("n1", "n2", "n3", "n4"),
-			ws: []shmowner.Workload{wl("a1", "n1"), wl("a2", "n1"), wl("a3", "n1"), wl("b1", "n2"), wl("b2", "n2"), wl("b3", "n2"),
+			ws: []record.Workload{wl("a1", "n1"), wl("a2", "n1"), wl("a3", "n1"), wl("b1", "n2"), wl("b2", "n2"), wl("b3", "n2"),
 				wl("c1", "n3"), wl("c2", "n3"), wl("c3", "n3")},
 			load: cpu("a1", 0.5, "a2", 0.5, "a3", 0.5, "b1", 0.5, "b2", 0.5, "b3", 0.5, "c1", 0.5, "c2", 0.5, "c3", 0.5),
 			want: []string{"a1 n1->n4 cpu"},
@@ -94,21 +95,21 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "a pinned member keeps its whole group in place",
 			nodes: groupNodes, load: groupLoad,
-			ws:    []shmowner.Workload{inGroup(wl("a", "n1"), "g"), pinned(inGroup(wl("b", "n1"), "g")), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")},
+			ws:    []record.Workload{inGroup(wl("a", "n1"), "g"), pinned(inGroup(wl("b", "n1"), "g")), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")},
 			want:  []string{"c n1->n2 cpu"},
 			skips: []skipWant{{"a", "pinned: workload b of group g is pinned"}, {"b", "pinned: workload b of group g is pinned"}},
 		},
 		{
 			name:  "a pinned workload never moves",
 			nodes: active("n1", "n2"),
-			ws:    []shmowner.Workload{pinned(wl("w1", "n1")), pinned(wl("w2", "n1"))},
+			ws:    []record.Workload{pinned(wl("w1", "n1")), pinned(wl("w2", "n1"))},
 			load:  cpu("w1", 2.0, "w2", 1.0),
 			skips: []skipWant{{"w1", "pinned: workload w1 never moves"}, {"w2", "pinned"}, {"node:n1", "no unit on it can move"}},
 		},
 		{
 			name:  "a split group is not moved by balancing",
 			nodes: groupNodes, load: groupLoad,
-			ws:    []shmowner.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n3"), "g"), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")},
+			ws:    []record.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n3"), "g"), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")},
 			want:  []string{"c n1->n2 cpu"},
 			skips: []skipWant{{"a", "group split: group g also runs on n3"}},
 		},
@@ -125,8 +126,8 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "workload cooldown: a workload moved a minute ago stays",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1")},
-			migs:  []shmowner.Migration{done("m1", "w1", "n3", "n1", time.Minute)},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1")},
+			migs:  []record.Migration{done("m1", "w1", "n3", "n1", time.Minute)},
 			load:  cpu("w1", 1.2, "w2", 0.2),
 			want:  []string{"w2 n1->n2 cpu"},
 			skips: []skipWant{{"w1", "workload cooldown: last migration of workload w1 1m0s ago < 5m0s"}},
@@ -134,34 +135,34 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "node cooldown: a source that just took part in a move waits",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1")},
-			migs:  []shmowner.Migration{done("m0", "gone", "n1", "n3", 10*time.Second)},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1")},
+			migs:  []record.Migration{done("m0", "gone", "n1", "n3", 10*time.Second)},
 			load:  cpu("w1", 1.0, "w2", 1.0),
 			skips: []skipWant{{"node:n1", "not shedding now: node cooldown: last migration of n1 ended 10s ago < 30s"}},
 		},
 		{
 			name:  "node cooldown: a target in cooldown is passed over for the next least loaded",
 			nodes: active("n1", "n2", "n3", "n4"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3"), wl("w5", "n4")},
-			migs:  []shmowner.Migration{done("m0", "gone", "n4", "n2", 10*time.Second)},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3"), wl("w5", "n4")},
+			migs:  []record.Migration{done("m0", "gone", "n4", "n2", 10*time.Second)},
 			load:  cpu("w1", 1.0, "w2", 1.0, "w3", 0.1, "w4", 0.2, "w5", 0.3),
 			want:  []string{"w1 n1->n3 cpu"},
 		},
 		{
 			name:  "a migration in flight keeps both its nodes out of balancing",
 			nodes: active("n1", "n2", "n3", "n4"),
-			ws: []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), state(wl("w9", "n4"), shmowner.WorkloadMigrating),
+			ws: []record.Workload{wl("w1", "n1"), wl("w2", "n1"), state(wl("w9", "n4"), record.WorkloadMigrating),
 				wl("w3", "n3"), wl("w8", "n4")},
-			migs: []shmowner.Migration{inflight},
+			migs: []record.Migration{inflight},
 			load: cpu("w1", 1.0, "w2", 1.0, "w9", 1.2, "w3", 0.4, "w8", 0.4),
 			want: []string{"w1 n1->n3 cpu"},
 		},
 		{
 			name:  "cap counts migrations in flight",
 			nodes: active("n1", "n2", "n3", "n4"),
-			ws: []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), state(wl("w9", "n4"), shmowner.WorkloadMigrating),
+			ws: []record.Workload{wl("w1", "n1"), wl("w2", "n1"), state(wl("w9", "n4"), record.WorkloadMigrating),
 				wl("w3", "n3"), wl("w8", "n4")},
-			migs:  []shmowner.Migration{inflight},
+			migs:  []record.Migration{inflight},
 			load:  cpu("w1", 1.0, "w2", 1.0, "w9", 1.2, "w3", 0.4, "w8", 0.4),
 			cfg:   func(c *balancer.Config) { c.MaxConcurrent = 1 },
 			skips: []skipWant{{"", "cap reached: 1 migrations in flight + 0 planned >= MaxConcurrent 1"}},
@@ -169,7 +170,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "memory ushering: the smallest workload that ends the shortage leaves",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("x", "n1"), wl("y", "n1"), wl("z", "n1"), wl("v", "n1")},
+			ws:    []record.Workload{wl("x", "n1"), wl("y", "n1"), wl("z", "n1"), wl("v", "n1")},
 			load:  mem("x", 0.1, 4.0, "y", 0.1, 2.0, "z", 0.1, 1.0, "v", 0.1, 0.5),
 			cfg:   func(c *balancer.Config) { c.MemCapacity["n1"] = 8 * gib },
 			want:  []string{"v n1->n2 memory"},
@@ -178,8 +179,8 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "memory ushering respects the workload cooldown",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("x", "n1"), wl("y", "n1"), wl("z", "n1"), wl("v", "n1")},
-			migs:  []shmowner.Migration{done("m1", "v", "n3", "n1", time.Minute)},
+			ws:    []record.Workload{wl("x", "n1"), wl("y", "n1"), wl("z", "n1"), wl("v", "n1")},
+			migs:  []record.Migration{done("m1", "v", "n3", "n1", time.Minute)},
 			load:  mem("x", 0.1, 4.0, "y", 0.1, 2.0, "z", 0.1, 1.0, "v", 0.1, 0.5),
 			cfg:   func(c *balancer.Config) { c.MemCapacity["n1"] = 8 * gib },
 			want:  []string{"z n1->n2 memory"},
@@ -188,7 +189,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "memory ushering comes before CPU balancing under the cap",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("x", "n1"), wl("y", "n1"), wl("z", "n1"), wl("v", "n1"), wl("w1", "n3"), wl("w2", "n3")},
+			ws:    []record.Workload{wl("x", "n1"), wl("y", "n1"), wl("z", "n1"), wl("v", "n1"), wl("w1", "n3"), wl("w2", "n3")},
 			load:  mem("x", 0.1, 4.0, "y", 0.1, 2.0, "z", 0.1, 1.0, "v", 0.1, 0.5, "w1", 2.0, 0.25, "w2", 1.0, 0.25),
 			cfg:   func(c *balancer.Config) { c.MemCapacity["n1"] = 8 * gib; c.MaxConcurrent = 1 },
 			want:  []string{"v n1->n2 memory"},
@@ -197,7 +198,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "a target must keep its memory headroom: the next node gets it",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
 			load:  mem("w1", 1.0, 4.0, "w2", 1.0, 4.0, "w3", 0.0, 3.5, "w4", 0.2, 0.25),
 			cfg:   func(c *balancer.Config) { c.MemCapacity["n2"] = 8 * gib },
 			want:  []string{"w1 n1->n3 cpu"},
@@ -206,25 +207,25 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "no node has room: nothing moves, and the reason says so",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n2"), wl("w4", "n3")},
 			load:  mem("w1", 1.0, 4.0, "w2", 1.0, 4.0, "w3", 0.0, 3.5, "w4", 0.2, 0.25),
 			cfg:   func(c *balancer.Config) { c.MemCapacity["n2"] = 8 * gib; c.MemCapacity["n3"] = 4 * gib },
 			skips: []skipWant{{"w1", "no target for workload w1 (1.00 cores, 4.0 GiB): of 2 other active nodes, 2 would keep less free than the floor/headroom after 4.0 GiB"}},
 		},
 		{
 			name: "only active nodes are targets; down, left and draining nodes are neither sources nor targets",
-			nodes: []shmowner.Node{node("n1", shmowner.NodeActive), node("n2", shmowner.NodeDown), node("n3", shmowner.NodeLeft),
-				node("n4", shmowner.NodeDraining), node("n5", shmowner.NodeActive), node("n6", shmowner.NodeDown)},
-			ws:   []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w5", "n5"), wl("w6", "n6")},
+			nodes: []record.Node{node("n1", record.NodeActive), node("n2", record.NodeDown), node("n3", record.NodeLeft),
+				node("n4", record.NodeDraining), node("n5", record.NodeActive), node("n6", record.NodeDown)},
+			ws:   []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w5", "n5"), wl("w6", "n6")},
 			load: cpu("w1", 1.0, "w2", 1.0, "w5", 0.4, "w6", 4.0),
 			want: []string{"w1 n1->n5 cpu"},
 			why:  [][]string{{"n1 load 0.500 > mean 0.300"}},
 		},
 		{
 			name:  "a draining node sheds everything movable, largest first, cooldowns and hysteresis aside",
-			nodes: []shmowner.Node{node("n1", shmowner.NodeDraining), node("n2", shmowner.NodeActive), node("n3", shmowner.NodeActive)},
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), pinned(wl("w3", "n1")), wl("w4", "n1"), wl("w5", "n2"), wl("w6", "n3")},
-			migs:  []shmowner.Migration{done("m1", "w4", "n2", "n1", time.Minute)},
+			nodes: []record.Node{node("n1", record.NodeDraining), node("n2", record.NodeActive), node("n3", record.NodeActive)},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), pinned(wl("w3", "n1")), wl("w4", "n1"), wl("w5", "n2"), wl("w6", "n3")},
+			migs:  []record.Migration{done("m1", "w4", "n2", "n1", time.Minute)},
 			load:  cpu("w1", 2.0, "w2", 0.5, "w3", 1.0, "w4", 0.3, "w5", 0.4, "w6", 0.2),
 			want:  []string{"w1 n1->n3 drain", "w2 n1->n2 drain", "w4 n1->n2 drain"},
 			why:   [][]string{{"drain: n1 is draining; workload w1 (2.00 cores, 256 MiB) to n3", "n3 load 0.050 -> 0.550"}, nil, nil},
@@ -232,8 +233,8 @@ func TestPlanRules(t *testing.T) {
 		},
 		{
 			name:  "the cap bounds a drain",
-			nodes: []shmowner.Node{node("n1", shmowner.NodeDraining), node("n2", shmowner.NodeActive)},
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n1")},
+			nodes: []record.Node{node("n1", record.NodeDraining), node("n2", record.NodeActive)},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n1")},
 			load:  cpu("w1", 0.3, "w2", 0.2, "w3", 0.1),
 			cfg:   func(c *balancer.Config) { c.MaxConcurrent = 2 },
 			want:  []string{"w1 n1->n2 drain", "w2 n1->n2 drain"},
@@ -241,44 +242,44 @@ func TestPlanRules(t *testing.T) {
 		},
 		{
 			name:  "a drained part of a split group joins the rest of its group",
-			nodes: []shmowner.Node{node("n1", shmowner.NodeDraining), node("n2", shmowner.NodeActive), node("n3", shmowner.NodeActive)},
-			ws:    []shmowner.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n2"), "g")},
+			nodes: []record.Node{node("n1", record.NodeDraining), node("n2", record.NodeActive), node("n3", record.NodeActive)},
+			ws:    []record.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n2"), "g")},
 			load:  cpu("a", 0.5, "b", 1.0),
 			want:  []string{"a n1->n2 drain"},
 			why:   [][]string{{"where the rest of group g runs"}},
 		},
 		{
 			name:  "a draining node with nowhere to go says so",
-			nodes: []shmowner.Node{node("n1", shmowner.NodeDraining), node("n2", shmowner.NodeDown)},
-			ws:    []shmowner.Workload{wl("w1", "n1")},
+			nodes: []record.Node{node("n1", record.NodeDraining), node("n2", record.NodeDown)},
+			ws:    []record.Workload{wl("w1", "n1")},
 			load:  cpu("w1", 0.3),
 			skips: []skipWant{{"w1", "drain: no target for workload w1 (0.30 cores, 256 MiB): of 0 other active nodes, none"}},
 		},
 		{
 			name:  "exited workloads count nowhere",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{state(wl("w1", "n1"), shmowner.WorkloadExited), wl("w3", "n1"), wl("w4", "n2")},
+			ws:    []record.Workload{state(wl("w1", "n1"), record.WorkloadExited), wl("w3", "n1"), wl("w4", "n2")},
 			load:  cpu("w1", 4.0, "w3", 0.2, "w4", 0.2),
 		},
 		{
 			name:  "a workload without a measurement is not moved by balancing",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1")},
 			load:  cpu("w2", 2.0),
 			skips: []skipWant{{"w1", "no load measurement for w1"}},
 		},
 		{
 			name:  "no ping-pong: a workload does not go back to the node it last left",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), pinned(wl("w2", "n1")), pinned(wl("w3", "n1")), wl("w4", "n3")},
-			migs:  []shmowner.Migration{done("m1", "w1", "n2", "n1", time.Hour)},
+			ws:    []record.Workload{wl("w1", "n1"), pinned(wl("w2", "n1")), pinned(wl("w3", "n1")), wl("w4", "n3")},
+			migs:  []record.Migration{done("m1", "w1", "n2", "n1", time.Hour)},
 			load:  cpu("w1", 1.0, "w2", 1.0, "w3", 1.0, "w4", 0.4),
 			want:  []string{"w1 n1->n3 cpu"},
 		},
 		{
 			name:  "projected loads: each move of a plan sees the ones before it",
 			nodes: active("n1", "n2", "n3", "n4"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n1"), wl("w4", "n1")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1"), wl("w3", "n1"), wl("w4", "n1")},
 			load:  cpu("w1", 1.0, "w2", 1.0, "w3", 1.0, "w4", 1.0),
 			cfg:   func(c *balancer.Config) { c.NodeCooldown = 0 },
 			want:  []string{"w1 n1->n2 cpu", "w2 n1->n3 cpu", "w3 n1->n4 cpu"},
@@ -287,7 +288,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "capacity: a small idle node is not the target when a bigger one ends less loaded",
 			nodes: active("n1", "n2", "n3"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1")},
 			load:  cpu("w1", 2.0, "w2", 2.0),
 			cfg:   func(c *balancer.Config) { c.Capacity = map[string]float64{"n1": 8, "n2": 2} },
 			want:  []string{"w1 n1->n3 cpu"},
@@ -296,7 +297,7 @@ func TestPlanRules(t *testing.T) {
 		{
 			name:  "an invalid config plans nothing and says why",
 			nodes: active("n1", "n2"),
-			ws:    []shmowner.Workload{wl("w1", "n1"), wl("w2", "n1")},
+			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n1")},
 			load:  cpu("w1", 1.0, "w2", 1.0),
 			cfg:   func(c *balancer.Config) { c.MaxConcurrent = 0 },
 			skips: []skipWant{{"", "no plan: max concurrent 0: want >= 1: invalid balancer config"}},
@@ -351,17 +352,17 @@ func TestPlanRules(t *testing.T) {
 // TestNodeLoads pins the load source down: workloads' measured CPU over the node's
 // capacity, never the node's own report (which nodes sharing a kernel all read the same).
 func TestNodeLoads(t *testing.T) {
-	nodes := []shmowner.Node{node("n1", shmowner.NodeActive), node("n2", shmowner.NodeActive), node("n3", shmowner.NodeDraining),
-		node("n4", shmowner.NodeDown), node("n5", shmowner.NodeActive)}
-	ws := []shmowner.Workload{
+	nodes := []record.Node{node("n1", record.NodeActive), node("n2", record.NodeActive), node("n3", record.NodeDraining),
+		node("n4", record.NodeDown), node("n5", record.NodeActive)}
+	ws := []record.Workload{
 		wl("a", "n1"),
-		state(wl("b", "n1"), shmowner.WorkloadExited),
-		state(wl("c", "n2"), shmowner.WorkloadMigrating), // to n5, in flight
+		state(wl("b", "n1"), record.WorkloadExited),
+		state(wl("c", "n2"), record.WorkloadMigrating), // to n5, in flight
 		wl("d", "n4"),
 		wl("e", "n3"),
 		wl("f", "n2"), // not measured
 	}
-	migs := []shmowner.Migration{{ID: "m1", Workload: "c", Source: "n2", Target: "n5", Phase: shmowner.PhaseFrozen,
+	migs := []record.Migration{{ID: "m1", Workload: "c", Source: "n2", Target: "n5", Phase: record.PhaseFrozen,
 		StartedAt: t0.UnixNano(), UpdatedAt: t0.UnixNano()}}
 	load := map[string]balancer.WorkloadLoad{
 		"a": {CPU: 2.0, MemBytes: 1 * gib},
@@ -377,12 +378,12 @@ func TestNodeLoads(t *testing.T) {
 	cfg.MemCapacity = map[string]uint64{"n1": 16 * gib, "n2": 16 * gib, "n3": 16 * gib, "n4": 16 * gib}
 	got := balancer.NodeLoads(buildTable(t, nodes, ws, migs), load, cfg)
 	want := []balancer.NodeLoad{
-		{Node: "n1", State: shmowner.NodeActive, Cores: 8, CPU: 2.0, Load: 0.25, Workloads: 1, MemFreeBytes: 15 * gib, MemTotalBytes: 16 * gib},
+		{Node: "n1", State: record.NodeActive, Cores: 8, CPU: 2.0, Load: 0.25, Workloads: 1, MemFreeBytes: 15 * gib, MemTotalBytes: 16 * gib},
 		// c is counted where it is going; its memory is held here until the move is done.
-		{Node: "n2", State: shmowner.NodeActive, Cores: 4, CPU: 0, Load: 0, Workloads: 1, MemFreeBytes: 14 * gib, MemTotalBytes: 16 * gib},
-		{Node: "n3", State: shmowner.NodeDraining, Cores: 4, CPU: 0.5, Load: 0.125, Workloads: 1, MemFreeBytes: 15 * gib, MemTotalBytes: 16 * gib},
-		{Node: "n4", State: shmowner.NodeDown, Cores: 4, MemFreeBytes: 16 * gib, MemTotalBytes: 16 * gib},
-		{Node: "n5", State: shmowner.NodeActive, Cores: 4, CPU: 1.0, Load: 0.25, Workloads: 1, MemFreeBytes: 62 * gib, MemTotalBytes: 128 * gib},
+		{Node: "n2", State: record.NodeActive, Cores: 4, CPU: 0, Load: 0, Workloads: 1, MemFreeBytes: 14 * gib, MemTotalBytes: 16 * gib},
+		{Node: "n3", State: record.NodeDraining, Cores: 4, CPU: 0.5, Load: 0.125, Workloads: 1, MemFreeBytes: 15 * gib, MemTotalBytes: 16 * gib},
+		{Node: "n4", State: record.NodeDown, Cores: 4, MemFreeBytes: 16 * gib, MemTotalBytes: 16 * gib},
+		{Node: "n5", State: record.NodeActive, Cores: 4, CPU: 1.0, Load: 0.25, Workloads: 1, MemFreeBytes: 62 * gib, MemTotalBytes: 128 * gib},
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("NodeLoads:\n got %+v\nwant %+v", got, want)

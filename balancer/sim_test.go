@@ -13,6 +13,7 @@ import (
 
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // simParams describes one simulated cluster and run.
@@ -129,8 +130,8 @@ func newWorld(tb testing.TB, p simParams) *world {
 				CPU:      0.05 + 3.5/math.Sqrt(float64(ranks[n]+1)),
 				MemBytes: uint64(math.Exp(lo + w.rng.Float64()*(hi-lo))),
 			}
-			w.apply(shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: shmowner.Workload{
-				ID: id, Node: on, Group: group, State: shmowner.WorkloadRunning, Pinned: pin && k == 0}})
+			w.apply(shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: record.Workload{
+				ID: id, Node: on, Group: group, State: record.WorkloadRunning, Pinned: pin && k == 0}})
 			n++
 		}
 		g++
@@ -152,7 +153,7 @@ func newWorld(tb testing.TB, p simParams) *world {
 func (w *world) memFree(t *shmowner.Table, node string) int64 {
 	free := int64(w.cfg.MemCapacity[node])
 	for _, wl := range t.Workloads() {
-		if wl.Node == node && wl.State == shmowner.WorkloadRunning {
+		if wl.Node == node && wl.State == record.WorkloadRunning {
 			free -= int64(w.load[wl.ID].MemBytes)
 		}
 	}
@@ -171,7 +172,7 @@ func (w *world) lowerBound(t *shmowner.Table) int {
 		mem int64
 	}
 	units := map[string][]u{}
-	groups := map[string][]shmowner.Workload{}
+	groups := map[string][]record.Workload{}
 	for _, wl := range t.Workloads() {
 		groups[wl.Group] = append(groups[wl.Group], wl)
 	}
@@ -205,14 +206,14 @@ func (w *world) lowerBound(t *shmowner.Table) int {
 	nl := balancer.NodeLoads(t, w.load, w.cfg)
 	var used, cores float64
 	for _, n := range nl {
-		if n.State == shmowner.NodeActive {
+		if n.State == record.NodeActive {
 			used, cores = used+n.CPU, cores+n.Cores
 		}
 	}
 	mean, T := used/cores, w.cfg.Threshold
 	out, in := 0, 0
 	for _, n := range nl {
-		if n.State != shmowner.NodeActive {
+		if n.State != record.NodeActive {
 			continue
 		}
 		k := 0
@@ -275,8 +276,8 @@ func (w *world) run() simResult {
 			id := fmt.Sprintf("m%05d", w.seq)
 			at := w.now.UnixNano()
 			w.apply(shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Target: m.To, Epoch: t.GroupEpoch(m.Group), At: at})
-			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: shmowner.PhaseRestored, At: at})
-			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: shmowner.PhaseDone, At: at})
+			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
+			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
 			if left[m.Workload] == nil {
 				left[m.Workload] = map[string]bool{}
 			}
@@ -297,12 +298,12 @@ func (w *world) run() simResult {
 		if r.failed < w.p.failures && round >= 3 && w.rng.Float64() < 0.15 {
 			var up []string
 			for _, n := range w.fsm.Table().Nodes() {
-				if n.State == shmowner.NodeActive {
+				if n.State == record.NodeActive {
 					up = append(up, n.ID)
 				}
 			}
 			victim := up[w.rng.IntN(len(up))]
-			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: victim, State: shmowner.NodeDown})
+			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: victim, State: record.NodeDown})
 			r.failed++
 			quiet = 0
 			// Losing a node moves the mean: the potential argument restarts from here.
@@ -311,12 +312,12 @@ func (w *world) run() simResult {
 		if w.p.drain && round == drainRound {
 			var most *balancer.NodeLoad
 			for _, n := range balancer.NodeLoads(w.fsm.Table(), w.load, cfg) {
-				if n.State == shmowner.NodeActive && (most == nil || n.Workloads > most.Workloads) {
+				if n.State == record.NodeActive && (most == nil || n.Workloads > most.Workloads) {
 					most = &n
 				}
 			}
 			r.drained = most.Node
-			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: most.Node, State: shmowner.NodeDraining})
+			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: most.Node, State: record.NodeDraining})
 		}
 		w.now = w.now.Add(simStep)
 		if len(d.Moves) == 0 {
@@ -355,14 +356,14 @@ func (w *world) run() simResult {
 	var used, cores float64
 	lo, hi := math.Inf(1), math.Inf(-1)
 	for _, n := range nl {
-		if n.State == shmowner.NodeActive {
+		if n.State == record.NodeActive {
 			used, cores = used+n.CPU, cores+n.Cores
 			lo, hi = min(lo, n.Load), max(hi, n.Load)
 		}
 	}
 	r.mean, r.spread = used/cores, hi-lo
 	for _, n := range nl {
-		if n.State == shmowner.NodeActive && math.Abs(n.Load-r.mean) > cfg.Threshold {
+		if n.State == record.NodeActive && math.Abs(n.Load-r.mean) > cfg.Threshold {
 			r.outOfBand++
 			if why, ok := explained[n.Node]; ok {
 				r.outExplained++
@@ -399,10 +400,10 @@ func (w *world) check(t *shmowner.Table, d balancer.Decision, left map[string]ma
 		if wl.Pinned {
 			tb.Fatalf("pinned workload moved: %+v", m)
 		}
-		if wl.State != shmowner.WorkloadRunning || wl.Node != m.From || m.From == m.To {
+		if wl.State != record.WorkloadRunning || wl.Node != m.From || m.From == m.To {
 			tb.Fatalf("move %+v of workload %+v", m, wl)
 		}
-		if n, _ := t.Node(m.To); n.State != shmowner.NodeActive {
+		if n, _ := t.Node(m.To); n.State != record.NodeActive {
 			tb.Fatalf("move to %s node: %+v", n.State, m)
 		}
 		if to, ok := target[m.Group]; ok && to != m.To {
@@ -435,7 +436,7 @@ func (w *world) check(t *shmowner.Table, d balancer.Decision, left map[string]ma
 	// A group moves whole: every running member on the source moves with it.
 	for g, to := range target {
 		for _, wl := range t.Workloads() {
-			if wl.Group == g && wl.State == shmowner.WorkloadRunning && !seen[wl.ID] {
+			if wl.Group == g && wl.State == record.WorkloadRunning && !seen[wl.ID] {
 				tb.Fatalf("group %s moves to %s without %s", g, to, wl.ID)
 			}
 		}

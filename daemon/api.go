@@ -3,7 +3,7 @@ package daemon
 import (
 	"encoding/json"
 
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Status is what `migshm status` shows: this node and the Raft cluster as it sees it.
@@ -80,10 +80,10 @@ type joinRequest struct {
 
 // Types re-exported for API users, so the CLI does not need to import shmowner.
 type (
-	Node      = shmowner.Node
-	Workload  = shmowner.Workload
-	Segment   = shmowner.Segment
-	Migration = shmowner.Migration
+	Node      = record.Node
+	Workload  = record.Workload
+	Segment   = record.Segment
+	Migration = record.Migration
 )
 
 // MoveRequest asks to move a workload to another node (POST /v1/migrations). The
@@ -162,7 +162,7 @@ type CheckReport struct {
 }
 
 // MigrationStats is shmowner's figures of a migration, re-exported.
-type MigrationStats = shmowner.MigrationStats
+type MigrationStats = record.MigrationStats
 
 // NodeLoad is a node's load as the leader's balancer counts it (GET /v1/balance): the
 // CPU its workloads use, from their processes, over the cores the node declares.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // moveRetryAfter is how long the balancer leaves a workload alone after a move of it
@@ -109,7 +110,7 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*Bala
 	caught := d.catchUp(cctx)
 	cancel()
 	if !d.store.IsLeader() {
-		return nil, fmt.Errorf("balance: %w", shmowner.ErrNotLeader)
+		return nil, fmt.Errorf("balance: %w", record.ErrNotLeader)
 	}
 	if !caught {
 		return nil, fmt.Errorf("balance: this leader has not applied its log yet; try again: %w", ErrNoLeader)
@@ -189,7 +190,7 @@ func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, 
 	for _, n := range nls {
 		rep.Nodes = append(rep.Nodes, NodeLoad{Node: n.Node, State: string(n.State), Cores: n.Cores, CPU: n.CPU,
 			Load: n.Load, Workloads: n.Workloads, MemFreeBytes: n.MemFreeBytes, MemTotalBytes: n.MemTotalBytes})
-		if n.State == shmowner.NodeActive && n.Cores > 0 {
+		if n.State == record.NodeActive && n.Cores > 0 {
 			lo, hi = min(lo, n.Load), max(hi, n.Load)
 			used, cores = used+n.CPU, cores+n.Cores
 		}
@@ -224,7 +225,7 @@ func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, 
 func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv BalanceMove) error {
 	w, ok := t.Workload(mv.Workload)
 	if !ok {
-		return fmt.Errorf("workload %s: %w", mv.Workload, shmowner.ErrUnknownWorkload)
+		return fmt.Errorf("workload %s: %w", mv.Workload, record.ErrUnknownWorkload)
 	}
 	req := MoveRequest{Workload: w.ID, Target: mv.To, Reason: "balancer: " + mv.Kind + ": " + mv.Reason}
 	if err := d.mig.validate(t, w, req); err != nil {
@@ -245,7 +246,7 @@ func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv Bal
 	}
 	n, ok := t.Node(w.Node)
 	if !ok {
-		return fmt.Errorf("node %s of workload %s: %w", w.Node, w.Name, shmowner.ErrUnknownNode)
+		return fmt.Errorf("node %s of workload %s: %w", w.Node, w.Name, record.ErrUnknownNode)
 	}
 	c := newPeerClient(n.APIAddr, d.peerTr)
 	c.header = http.Header{forwardedHeader: {d.cfg.NodeID}}
@@ -373,7 +374,7 @@ func (d *Daemon) onLeader(ctx context.Context, r *http.Request, method, path str
 		return fn(ctx)
 	}
 	if r.Header.Get(forwardedHeader) != "" {
-		return nil, fmt.Errorf("%s: this node no longer leads; try again: %w", path, shmowner.ErrNotLeader)
+		return nil, fmt.Errorf("%s: this node no longer leads; try again: %w", path, record.ErrNotLeader)
 	}
 	addr := d.leaderAPI()
 	if addr == "" {
@@ -397,19 +398,19 @@ func (d *Daemon) handleBalance(fn func(ctx context.Context) (*BalanceReport, err
 func (d *Daemon) handleDrain(drain bool) func(r *http.Request) (any, error) {
 	return func(r *http.Request) (any, error) {
 		id := r.PathValue("id")
-		op, from, to := "drain", shmowner.NodeActive, shmowner.NodeDraining
+		op, from, to := "drain", record.NodeActive, record.NodeDraining
 		if !drain {
-			op, from, to = "undrain", shmowner.NodeDraining, shmowner.NodeActive
+			op, from, to = "undrain", record.NodeDraining, record.NodeActive
 		}
 		n, ok := d.readTable(r).Node(id)
 		switch {
 		case !ok:
-			return nil, fmt.Errorf("%s: no node %q (see `migshm nodes`): %w", op, id, shmowner.ErrUnknownNode)
+			return nil, fmt.Errorf("%s: no node %q (see `migshm nodes`): %w", op, id, record.ErrUnknownNode)
 		case n.State == to:
 			return n, nil
 		case n.State != from:
 			return nil, fmt.Errorf("%s %s: the node is %s, not %s (a down node: start its daemon, or remove it with `migshm leave %s --force`): %w",
-				op, id, n.State, from, id, shmowner.ErrNodeNotActive)
+				op, id, n.State, from, id, record.ErrNodeNotActive)
 		}
 		if err := d.apply(r.Context(), shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: id, State: to}); err != nil {
 			return nil, fmt.Errorf("%s %s: %w", op, id, err)

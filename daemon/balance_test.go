@@ -12,7 +12,7 @@ import (
 	"github.com/migshm/migshm/daemon"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // TestBalance is the acceptance test of automatic balancing on a local 3-node cluster.
@@ -108,7 +108,7 @@ func TestBalance(t *testing.T) {
 	}
 	moved := map[string]int{}
 	for _, m := range ms {
-		if m.Phase != shmowner.PhaseDone {
+		if m.Phase != record.PhaseDone {
 			t.Errorf("migration %s of %s: %s (%s), want done", m.ID, m.Workload, m.Phase, m.Error)
 		}
 		if !strings.HasPrefix(m.Reason, "balancer: cpu") {
@@ -141,7 +141,7 @@ func TestBalance(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range ws {
-		if w.Node == "n2" && w.State != shmowner.WorkloadExited {
+		if w.Node == "n2" && w.State != record.WorkloadExited {
 			t.Errorf("after the drain %s still runs on n2", w.Name)
 		}
 	}
@@ -149,7 +149,7 @@ func TestBalance(t *testing.T) {
 		t.Fatal(err)
 	} else {
 		for _, n := range nodes {
-			if n.ID == "n2" && n.State != shmowner.NodeDraining {
+			if n.ID == "n2" && n.State != record.NodeDraining {
 				t.Errorf("n2 is %s after the drain, want draining", n.State)
 			}
 		}
@@ -183,12 +183,12 @@ func TestBalance(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "the dead draining n2 to be marked down", func() (bool, string) {
 		_, st := nodeState("n2")
-		return st == string(shmowner.NodeDown), st
+		return st == string(record.NodeDown), st
 	})
 	c.restart(n2)
 	waitFor(t, 30*time.Second, "n2 to be back, active", func() (bool, string) {
 		_, st := nodeState("n2")
-		return st == string(shmowner.NodeActive), st
+		return st == string(record.NodeActive), st
 	})
 	// After the undrain the balancer may have been moving a writer to n2 when it died:
 	// whatever it was doing ended with every workload in one piece.
@@ -216,7 +216,7 @@ func checkIntact(t *testing.T, c *cluster, bins testwork.Bins, via *tnode, write
 	for i := range writers {
 		name := fmt.Sprintf("busy%d", i)
 		w := c.workload(via, name)
-		if w.State != shmowner.WorkloadRunning {
+		if w.State != record.WorkloadRunning {
 			t.Fatalf("%s is %s (exit %d)", name, w.State, w.ExitStatus)
 		}
 		if n := c.nodeOfPid(w.InitPid); n != w.Node {

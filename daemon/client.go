@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Client talks to one daemon: over its local unix socket (the CLI) or over its peer API
@@ -253,7 +253,7 @@ func (c *Client) Move(ctx context.Context, r MoveRequest, onEvent func(MoveEvent
 // phase, or its record's, is aborted. (The record may lag: the source reads it from its
 // own copy of the table.)
 func moveAborted(ev MoveEvent) bool {
-	return ev.Phase == string(shmowner.PhaseAborted) || ev.Record != nil && ev.Record.Phase == shmowner.PhaseAborted
+	return ev.Phase == string(record.PhaseAborted) || ev.Record != nil && ev.Record.Phase == record.PhaseAborted
 }
 
 // abortedError is the error of a migration that was rolled back: it is both the

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"golang.org/x/sys/unix"
 )
 
@@ -73,7 +73,7 @@ func fakeAPI(t *testing.T) http.Handler {
 			writeError(w, log, fmt.Errorf("stop %s: %w", ref, s))
 			return
 		}
-		writeJSON(w, http.StatusOK, Workload{ID: "w1", Name: ref, State: shmowner.WorkloadExited, ExitStatus: int(req.TimeoutMS)})
+		writeJSON(w, http.StatusOK, Workload{ID: "w1", Name: ref, State: record.WorkloadExited, ExitStatus: int(req.TimeoutMS)})
 	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "upstream connect error or disconnect/reset before headers", http.StatusBadGateway)
@@ -90,7 +90,7 @@ func fakeAPI(t *testing.T) http.Handler {
 	})
 	mux.HandleFunc("GET /v1/workloads/{ref}/logs", func(w http.ResponseWriter, r *http.Request) {
 		if r.PathValue("ref") != "db1" {
-			writeError(w, log, fmt.Errorf("no workload %q (see `migshm ps`): %w", r.PathValue("ref"), shmowner.ErrUnknownWorkload))
+			writeError(w, log, fmt.Errorf("no workload %q (see `migshm ps`): %w", r.PathValue("ref"), record.ErrUnknownWorkload))
 			return
 		}
 		q := r.URL.Query()
@@ -173,7 +173,7 @@ func TestClientErrors(t *testing.T) {
 		}
 		out.Reset()
 		err := c.Logs(ctx, "nope", "stdout", false, 0, &out)
-		if !errors.Is(err, shmowner.ErrUnknownWorkload) || !strings.Contains(err.Error(), `no workload "nope"`) {
+		if !errors.Is(err, record.ErrUnknownWorkload) || !strings.Contains(err.Error(), `no workload "nope"`) {
 			t.Errorf("logs of an unknown workload: %v", err)
 		}
 		if out.Len() != 0 {
@@ -398,20 +398,20 @@ func moveStream(t *testing.T, events []MoveEvent, cut string) http.HandlerFunc {
 }
 
 func TestClientMove(t *testing.T) {
-	planned := MoveEvent{Event: EventPhase, At: 1, Migration: "m1", Phase: string(shmowner.PhasePlanned),
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhasePlanned}}
+	planned := MoveEvent{Event: EventPhase, At: 1, Migration: "m1", Phase: string(record.PhasePlanned),
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhasePlanned}}
 	round := MoveEvent{Event: EventRound, At: 2, Migration: "m1", Round: &RoundInfo{Round: 1, Pages: 10, ChangedPages: 10, SentBytes: 40960}}
-	frozen := MoveEvent{Event: EventPhase, At: 3, Migration: "m1", Phase: string(shmowner.PhaseFrozen)}
-	done := MoveEvent{Event: EventDone, At: 4, Migration: "m1", Phase: string(shmowner.PhaseDone),
-		Record:  &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseDone, Bytes: 40960},
+	frozen := MoveEvent{Event: EventPhase, At: 3, Migration: "m1", Phase: string(record.PhaseFrozen)}
+	done := MoveEvent{Event: EventDone, At: 4, Migration: "m1", Phase: string(record.PhaseDone),
+		Record:  &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseDone, Bytes: 40960},
 		Summary: &MigrationStats{Rounds: 1, PrecopyBytes: 40960, FrozenNS: 5e6}}
 	aborted := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "dump w1: criu failed", Code: "unreachable",
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseAborted}}
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseAborted}}
 	failed := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "migration m1 aborted: criu died", Code: "migration_failed",
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseAborted}}
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseAborted}}
 	// The source read the record before its copy of the table had the abort.
-	stale := MoveEvent{Event: EventError, At: 4, Migration: "m1", Phase: string(shmowner.PhaseAborted), Error: "target gone", Code: "unreachable",
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseFrozen}}
+	stale := MoveEvent{Event: EventError, At: 4, Migration: "m1", Phase: string(record.PhaseAborted), Error: "target gone", Code: "unreachable",
+		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseFrozen}}
 	unsettled := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "outcome could not be recorded", Code: "no_leader"}
 	inFlight := MoveEvent{Event: EventError, At: 1, Error: "w1 is moving already (m0)", Code: "migration_in_flight"}
 	noCode := MoveEvent{Event: EventError, At: 1, Error: "something odd"}
@@ -430,7 +430,7 @@ func TestClientMove(t *testing.T) {
 		"empty":     moveStream(t, nil, ""),
 		"garbage":   moveStream(t, []MoveEvent{planned}, "<html>\n"),
 		"refused": func(w http.ResponseWriter, r *http.Request) {
-			writeError(w, discardLog(), fmt.Errorf("no workload %q: %w", "refused", shmowner.ErrUnknownWorkload))
+			writeError(w, discardLog(), fmt.Errorf("no workload %q: %w", "refused", record.ErrUnknownWorkload))
 		},
 	}
 	var (
@@ -465,14 +465,14 @@ func TestClientMove(t *testing.T) {
 		{"failed", []MoveEvent{planned, failed}, ErrMigrationFailed, "migration m1 aborted: criu died", false},
 		{"unsettled", []MoveEvent{planned, frozen, unsettled}, ErrNoLeader, "outcome could not be recorded", true},
 		{"stale", []MoveEvent{planned, frozen, stale}, ErrUnreachable, "target gone", false},
-		{"in-flight", []MoveEvent{inFlight}, shmowner.ErrMigrationInFlight, "w1 is moving already (m0)", true},
+		{"in-flight", []MoveEvent{inFlight}, record.ErrMigrationInFlight, "w1 is moving already (m0)", true},
 		{"no-code", []MoveEvent{noCode}, nil, "something odd", true},
 		{"cut", []MoveEvent{planned, round}, ErrOutcomeUnknown,
 			"...lost track of migration m1 (last seen in phase planned): ...ended the stream early: outcome of the move unknown; see `migshm migrations`", true},
 		{"cut-line", []MoveEvent{planned, frozen}, ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase frozen): ...in the middle of an event: outcome of the move unknown; see `migshm migrations`", true},
 		{"empty", nil, ErrOutcomeUnknown, "lost track of the move of empty to n2: ...ended the stream early: outcome of the move unknown...", true},
 		{"garbage", []MoveEvent{planned}, ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase planned): reading the stream from ...invalid character '<'...", true},
-		{"refused", nil, shmowner.ErrUnknownWorkload, `no workload "refused": unknown workload`, true},
+		{"refused", nil, record.ErrUnknownWorkload, `no workload "refused": unknown workload`, true},
 	} {
 		t.Run(tt.workload, func(t *testing.T) {
 			req := MoveRequest{Workload: tt.workload, Target: "n2", MaxDowntimeMS: 250, MaxRounds: 3, NoPrecopy: true}
@@ -601,9 +601,9 @@ func TestClientCheckAndMigrations(t *testing.T) {
 		MemoryBytes: 1 << 30, TargetFree: 512 << 20,
 		Problems: []Problem{{Reason: "target-memory", Detail: "n2 has 512 MiB free, db1 needs 1 GiB"}}}
 	migs := []Migration{
-		{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: shmowner.PhaseDone, Bytes: 4096,
+		{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseDone, Bytes: 4096,
 			Stats: &MigrationStats{Rounds: 2, FrozenNS: 3e6}},
-		{ID: "m2", Workload: "w1", Source: "n2", Target: "n1", Phase: shmowner.PhaseAborted, Error: "criu failed"},
+		{ID: "m2", Workload: "w1", Source: "n2", Target: "n1", Phase: record.PhaseAborted, Error: "criu failed"},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/migrations/check", func(w http.ResponseWriter, r *http.Request) {
@@ -613,7 +613,7 @@ func TestClientCheckAndMigrations(t *testing.T) {
 			return
 		}
 		if req.Target != "n2" {
-			writeError(w, discardLog(), fmt.Errorf("no node %q: %w", req.Target, shmowner.ErrUnknownNode))
+			writeError(w, discardLog(), fmt.Errorf("no node %q: %w", req.Target, record.ErrUnknownNode))
 			return
 		}
 		writeJSON(w, http.StatusOK, report)
@@ -627,7 +627,7 @@ func TestClientCheckAndMigrations(t *testing.T) {
 		t.Errorf("Check: %+v, %v", got, err)
 	}
 	_, err = c.Check(ctx, CheckRequest{Workload: "db1", Target: "n9"})
-	if !errors.Is(err, shmowner.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
+	if !errors.Is(err, record.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
 		t.Errorf("Check of an unknown node: %v", err)
 	}
 	gotMigs, err := c.Migrations(ctx)
@@ -647,7 +647,7 @@ func TestClientBalancer(t *testing.T) {
 		mu    sync.Mutex
 		calls []string
 	)
-	record := func(r *http.Request) error {
+	recordReq := func(r *http.Request) error {
 		mu.Lock()
 		calls = append(calls, r.Method+" "+r.URL.Path)
 		mu.Unlock()
@@ -659,7 +659,7 @@ func TestClientBalancer(t *testing.T) {
 	}
 	handle := func(fn func(r *http.Request) (any, error)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			if err := record(r); err != nil {
+			if err := recordReq(r); err != nil {
 				writeError(w, discardLog(), err)
 				return
 			}
@@ -671,10 +671,10 @@ func TestClientBalancer(t *testing.T) {
 			writeJSON(w, http.StatusOK, v)
 		}
 	}
-	node := func(state shmowner.NodeState) func(r *http.Request) (any, error) {
+	node := func(state record.NodeState) func(r *http.Request) (any, error) {
 		return func(r *http.Request) (any, error) {
 			if id := r.PathValue("id"); id != "n1" {
-				return nil, fmt.Errorf("no node %q: %w", id, shmowner.ErrUnknownNode)
+				return nil, fmt.Errorf("no node %q: %w", id, record.ErrUnknownNode)
 			}
 			return Node{ID: "n1", State: state}, nil
 		}
@@ -682,14 +682,14 @@ func TestClientBalancer(t *testing.T) {
 	pin := func(pinned bool) func(r *http.Request) (any, error) {
 		return func(r *http.Request) (any, error) {
 			if ref := r.PathValue("ref"); ref != "db 1" {
-				return nil, fmt.Errorf("no workload %q: %w", ref, shmowner.ErrUnknownWorkload)
+				return nil, fmt.Errorf("no workload %q: %w", ref, record.ErrUnknownWorkload)
 			}
-			return Workload{ID: "w1", Name: "db 1", Node: "n1", State: shmowner.WorkloadRunning, Pinned: pinned}, nil
+			return Workload{ID: "w1", Name: "db 1", Node: "n1", State: record.WorkloadRunning, Pinned: pinned}, nil
 		}
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/nodes/{id}/drain", handle(node(shmowner.NodeDraining)))
-	mux.HandleFunc("POST /v1/nodes/{id}/undrain", handle(node(shmowner.NodeActive)))
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", handle(node(record.NodeDraining)))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", handle(node(record.NodeActive)))
 	mux.HandleFunc("POST /v1/workloads/{ref}/pin", handle(pin(true)))
 	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", handle(pin(false)))
 	mux.HandleFunc("GET /v1/balance", handle(func(*http.Request) (any, error) {
@@ -719,22 +719,22 @@ func TestClientBalancer(t *testing.T) {
 	}
 
 	n, err := c.Drain(ctx, "n1")
-	if err != nil || n.ID != "n1" || n.State != shmowner.NodeDraining {
+	if err != nil || n.ID != "n1" || n.State != record.NodeDraining {
 		t.Errorf("Drain: %+v, %v", n, err)
 	}
 	n, err = c.Undrain(ctx, "n1")
-	if err != nil || n.State != shmowner.NodeActive {
+	if err != nil || n.State != record.NodeActive {
 		t.Errorf("Undrain: %+v, %v", n, err)
 	}
 	if got := takeCalls(); got != "POST /v1/nodes/n1/drain, POST /v1/nodes/n1/undrain" {
 		t.Errorf("calls: %s", got)
 	}
 	_, err = c.Drain(ctx, "n9")
-	if !errors.Is(err, shmowner.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
+	if !errors.Is(err, record.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
 		t.Errorf("Drain of an unknown node: %v", err)
 	}
 	_, err = c.Undrain(ctx, "n9")
-	if !errors.Is(err, shmowner.ErrUnknownNode) {
+	if !errors.Is(err, record.ErrUnknownNode) {
 		t.Errorf("Undrain of an unknown node: %v", err)
 	}
 	takeCalls()
@@ -752,7 +752,7 @@ func TestClientBalancer(t *testing.T) {
 		t.Errorf("calls: %s", got)
 	}
 	for _, fn := range []func(context.Context, string) (Workload, error){c.Pin, c.Unpin} {
-		if _, err := fn(ctx, "nope"); !errors.Is(err, shmowner.ErrUnknownWorkload) {
+		if _, err := fn(ctx, "nope"); !errors.Is(err, record.ErrUnknownWorkload) {
 			t.Errorf("pin or unpin of an unknown workload: %v", err)
 		}
 	}

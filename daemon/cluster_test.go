@@ -30,7 +30,7 @@ import (
 	"github.com/migshm/migshm/internal/nsutil"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/internal/testwork"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 var (
@@ -239,7 +239,7 @@ func (c *cluster) waitMembers(via *tnode, want int) {
 		}
 		active := 0
 		for _, n := range nodes {
-			if n.State == shmowner.NodeActive {
+			if n.State == record.NodeActive {
 				active++
 			}
 		}
@@ -414,7 +414,7 @@ func TestCluster(t *testing.T) {
 		waitFor(t, 10*time.Second, "exit status 3 recorded", func() (bool, string) {
 			ws, _ := n2.c.Workloads(context.Background())
 			w, _ := workloadByName(ws, "three")
-			return w.State == shmowner.WorkloadExited && w.ExitStatus == 3 && w.ExitedAt > 0, fmt.Sprintf("%+v", w)
+			return w.State == record.WorkloadExited && w.ExitStatus == 3 && w.ExitedAt > 0, fmt.Sprintf("%+v", w)
 		})
 		out, err = c.cli(n3, "logs", "--stderr", "three")
 		if err != nil || out != "bye\n" {
@@ -422,7 +422,7 @@ func TestCluster(t *testing.T) {
 		}
 		var stopped daemon.Workload
 		c.cliJSON(t, n1, &stopped, "stop", "counter") // runs on n2
-		if stopped.State != shmowner.WorkloadExited || stopped.ExitStatus != 0 {
+		if stopped.State != record.WorkloadExited || stopped.ExitStatus != 0 {
 			t.Errorf("stop counter: %+v", stopped)
 		}
 		var ps []daemon.Workload
@@ -497,7 +497,7 @@ func TestCluster(t *testing.T) {
 			ns, _ := survivors[0].c.Nodes(context.Background())
 			for _, n := range ns {
 				if n.ID == old {
-					return n.State == shmowner.NodeDown, string(n.State)
+					return n.State == record.NodeDown, string(n.State)
 				}
 			}
 			return false, "missing"
@@ -543,7 +543,7 @@ func TestCluster(t *testing.T) {
 			}
 			q, _ := workloadByName(ws, "quitter")
 			s, _ := workloadByName(ws, "survivor")
-			return q.State == shmowner.WorkloadExited && q.ExitStatus == 4 && s.State == shmowner.WorkloadRunning &&
+			return q.State == record.WorkloadExited && q.ExitStatus == 4 && s.State == record.WorkloadRunning &&
 				s.InitPid == a.InitPid, fmt.Sprintf("%+v %+v", q, s)
 		})
 		// The restarted daemon is no longer the survivor's parent; stop still works and
@@ -575,7 +575,7 @@ func TestCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, w := range ws {
-			if w.Node == "n3" && w.State == shmowner.WorkloadRunning {
+			if w.Node == "n3" && w.State == record.WorkloadRunning {
 				if _, err := c.cli(n1, "stop", "--timeout", "2s", w.Name); err != nil {
 					t.Fatal(err)
 				}

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Version is the daemon's build, set with -ldflags "-X github.com/migshm/migshm/daemon.Version=...".
@@ -329,7 +330,7 @@ func (d *Daemon) ensureMember(ctx context.Context) error {
 		return err
 	}
 	if n, ok := d.store.Table().Node(d.cfg.NodeID); ok && n.RaftAddr == d.raftAddr &&
-		n.APIAddr == d.apiAddr && n.State != shmowner.NodeDown && n.State != shmowner.NodeLeft {
+		n.APIAddr == d.apiAddr && n.State != record.NodeDown && n.State != record.NodeLeft {
 		return nil
 	}
 	return d.apply(wctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{
@@ -372,13 +373,13 @@ func (d *Daemon) apply(ctx context.Context, t shmowner.MessageType, body any) (e
 	wait := 20 * time.Millisecond
 	for {
 		_, err = d.store.Apply(ctx, t, body)
-		if errors.Is(err, shmowner.ErrNotLeader) {
+		if errors.Is(err, record.ErrNotLeader) {
 			if addr := d.leaderAPI(); addr != "" {
 				err = newPeerClient(addr, d.peerTr).do(ctx, http.MethodPost, "/peer/v1/apply",
 					applyRequest{Type: raw[0], Body: raw[1:]}, nil)
 			}
 		}
-		if err == nil || !(errors.Is(err, shmowner.ErrNotLeader) || errors.Is(err, ErrUnreachable)) {
+		if err == nil || !(errors.Is(err, record.ErrNotLeader) || errors.Is(err, ErrUnreachable)) {
 			return err
 		}
 		select {

@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Sentinels of the daemon's API. Table rule violations use shmowner's sentinels; both
@@ -56,7 +56,7 @@ func codeOf(err error) (string, int) {
 			return c.code, c.status
 		}
 	}
-	code := shmowner.ErrorCode(err)
+	code := record.ErrorCode(err)
 	switch code {
 	case "":
 		return "internal", http.StatusInternalServerError
@@ -84,7 +84,7 @@ func fromWire(e wireError) error {
 			return &codedError{msg: e.Message, err: c.err}
 		}
 	}
-	return shmowner.ErrorFromCode(e.Code, e.Message)
+	return record.ErrorFromCode(e.Code, e.Message)
 }
 
 type codedError struct {

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // sentinelCase is one sentinel and the wire code and HTTP status it must travel as.
@@ -38,18 +38,18 @@ var daemonSentinels = []sentinelCase{
 }
 
 var shmownerSentinels = []sentinelCase{
-	{"ErrNotLeader", shmowner.ErrNotLeader, "not_leader", http.StatusServiceUnavailable},
-	{"ErrUnknownNode", shmowner.ErrUnknownNode, "unknown_node", http.StatusNotFound},
-	{"ErrUnknownWorkload", shmowner.ErrUnknownWorkload, "unknown_workload", http.StatusNotFound},
-	{"ErrUnknownMigration", shmowner.ErrUnknownMigration, "unknown_migration", http.StatusNotFound},
-	{"ErrStaleEpoch", shmowner.ErrStaleEpoch, "stale_epoch", http.StatusConflict},
-	{"ErrMigrationInFlight", shmowner.ErrMigrationInFlight, "migration_in_flight", http.StatusConflict},
-	{"ErrBadTransition", shmowner.ErrBadTransition, "bad_transition", http.StatusConflict},
-	{"ErrSameNode", shmowner.ErrSameNode, "same_node", http.StatusConflict},
-	{"ErrNodeNotActive", shmowner.ErrNodeNotActive, "node_not_active", http.StatusConflict},
-	{"ErrNotOwner", shmowner.ErrNotOwner, "not_owner", http.StatusConflict},
-	{"ErrExists", shmowner.ErrExists, "exists", http.StatusConflict},
-	{"ErrInvalid", shmowner.ErrInvalid, "invalid", http.StatusBadRequest},
+	{"ErrNotLeader", record.ErrNotLeader, "not_leader", http.StatusServiceUnavailable},
+	{"ErrUnknownNode", record.ErrUnknownNode, "unknown_node", http.StatusNotFound},
+	{"ErrUnknownWorkload", record.ErrUnknownWorkload, "unknown_workload", http.StatusNotFound},
+	{"ErrUnknownMigration", record.ErrUnknownMigration, "unknown_migration", http.StatusNotFound},
+	{"ErrStaleEpoch", record.ErrStaleEpoch, "stale_epoch", http.StatusConflict},
+	{"ErrMigrationInFlight", record.ErrMigrationInFlight, "migration_in_flight", http.StatusConflict},
+	{"ErrBadTransition", record.ErrBadTransition, "bad_transition", http.StatusConflict},
+	{"ErrSameNode", record.ErrSameNode, "same_node", http.StatusConflict},
+	{"ErrNodeNotActive", record.ErrNodeNotActive, "node_not_active", http.StatusConflict},
+	{"ErrNotOwner", record.ErrNotOwner, "not_owner", http.StatusConflict},
+	{"ErrExists", record.ErrExists, "exists", http.StatusConflict},
+	{"ErrInvalid", record.ErrInvalid, "invalid", http.StatusBadRequest},
 }
 
 // sentinelNames returns the names of the package-level Err* variables of a Go file.
@@ -82,7 +82,7 @@ func TestSentinelListsComplete(t *testing.T) {
 	for _, tt := range []struct {
 		file  string
 		cases []sentinelCase
-	}{{"errors.go", daemonSentinels}, {"../shmowner/errors.go", shmownerSentinels}} {
+	}{{"errors.go", daemonSentinels}, {"../shmowner/record/errors.go", shmownerSentinels}} {
 		have := map[string]bool{}
 		for _, c := range tt.cases {
 			have[c.name] = true
@@ -202,7 +202,7 @@ func TestWriteError(t *testing.T) {
 		message string
 	}{
 		{fmt.Errorf("stop x: %w", ErrNotRunning), http.StatusConflict, "not_running", false, "stop x: workload not running"},
-		{fmt.Errorf("nope: %w", shmowner.ErrUnknownWorkload), http.StatusNotFound, "unknown_workload", false, "nope: unknown workload"},
+		{fmt.Errorf("nope: %w", record.ErrUnknownWorkload), http.StatusNotFound, "unknown_workload", false, "nope: unknown workload"},
 		{errors.New("boom"), http.StatusInternalServerError, "internal", true, "boom"},
 	} {
 		t.Run(tt.code, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // maxBody bounds every request body; API requests are small.
@@ -234,12 +235,12 @@ func (d *Daemon) handleLeave(r *http.Request) (any, error) {
 	}
 	t := d.readTable(r)
 	if _, ok := t.Node(req.Node); !ok && !d.inRaftConfig(req.Node) {
-		return nil, fmt.Errorf("leave: node %q is not in the cluster: %w", req.Node, shmowner.ErrUnknownNode)
+		return nil, fmt.Errorf("leave: node %q is not in the cluster: %w", req.Node, record.ErrUnknownNode)
 	}
 	if !req.Force {
 		var running []string
 		for _, w := range t.Workloads() {
-			if w.Node == req.Node && w.State != shmowner.WorkloadExited {
+			if w.Node == req.Node && w.State != record.WorkloadExited {
 				running = append(running, w.Name)
 			}
 		}
@@ -305,9 +306,9 @@ func (d *Daemon) handlePeerRemove(r *http.Request) (any, error) {
 
 // resolve finds a workload by id, name, unique id prefix, or host pid of a process on
 // the node that runs it.
-func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
+func resolve(t *shmowner.Table, ref string) (record.Workload, error) {
 	if ref == "" {
-		return shmowner.Workload{}, fmt.Errorf("no workload named: %w", ErrBadRequest)
+		return record.Workload{}, fmt.Errorf("no workload named: %w", ErrBadRequest)
 	}
 	ws := t.Workloads()
 	for _, w := range ws {
@@ -318,7 +319,7 @@ func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
 	if pid, err := strconv.Atoi(ref); err == nil && pid > 0 {
 		// Only running workloads: exited ones keep their pids, which the kernel reuses.
 		for _, w := range ws {
-			if w.State == shmowner.WorkloadExited {
+			if w.State == record.WorkloadExited {
 				continue
 			}
 			if w.InitPid == pid {
@@ -331,7 +332,7 @@ func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
 			}
 		}
 	}
-	var match []shmowner.Workload
+	var match []record.Workload
 	for _, w := range ws {
 		if len(ref) >= 3 && len(w.ID) > len(ref) && w.ID[:len(ref)] == ref {
 			match = append(match, w)
@@ -341,15 +342,15 @@ func resolve(t *shmowner.Table, ref string) (shmowner.Workload, error) {
 		return match[0], nil
 	}
 	if len(match) > 1 {
-		return shmowner.Workload{}, fmt.Errorf("%q matches %d workloads; give more of the id: %w", ref, len(match), ErrBadRequest)
+		return record.Workload{}, fmt.Errorf("%q matches %d workloads; give more of the id: %w", ref, len(match), ErrBadRequest)
 	}
-	return shmowner.Workload{}, fmt.Errorf("no workload %q (see `migshm ps`): %w", ref, shmowner.ErrUnknownWorkload)
+	return record.Workload{}, fmt.Errorf("no workload %q (see `migshm ps`): %w", ref, record.ErrUnknownWorkload)
 }
 
 // workloadNodeAddr returns "" if the workload runs on this node, otherwise the peer API
 // address of its node, where the request is to be forwarded. A request that was already
 // forwarded is never forwarded again (two tables that disagree must not bounce it).
-func (d *Daemon) workloadNodeAddr(r *http.Request, w shmowner.Workload) (string, error) {
+func (d *Daemon) workloadNodeAddr(r *http.Request, w record.Workload) (string, error) {
 	if w.Node == d.cfg.NodeID {
 		return "", nil
 	}
@@ -401,7 +402,7 @@ func (d *Daemon) handleRemove(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if w.State != shmowner.WorkloadExited {
+	if w.State != record.WorkloadExited {
 		return nil, fmt.Errorf("workload %s is %s; stop it first (`migshm stop %s`): %w", w.Name, w.State, w.Name, ErrStillRunning)
 	}
 	addr, err := d.workloadNodeAddr(r, w)

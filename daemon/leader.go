@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // downAfter is how long the leader waits without contact before it marks a node down.
@@ -47,12 +48,12 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 				if leading && time.Since(ob.LastContact) > downAfter {
 					// A draining node that dies is down too (its migrations get
 					// aborted); it comes back active and must be drained again.
-					d.setNodeState(ctx, string(ob.PeerID), shmowner.NodeActive, shmowner.NodeDown)
-					d.setNodeState(ctx, string(ob.PeerID), shmowner.NodeDraining, shmowner.NodeDown)
+					d.setNodeState(ctx, string(ob.PeerID), record.NodeActive, record.NodeDown)
+					d.setNodeState(ctx, string(ob.PeerID), record.NodeDraining, record.NodeDown)
 				}
 			case raft.ResumedHeartbeatObservation:
 				if leading {
-					d.setNodeState(ctx, string(ob.PeerID), shmowner.NodeDown, shmowner.NodeActive)
+					d.setNodeState(ctx, string(ob.PeerID), record.NodeDown, record.NodeActive)
 				}
 			}
 		case <-check.C:
@@ -81,15 +82,15 @@ func (d *Daemon) becameLeader(ctx context.Context) {
 	}
 	d.log.Info("leading the cluster", "term", d.store.Stats()["term"])
 	for _, n := range d.store.Table().Nodes() {
-		if n.State == shmowner.NodeDown && d.inRaftConfig(n.ID) {
-			d.setNodeState(bctx, n.ID, shmowner.NodeDown, shmowner.NodeActive)
+		if n.State == record.NodeDown && d.inRaftConfig(n.ID) {
+			d.setNodeState(bctx, n.ID, record.NodeDown, record.NodeActive)
 		}
 	}
 }
 
 // setNodeState moves a node from state from to state to (and does nothing if it is in
 // any other state: a draining node stays draining).
-func (d *Daemon) setNodeState(ctx context.Context, id string, from, to shmowner.NodeState) {
+func (d *Daemon) setNodeState(ctx context.Context, id string, from, to record.NodeState) {
 	n, ok := d.store.Table().Node(id)
 	if !ok || n.State != from {
 		return

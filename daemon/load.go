@@ -13,6 +13,7 @@ import (
 
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 )
 
@@ -140,7 +141,7 @@ func readMeminfo(path string) (avail, total uint64, err error) {
 // plus its segments (migrate.TreeMemory); the node's free memory is its mem-capacity
 // minus that when mem-capacity is set (nodes sharing one host), else the host's
 // MemAvailable.
-func (s *supervisor) loadVector(now time.Time) (shmowner.LoadVector, map[string]shmowner.WorkloadLoad) {
+func (s *supervisor) loadVector(now time.Time) (record.LoadVector, map[string]record.WorkloadLoad) {
 	procs, _, _ := workload.ReadAll("/proc")
 	trees := map[string]*workload.Tree{}
 	pids := map[string][]int{}
@@ -159,7 +160,7 @@ func (s *supervisor) loadVector(now time.Time) (shmowner.LoadVector, map[string]
 	if capacity <= 0 {
 		capacity = float64(runtime.NumCPU())
 	}
-	loads := make(map[string]shmowner.WorkloadLoad, len(trees))
+	loads := make(map[string]record.WorkloadLoad, len(trees))
 	var mem uint64
 	for id, tree := range trees {
 		m, err := migrate.TreeMemory("/proc", tree)
@@ -168,10 +169,10 @@ func (s *supervisor) loadVector(now time.Time) (shmowner.LoadVector, map[string]
 		}
 		mem += m
 		if c, ok := cpu.cores[id]; ok {
-			loads[id] = shmowner.WorkloadLoad{CPU: math.Round(c*1000) / 1000, MemBytes: m}
+			loads[id] = record.WorkloadLoad{CPU: math.Round(c*1000) / 1000, MemBytes: m}
 		}
 	}
-	lv := shmowner.LoadVector{CPU: cpu.total / capacity, RunQueue: float64(cpu.running), Workloads: n, Cores: capacity}
+	lv := record.LoadVector{CPU: cpu.total / capacity, RunQueue: float64(cpu.running), Workloads: n, Cores: capacity}
 	if budget := s.d.cfg.MemCapacity; budget > 0 {
 		lv.MemTotalBytes, lv.MemBudgetBytes = budget, budget
 		lv.MemFreeBytes = budget - min(mem, budget)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -265,9 +266,9 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, n := range t.Nodes() {
 		up, draining := 0.0, 0.0
 		switch n.State {
-		case shmowner.NodeActive:
+		case record.NodeActive:
 			up = 1
-		case shmowner.NodeDraining:
+		case record.NodeDraining:
 			up, draining = 1, 1
 		}
 		ch <- prometheus.MustNewConstMetric(descNodeUp, prometheus.GaugeValue, up, n.ID)
@@ -281,7 +282,7 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNodeWorkloads, prometheus.GaugeValue, float64(n.Load.Workloads), n.ID)
 	}
 	for _, w := range t.Workloads() {
-		if w.Node != c.node || w.State != shmowner.WorkloadRunning || w.Load == nil {
+		if w.Node != c.node || w.State != record.WorkloadRunning || w.Load == nil {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(descWorkloadCPU, prometheus.GaugeValue, w.Load.CPU, w.ID, w.Name)
@@ -345,9 +346,9 @@ func (c *tableCollector) collectMigrations(ch chan<- prometheus.Metric, t *shmow
 		}
 		outcome := "in_flight"
 		switch m.Phase {
-		case shmowner.PhaseDone:
+		case record.PhaseDone:
 			outcome = "done"
-		case shmowner.PhaseAborted:
+		case record.PhaseAborted:
 			outcome = "aborted"
 		}
 		counts[[2]string{outcome, initiator}]++
@@ -357,7 +358,7 @@ func (c *tableCollector) collectMigrations(ch chan<- prometheus.Metric, t *shmow
 		}
 		precopy += st.PrecopyBytes
 		final += st.FinalBytes
-		if m.Phase != shmowner.PhaseDone {
+		if m.Phase != record.PhaseDone {
 			continue
 		}
 		phaseH["dump"].observeNS(st.DumpNS)

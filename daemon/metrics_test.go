@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -64,17 +65,17 @@ func regNodeCmd(id string) tcmd {
 }
 
 func wlCmd(id, node string) tcmd {
-	return tcmd{shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: shmowner.Workload{
+	return tcmd{shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: record.Workload{
 		ID: id, Name: "name-" + id, Node: node, InitPid: 100, Pids: []int{100}, Group: "grp-" + id}}}
 }
 
-func phaseCmd(id string, p shmowner.Phase, st *shmowner.MigrationStats) tcmd {
+func phaseCmd(id string, p record.Phase, st *record.MigrationStats) tcmd {
 	return tcmd{shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: p, At: 2_000, Stats: st}}
 }
 
 // migrationCmds plans migration id of workload wl to target (epoch 0: the test workloads
 // have no segments) and moves it through phases.
-func migrationCmds(id, wl, target, reason string, phases ...shmowner.Phase) []tcmd {
+func migrationCmds(id, wl, target, reason string, phases ...record.Phase) []tcmd {
 	cmds := []tcmd{{shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: id, Workload: wl, Target: target, At: 1_000, Reason: reason}}}
 	for _, p := range phases {
 		cmds = append(cmds, phaseCmd(id, p, nil))
@@ -82,7 +83,7 @@ func migrationCmds(id, wl, target, reason string, phases ...shmowner.Phase) []tc
 	return cmds
 }
 
-var toDone = []shmowner.Phase{shmowner.PhaseFrozen, shmowner.PhaseShipped, shmowner.PhaseRestored, shmowner.PhaseDone}
+var toDone = []record.Phase{record.PhaseFrozen, record.PhaseShipped, record.PhaseRestored, record.PhaseDone}
 
 func ms(n float64) int64 { return int64(n * 1e6) }
 
@@ -94,41 +95,41 @@ func ms(n float64) int64 { return int64(n * 1e6) }
 func metricsScenario(t *testing.T) *shmowner.Table {
 	t.Helper()
 	cmds := []tcmd{regNodeCmd("n1"), regNodeCmd("n2"), regNodeCmd("n3"), regNodeCmd("n4"),
-		{shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "n3", State: shmowner.NodeDraining}},
-		{shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "n4", State: shmowner.NodeDown}},
+		{shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "n3", State: record.NodeDraining}},
+		{shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "n4", State: record.NodeDown}},
 	}
 	for _, w := range []string{"w1", "w2", "w3", "w4", "w5", "w7"} {
 		cmds = append(cmds, wlCmd(w, "n1"))
 	}
 	cmds = append(cmds, wlCmd("w6", "n2"))
 	cmds = append(cmds, tcmd{shmowner.ReportLoadType, shmowner.ReportLoadRequest{ID: "n1", At: 10,
-		Load: shmowner.LoadVector{CPU: 0.375, Cores: 4, MemFreeBytes: 3 << 30, MemTotalBytes: 8 << 30, Workloads: 6},
-		Workloads: map[string]shmowner.WorkloadLoad{
+		Load: record.LoadVector{CPU: 0.375, Cores: 4, MemFreeBytes: 3 << 30, MemTotalBytes: 8 << 30, Workloads: 6},
+		Workloads: map[string]record.WorkloadLoad{
 			"w5": {CPU: 1.5, MemBytes: 64 << 20},
 			"w7": {CPU: 0.5, MemBytes: 1 << 20},
 		}}})
-	cmds = append(cmds, tcmd{shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{ID: "w7", State: shmowner.WorkloadExited}})
+	cmds = append(cmds, tcmd{shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{ID: "w7", State: record.WorkloadExited}})
 
 	// m1: user, done, with every figure.
 	cmds = append(cmds, migrationCmds("m1", "w1", "n2", "", toDone[:3]...)...)
-	cmds = append(cmds, phaseCmd("m1", shmowner.PhaseDone, &shmowner.MigrationStats{
+	cmds = append(cmds, phaseCmd("m1", record.PhaseDone, &record.MigrationStats{
 		Rounds: 2, PrecopyBytes: 1000, FinalBytes: 100, WorkloadBytes: 5000,
 		FrozenNS: ms(62.5), DumpNS: ms(125), ShipNS: ms(375), RestoreNS: ms(62.5), TotalNS: ms(2000),
 	}))
 	// m2: balancer, done; its figures come after the commit (SetMigrationStats).
 	cmds = append(cmds, migrationCmds("m2", "w2", "n2", "balancer: cpu: n1 at 0.9", toDone...)...)
 	cmds = append(cmds, tcmd{shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: "m2",
-		Stats: shmowner.MigrationStats{PrecopyBytes: 2000, FinalBytes: 200,
+		Stats: record.MigrationStats{PrecopyBytes: 2000, FinalBytes: 200,
 			FrozenNS: ms(750), DumpNS: ms(1500), ShipNS: ms(3000), RestoreNS: ms(750), TotalNS: ms(20000)}}})
 	// m3: user, aborted after pre-copy: its bytes count, its durations do not.
-	cmds = append(cmds, migrationCmds("m3", "w3", "n2", "", shmowner.PhasePrecopy)...)
-	cmds = append(cmds, phaseCmd("m3", shmowner.PhaseAborted, &shmowner.MigrationStats{PrecopyBytes: 500, DumpNS: ms(100)}))
+	cmds = append(cmds, migrationCmds("m3", "w3", "n2", "", record.PhasePrecopy)...)
+	cmds = append(cmds, phaseCmd("m3", record.PhaseAborted, &record.MigrationStats{PrecopyBytes: 500, DumpNS: ms(100)}))
 	// m4: balancer, in flight.
-	cmds = append(cmds, migrationCmds("m4", "w4", "n2", "balancer: drain n1", shmowner.PhasePrecopy)...)
+	cmds = append(cmds, migrationCmds("m4", "w4", "n2", "balancer: drain n1", record.PhasePrecopy)...)
 	// m5: n2's, done: not this node's.
 	cmds = append(cmds, migrationCmds("m5", "w6", "n1", "", toDone...)...)
 	cmds = append(cmds, tcmd{shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: "m5",
-		Stats: shmowner.MigrationStats{PrecopyBytes: 7777, FinalBytes: 777, FrozenNS: ms(9000), DumpNS: ms(9000), TotalNS: ms(9000)}}})
+		Stats: record.MigrationStats{PrecopyBytes: 7777, FinalBytes: 777, FrozenNS: ms(9000), DumpNS: ms(9000), TotalNS: ms(9000)}}})
 	return metricsTable(t, cmds...)
 }
 
@@ -554,7 +555,7 @@ func TestMetricsServer(t *testing.T) {
 	if err := d.apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: store.Addr(), APIAddr: "127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.apply(ctx, shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "nobody", State: shmowner.NodeDraining}); !errors.Is(err, shmowner.ErrUnknownNode) {
+	if err := d.apply(ctx, shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "nobody", State: record.NodeDraining}); !errors.Is(err, record.ErrUnknownNode) {
 		t.Fatalf("draining an unknown node: %v, want ErrUnknownNode", err)
 	}
 

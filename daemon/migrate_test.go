@@ -20,7 +20,7 @@ import (
 	"github.com/migshm/migshm/daemon"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 )
 
@@ -180,7 +180,7 @@ func (c *cluster) waitSettled(via *tnode, name, comm string) daemon.Workload {
 			}
 		}
 		running, stopped := c.copies(comm)
-		if w.State != shmowner.WorkloadRunning || running != 1 || stopped != 0 {
+		if w.State != record.WorkloadRunning || running != 1 || stopped != 0 {
 			return false, fmt.Sprintf("state %s on %s, %d running and %d stopped copies", w.State, w.Node, running, stopped)
 		}
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.InitPid)); err != nil || c.nodeOfPid(w.InitPid) != w.Node {
@@ -262,7 +262,7 @@ func TestMoveRoundTrips(t *testing.T) {
 			t.Fatalf("hop %d %s -> %s: %v\nevents: %+v", i, from.id, to.id, err, evs)
 		}
 		last := lastEvent(evs)
-		if last.Event != daemon.EventDone || last.Summary == nil || last.Record == nil || last.Record.Phase != shmowner.PhaseDone {
+		if last.Event != daemon.EventDone || last.Summary == nil || last.Record == nil || last.Record.Phase != record.PhaseDone {
 			t.Fatalf("hop %d: last event %+v", i, last)
 		}
 		if last.Summary.FrozenNS <= 0 || last.Summary.WorkloadBytes == 0 || last.Summary.FinalBytes == 0 {
@@ -326,7 +326,7 @@ func TestMoveRoundTrips(t *testing.T) {
 		t.Fatalf("%d migration records, want %d", len(ms), 2*hops)
 	}
 	for _, m := range ms {
-		if m.Phase != shmowner.PhaseDone || m.Stats == nil || m.Stats.FrozenNS <= 0 {
+		if m.Phase != record.PhaseDone || m.Stats == nil || m.Stats.FrozenNS <= 0 {
 			t.Fatalf("migration %+v", m)
 		}
 	}
@@ -378,16 +378,16 @@ func TestMoveRefusals(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "gone to exit", func() (bool, string) {
 		g := c.workload(n1, "gone")
-		return g.State == shmowner.WorkloadExited, string(g.State)
+		return g.State == record.WorkloadExited, string(g.State)
 	})
 	cases := []struct {
 		name, ref, target string
 		code              error
 		says              string
 	}{
-		{"unknown node", "counter", "n9", shmowner.ErrUnknownNode, "no node"},
-		{"unknown workload", "nope", "n2", shmowner.ErrUnknownWorkload, "no workload"},
-		{"same node", "counter", "n1", shmowner.ErrSameNode, "already runs on n1"},
+		{"unknown node", "counter", "n9", record.ErrUnknownNode, "no node"},
+		{"unknown workload", "nope", "n2", record.ErrUnknownWorkload, "no workload"},
+		{"same node", "counter", "n1", record.ErrSameNode, "already runs on n1"},
 		{"exited", "gone", "n2", daemon.ErrNotRunning, "exited"},
 		{"sharer outside", "counter", "n2", daemon.ErrNotMovable, "ipc-shared-outside"},
 		{"tcp", "tcp", "n2", daemon.ErrNotMovable, "tcp-established"},
@@ -439,7 +439,7 @@ func TestMoveCorruptImageAborts(t *testing.T) {
 		t.Fatalf("move with a corrupt image stream: %v, events %+v", err, evs)
 	}
 	last := lastEvent(evs)
-	if last.Event != daemon.EventError || last.Record == nil || last.Record.Phase != shmowner.PhaseAborted {
+	if last.Event != daemon.EventError || last.Record == nil || last.Record.Phase != record.PhaseAborted {
 		t.Fatalf("last event %+v", last)
 	}
 	after := c.waitSettled(n1, "counter", "shmcounter")
@@ -462,18 +462,18 @@ func TestMoveCrashes(t *testing.T) {
 		name  string
 		node  int // 0: the source, 1: the target
 		fault string
-		want  shmowner.Phase
+		want  record.Phase
 	}{
-		{"source after plan", 0, "crash-at:planned", shmowner.PhaseAborted},
-		{"source in pre-copy", 0, "crash-at:precopy", shmowner.PhaseAborted},
-		{"source after the dump", 0, "crash-at:dumped", shmowner.PhaseAborted},
-		{"source after shipping", 0, "crash-at:shipped", shmowner.PhaseAborted},
-		{"source after the restore", 0, "crash-at:restored", shmowner.PhaseAborted},
-		{"source after the commit", 0, "crash-at:done", shmowner.PhaseDone},
-		{"target after prepare", 1, "crash-at:target-prepared", shmowner.PhaseAborted},
-		{"target with the images", 1, "crash-at:target-received", shmowner.PhaseAborted},
-		{"target after the restore", 1, "crash-at:target-restored", shmowner.PhaseAborted},
-		{"target after the commit", 1, "crash-at:target-resume", shmowner.PhaseDone},
+		{"source after plan", 0, "crash-at:planned", record.PhaseAborted},
+		{"source in pre-copy", 0, "crash-at:precopy", record.PhaseAborted},
+		{"source after the dump", 0, "crash-at:dumped", record.PhaseAborted},
+		{"source after shipping", 0, "crash-at:shipped", record.PhaseAborted},
+		{"source after the restore", 0, "crash-at:restored", record.PhaseAborted},
+		{"source after the commit", 0, "crash-at:done", record.PhaseDone},
+		{"target after prepare", 1, "crash-at:target-prepared", record.PhaseAborted},
+		{"target with the images", 1, "crash-at:target-received", record.PhaseAborted},
+		{"target after the restore", 1, "crash-at:target-restored", record.PhaseAborted},
+		{"target after the commit", 1, "crash-at:target-resume", record.PhaseDone},
 	}
 	c := newCluster(t, 3, 3)
 	n3 := c.nodes[2]
@@ -500,7 +500,7 @@ func TestMoveCrashes(t *testing.T) {
 
 			evs, err := c.move(n3, "counter", dst.id)
 			t.Logf("move with %s armed on %s: %v; events %+v", tc.fault, victim.id, err, evs)
-			if err == nil && tc.want == shmowner.PhaseAborted {
+			if err == nil && tc.want == record.PhaseAborted {
 				t.Fatalf("move succeeded although %s crashed", victim.id)
 			}
 			select {
@@ -528,7 +528,7 @@ func TestMoveCrashes(t *testing.T) {
 				t.Fatalf("migration ended %s (%s), want %s", mg.Phase, mg.Error, tc.want)
 			}
 			wantNode := src.id
-			if tc.want == shmowner.PhaseDone {
+			if tc.want == record.PhaseDone {
 				wantNode = dst.id
 			}
 			if after.Node != wantNode {
@@ -592,7 +592,7 @@ func TestMoveCrashes(t *testing.T) {
 				return false, err.Error()
 			}
 			for _, m := range ms {
-				if m.Workload == w.ID && m.Phase == shmowner.PhaseFrozen {
+				if m.Workload == w.ID && m.Phase == record.PhaseFrozen {
 					return true, ""
 				}
 			}
@@ -643,7 +643,7 @@ func TestMoveTargetDiskFull(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "no space left on device") {
 			t.Fatalf("move %v to a full disk: %v, events %+v", extra, err, evs)
 		}
-		if last := lastEvent(evs); last.Record == nil || last.Record.Phase != shmowner.PhaseAborted {
+		if last := lastEvent(evs); last.Record == nil || last.Record.Phase != record.PhaseAborted {
 			t.Fatalf("last event %+v", last)
 		}
 		after := c.waitSettled(n2, "counter", "shmcounter")

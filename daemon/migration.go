@@ -40,6 +40,7 @@ import (
 
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 )
 
@@ -139,7 +140,7 @@ type targetCheckResult struct {
 
 // check finds every reason the workload (running on this node) cannot move to target
 // now. It changes nothing. An error means the check itself could not run.
-func (m *migrator) check(ctx context.Context, w shmowner.Workload, target string) (rep CheckReport, err error) {
+func (m *migrator) check(ctx context.Context, w record.Workload, target string) (rep CheckReport, err error) {
 	rep = CheckReport{Workload: w.ID, Name: w.Name, Source: m.d.cfg.NodeID, Target: target, Problems: []Problem{}}
 	add := func(reason, format string, args ...any) {
 		rep.Problems = append(rep.Problems, Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
@@ -149,10 +150,10 @@ func (m *migrator) check(ctx context.Context, w shmowner.Workload, target string
 	tn, ok := table.Node(target)
 	switch {
 	case !ok:
-		return rep, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, shmowner.ErrUnknownNode)
+		return rep, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, record.ErrUnknownNode)
 	case target == m.d.cfg.NodeID:
-		return rep, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, shmowner.ErrSameNode)
-	case tn.State != shmowner.NodeActive:
+		return rep, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, record.ErrSameNode)
+	case tn.State != record.NodeActive:
 		add("target-state", "node %s is %s; only an active node takes workloads", target, tn.State)
 		return rep, nil
 	}
@@ -291,7 +292,7 @@ func (d *Daemon) handleCheck(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if w.State == shmowner.WorkloadExited {
+	if w.State == record.WorkloadExited {
 		return nil, fmt.Errorf("workload %s exited; there is nothing to move: %w", w.Name, ErrNotRunning)
 	}
 	addr, err := d.workloadNodeAddr(r, w)
@@ -389,18 +390,18 @@ func (d *Daemon) handleMove(w http.ResponseWriter, r *http.Request) {
 }
 
 // validate refuses what is wrong with a move request before anything runs.
-func (m *migrator) validate(table *shmowner.Table, w shmowner.Workload, req MoveRequest) error {
+func (m *migrator) validate(table *shmowner.Table, w record.Workload, req MoveRequest) error {
 	if req.Target == "" {
 		return fmt.Errorf("move: no target node given: %w", ErrBadRequest)
 	}
 	if _, ok := table.Node(req.Target); !ok {
-		return fmt.Errorf("move: no node %q (see `migshm nodes`): %w", req.Target, shmowner.ErrUnknownNode)
+		return fmt.Errorf("move: no node %q (see `migshm nodes`): %w", req.Target, record.ErrUnknownNode)
 	}
-	if w.State == shmowner.WorkloadExited {
+	if w.State == record.WorkloadExited {
 		return fmt.Errorf("move: workload %s exited (status %d); there is nothing to move: %w", w.Name, w.ExitStatus, ErrNotRunning)
 	}
 	if w.Node == req.Target {
-		return fmt.Errorf("move: workload %s already runs on %s: %w", w.Name, w.Node, shmowner.ErrSameNode)
+		return fmt.Errorf("move: workload %s already runs on %s: %w", w.Name, w.Node, record.ErrSameNode)
 	}
 	if w.Pinned {
 		return fmt.Errorf("move: workload %s is pinned to %s; `migshm unpin %s` first: %w", w.Name, w.Node, w.Name, ErrNotMovable)
@@ -421,16 +422,16 @@ type sourceRun struct {
 	m      *migrator
 	log    *slog.Logger
 	id     string
-	w      shmowner.Workload
+	w      record.Workload
 	l      *localWL
-	target shmowner.Node
+	target record.Node
 	epoch  uint64
 	dir    string
 	req    MoveRequest
 	emit   func(MoveEvent)
 	start  time.Time
 
-	stats  shmowner.MigrationStats
+	stats  record.MigrationStats
 	pc     *migrate.Precopier
 	shared bool // the target sees this node's workload dir (one host, shared filesystem)
 	frozen bool // the tree may be stopped by a dump
@@ -438,7 +439,7 @@ type sourceRun struct {
 
 // move runs a whole migration of w (running here) to req.Target. started receives nil
 // once the migration is planned (events follow), or the error that refused it.
-func (m *migrator) move(ctx context.Context, w shmowner.Workload, req MoveRequest, started chan<- error, emit func(MoveEvent)) (err error) {
+func (m *migrator) move(ctx context.Context, w record.Workload, req MoveRequest, started chan<- error, emit func(MoveEvent)) (err error) {
 	startErr := func(err error) error {
 		started <- err // exactly once: every return before the plan, or nil after it
 		return err
@@ -446,7 +447,7 @@ func (m *migrator) move(ctx context.Context, w shmowner.Workload, req MoveReques
 	m.mu.Lock()
 	if id, busy := m.driving[w.ID]; busy {
 		m.mu.Unlock()
-		return startErr(fmt.Errorf("move %s: migration %s is running: %w", w.Name, id, shmowner.ErrMigrationInFlight))
+		return startErr(fmt.Errorf("move %s: migration %s is running: %w", w.Name, id, record.ErrMigrationInFlight))
 	}
 	m.driving[w.ID] = "checking"
 	m.mu.Unlock()
@@ -489,10 +490,10 @@ func (m *migrator) move(ctx context.Context, w shmowner.Workload, req MoveReques
 		return s.fail(fmt.Errorf("write the migration journal: %w", err))
 	}
 	s.log.Info("migration planned", "target", tn.ID, "epoch", s.epoch)
-	s.event(MoveEvent{Event: EventPhase, Phase: string(shmowner.PhasePlanned), Record: &shmowner.Migration{
-		ID: s.id, Workload: w.ID, Source: m.d.cfg.NodeID, Target: tn.ID, Phase: shmowner.PhasePlanned,
+	s.event(MoveEvent{Event: EventPhase, Phase: string(record.PhasePlanned), Record: &record.Migration{
+		ID: s.id, Workload: w.ID, Source: m.d.cfg.NodeID, Target: tn.ID, Phase: record.PhasePlanned,
 		Epoch: s.epoch, StartedAt: s.start.UnixNano(), UpdatedAt: s.start.UnixNano()}})
-	m.faults.at(string(shmowner.PhasePlanned))
+	m.faults.at(string(record.PhasePlanned))
 
 	err = s.run(ctx)
 	if err == nil {
@@ -508,7 +509,7 @@ func (s *sourceRun) event(ev MoveEvent) {
 }
 
 // phase records a forward phase change.
-func (s *sourceRun) phase(ctx context.Context, p shmowner.Phase) error {
+func (s *sourceRun) phase(ctx context.Context, p record.Phase) error {
 	cctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
 	st := s.stats
@@ -573,7 +574,7 @@ func (s *sourceRun) run(ctx context.Context) error {
 // precopy sends the workload's memory to the target while it runs, round after round,
 // until what changed in the last round would ship within the downtime aimed for.
 func (s *sourceRun) precopy(ctx context.Context) error {
-	if err := s.phase(ctx, shmowner.PhasePrecopy); err != nil {
+	if err := s.phase(ctx, record.PhasePrecopy); err != nil {
 		return err
 	}
 	maxDown := time.Duration(s.req.MaxDowntimeMS) * time.Millisecond
@@ -603,7 +604,7 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 			r = float64(st.SentBytes) / st.Duration.Seconds()
 		}
 		rate = max(rate, r)
-		s.event(MoveEvent{Event: EventRound, Phase: string(shmowner.PhasePrecopy), Round: &RoundInfo{
+		s.event(MoveEvent{Event: EventRound, Phase: string(record.PhasePrecopy), Round: &RoundInfo{
 			Round: round, Pages: st.Pages, ChangedPages: st.Changed, SentBytes: st.SentBytes,
 			DurationNS: int64(st.Duration), RateBPS: r}})
 		s.log.Info("pre-copy round", "round", round, "pages", st.Pages, "changed", st.Changed,
@@ -651,7 +652,7 @@ func (s *sourceRun) precopyRound(ctx context.Context) (migrate.RoundStats, error
 // freezeAndMove is the frozen window: dump with the tree left stopped, ship, restore
 // (stopped) on the target, commit, then resume the target's copy and remove this one.
 func (s *sourceRun) freezeAndMove(ctx context.Context) error {
-	if err := s.phase(ctx, shmowner.PhaseFrozen); err != nil {
+	if err := s.phase(ctx, record.PhaseFrozen); err != nil {
 		return err
 	}
 	fctx, cancel := context.WithTimeout(ctx, frozenTimeout)
@@ -708,7 +709,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 		return fmt.Errorf("ship images: %w", err)
 	}
 	s.stats.ShipNS = int64(time.Since(t1))
-	if err := s.phase(ctx, shmowner.PhaseShipped); err != nil {
+	if err := s.phase(ctx, record.PhaseShipped); err != nil {
 		return err
 	}
 
@@ -718,7 +719,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 		return fmt.Errorf("restore on %s: %w", s.target.ID, err)
 	}
 	s.stats.RestoreNS = int64(time.Since(t2))
-	if err := s.phase(ctx, shmowner.PhaseRestored); err != nil {
+	if err := s.phase(ctx, record.PhaseRestored); err != nil {
 		return err
 	}
 
@@ -736,15 +737,15 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 func (s *sourceRun) commit() error {
 	st := s.stats
 	st.TotalNS = int64(time.Since(s.start))
-	phase, err := s.m.settle(s.id, s.epoch, shmowner.PhaseDone, "", &st)
+	phase, err := s.m.settle(s.id, s.epoch, record.PhaseDone, "", &st)
 	if err != nil {
 		return err
 	}
-	if phase != shmowner.PhaseDone {
+	if phase != record.PhaseDone {
 		return fmt.Errorf("the migration was %s before it could commit", phase)
 	}
-	s.event(MoveEvent{Event: EventPhase, Phase: string(shmowner.PhaseDone)})
-	s.m.faults.at(string(shmowner.PhaseDone))
+	s.event(MoveEvent{Event: EventPhase, Phase: string(record.PhaseDone)})
+	s.m.faults.at(string(record.PhaseDone))
 	return nil
 }
 
@@ -768,8 +769,8 @@ func (s *sourceRun) finish(frozenAt time.Time) {
 		"precopy_bytes", s.stats.PrecopyBytes, "final_bytes", s.stats.FinalBytes, "rounds", s.stats.Rounds)
 	rec, _ := s.m.d.store.Table().Migration(s.id) // this node's copy may lag the commit
 	st := s.stats
-	rec.Phase, rec.Stats = shmowner.PhaseDone, &st
-	s.event(MoveEvent{Event: EventDone, Phase: string(shmowner.PhaseDone), Record: &rec, Summary: &st})
+	rec.Phase, rec.Stats = record.PhaseDone, &st
+	s.event(MoveEvent{Event: EventDone, Phase: string(record.PhaseDone), Record: &rec, Summary: &st})
 }
 
 // fail rolls a migration that did not commit back: the record says aborted, the target
@@ -779,7 +780,7 @@ func (s *sourceRun) fail(cause error) error {
 	s.log.Warn("migration failed; rolling back", "err", cause)
 	st := s.stats
 	st.TotalNS = int64(time.Since(s.start))
-	phase, err := s.m.settle(s.id, s.epoch, shmowner.PhaseAborted, cause.Error(), &st)
+	phase, err := s.m.settle(s.id, s.epoch, record.PhaseAborted, cause.Error(), &st)
 	if err != nil {
 		// Neither outcome could be recorded: leave both copies as they are (the source
 		// stopped, the target's stopped too); recovery settles it once the cluster has a
@@ -788,13 +789,13 @@ func (s *sourceRun) fail(cause error) error {
 			"the workload stays stopped on %s until the cluster settles it", s.id, cause, err, s.m.d.cfg.NodeID), Code: "no_leader"})
 		return err
 	}
-	if phase == shmowner.PhaseDone {
+	if phase == record.PhaseDone {
 		s.finish(time.Now().Add(-time.Duration(s.stats.FrozenNS)))
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
 	defer cancel()
-	if err := s.peer(ctx, "/abort", struct{}{}, nil); err != nil && !errors.Is(err, shmowner.ErrUnknownMigration) {
+	if err := s.peer(ctx, "/abort", struct{}{}, nil); err != nil && !errors.Is(err, record.ErrUnknownMigration) {
 		s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
 	}
 	if s.frozen {
@@ -805,7 +806,7 @@ func (s *sourceRun) fail(cause error) error {
 	os.Remove(s.m.sourceJournalPath(s.id))
 	s.m.markResolved(s.id)
 	rec, _ := s.m.d.store.Table().Migration(s.id) // this node's copy may lag the abort
-	rec.Phase, rec.Error = shmowner.PhaseAborted, cause.Error()
+	rec.Phase, rec.Error = record.PhaseAborted, cause.Error()
 	err = fmt.Errorf("migration %s of %s to %s aborted; the workload runs on %s as before: %v: %w",
 		s.id, s.w.Name, s.target.ID, s.m.d.cfg.NodeID, cause, ErrMigrationFailed)
 	code, _ := codeOf(cause)
@@ -813,14 +814,14 @@ func (s *sourceRun) fail(cause error) error {
 		code = "migration_failed"
 	}
 	// The event carries the cause; the client says "aborted, runs on the source" itself.
-	s.event(MoveEvent{Event: EventError, Phase: string(shmowner.PhaseAborted), Record: &rec, Error: cause.Error(), Code: code})
+	s.event(MoveEvent{Event: EventError, Phase: string(record.PhaseAborted), Record: &rec, Error: cause.Error(), Code: code})
 	return err
 }
 
 // settle drives migration id to the terminal phase want (done or aborted) and returns
 // the terminal phase it has: want, or the other one if that was recorded first. It
 // keeps trying through elections; an error means it could not find out in time.
-func (m *migrator) settle(id string, epoch uint64, want shmowner.Phase, reason string, st *shmowner.MigrationStats) (shmowner.Phase, error) {
+func (m *migrator) settle(id string, epoch uint64, want record.Phase, reason string, st *record.MigrationStats) (record.Phase, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
 	var last error
@@ -847,9 +848,9 @@ func (m *migrator) settle(id string, epoch uint64, want shmowner.Phase, reason s
 
 // leaderRecord returns the migration as the leader has committed it: this node's
 // table once it caught up with the leader's commit index.
-func (m *migrator) leaderRecord(ctx context.Context, id string) (shmowner.Migration, bool) {
+func (m *migrator) leaderRecord(ctx context.Context, id string) (record.Migration, bool) {
 	if !m.d.catchUp(ctx) {
-		return shmowner.Migration{}, false
+		return record.Migration{}, false
 	}
 	return m.d.store.Table().Migration(id)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
 )
@@ -39,7 +40,7 @@ type journal struct {
 	Shared bool   `json:"shared"` // the workload dir is the source's too
 	// Record is the workload: on a target as it will run there (pid set once
 	// restored), on a source as it runs there.
-	Record record `json:"record"`
+	Record localRecord `json:"record"`
 }
 
 const (
@@ -49,9 +50,9 @@ const (
 
 // prepareRequest opens a migration on the target.
 type prepareRequest struct {
-	Record record `json:"record"` // the source's record of the workload
-	Dir    string `json:"dir"`    // the source's workload dir of it
-	Token  string `json:"token"`  // content of Dir/.migration-ID, if the target can read it the dir is shared
+	Record localRecord `json:"record"` // the source's record of the workload
+	Dir    string      `json:"dir"`    // the source's workload dir of it
+	Token  string      `json:"token"`  // content of Dir/.migration-ID, if the target can read it the dir is shared
 }
 
 type prepareResult struct {
@@ -107,13 +108,13 @@ func (m *migrator) saveJournal(j journal) error {
 
 // incoming checks that the caller is the source of migration id with this node as its
 // target, and returns the migration's record.
-func (d *Daemon) incoming(r *http.Request, id string) (shmowner.Migration, error) {
+func (d *Daemon) incoming(r *http.Request, id string) (record.Migration, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	d.catchUp(ctx)
 	mg, ok := d.store.Table().Migration(id)
 	if !ok {
-		return mg, fmt.Errorf("migration %s: %w", id, shmowner.ErrUnknownMigration)
+		return mg, fmt.Errorf("migration %s: %w", id, record.ErrUnknownMigration)
 	}
 	if mg.Target != d.cfg.NodeID {
 		return mg, fmt.Errorf("migration %s goes to %s, not to %s: %w", id, mg.Target, d.cfg.NodeID, ErrBadRequest)
@@ -132,7 +133,7 @@ func (m *migrator) target(id string) (*targetState, error) {
 	t := m.targets[id]
 	if t == nil {
 		return nil, fmt.Errorf("migration %s is not open on %s (prepare it first, or it was aborted): %w",
-			id, m.d.cfg.NodeID, shmowner.ErrUnknownMigration)
+			id, m.d.cfg.NodeID, record.ErrUnknownMigration)
 	}
 	return t, nil
 }
@@ -158,7 +159,7 @@ func (d *Daemon) handlePeerPrepare(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if mg.Phase.Terminal() {
-		return nil, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, shmowner.ErrBadTransition)
+		return nil, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	if req.Record.ID != mg.Workload {
 		return nil, fmt.Errorf("migration %s moves %s, not %s: %w", id, mg.Workload, req.Record.ID, ErrBadRequest)
@@ -196,7 +197,7 @@ func (d *Daemon) handlePeerPrepare(r *http.Request) (any, error) {
 	if old := m.targets[id]; old != nil {
 		m.mu.Unlock()
 		store.Close()
-		return nil, fmt.Errorf("migration %s is already open here: %w", id, shmowner.ErrExists)
+		return nil, fmt.Errorf("migration %s is already open here: %w", id, record.ErrExists)
 	}
 	m.targets[id] = &targetState{j: j, dir: dir, store: store}
 	m.mu.Unlock()
@@ -214,7 +215,7 @@ func (d *Daemon) handlePeerPages(r *http.Request) (any, error) {
 	store := t.store
 	t.mu.Unlock()
 	if store == nil {
-		return nil, fmt.Errorf("migration %s: pre-copy pages after the images: %w", id, shmowner.ErrBadTransition)
+		return nil, fmt.Errorf("migration %s: pre-copy pages after the images: %w", id, record.ErrBadTransition)
 	}
 	n, err := migrate.ReadPages(r.Context(), r.Body, store)
 	if err != nil {
@@ -288,7 +289,7 @@ func (d *Daemon) handlePeerRestore(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if mg.Phase.Terminal() {
-		return nil, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, shmowner.ErrBadTransition)
+		return nil, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	m := d.mig
 	t, err := m.target(id)
@@ -298,7 +299,7 @@ func (d *Daemon) handlePeerRestore(r *http.Request) (any, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.proc != nil {
-		return nil, fmt.Errorf("migration %s is already restored here: %w", id, shmowner.ErrExists)
+		return nil, fmt.Errorf("migration %s is already restored here: %w", id, record.ErrExists)
 	}
 	if _, err := m.criuCaps(r.Context()); err != nil {
 		return nil, err
@@ -334,8 +335,8 @@ func (d *Daemon) handlePeerResume(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if mg.Phase != shmowner.PhaseDone {
-		return nil, fmt.Errorf("migration %s is %s, not done: the restored copy stays stopped: %w", id, mg.Phase, shmowner.ErrBadTransition)
+	if mg.Phase != record.PhaseDone {
+		return nil, fmt.Errorf("migration %s is %s, not done: the restored copy stays stopped: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	d.mig.faults.at("target-resume")
 	return struct{}{}, d.mig.resumeTarget(id)
@@ -348,8 +349,8 @@ func (d *Daemon) handlePeerAbort(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if mg.Phase != shmowner.PhaseAborted {
-		return nil, fmt.Errorf("migration %s is %s, not aborted: %w", id, mg.Phase, shmowner.ErrBadTransition)
+	if mg.Phase != record.PhaseAborted {
+		return nil, fmt.Errorf("migration %s is %s, not aborted: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	return struct{}{}, d.mig.abortTarget(id)
 }
@@ -492,11 +493,11 @@ func (m *migrator) recover(ctx context.Context) {
 		// Target side: act once the outcome is recorded; until then the source decides.
 		mg, known := table.Migration(name)
 		switch {
-		case known && mg.Phase == shmowner.PhaseDone:
+		case known && mg.Phase == record.PhaseDone:
 			if err := m.resumeTarget(name); err != nil {
 				m.log.Error("resume a moved workload", "migration", name, "err", err)
 			}
-		case known && mg.Phase == shmowner.PhaseAborted:
+		case known && mg.Phase == record.PhaseAborted:
 			if err := m.abortTarget(name); err != nil {
 				m.log.Error("clean up an aborted migration", "migration", name, "err", err)
 			}
@@ -508,14 +509,14 @@ func (m *migrator) recover(ctx context.Context) {
 		if mg.Source != m.d.cfg.NodeID || mg.Phase.Terminal() || journaled[mg.ID] || m.isDriving(mg) {
 			continue
 		}
-		if _, err := m.settle(mg.ID, mg.Epoch, shmowner.PhaseAborted,
+		if _, err := m.settle(mg.ID, mg.Epoch, record.PhaseAborted,
 			fmt.Sprintf("the source daemon on %s stopped during phase %s", m.d.cfg.NodeID, mg.Phase), nil); err != nil {
 			m.log.Warn("cannot settle migration yet", "migration", mg.ID, "err", err)
 		}
 	}
 }
 
-func (m *migrator) isDriving(mg shmowner.Migration) bool {
+func (m *migrator) isDriving(mg record.Migration) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.driving[mg.Workload] == mg.ID
@@ -542,7 +543,7 @@ func (m *migrator) recoverSource(ctx context.Context, table *shmowner.Table, id 
 	if !phase.Terminal() {
 		m.log.Warn("migration has no driver any more (this daemon restarted); rolling it back",
 			"migration", id, "workload", j.Record.Name, "phase", phase)
-		phase, err = m.settle(id, mg.Epoch, shmowner.PhaseAborted,
+		phase, err = m.settle(id, mg.Epoch, record.PhaseAborted,
 			fmt.Sprintf("the source daemon on %s stopped during phase %s", m.d.cfg.NodeID, mg.Phase), nil)
 		if err != nil {
 			m.log.Warn("cannot settle migration yet", "migration", id, "err", err)
@@ -553,7 +554,7 @@ func (m *migrator) recoverSource(ctx context.Context, table *shmowner.Table, id 
 	w, err := workload.WatchProcess(rec.InitPid, rec.InitStart)
 	alive := err == nil
 	switch phase {
-	case shmowner.PhaseAborted:
+	case record.PhaseAborted:
 		if alive {
 			if err := migrate.Resume("/proc", rec.InitPid, 10*time.Second); err != nil {
 				m.log.Error("resume the workload after an aborted migration", "migration", id, "err", err)
@@ -562,7 +563,7 @@ func (m *migrator) recoverSource(ctx context.Context, table *shmowner.Table, id 
 			}
 			m.log.Info("workload runs here again after an aborted migration", "migration", id, "workload", rec.Name)
 		}
-	case shmowner.PhaseDone:
+	case record.PhaseDone:
 		if l := m.d.sup.get(rec.ID); l != nil && l.rec.InitPid == rec.InitPid {
 			m.d.sup.release(rec.ID, !j.Shared)
 		} else if alive {
@@ -590,12 +591,12 @@ func (d *Daemon) abortOrphans(ctx context.Context) {
 			continue
 		}
 		n, ok := table.Node(mg.Source)
-		if ok && n.State != shmowner.NodeDown && n.State != shmowner.NodeLeft {
+		if ok && n.State != record.NodeDown && n.State != record.NodeLeft {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := d.store.Apply(cctx, shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{
-			ID: mg.ID, Phase: shmowner.PhaseAborted, Epoch: mg.Epoch, At: time.Now().UnixNano(),
+			ID: mg.ID, Phase: record.PhaseAborted, Epoch: mg.Epoch, At: time.Now().UnixNano(),
 			Error: fmt.Sprintf("source node %s went down during phase %s", mg.Source, mg.Phase)})
 		cancel()
 		if err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
 )
@@ -39,7 +40,7 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 
 // record is what a node keeps on disk about a workload it runs, so that a restarted
 // daemon finds its workloads again (they outlive the daemon).
-type record struct {
+type localRecord struct {
 	ID        string   `json:"id"`
 	Name      string   `json:"name"`
 	Group     string   `json:"group"`
@@ -52,7 +53,7 @@ type record struct {
 
 // localWL is a workload running (or run) on this node.
 type localWL struct {
-	rec    record
+	rec    localRecord
 	watch  *workload.Watch   // nil once exited or if it was gone at re-attach
 	proc   *workload.Process // non-nil if this daemon started it (it must reap it)
 	exited chan struct{}     // closed when the init is gone
@@ -178,7 +179,7 @@ func (s *supervisor) reattach() error {
 		if err != nil {
 			continue // a half-made dir of a failed start, or another node's
 		}
-		var rec record
+		var rec localRecord
 		if err := json.Unmarshal(b, &rec); err != nil || rec.ID != e.Name() {
 			s.log.Warn("ignoring unreadable workload record", "dir", e.Name(), "err", err)
 			continue
@@ -328,21 +329,21 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	if !ok {
 		return Workload{}, fmt.Errorf("run: this node has not joined the cluster yet (see `migshm status`): %w", ErrNotReady)
 	}
-	if self.State == shmowner.NodeDraining {
+	if self.State == record.NodeDraining {
 		return Workload{}, fmt.Errorf("run: node %s is draining and takes no new workloads; run it on another node, or `migshm undrain %s`: %w",
-			self.ID, self.ID, shmowner.ErrNodeNotActive)
+			self.ID, self.ID, record.ErrNodeNotActive)
 	}
 	for _, w := range table.Workloads() {
 		if w.Name == req.Name {
 			return Workload{}, fmt.Errorf("run: a workload named %q exists (%s on %s); pick another --name or `migshm rm` it: %w",
-				req.Name, w.ID, w.Node, shmowner.ErrExists)
+				req.Name, w.ID, w.Node, record.ErrExists)
 		}
 	}
 	group, ipcns := id, ""
 	if req.Group != "" {
 		group = req.Group
 		for _, w := range table.Workloads() {
-			if w.Group != group || w.State == shmowner.WorkloadExited {
+			if w.Group != group || w.State == record.WorkloadExited {
 				continue
 			}
 			if w.Node != s.d.cfg.NodeID {
@@ -390,7 +391,7 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	if err != nil {
 		return fail(fmt.Errorf("run: %w", err))
 	}
-	rec := record{ID: id, Name: req.Name, Group: group, Node: s.d.cfg.NodeID, Args: req.Args,
+	rec := localRecord{ID: id, Name: req.Name, Group: group, Node: s.d.cfg.NodeID, Args: req.Args,
 		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}
 	if err := writeFileAtomic(filepath.Join(wdir, recordFile), mustJSON(rec)); err != nil {
 		watch.Close()
@@ -411,9 +412,9 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	return w, nil
 }
 
-func (r record) workload() shmowner.Workload {
-	return shmowner.Workload{ID: r.ID, Name: r.Name, Node: r.Node, InitPid: r.InitPid, Pids: []int{r.InitPid},
-		Group: r.Group, State: shmowner.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt}
+func (r localRecord) workload() record.Workload {
+	return record.Workload{ID: r.ID, Name: r.Name, Node: r.Node, InitPid: r.InitPid, Pids: []int{r.InitPid},
+		Group: r.Group, State: record.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt}
 }
 
 // stop sends SIGTERM to the workload (its init forwards it), then SIGKILL to the init
@@ -423,7 +424,7 @@ func (s *supervisor) stop(ctx context.Context, id string, timeout time.Duration)
 	l := s.wl[id]
 	s.mu.Unlock()
 	if l == nil {
-		return Workload{}, fmt.Errorf("stop: workload %s is not on this node: %w", id, shmowner.ErrUnknownWorkload)
+		return Workload{}, fmt.Errorf("stop: workload %s is not on this node: %w", id, record.ErrUnknownWorkload)
 	}
 	if l.isExited() {
 		return Workload{}, fmt.Errorf("stop %s: it already exited with status %d: %w", l.rec.Name, l.status, ErrNotRunning)
@@ -446,16 +447,16 @@ func (s *supervisor) stop(ctx context.Context, id string, timeout time.Duration)
 		return Workload{}, err
 	}
 	w, _ := s.d.store.Table().Workload(id)
-	if w.State != shmowner.WorkloadExited { // this node's table may lag the leader's
+	if w.State != record.WorkloadExited { // this node's table may lag the leader's
 		w = l.rec.workload()
-		w.State, w.ExitStatus, w.ExitedAt = shmowner.WorkloadExited, l.status, l.at
+		w.State, w.ExitStatus, w.ExitedAt = record.WorkloadExited, l.status, l.at
 	}
 	return w, nil
 }
 
 func (s *supervisor) recordExit(ctx context.Context, l *localWL) error {
 	return s.d.apply(ctx, shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{
-		ID: l.rec.ID, State: shmowner.WorkloadExited, ExitStatus: l.status, At: l.at})
+		ID: l.rec.ID, State: record.WorkloadExited, ExitStatus: l.status, At: l.at})
 }
 
 // remove forgets an exited workload: its table record and its files.
@@ -467,7 +468,7 @@ func (s *supervisor) remove(ctx context.Context, id string) error {
 		return fmt.Errorf("remove %s: still running: %w", l.rec.Name, ErrStillRunning)
 	}
 	if err := s.d.apply(ctx, shmowner.RemoveWorkloadType, shmowner.RemoveWorkloadRequest{ID: id}); err != nil &&
-		!errors.Is(err, shmowner.ErrUnknownWorkload) {
+		!errors.Is(err, record.ErrUnknownWorkload) {
 		return err
 	}
 	s.mu.Lock()
@@ -517,7 +518,7 @@ func (s *supervisor) release(id string, removeFiles bool) {
 // adopt takes over a workload restored on this node by a migration: it writes its
 // record (the workload dir is this node's from now on) and follows it. proc is the
 // restored init if this daemon is its parent (nil after a restart).
-func (s *supervisor) adopt(rec record, proc *workload.Process) error {
+func (s *supervisor) adopt(rec localRecord, proc *workload.Process) error {
 	s.mu.Lock()
 	if l := s.wl[rec.ID]; l != nil && !l.isExited() {
 		s.mu.Unlock()
@@ -614,7 +615,7 @@ func (s *supervisor) reconcile(ctx context.Context) {
 			if !inTable {
 				continue // never registered, or removed
 			}
-			if tw.State != shmowner.WorkloadExited {
+			if tw.State != record.WorkloadExited {
 				s.try(ctx, "record exit", l.rec.Name, func() error { return s.recordExit(ctx, l) })
 			}
 			continue
@@ -624,10 +625,10 @@ func (s *supervisor) reconcile(ctx context.Context) {
 			want.Pids = tree.Pids()
 		}
 		g.livePid = l.rec.InitPid
-		if inTable && tw.State == shmowner.WorkloadMigrating {
+		if inTable && tw.State == record.WorkloadMigrating {
 			continue
 		}
-		if !inTable || tw.State != shmowner.WorkloadRunning || !slices.Equal(tw.Pids, want.Pids) {
+		if !inTable || tw.State != record.WorkloadRunning || !slices.Equal(tw.Pids, want.Pids) {
 			want.Pinned = tw.Pinned
 			s.try(ctx, "register workload", l.rec.Name, func() error {
 				return s.d.apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: want})
@@ -679,7 +680,7 @@ func (s *supervisor) logs(ctx context.Context, w http.ResponseWriter, id, stream
 	l := s.wl[id]
 	s.mu.Unlock()
 	if l == nil {
-		return fmt.Errorf("logs: workload %s has no files on this node: %w", id, shmowner.ErrUnknownWorkload)
+		return fmt.Errorf("logs: workload %s has no files on this node: %w", id, record.ErrUnknownWorkload)
 	}
 	name := stdoutFile
 	if stream == "stderr" {
@@ -687,7 +688,7 @@ func (s *supervisor) logs(ctx context.Context, w http.ResponseWriter, id, stream
 	}
 	f, err := os.Open(s.path(id, name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("logs: %s has no %s file: %w", l.rec.Name, stream, shmowner.ErrUnknownWorkload)
+		return fmt.Errorf("logs: %s has no %s file: %w", l.rec.Name, stream, record.ErrUnknownWorkload)
 	}
 	if err != nil {
 		return fmt.Errorf("logs: %w", err)

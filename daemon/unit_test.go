@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // tableOf builds a table the way Raft does: commands applied to a shmowner FSM.
@@ -48,7 +49,7 @@ func tableOf(t *testing.T, cmds ...any) *shmowner.Table {
 }
 
 func upsert(id, name, node string, initPid int, pids ...int) shmowner.UpsertWorkloadRequest {
-	return shmowner.UpsertWorkloadRequest{Workload: shmowner.Workload{
+	return shmowner.UpsertWorkloadRequest{Workload: record.Workload{
 		ID: id, Name: name, Node: node, InitPid: initPid, Pids: append([]int{initPid}, pids...), Group: id}}
 }
 
@@ -65,22 +66,22 @@ func TestResolve(t *testing.T) {
 		wantID  string
 		wantErr error
 	}{
-		{"wabc0001", "wabc0001", nil},           // id
-		{"web", "wabc0002", nil},                // name
-		{"wxy", "wxyz0003", nil},                // unique id prefix of 3
-		{"wabc000", "", ErrBadRequest},          // prefix of two
-		{"wab", "", ErrBadRequest},              // prefix of two
-		{"wa", "", shmowner.ErrUnknownWorkload}, // too short for a prefix
-		{"w", "", shmowner.ErrUnknownWorkload},
+		{"wabc0001", "wabc0001", nil},         // id
+		{"web", "wabc0002", nil},              // name
+		{"wxy", "wxyz0003", nil},              // unique id prefix of 3
+		{"wabc000", "", ErrBadRequest},        // prefix of two
+		{"wab", "", ErrBadRequest},            // prefix of two
+		{"wa", "", record.ErrUnknownWorkload}, // too short for a prefix
+		{"w", "", record.ErrUnknownWorkload},
 		{"100", "wabc0001", nil}, // init pid
 		{"201", "wabc0002", nil}, // member pid
 		{"300", "wxyz0003", nil}, // init pid on another node
 		{"123", "wxyz0003", nil}, // a name wins over a member pid
-		{"999", "", shmowner.ErrUnknownWorkload},
-		{"0", "", shmowner.ErrUnknownWorkload},
-		{"-100", "", shmowner.ErrUnknownWorkload},
-		{"nope", "", shmowner.ErrUnknownWorkload},
-		{"db", "", shmowner.ErrUnknownWorkload}, // names are not matched by prefix
+		{"999", "", record.ErrUnknownWorkload},
+		{"0", "", record.ErrUnknownWorkload},
+		{"-100", "", record.ErrUnknownWorkload},
+		{"nope", "", record.ErrUnknownWorkload},
+		{"db", "", record.ErrUnknownWorkload}, // names are not matched by prefix
 		{"", "", ErrBadRequest},
 	}
 	for _, tt := range tests {
@@ -108,7 +109,7 @@ func TestResolveStalePid(t *testing.T) {
 	table := tableOf(t,
 		shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "n1:7420", APIAddr: "n1:7421"},
 		upsert("w0000001", "old", "n1", 400, 500),
-		shmowner.SetWorkloadStateRequest{ID: "w0000001", State: shmowner.WorkloadExited, ExitStatus: 0},
+		shmowner.SetWorkloadStateRequest{ID: "w0000001", State: record.WorkloadExited, ExitStatus: 0},
 		upsert("w9990002", "new", "n1", 500),
 	)
 	w, err := resolve(table, "500")
@@ -408,15 +409,15 @@ func TestCheckDecodes(t *testing.T) {
 	valid := map[shmowner.MessageType]any{
 		shmowner.RegisterNodeType:     shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "a:1", APIAddr: "a:2"},
 		shmowner.RemoveNodeType:       shmowner.RemoveNodeRequest{ID: "n1"},
-		shmowner.SetNodeStateType:     shmowner.SetNodeStateRequest{ID: "n1", State: shmowner.NodeDraining},
-		shmowner.ReportLoadType:       shmowner.ReportLoadRequest{ID: "n1", Load: shmowner.LoadVector{CPU: 0.5}, At: 1},
-		shmowner.UpsertWorkloadType:   shmowner.UpsertWorkloadRequest{Workload: shmowner.Workload{ID: "w1", Node: "n1", Group: "g"}},
+		shmowner.SetNodeStateType:     shmowner.SetNodeStateRequest{ID: "n1", State: record.NodeDraining},
+		shmowner.ReportLoadType:       shmowner.ReportLoadRequest{ID: "n1", Load: record.LoadVector{CPU: 0.5}, At: 1},
+		shmowner.UpsertWorkloadType:   shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g"}},
 		shmowner.RemoveWorkloadType:   shmowner.RemoveWorkloadRequest{ID: "w1"},
-		shmowner.SetWorkloadStateType: shmowner.SetWorkloadStateRequest{ID: "w1", State: shmowner.WorkloadExited},
+		shmowner.SetWorkloadStateType: shmowner.SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited},
 		shmowner.SetSegmentsType: shmowner.SetSegmentsRequest{Node: "n1", Group: "g",
 			Segments: []shmowner.SegmentInfo{{Shmid: 1, Key: 2, Size: 4096, Mode: 0o600}}},
 		shmowner.PlanMigrationType:     shmowner.PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2", Epoch: 1},
-		shmowner.SetMigrationPhaseType: shmowner.SetMigrationPhaseRequest{ID: "m1", Phase: shmowner.PhasePrecopy, Epoch: 1},
+		shmowner.SetMigrationPhaseType: shmowner.SetMigrationPhaseRequest{ID: "m1", Phase: record.PhasePrecopy, Epoch: 1},
 		shmowner.ProbeType:             shmowner.ProbeRequest{Seq: 7},
 		shmowner.SetMigrationStatsType: shmowner.SetMigrationStatsRequest{ID: "m1"},
 		shmowner.SetWorkloadPinnedType: shmowner.SetWorkloadPinnedRequest{ID: "w1", Pinned: true},

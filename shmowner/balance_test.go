@@ -3,6 +3,8 @@ package shmowner
 import (
 	"errors"
 	"testing"
+
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // TestWorkloadLoadAndPin: a load report records each workload's figures on the
@@ -13,11 +15,11 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 	mustApply(t, f,
 		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1"}},
 		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
-		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w1", Node: "n1", Group: "g1"}}},
-		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w2", Node: "n2", Group: "g2"}}},
-		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w3", Node: "n1", Group: "g3", State: WorkloadExited}}},
-		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 100, Load: LoadVector{Cores: 4, MemBudgetBytes: 1 << 30},
-			Workloads: map[string]WorkloadLoad{
+		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g1"}}},
+		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w2", Node: "n2", Group: "g2"}}},
+		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w3", Node: "n1", Group: "g3", State: record.WorkloadExited}}},
+		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 100, Load: record.LoadVector{Cores: 4, MemBudgetBytes: 1 << 30},
+			Workloads: map[string]record.WorkloadLoad{
 				"w1": {CPU: 0.5, MemBytes: 1 << 20},
 				"w2": {CPU: 9, MemBytes: 9}, // runs on n2: not n1's to report
 				"w3": {CPU: 9, MemBytes: 9}, // exited
@@ -25,7 +27,7 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 			}}},
 	)
 	tb := f.Table()
-	if w, _ := tb.Workload("w1"); w.Load == nil || *w.Load != (WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: 100}) {
+	if w, _ := tb.Workload("w1"); w.Load == nil || *w.Load != (record.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: 100}) {
 		t.Fatalf("w1 load %+v, want 0.5 cores, 1 MiB, at 100", w.Load)
 	}
 	for _, id := range []string{"w2", "w3"} {
@@ -39,14 +41,14 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 
 	mustApply(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "w1", Pinned: true}})
 	// Reconcile re-registers w1 without pin or load; both stay.
-	mustApply(t, f, cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w1", Node: "n1", Group: "g1", Pids: []int{7}}}})
+	mustApply(t, f, cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g1", Pids: []int{7}}}})
 	w, _ := f.Table().Workload("w1")
 	if !w.Pinned || w.Load == nil || w.Load.CPU != 0.5 || len(w.Pids) != 1 {
 		t.Fatalf("after upsert w1 = %+v, want pinned with its load and the new pids", w)
 	}
 	// An older report does not overwrite a newer one; a report without w1 keeps its figures.
 	mustApply(t, f,
-		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 50, Workloads: map[string]WorkloadLoad{"w1": {CPU: 3}}}},
+		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 50, Workloads: map[string]record.WorkloadLoad{"w1": {CPU: 3}}}},
 		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 200}},
 	)
 	if w, _ := f.Table().Workload("w1"); w.Load.CPU != 0.5 {
@@ -56,7 +58,7 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 	if w, _ := f.Table().Workload("w1"); w.Pinned {
 		t.Error("unpin did not unpin")
 	}
-	if err := applyCmd(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "nope", Pinned: true}}); !errors.Is(err, ErrUnknownWorkload) {
+	if err := applyCmd(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "nope", Pinned: true}}); !errors.Is(err, record.ErrUnknownWorkload) {
 		t.Errorf("pin unknown workload: %v", err)
 	}
 
@@ -74,16 +76,16 @@ func TestDrainingSurvivesRegistration(t *testing.T) {
 	mustApply(t, f,
 		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1", APIAddr: "a"}},
 		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
-		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n1", State: NodeDraining}},
-		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n2", State: NodeDown}},
+		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n1", State: record.NodeDraining}},
+		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n2", State: record.NodeDown}},
 		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1", APIAddr: "b"}},
 		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
 	)
 	tb := f.Table()
-	if n, _ := tb.Node("n1"); n.State != NodeDraining || n.APIAddr != "b" {
+	if n, _ := tb.Node("n1"); n.State != record.NodeDraining || n.APIAddr != "b" {
 		t.Errorf("n1 = %+v, want draining with the new address", n)
 	}
-	if n, _ := tb.Node("n2"); n.State != NodeActive {
+	if n, _ := tb.Node("n2"); n.State != record.NodeActive {
 		t.Errorf("n2 = %+v, want active", n)
 	}
 }

@@ -3,6 +3,8 @@ package shmowner
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // MessageType is the first byte of every log entry; the rest is the JSON body.
@@ -124,8 +126,8 @@ type RemoveNodeRequest struct {
 
 // SetNodeStateRequest sets a node's state.
 type SetNodeStateRequest struct {
-	ID    string    `json:"id"`
-	State NodeState `json:"state"`
+	ID    string           `json:"id"`
+	State record.NodeState `json:"state"`
 }
 
 // ReportLoadRequest records a node's load. At (unix nanos) is taken by the reporter;
@@ -134,10 +136,10 @@ type SetNodeStateRequest struct {
 // table places on that node and ignored otherwise (it moved, or is gone); a workload
 // not in the map keeps its last figures (a workload that just arrived has none yet).
 type ReportLoadRequest struct {
-	ID        string                  `json:"id"`
-	Load      LoadVector              `json:"load"`
-	At        int64                   `json:"at"`
-	Workloads map[string]WorkloadLoad `json:"workloads,omitempty"`
+	ID        string                         `json:"id"`
+	Load      record.LoadVector              `json:"load"`
+	At        int64                          `json:"at"`
+	Workloads map[string]record.WorkloadLoad `json:"workloads,omitempty"`
 }
 
 // SetWorkloadPinnedRequest pins a workload (nothing moves it: neither the balancer nor
@@ -157,7 +159,7 @@ type ProbeRequest struct {
 // empty State means running; State may not be migrating (only PlanMigration sets it),
 // and a workload with a migration in flight cannot be replaced.
 type UpsertWorkloadRequest struct {
-	Workload Workload `json:"workload"`
+	Workload record.Workload `json:"workload"`
 }
 
 // RemoveWorkloadRequest deletes a workload (not while a migration is in flight). When the
@@ -170,10 +172,10 @@ type RemoveWorkloadRequest struct {
 // while a migration is in flight (the workload died; the migration is then aborted);
 // running is not.
 type SetWorkloadStateRequest struct {
-	ID         string        `json:"id"`
-	State      WorkloadState `json:"state"`
-	ExitStatus int           `json:"exit_status"`
-	At         int64         `json:"at,omitempty"` // unix nanos; recorded as ExitedAt
+	ID         string               `json:"id"`
+	State      record.WorkloadState `json:"state"`
+	ExitStatus int                  `json:"exit_status"`
+	At         int64                `json:"at,omitempty"` // unix nanos; recorded as ExitedAt
 }
 
 // SegmentInfo is one segment as the owner node observes it.
@@ -209,18 +211,18 @@ type PlanMigrationRequest struct {
 // epoch. Bytes, if non-zero, replaces the shipped byte count; Error, if non-empty, is
 // recorded (normally with PhaseAborted).
 type SetMigrationPhaseRequest struct {
-	ID    string `json:"id"`
-	Phase Phase  `json:"phase"`
-	Epoch uint64 `json:"epoch"`
-	At    int64  `json:"at"` // unix nanos
-	Bytes uint64 `json:"bytes,omitempty"`
-	Error string `json:"error,omitempty"`
+	ID    string       `json:"id"`
+	Phase record.Phase `json:"phase"`
+	Epoch uint64       `json:"epoch"`
+	At    int64        `json:"at"` // unix nanos
+	Bytes uint64       `json:"bytes,omitempty"`
+	Error string       `json:"error,omitempty"`
 	// Stats, if set, replaces the migration's figures.
-	Stats *MigrationStats `json:"stats,omitempty"`
+	Stats *record.MigrationStats `json:"stats,omitempty"`
 }
 
 // SetMigrationStatsRequest replaces a migration's figures, in any phase.
 type SetMigrationStatsRequest struct {
-	ID    string         `json:"id"`
-	Stats MigrationStats `json:"stats"`
+	ID    string                `json:"id"`
+	Stats record.MigrationStats `json:"stats"`
 }

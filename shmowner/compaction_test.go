@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // inmemRaft starts a single-node raft on in-memory stores and transport and waits until
@@ -60,7 +61,7 @@ func applyLoadReports(t *testing.T, r *raft.Raft, n int) {
 	}
 	futures := make([]raft.ApplyFuture, 0, n)
 	for i := range n {
-		b := mustEncode(t, ReportLoadType, ReportLoadRequest{ID: "n1", At: int64(i + 1), Load: LoadVector{CPU: float64(i%100) / 100, Workloads: i % 7}})
+		b := mustEncode(t, ReportLoadType, ReportLoadRequest{ID: "n1", At: int64(i + 1), Load: record.LoadVector{CPU: float64(i%100) / 100, Workloads: i % 7}})
 		futures = append(futures, r.Apply(b, 5*time.Second))
 	}
 	for i, f := range futures {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // FSM is the raft state machine holding the ownership table.
@@ -121,12 +122,12 @@ func decode(t MessageType, body []byte, v any) {
 
 func (t *Table) registerNode(r RegisterNodeRequest) error {
 	if r.ID == "" {
-		return fmt.Errorf("register node: empty id: %w", ErrInvalid)
+		return fmt.Errorf("register node: empty id: %w", record.ErrInvalid)
 	}
 	n, known := t.nodes[r.ID]
 	n.ID, n.RaftAddr, n.APIAddr = r.ID, r.RaftAddr, r.APIAddr
-	if !known || n.State != NodeDraining {
-		n.State = NodeActive // a draining node that restarts stays draining
+	if !known || n.State != record.NodeDraining {
+		n.State = record.NodeActive // a draining node that restarts stays draining
 	}
 	t.nodes[r.ID] = n
 	return nil
@@ -134,7 +135,7 @@ func (t *Table) registerNode(r RegisterNodeRequest) error {
 
 func (t *Table) removeNode(r RemoveNodeRequest) error {
 	if _, ok := t.nodes[r.ID]; !ok {
-		return fmt.Errorf("remove node %q: %w", r.ID, ErrUnknownNode)
+		return fmt.Errorf("remove node %q: %w", r.ID, record.ErrUnknownNode)
 	}
 	delete(t.nodes, r.ID)
 	return nil
@@ -143,10 +144,10 @@ func (t *Table) removeNode(r RemoveNodeRequest) error {
 func (t *Table) setNodeState(r SetNodeStateRequest) error {
 	n, ok := t.nodes[r.ID]
 	if !ok {
-		return fmt.Errorf("set node %q state: %w", r.ID, ErrUnknownNode)
+		return fmt.Errorf("set node %q state: %w", r.ID, record.ErrUnknownNode)
 	}
-	if !r.State.valid() {
-		return fmt.Errorf("set node %q state %q: %w", r.ID, r.State, ErrInvalid)
+	if !r.State.Valid() {
+		return fmt.Errorf("set node %q state %q: %w", r.ID, r.State, record.ErrInvalid)
 	}
 	n.State = r.State
 	t.nodes[r.ID] = n
@@ -156,7 +157,7 @@ func (t *Table) setNodeState(r SetNodeStateRequest) error {
 func (t *Table) reportLoad(r ReportLoadRequest) error {
 	n, ok := t.nodes[r.ID]
 	if !ok {
-		return fmt.Errorf("report load of node %q: %w", r.ID, ErrUnknownNode)
+		return fmt.Errorf("report load of node %q: %w", r.ID, record.ErrUnknownNode)
 	}
 	if r.At < n.LoadAt {
 		return nil // an older report overtaken by a newer one
@@ -165,7 +166,7 @@ func (t *Table) reportLoad(r ReportLoadRequest) error {
 	t.nodes[r.ID] = n
 	for id, l := range r.Workloads { // each entry touches only its own workload
 		w, ok := t.workloads[id]
-		if !ok || w.Node != r.ID || w.State == WorkloadExited {
+		if !ok || w.Node != r.ID || w.State == record.WorkloadExited {
 			continue
 		}
 		l.At = r.At
@@ -178,7 +179,7 @@ func (t *Table) reportLoad(r ReportLoadRequest) error {
 func (t *Table) setWorkloadPinned(r SetWorkloadPinnedRequest) error {
 	w, ok := t.workloads[r.ID]
 	if !ok {
-		return fmt.Errorf("pin workload %q: %w", r.ID, ErrUnknownWorkload)
+		return fmt.Errorf("pin workload %q: %w", r.ID, record.ErrUnknownWorkload)
 	}
 	w.Pinned = r.Pinned
 	t.workloads[r.ID] = w
@@ -186,28 +187,28 @@ func (t *Table) setWorkloadPinned(r SetWorkloadPinnedRequest) error {
 }
 
 func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
-	w := r.Workload.clone()
+	w := r.Workload.Clone()
 	if w.ID == "" || w.Group == "" {
-		return fmt.Errorf("upsert workload %q: empty id or group: %w", w.ID, ErrInvalid)
+		return fmt.Errorf("upsert workload %q: empty id or group: %w", w.ID, record.ErrInvalid)
 	}
 	if w.State == "" {
-		w.State = WorkloadRunning
+		w.State = record.WorkloadRunning
 	}
-	if w.State != WorkloadRunning && w.State != WorkloadExited {
-		return fmt.Errorf("upsert workload %q: state %q: %w", w.ID, w.State, ErrInvalid)
+	if w.State != record.WorkloadRunning && w.State != record.WorkloadExited {
+		return fmt.Errorf("upsert workload %q: state %q: %w", w.ID, w.State, record.ErrInvalid)
 	}
 	if _, ok := t.nodes[w.Node]; !ok {
-		return fmt.Errorf("upsert workload %q on node %q: %w", w.ID, w.Node, ErrUnknownNode)
+		return fmt.Errorf("upsert workload %q on node %q: %w", w.ID, w.Node, record.ErrUnknownNode)
 	}
 	if w.Name != "" {
 		for _, o := range t.workloads {
 			if o.Name == w.Name && o.ID != w.ID {
-				return fmt.Errorf("upsert workload %q: name %q is taken by %s: %w", w.ID, w.Name, o.ID, ErrExists)
+				return fmt.Errorf("upsert workload %q: name %q is taken by %s: %w", w.ID, w.Name, o.ID, record.ErrExists)
 			}
 		}
 	}
 	if m, ok := t.ActiveMigration(w.ID); ok {
-		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, ErrMigrationInFlight)
+		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, record.ErrMigrationInFlight)
 	}
 	old, existed := t.workloads[w.ID]
 	if existed {
@@ -225,10 +226,10 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 func (t *Table) removeWorkload(r RemoveWorkloadRequest) error {
 	w, ok := t.workloads[r.ID]
 	if !ok {
-		return fmt.Errorf("remove workload %q: %w", r.ID, ErrUnknownWorkload)
+		return fmt.Errorf("remove workload %q: %w", r.ID, record.ErrUnknownWorkload)
 	}
 	if m, ok := t.ActiveMigration(r.ID); ok {
-		return fmt.Errorf("remove workload %q: migration %s: %w", r.ID, m.ID, ErrMigrationInFlight)
+		return fmt.Errorf("remove workload %q: migration %s: %w", r.ID, m.ID, record.ErrMigrationInFlight)
 	}
 	delete(t.workloads, r.ID)
 	t.dropGroupIfUnused(w.Group)
@@ -253,21 +254,21 @@ func (t *Table) dropGroupIfUnused(group string) {
 func (t *Table) setWorkloadState(r SetWorkloadStateRequest) error {
 	w, ok := t.workloads[r.ID]
 	if !ok {
-		return fmt.Errorf("set workload %q state: %w", r.ID, ErrUnknownWorkload)
+		return fmt.Errorf("set workload %q state: %w", r.ID, record.ErrUnknownWorkload)
 	}
 	switch r.State {
-	case WorkloadExited:
-	case WorkloadRunning:
+	case record.WorkloadExited:
+	case record.WorkloadRunning:
 		if m, ok := t.ActiveMigration(r.ID); ok {
-			return fmt.Errorf("set workload %q running: migration %s: %w", r.ID, m.ID, ErrMigrationInFlight)
+			return fmt.Errorf("set workload %q running: migration %s: %w", r.ID, m.ID, record.ErrMigrationInFlight)
 		}
-	case WorkloadMigrating:
-		return fmt.Errorf("set workload %q migrating: only PlanMigration does: %w", r.ID, ErrBadTransition)
+	case record.WorkloadMigrating:
+		return fmt.Errorf("set workload %q migrating: only PlanMigration does: %w", r.ID, record.ErrBadTransition)
 	default:
-		return fmt.Errorf("set workload %q state %q: %w", r.ID, r.State, ErrInvalid)
+		return fmt.Errorf("set workload %q state %q: %w", r.ID, r.State, record.ErrInvalid)
 	}
 	w.State, w.ExitStatus = r.State, r.ExitStatus
-	if r.State == WorkloadExited {
+	if r.State == record.WorkloadExited {
 		w.ExitedAt = r.At
 		w.Pids = nil // gone; the kernel will hand these pids to others
 	}
@@ -277,15 +278,15 @@ func (t *Table) setWorkloadState(r SetWorkloadStateRequest) error {
 
 func (t *Table) setSegments(r SetSegmentsRequest) error {
 	if r.Group == "" {
-		return fmt.Errorf("set segments: empty group: %w", ErrInvalid)
+		return fmt.Errorf("set segments: empty group: %w", record.ErrInvalid)
 	}
 	if _, ok := t.nodes[r.Node]; !ok {
-		return fmt.Errorf("set segments of group %q from node %q: %w", r.Group, r.Node, ErrUnknownNode)
+		return fmt.Errorf("set segments of group %q from node %q: %w", r.Group, r.Node, record.ErrUnknownNode)
 	}
 	seen := make(map[int]bool, len(r.Segments))
 	for _, s := range r.Segments {
 		if seen[s.Shmid] || s.Shmid < 0 {
-			return fmt.Errorf("set segments of group %q: shmid %d repeated or negative: %w", r.Group, s.Shmid, ErrInvalid)
+			return fmt.Errorf("set segments of group %q: shmid %d repeated or negative: %w", r.Group, s.Shmid, record.ErrInvalid)
 		}
 		seen[s.Shmid] = true
 	}
@@ -294,7 +295,7 @@ func (t *Table) setSegments(r SetSegmentsRequest) error {
 	for _, s := range t.GroupSegments(r.Group) {
 		if s.Owner != r.Node {
 			return fmt.Errorf("set segments of group %q from node %q: segment %s is owned by %q: %w",
-				r.Group, r.Node, s.ID(), s.Owner, ErrNotOwner)
+				r.Group, r.Node, s.ID(), s.Owner, record.ErrNotOwner)
 		}
 	}
 	for id := range t.segments {
@@ -303,10 +304,10 @@ func (t *Table) setSegments(r SetSegmentsRequest) error {
 		}
 	}
 	for _, in := range r.Segments {
-		id := SegmentID{Group: r.Group, Shmid: in.Shmid}
+		id := record.SegmentID{Group: r.Group, Shmid: in.Shmid}
 		s, ok := t.segments[id]
 		if !ok {
-			s = Segment{Group: r.Group, Shmid: in.Shmid, Owner: r.Node, Epoch: 1}
+			s = record.Segment{Group: r.Group, Shmid: in.Shmid, Owner: r.Node, Epoch: 1}
 		}
 		s.Key, s.Size, s.Mode = in.Key, in.Size, in.Mode
 		t.segments[id] = s
@@ -316,39 +317,39 @@ func (t *Table) setSegments(r SetSegmentsRequest) error {
 
 func (t *Table) planMigration(r PlanMigrationRequest) error {
 	if r.ID == "" {
-		return fmt.Errorf("plan migration: empty id: %w", ErrInvalid)
+		return fmt.Errorf("plan migration: empty id: %w", record.ErrInvalid)
 	}
 	if _, ok := t.migrations[r.ID]; ok {
-		return fmt.Errorf("plan migration %s: %w", r.ID, ErrExists)
+		return fmt.Errorf("plan migration %s: %w", r.ID, record.ErrExists)
 	}
 	w, ok := t.workloads[r.Workload]
 	if !ok {
-		return fmt.Errorf("plan migration %s: workload %q: %w", r.ID, r.Workload, ErrUnknownWorkload)
+		return fmt.Errorf("plan migration %s: workload %q: %w", r.ID, r.Workload, record.ErrUnknownWorkload)
 	}
 	if m, ok := t.ActiveMigration(r.Workload); ok {
-		return fmt.Errorf("plan migration %s of workload %q: migration %s: %w", r.ID, r.Workload, m.ID, ErrMigrationInFlight)
+		return fmt.Errorf("plan migration %s of workload %q: migration %s: %w", r.ID, r.Workload, m.ID, record.ErrMigrationInFlight)
 	}
-	if w.State != WorkloadRunning {
-		return fmt.Errorf("plan migration %s: workload %q is %s: %w", r.ID, r.Workload, w.State, ErrBadTransition)
+	if w.State != record.WorkloadRunning {
+		return fmt.Errorf("plan migration %s: workload %q is %s: %w", r.ID, r.Workload, w.State, record.ErrBadTransition)
 	}
 	target, ok := t.nodes[r.Target]
 	if !ok {
-		return fmt.Errorf("plan migration %s: target %q: %w", r.ID, r.Target, ErrUnknownNode)
+		return fmt.Errorf("plan migration %s: target %q: %w", r.ID, r.Target, record.ErrUnknownNode)
 	}
 	if r.Target == w.Node {
-		return fmt.Errorf("plan migration %s: workload %q already on %q: %w", r.ID, r.Workload, w.Node, ErrSameNode)
+		return fmt.Errorf("plan migration %s: workload %q already on %q: %w", r.ID, r.Workload, w.Node, record.ErrSameNode)
 	}
-	if target.State != NodeActive {
-		return fmt.Errorf("plan migration %s: target %q is %s: %w", r.ID, r.Target, target.State, ErrNodeNotActive)
+	if target.State != record.NodeActive {
+		return fmt.Errorf("plan migration %s: target %q is %s: %w", r.ID, r.Target, target.State, record.ErrNodeNotActive)
 	}
 	if e := t.GroupEpoch(w.Group); r.Epoch != e {
-		return fmt.Errorf("plan migration %s: epoch %d, group %q is at %d: %w", r.ID, r.Epoch, w.Group, e, ErrStaleEpoch)
+		return fmt.Errorf("plan migration %s: epoch %d, group %q is at %d: %w", r.ID, r.Epoch, w.Group, e, record.ErrStaleEpoch)
 	}
-	t.migrations[r.ID] = Migration{
+	t.migrations[r.ID] = record.Migration{
 		ID: r.ID, Workload: r.Workload, Source: w.Node, Target: r.Target,
-		Phase: PhasePlanned, Epoch: r.Epoch, StartedAt: r.At, UpdatedAt: r.At, Reason: r.Reason,
+		Phase: record.PhasePlanned, Epoch: r.Epoch, StartedAt: r.At, UpdatedAt: r.At, Reason: r.Reason,
 	}
-	w.State = WorkloadMigrating
+	w.State = record.WorkloadMigrating
 	t.workloads[w.ID] = w
 	return nil
 }
@@ -356,13 +357,13 @@ func (t *Table) planMigration(r PlanMigrationRequest) error {
 func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 	m, ok := t.migrations[r.ID]
 	if !ok {
-		return fmt.Errorf("set migration %s phase: %w", r.ID, ErrUnknownMigration)
+		return fmt.Errorf("set migration %s phase: %w", r.ID, record.ErrUnknownMigration)
 	}
 	if r.Epoch != m.Epoch {
-		return fmt.Errorf("set migration %s phase %s: epoch %d, migration is at %d: %w", r.ID, r.Phase, r.Epoch, m.Epoch, ErrStaleEpoch)
+		return fmt.Errorf("set migration %s phase %s: epoch %d, migration is at %d: %w", r.ID, r.Phase, r.Epoch, m.Epoch, record.ErrStaleEpoch)
 	}
 	if !m.Phase.CanMoveTo(r.Phase) {
-		return fmt.Errorf("set migration %s phase: %s -> %s: %w", r.ID, m.Phase, r.Phase, ErrBadTransition)
+		return fmt.Errorf("set migration %s phase: %s -> %s: %w", r.ID, m.Phase, r.Phase, record.ErrBadTransition)
 	}
 	m.Phase, m.UpdatedAt = r.Phase, r.At
 	if r.Bytes != 0 {
@@ -382,10 +383,10 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 		return nil // cannot happen: a workload with a migration in flight cannot be removed
 	}
 	switch r.Phase {
-	case PhaseDone:
+	case record.PhaseDone:
 		w.Node = m.Target
-		if w.State == WorkloadMigrating {
-			w.State = WorkloadRunning
+		if w.State == record.WorkloadMigrating {
+			w.State = record.WorkloadRunning
 		}
 		for id, s := range t.segments {
 			if id.Group == w.Group {
@@ -393,9 +394,9 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 				t.segments[id] = s
 			}
 		}
-	case PhaseAborted:
-		if w.State == WorkloadMigrating {
-			w.State = WorkloadRunning
+	case record.PhaseAborted:
+		if w.State == record.WorkloadMigrating {
+			w.State = record.WorkloadRunning
 		}
 	default:
 		return nil
@@ -407,7 +408,7 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 func (t *Table) setMigrationStats(r SetMigrationStatsRequest) error {
 	m, ok := t.migrations[r.ID]
 	if !ok {
-		return fmt.Errorf("set migration %s stats: %w", r.ID, ErrUnknownMigration)
+		return fmt.Errorf("set migration %s stats: %w", r.ID, record.ErrUnknownMigration)
 	}
 	st := r.Stats
 	m.Stats = &st
@@ -453,11 +454,11 @@ const SnapshotVersion = 1
 
 // snapshotDoc is the JSON form of a Table: every record list sorted by id.
 type snapshotDoc struct {
-	Version    int         `json:"version"`
-	Nodes      []Node      `json:"nodes"`
-	Workloads  []Workload  `json:"workloads"`
-	Segments   []Segment   `json:"segments"`
-	Migrations []Migration `json:"migrations"`
+	Version    int                `json:"version"`
+	Nodes      []record.Node      `json:"nodes"`
+	Workloads  []record.Workload  `json:"workloads"`
+	Segments   []record.Segment   `json:"segments"`
+	Migrations []record.Migration `json:"migrations"`
 }
 
 // MarshalJSON writes the versioned snapshot document.
@@ -478,30 +479,30 @@ func (t *Table) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	if d.Version != SnapshotVersion {
-		return fmt.Errorf("snapshot version %d, want %d: %w", d.Version, SnapshotVersion, ErrInvalid)
+		return fmt.Errorf("snapshot version %d, want %d: %w", d.Version, SnapshotVersion, record.ErrInvalid)
 	}
 	n := NewTable()
 	for _, v := range d.Nodes {
 		if _, dup := n.nodes[v.ID]; dup {
-			return fmt.Errorf("snapshot: node %q twice: %w", v.ID, ErrInvalid)
+			return fmt.Errorf("snapshot: node %q twice: %w", v.ID, record.ErrInvalid)
 		}
 		n.nodes[v.ID] = v
 	}
 	for _, v := range d.Workloads {
 		if _, dup := n.workloads[v.ID]; dup {
-			return fmt.Errorf("snapshot: workload %q twice: %w", v.ID, ErrInvalid)
+			return fmt.Errorf("snapshot: workload %q twice: %w", v.ID, record.ErrInvalid)
 		}
 		n.workloads[v.ID] = v
 	}
 	for _, v := range d.Segments {
 		if _, dup := n.segments[v.ID()]; dup {
-			return fmt.Errorf("snapshot: segment %s twice: %w", v.ID(), ErrInvalid)
+			return fmt.Errorf("snapshot: segment %s twice: %w", v.ID(), record.ErrInvalid)
 		}
 		n.segments[v.ID()] = v
 	}
 	for _, v := range d.Migrations {
 		if _, dup := n.migrations[v.ID]; dup {
-			return fmt.Errorf("snapshot: migration %q twice: %w", v.ID, ErrInvalid)
+			return fmt.Errorf("snapshot: migration %q twice: %w", v.ID, record.ErrInvalid)
 		}
 		n.migrations[v.ID] = v
 	}

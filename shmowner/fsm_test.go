@@ -1,13 +1,13 @@
 package shmowner
 
 import (
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // base is the table every Apply case starts from:
@@ -18,14 +18,14 @@ import (
 func base() []cmd {
 	return []cmd{
 		regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"),
-		nodeState("node-c", NodeDraining), nodeState("node-d", NodeDown),
+		nodeState("node-c", record.NodeDraining), nodeState("node-d", record.NodeDown),
 		upsertWL("w1", "node-a", "grp-1"), upsertWL("w2", "node-a", "grp-2"),
 		upsertWL("w3", "node-a", "grp-3"), upsertWL("w4", "node-a", "grp-3"),
 		segs("node-a", "grp-1", 0, 1), segs("node-a", "grp-3", 5),
 	}
 }
 
-func wantNode(t *testing.T, tb *Table, id string) Node {
+func wantNode(t *testing.T, tb *Table, id string) record.Node {
 	t.Helper()
 	n, ok := tb.Node(id)
 	if !ok {
@@ -34,7 +34,7 @@ func wantNode(t *testing.T, tb *Table, id string) Node {
 	return n
 }
 
-func wantWorkload(t *testing.T, tb *Table, id string) Workload {
+func wantWorkload(t *testing.T, tb *Table, id string) record.Workload {
 	t.Helper()
 	w, ok := tb.Workload(id)
 	if !ok {
@@ -43,7 +43,7 @@ func wantWorkload(t *testing.T, tb *Table, id string) Workload {
 	return w
 }
 
-func wantMigration(t *testing.T, tb *Table, id string) Migration {
+func wantMigration(t *testing.T, tb *Table, id string) record.Migration {
 	t.Helper()
 	m, ok := tb.Migration(id)
 	if !ok {
@@ -52,9 +52,9 @@ func wantMigration(t *testing.T, tb *Table, id string) Migration {
 	return m
 }
 
-func wantSegment(t *testing.T, tb *Table, group string, shmid int) Segment {
+func wantSegment(t *testing.T, tb *Table, group string, shmid int) record.Segment {
 	t.Helper()
-	s, ok := tb.Segment(SegmentID{Group: group, Shmid: shmid})
+	s, ok := tb.Segment(record.SegmentID{Group: group, Shmid: shmid})
 	if !ok {
 		t.Fatalf("segment %s/%d missing", group, shmid)
 	}
@@ -75,22 +75,22 @@ func TestApply(t *testing.T) {
 		// RegisterNode
 		{name: "register new node", cmd: regNode("node-e"), check: func(t *testing.T, tb *Table) {
 			n := wantNode(t, tb, "node-e")
-			if n != (Node{ID: "node-e", RaftAddr: "node-e:7000", APIAddr: "node-e:7001", State: NodeActive}) {
+			if n != (record.Node{ID: "node-e", RaftAddr: "node-e:7000", APIAddr: "node-e:7001", State: record.NodeActive}) {
 				t.Errorf("node = %+v", n)
 			}
 		}},
 		{
 			name:  "re-register keeps load, updates addresses, becomes active",
-			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-d", At: 5, Load: LoadVector{CPU: 0.5}}}},
+			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-d", At: 5, Load: record.LoadVector{CPU: 0.5}}}},
 			cmd:   cmd{RegisterNodeType, RegisterNodeRequest{ID: "node-d", RaftAddr: "new:1", APIAddr: "new:2"}},
 			check: func(t *testing.T, tb *Table) {
 				n := wantNode(t, tb, "node-d")
-				if n.State != NodeActive || n.RaftAddr != "new:1" || n.APIAddr != "new:2" || n.Load.CPU != 0.5 || n.LoadAt != 5 {
+				if n.State != record.NodeActive || n.RaftAddr != "new:1" || n.APIAddr != "new:2" || n.Load.CPU != 0.5 || n.LoadAt != 5 {
 					t.Errorf("node = %+v", n)
 				}
 			},
 		},
-		{name: "register empty id", cmd: cmd{RegisterNodeType, RegisterNodeRequest{}}, want: ErrInvalid},
+		{name: "register empty id", cmd: cmd{RegisterNodeType, RegisterNodeRequest{}}, want: record.ErrInvalid},
 
 		// RemoveNode
 		{name: "remove node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "node-d"}}, check: func(t *testing.T, tb *Table) {
@@ -98,59 +98,59 @@ func TestApply(t *testing.T) {
 				t.Error("node-d still there")
 			}
 		}},
-		{name: "remove unknown node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "nope"}}, want: ErrUnknownNode},
+		{name: "remove unknown node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "nope"}}, want: record.ErrUnknownNode},
 
 		// SetNodeState
-		{name: "set node state", cmd: nodeState("node-a", NodeDraining), check: func(t *testing.T, tb *Table) {
-			if s := wantNode(t, tb, "node-a").State; s != NodeDraining {
+		{name: "set node state", cmd: nodeState("node-a", record.NodeDraining), check: func(t *testing.T, tb *Table) {
+			if s := wantNode(t, tb, "node-a").State; s != record.NodeDraining {
 				t.Errorf("state = %s", s)
 			}
 		}},
-		{name: "set state of unknown node", cmd: nodeState("nope", NodeDown), want: ErrUnknownNode},
-		{name: "set bogus node state", cmd: nodeState("node-a", "sleepy"), want: ErrInvalid},
+		{name: "set state of unknown node", cmd: nodeState("nope", record.NodeDown), want: record.ErrUnknownNode},
+		{name: "set bogus node state", cmd: nodeState("node-a", "sleepy"), want: record.ErrInvalid},
 
 		// ReportLoad
 		{
 			name: "report load",
-			cmd:  cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}}},
+			cmd:  cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: record.LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}}},
 			check: func(t *testing.T, tb *Table) {
 				n := wantNode(t, tb, "node-b")
-				if n.LoadAt != 42 || n.Load != (LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}) {
+				if n.LoadAt != 42 || n.Load != (record.LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}) {
 					t.Errorf("node = %+v", n)
 				}
 			},
 		},
 		{
 			name:  "older load report is ignored",
-			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: LoadVector{CPU: 0.75}}}},
-			cmd:   cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 41, Load: LoadVector{CPU: 0.1}}},
+			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: record.LoadVector{CPU: 0.75}}}},
+			cmd:   cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 41, Load: record.LoadVector{CPU: 0.1}}},
 			check: func(t *testing.T, tb *Table) {
 				if n := wantNode(t, tb, "node-b"); n.LoadAt != 42 || n.Load.CPU != 0.75 {
 					t.Errorf("node = %+v", n)
 				}
 			},
 		},
-		{name: "report load of unknown node", cmd: cmd{ReportLoadType, ReportLoadRequest{ID: "nope", At: 1}}, want: ErrUnknownNode},
+		{name: "report load of unknown node", cmd: cmd{ReportLoadType, ReportLoadRequest{ID: "nope", At: 1}}, want: record.ErrUnknownNode},
 
 		// UpsertWorkload
 		{name: "upsert new workload defaults to running", cmd: upsertWL("w9", "node-b", "grp-9"), check: func(t *testing.T, tb *Table) {
 			w := wantWorkload(t, tb, "w9")
-			if w.State != WorkloadRunning || w.Node != "node-b" || w.Group != "grp-9" || !slices.Equal(w.Pids, []int{100, 101}) {
+			if w.State != record.WorkloadRunning || w.Node != "node-b" || w.Group != "grp-9" || !slices.Equal(w.Pids, []int{100, 101}) {
 				t.Errorf("workload = %+v", w)
 			}
 		}},
-		{name: "upsert on unknown node", cmd: upsertWL("w9", "nope", "grp-9"), want: ErrUnknownNode},
-		{name: "upsert without group", cmd: upsertWL("w9", "node-a", ""), want: ErrInvalid},
-		{name: "upsert without id", cmd: upsertWL("", "node-a", "grp-9"), want: ErrInvalid},
+		{name: "upsert on unknown node", cmd: upsertWL("w9", "nope", "grp-9"), want: record.ErrUnknownNode},
+		{name: "upsert without group", cmd: upsertWL("w9", "node-a", ""), want: record.ErrInvalid},
+		{name: "upsert without id", cmd: upsertWL("", "node-a", "grp-9"), want: record.ErrInvalid},
 		{
 			name: "upsert as migrating",
-			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w9", Node: "node-a", Group: "g", State: WorkloadMigrating}}},
-			want: ErrInvalid,
+			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Node: "node-a", Group: "g", State: record.WorkloadMigrating}}},
+			want: record.ErrInvalid,
 		},
 		{
 			name: "upsert with another workload's name",
-			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{ID: "w9", Name: "name-w1", Node: "node-a", Group: "g"}}},
-			want: ErrExists,
+			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Name: "name-w1", Node: "node-a", Group: "g"}}},
+			want: record.ErrExists,
 		},
 		{name: "upsert keeps its own name", cmd: upsertWL("w1", "node-b", "grp-1"), check: func(t *testing.T, tb *Table) {
 			if w := wantWorkload(t, tb, "w1"); w.Name != "name-w1" || w.Node != "node-b" {
@@ -162,7 +162,7 @@ func TestApply(t *testing.T) {
 				t.Errorf("%d workloads after a probe, want 4", n)
 			}
 		}},
-		{name: "upsert while migrating", setup: inFlight, cmd: upsertWL("w1", "node-a", "grp-1"), want: ErrMigrationInFlight},
+		{name: "upsert while migrating", setup: inFlight, cmd: upsertWL("w1", "node-a", "grp-1"), want: record.ErrMigrationInFlight},
 		{name: "upsert moving the last workload out of a group drops its segments", cmd: upsertWL("w1", "node-a", "grp-9"), check: func(t *testing.T, tb *Table) {
 			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
 				t.Errorf("grp-1 segments = %+v", s)
@@ -186,25 +186,25 @@ func TestApply(t *testing.T) {
 				t.Error("grp-3 segments dropped")
 			}
 		}},
-		{name: "remove unknown workload", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "nope"}}, want: ErrUnknownWorkload},
-		{name: "remove migrating workload", setup: inFlight, cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, want: ErrMigrationInFlight},
+		{name: "remove unknown workload", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "nope"}}, want: record.ErrUnknownWorkload},
+		{name: "remove migrating workload", setup: inFlight, cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, want: record.ErrMigrationInFlight},
 
 		// SetWorkloadState
-		{name: "workload exits", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: WorkloadExited, ExitStatus: 7, At: 99}}, check: func(t *testing.T, tb *Table) {
-			if w := wantWorkload(t, tb, "w2"); w.State != WorkloadExited || w.ExitStatus != 7 || w.ExitedAt != 99 {
+		{name: "workload exits", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited, ExitStatus: 7, At: 99}}, check: func(t *testing.T, tb *Table) {
+			if w := wantWorkload(t, tb, "w2"); w.State != record.WorkloadExited || w.ExitStatus != 7 || w.ExitedAt != 99 {
 				t.Errorf("workload = %+v", w)
 			}
 		}},
-		{name: "workload exits while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadExited}}},
-		{name: "workload set running while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadRunning}}, want: ErrMigrationInFlight},
-		{name: "workload set migrating directly", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadMigrating}}, want: ErrBadTransition},
-		{name: "workload bogus state", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: "zombie"}}, want: ErrInvalid},
-		{name: "state of unknown workload", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "nope", State: WorkloadExited}}, want: ErrUnknownWorkload},
+		{name: "workload exits while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited}}},
+		{name: "workload set running while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadRunning}}, want: record.ErrMigrationInFlight},
+		{name: "workload set migrating directly", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadMigrating}}, want: record.ErrBadTransition},
+		{name: "workload bogus state", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: "zombie"}}, want: record.ErrInvalid},
+		{name: "state of unknown workload", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "nope", State: record.WorkloadExited}}, want: record.ErrUnknownWorkload},
 
 		// SetSegments
 		{name: "segments of a new group belong to the reporter at epoch 1", cmd: segs("node-a", "grp-2", 3, 4), check: func(t *testing.T, tb *Table) {
 			got := tb.GroupSegments("grp-2")
-			want := []Segment{
+			want := []record.Segment{
 				{Group: "grp-2", Shmid: 3, Key: 0x1003, Size: 4 * 4096, Mode: 0o600, Owner: "node-a", Epoch: 1},
 				{Group: "grp-2", Shmid: 4, Key: 0x1004, Size: 5 * 4096, Mode: 0o600, Owner: "node-a", Epoch: 1},
 			}
@@ -222,7 +222,7 @@ func TestApply(t *testing.T) {
 				{Shmid: 1, Key: 0x1001, Size: 1 << 20, Mode: 0o640}, {Shmid: 9, Key: 0x1009, Size: 4096, Mode: 0o600},
 			}}},
 			check: func(t *testing.T, tb *Table) {
-				if _, ok := tb.Segment(SegmentID{"grp-1", 0}); ok {
+				if _, ok := tb.Segment(record.SegmentID{Group: "grp-1", Shmid: 0}); ok {
 					t.Error("segment 0 not removed")
 				}
 				if s := wantSegment(t, tb, "grp-1", 1); s.Owner != "node-b" || s.Epoch != 2 || s.Size != 1<<20 || s.Mode != 0o640 {
@@ -241,20 +241,20 @@ func TestApply(t *testing.T) {
 				t.Errorf("segments = %+v", s)
 			}
 		}},
-		{name: "segments from a node that is not the owner", cmd: segs("node-b", "grp-1", 0), want: ErrNotOwner},
-		{name: "segments from the former owner after a migration", setup: done, cmd: segs("node-a", "grp-1", 0, 1), want: ErrNotOwner},
-		{name: "segments from an unknown node", cmd: segs("nope", "grp-9", 0), want: ErrUnknownNode},
-		{name: "repeated shmid", cmd: segs("node-a", "grp-9", 1, 1), want: ErrInvalid},
-		{name: "segments without group", cmd: segs("node-a", "", 1), want: ErrInvalid},
+		{name: "segments from a node that is not the owner", cmd: segs("node-b", "grp-1", 0), want: record.ErrNotOwner},
+		{name: "segments from the former owner after a migration", setup: done, cmd: segs("node-a", "grp-1", 0, 1), want: record.ErrNotOwner},
+		{name: "segments from an unknown node", cmd: segs("nope", "grp-9", 0), want: record.ErrUnknownNode},
+		{name: "repeated shmid", cmd: segs("node-a", "grp-9", 1, 1), want: record.ErrInvalid},
+		{name: "segments without group", cmd: segs("node-a", "", 1), want: record.ErrInvalid},
 
 		// PlanMigration
 		{name: "plan migration", cmd: plan("m1", "w1", "node-b", 1), check: func(t *testing.T, tb *Table) {
 			m := wantMigration(t, tb, "m1")
-			want := Migration{ID: "m1", Workload: "w1", Source: "node-a", Target: "node-b", Phase: PhasePlanned, Epoch: 1, StartedAt: 1000, UpdatedAt: 1000}
+			want := record.Migration{ID: "m1", Workload: "w1", Source: "node-a", Target: "node-b", Phase: record.PhasePlanned, Epoch: 1, StartedAt: 1000, UpdatedAt: 1000}
 			if m != want {
 				t.Errorf("migration = %+v, want %+v", m, want)
 			}
-			if w := wantWorkload(t, tb, "w1"); w.State != WorkloadMigrating || w.Node != "node-a" {
+			if w := wantWorkload(t, tb, "w1"); w.State != record.WorkloadMigrating || w.Node != "node-a" {
 				t.Errorf("workload = %+v", w)
 			}
 			if a, ok := tb.ActiveMigration("w1"); !ok || a.ID != "m1" {
@@ -262,51 +262,51 @@ func TestApply(t *testing.T) {
 			}
 		}},
 		{name: "plan migration of a group without segments carries epoch 0", cmd: plan("m1", "w2", "node-b", 0)},
-		{name: "plan with stale epoch", cmd: plan("m1", "w1", "node-b", 0), want: ErrStaleEpoch},
-		{name: "plan with future epoch", cmd: plan("m1", "w1", "node-b", 2), want: ErrStaleEpoch},
-		{name: "plan with the epoch from before the last move", setup: done, cmd: plan("m2", "w1", "node-a", 1), want: ErrStaleEpoch},
+		{name: "plan with stale epoch", cmd: plan("m1", "w1", "node-b", 0), want: record.ErrStaleEpoch},
+		{name: "plan with future epoch", cmd: plan("m1", "w1", "node-b", 2), want: record.ErrStaleEpoch},
+		{name: "plan with the epoch from before the last move", setup: done, cmd: plan("m2", "w1", "node-a", 1), want: record.ErrStaleEpoch},
 		{name: "plan again after done with the new epoch", setup: done, cmd: plan("m2", "w1", "node-a", 2)},
-		{name: "plan while in flight", setup: inFlight, cmd: plan("m2", "w1", "node-c", 1), want: ErrMigrationInFlight},
-		{name: "plan after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseAborted, 1)), cmd: plan("m2", "w1", "node-b", 1)},
-		{name: "plan to the same node", cmd: plan("m1", "w1", "node-a", 1), want: ErrSameNode},
-		{name: "plan to a draining node", cmd: plan("m1", "w1", "node-c", 1), want: ErrNodeNotActive},
-		{name: "plan to a down node", cmd: plan("m1", "w1", "node-d", 1), want: ErrNodeNotActive},
-		{name: "plan to a node that left", setup: []cmd{nodeState("node-b", NodeLeft)}, cmd: plan("m1", "w1", "node-b", 1), want: ErrNodeNotActive},
-		{name: "plan to an unknown node", cmd: plan("m1", "w1", "nope", 1), want: ErrUnknownNode},
-		{name: "plan of an unknown workload", cmd: plan("m1", "nope", "node-b", 0), want: ErrUnknownWorkload},
-		{name: "plan of an exited workload", setup: []cmd{{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: WorkloadExited}}}, cmd: plan("m1", "w2", "node-b", 0), want: ErrBadTransition},
-		{name: "plan with a taken id", setup: inFlight, cmd: plan("m1", "w2", "node-b", 0), want: ErrExists},
-		{name: "plan without id", cmd: plan("", "w2", "node-b", 0), want: ErrInvalid},
+		{name: "plan while in flight", setup: inFlight, cmd: plan("m2", "w1", "node-c", 1), want: record.ErrMigrationInFlight},
+		{name: "plan after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseAborted, 1)), cmd: plan("m2", "w1", "node-b", 1)},
+		{name: "plan to the same node", cmd: plan("m1", "w1", "node-a", 1), want: record.ErrSameNode},
+		{name: "plan to a draining node", cmd: plan("m1", "w1", "node-c", 1), want: record.ErrNodeNotActive},
+		{name: "plan to a down node", cmd: plan("m1", "w1", "node-d", 1), want: record.ErrNodeNotActive},
+		{name: "plan to a node that left", setup: []cmd{nodeState("node-b", record.NodeLeft)}, cmd: plan("m1", "w1", "node-b", 1), want: record.ErrNodeNotActive},
+		{name: "plan to an unknown node", cmd: plan("m1", "w1", "nope", 1), want: record.ErrUnknownNode},
+		{name: "plan of an unknown workload", cmd: plan("m1", "nope", "node-b", 0), want: record.ErrUnknownWorkload},
+		{name: "plan of an exited workload", setup: []cmd{{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited}}}, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrBadTransition},
+		{name: "plan with a taken id", setup: inFlight, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrExists},
+		{name: "plan without id", cmd: plan("", "w2", "node-b", 0), want: record.ErrInvalid},
 
 		// SetMigrationPhase
-		{name: "phase precopy", setup: inFlight, cmd: phase("m1", PhasePrecopy, 1), check: func(t *testing.T, tb *Table) {
-			if m := wantMigration(t, tb, "m1"); m.Phase != PhasePrecopy || m.UpdatedAt != 2000 || m.StartedAt != 1000 {
+		{name: "phase precopy", setup: inFlight, cmd: phase("m1", record.PhasePrecopy, 1), check: func(t *testing.T, tb *Table) {
+			if m := wantMigration(t, tb, "m1"); m.Phase != record.PhasePrecopy || m.UpdatedAt != 2000 || m.StartedAt != 1000 {
 				t.Errorf("migration = %+v", m)
 			}
 		}},
-		{name: "phase skips precopy", setup: inFlight, cmd: phase("m1", PhaseFrozen, 1)},
+		{name: "phase skips precopy", setup: inFlight, cmd: phase("m1", record.PhaseFrozen, 1)},
 		{name: "phase records bytes and keeps them", setup: append(append([]cmd{}, inFlight...),
-			cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: PhasePrecopy, Epoch: 1, Bytes: 123}}),
-			cmd: phase("m1", PhaseFrozen, 1), check: func(t *testing.T, tb *Table) {
+			cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: record.PhasePrecopy, Epoch: 1, Bytes: 123}}),
+			cmd: phase("m1", record.PhaseFrozen, 1), check: func(t *testing.T, tb *Table) {
 				if m := wantMigration(t, tb, "m1"); m.Bytes != 123 {
 					t.Errorf("bytes = %d", m.Bytes)
 				}
 			}},
-		{name: "phase done straight from planned", setup: inFlight, cmd: phase("m1", PhaseDone, 1), want: ErrBadTransition},
-		{name: "phase done from shipped", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseShipped, 1)), cmd: phase("m1", PhaseDone, 1), want: ErrBadTransition},
-		{name: "phase backwards", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseFrozen, 1)), cmd: phase("m1", PhasePrecopy, 1), want: ErrBadTransition},
-		{name: "phase repeated", setup: inFlight, cmd: phase("m1", PhasePlanned, 1), want: ErrBadTransition},
-		{name: "phase bogus", setup: inFlight, cmd: phase("m1", "teleported", 1), want: ErrBadTransition},
-		{name: "phase after done", setup: done, cmd: phase("m1", PhaseAborted, 1), want: ErrBadTransition},
-		{name: "phase after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseAborted, 1)), cmd: phase("m1", PhasePrecopy, 1), want: ErrBadTransition},
-		{name: "phase with stale epoch", setup: inFlight, cmd: phase("m1", PhasePrecopy, 0), want: ErrStaleEpoch},
-		{name: "phase of unknown migration", cmd: phase("nope", PhasePrecopy, 0), want: ErrUnknownMigration},
+		{name: "phase done straight from planned", setup: inFlight, cmd: phase("m1", record.PhaseDone, 1), want: record.ErrBadTransition},
+		{name: "phase done from shipped", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseShipped, 1)), cmd: phase("m1", record.PhaseDone, 1), want: record.ErrBadTransition},
+		{name: "phase backwards", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseFrozen, 1)), cmd: phase("m1", record.PhasePrecopy, 1), want: record.ErrBadTransition},
+		{name: "phase repeated", setup: inFlight, cmd: phase("m1", record.PhasePlanned, 1), want: record.ErrBadTransition},
+		{name: "phase bogus", setup: inFlight, cmd: phase("m1", "teleported", 1), want: record.ErrBadTransition},
+		{name: "phase after done", setup: done, cmd: phase("m1", record.PhaseAborted, 1), want: record.ErrBadTransition},
+		{name: "phase after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseAborted, 1)), cmd: phase("m1", record.PhasePrecopy, 1), want: record.ErrBadTransition},
+		{name: "phase with stale epoch", setup: inFlight, cmd: phase("m1", record.PhasePrecopy, 0), want: record.ErrStaleEpoch},
+		{name: "phase of unknown migration", cmd: phase("nope", record.PhasePrecopy, 0), want: record.ErrUnknownMigration},
 		{
 			name:  "done moves the workload and the owner copies, bumps epochs, clears replicas",
-			setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseRestored, 1)),
-			cmd:   phase("m1", PhaseDone, 1),
+			setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseRestored, 1)),
+			cmd:   phase("m1", record.PhaseDone, 1),
 			check: func(t *testing.T, tb *Table) {
-				if w := wantWorkload(t, tb, "w1"); w.Node != "node-b" || w.State != WorkloadRunning {
+				if w := wantWorkload(t, tb, "w1"); w.Node != "node-b" || w.State != record.WorkloadRunning {
 					t.Errorf("workload = %+v", w)
 				}
 				for _, s := range tb.GroupSegments("grp-1") {
@@ -317,7 +317,7 @@ func TestApply(t *testing.T) {
 				if s := wantSegment(t, tb, "grp-3", 5); s.Owner != "node-a" || s.Epoch != 1 {
 					t.Errorf("other group's segment changed: %+v", s)
 				}
-				if m := wantMigration(t, tb, "m1"); m.Phase != PhaseDone {
+				if m := wantMigration(t, tb, "m1"); m.Phase != record.PhaseDone {
 					t.Errorf("migration = %+v", m)
 				}
 				if _, ok := tb.ActiveMigration("w1"); ok {
@@ -327,13 +327,13 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:  "abort puts the workload back to running on the source",
-			setup: append(append([]cmd{}, inFlight...), phase("m1", PhaseShipped, 1)),
-			cmd:   cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: PhaseAborted, Epoch: 1, At: 9, Error: "restore failed"}},
+			setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseShipped, 1)),
+			cmd:   cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: record.PhaseAborted, Epoch: 1, At: 9, Error: "restore failed"}},
 			check: func(t *testing.T, tb *Table) {
-				if w := wantWorkload(t, tb, "w1"); w.Node != "node-a" || w.State != WorkloadRunning {
+				if w := wantWorkload(t, tb, "w1"); w.Node != "node-a" || w.State != record.WorkloadRunning {
 					t.Errorf("workload = %+v", w)
 				}
-				if m := wantMigration(t, tb, "m1"); m.Phase != PhaseAborted || m.Error != "restore failed" || m.UpdatedAt != 9 {
+				if m := wantMigration(t, tb, "m1"); m.Phase != record.PhaseAborted || m.Error != "restore failed" || m.UpdatedAt != 9 {
 					t.Errorf("migration = %+v", m)
 				}
 				for _, s := range tb.GroupSegments("grp-1") {
@@ -345,10 +345,10 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:  "abort of a workload that exited keeps it exited",
-			setup: append(append([]cmd{}, inFlight...), cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: WorkloadExited, ExitStatus: 9}}),
-			cmd:   phase("m1", PhaseAborted, 1),
+			setup: append(append([]cmd{}, inFlight...), cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited, ExitStatus: 9}}),
+			cmd:   phase("m1", record.PhaseAborted, 1),
 			check: func(t *testing.T, tb *Table) {
-				if w := wantWorkload(t, tb, "w1"); w.State != WorkloadExited || w.ExitStatus != 9 {
+				if w := wantWorkload(t, tb, "w1"); w.State != record.WorkloadExited || w.ExitStatus != 9 {
 					t.Errorf("workload = %+v", w)
 				}
 			},
@@ -368,7 +368,7 @@ func TestApply(t *testing.T) {
 				if after := tableJSON(t, f.Table()); after != before {
 					t.Errorf("rejected command changed the table:\nbefore %s\nafter  %s", before, after)
 				}
-				if ErrorCode(err) == "" {
+				if record.ErrorCode(err) == "" {
 					t.Errorf("error %v has no wire code", err)
 				}
 			}
@@ -384,7 +384,7 @@ func TestApplyDoneClearsReplicas(t *testing.T) {
 	mustApply(t, f, base()...)
 	mustApply(t, f, plan("m1", "w1", "node-b", 1))
 	// No command sets replicas yet (the DSM milestone will); plant one directly.
-	id := SegmentID{"grp-1", 0}
+	id := record.SegmentID{Group: "grp-1", Shmid: 0}
 	s := f.t.segments[id]
 	s.Replicas = []string{"node-b", "node-c"}
 	f.t.segments[id] = s
@@ -397,7 +397,7 @@ func TestApplyDoneClearsReplicas(t *testing.T) {
 func TestSetSegmentsKeepsReplicas(t *testing.T) {
 	f := NewFSM()
 	mustApply(t, f, base()...)
-	id := SegmentID{"grp-1", 0}
+	id := record.SegmentID{Group: "grp-1", Shmid: 0}
 	s := f.t.segments[id]
 	s.Replicas = []string{"node-b"}
 	f.t.segments[id] = s
@@ -408,13 +408,13 @@ func TestSetSegmentsKeepsReplicas(t *testing.T) {
 }
 
 func TestPhaseTransitions(t *testing.T) {
-	all := []Phase{PhasePlanned, PhasePrecopy, PhaseFrozen, PhaseShipped, PhaseRestored, PhaseDone, PhaseAborted, "bogus"}
-	allowed := map[Phase][]Phase{
-		PhasePlanned:  {PhasePrecopy, PhaseFrozen, PhaseShipped, PhaseRestored, PhaseAborted},
-		PhasePrecopy:  {PhaseFrozen, PhaseShipped, PhaseRestored, PhaseAborted},
-		PhaseFrozen:   {PhaseShipped, PhaseRestored, PhaseAborted},
-		PhaseShipped:  {PhaseRestored, PhaseAborted},
-		PhaseRestored: {PhaseDone, PhaseAborted},
+	all := []record.Phase{record.PhasePlanned, record.PhasePrecopy, record.PhaseFrozen, record.PhaseShipped, record.PhaseRestored, record.PhaseDone, record.PhaseAborted, "bogus"}
+	allowed := map[record.Phase][]record.Phase{
+		record.PhasePlanned:  {record.PhasePrecopy, record.PhaseFrozen, record.PhaseShipped, record.PhaseRestored, record.PhaseAborted},
+		record.PhasePrecopy:  {record.PhaseFrozen, record.PhaseShipped, record.PhaseRestored, record.PhaseAborted},
+		record.PhaseFrozen:   {record.PhaseShipped, record.PhaseRestored, record.PhaseAborted},
+		record.PhaseShipped:  {record.PhaseRestored, record.PhaseAborted},
+		record.PhaseRestored: {record.PhaseDone, record.PhaseAborted},
 	}
 	for _, from := range all {
 		for _, to := range all {
@@ -492,11 +492,11 @@ func TestDeterminism(t *testing.T) {
 	// including the rejected commands' error texts.
 	cmds := scenario()
 	cmds = append(cmds,
-		plan("mig-x", "wl-4", "node-b", 0),  // in flight
-		segs("node-b", "grp-0", 1),          // not owner
-		plan("mig-y", "wl-1", "node-a", 3),  // same node
-		phase("mig-4", PhaseRestored, 7),    // stale epoch
-		upsertWL("wl-9", "node-z", "grp-9"), // unknown node
+		plan("mig-x", "wl-4", "node-b", 0),      // in flight
+		segs("node-b", "grp-0", 1),              // not owner
+		plan("mig-y", "wl-1", "node-a", 3),      // same node
+		phase("mig-4", record.PhaseRestored, 7), // stale epoch
+		upsertWL("wl-9", "node-z", "grp-9"),     // unknown node
 		cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "wl-3"}},
 	)
 	run := func() (string, []string) {
@@ -527,7 +527,7 @@ func TestTableCopies(t *testing.T) {
 	w.Pids[0] = -1
 	tb.Workloads()[0].Pids[0] = -1
 	tb.Segments()[0].Epoch = 99
-	tb.workloads["w1"] = Workload{}
+	tb.workloads["w1"] = record.Workload{}
 	if got := wantWorkload(t, f.Table(), "w1"); got.Pids[0] != 100 {
 		t.Errorf("FSM table shares memory with a copy: %+v", got)
 	}
@@ -536,41 +536,5 @@ func TestTableCopies(t *testing.T) {
 	}
 	if got := wantSegment(t, f.Table(), "grp-1", 0); got.Epoch != 1 {
 		t.Errorf("segment = %+v", got)
-	}
-}
-
-func TestSegmentID(t *testing.T) {
-	id := SegmentID{Group: "ns/ipc:4026532", Shmid: 32769}
-	if s := id.String(); s != "ns/ipc:4026532/32769" {
-		t.Errorf("String = %q", s)
-	}
-	got, err := ParseSegmentID(id.String())
-	if err != nil || got != id {
-		t.Errorf("ParseSegmentID = %+v, %v", got, err)
-	}
-	for _, bad := range []string{"", "grp", "/1", "grp/", "grp/x", "grp/-1"} {
-		if _, err := ParseSegmentID(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("ParseSegmentID(%q) = %v, want ErrInvalid", bad, err)
-		}
-	}
-}
-
-func TestErrorCodes(t *testing.T) {
-	for _, c := range codes {
-		wrapped := fmt.Errorf("plan migration m1: %w", c.err)
-		code := ErrorCode(wrapped)
-		if code != c.code {
-			t.Errorf("ErrorCode(%v) = %q, want %q", wrapped, code, c.code)
-		}
-		back := ErrorFromCode(code, wrapped.Error())
-		if !errors.Is(back, c.err) || back.Error() != wrapped.Error() {
-			t.Errorf("ErrorFromCode(%q) = %v, not %v", code, back, c.err)
-		}
-	}
-	if ErrorCode(errors.New("x")) != "" {
-		t.Error("plain error has a code")
-	}
-	if err := ErrorFromCode("martian", "boom"); err.Error() != "boom" || ErrorCode(err) != "" {
-		t.Errorf("unknown code: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // cmd is one command of a test scenario.
@@ -76,12 +77,12 @@ func regNode(id string) cmd {
 	return cmd{RegisterNodeType, RegisterNodeRequest{ID: id, RaftAddr: id + ":7000", APIAddr: id + ":7001"}}
 }
 
-func nodeState(id string, s NodeState) cmd {
+func nodeState(id string, s record.NodeState) cmd {
 	return cmd{SetNodeStateType, SetNodeStateRequest{ID: id, State: s}}
 }
 
 func upsertWL(id, node, group string) cmd {
-	return cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: Workload{
+	return cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{
 		ID: id, Name: "name-" + id, Node: node, InitPid: 100, Pids: []int{100, 101}, Group: group,
 	}}}
 }
@@ -98,24 +99,24 @@ func plan(id, wl, target string, epoch uint64) cmd {
 	return cmd{PlanMigrationType, PlanMigrationRequest{ID: id, Workload: wl, Target: target, Epoch: epoch, At: 1_000}}
 }
 
-func phase(id string, p Phase, epoch uint64) cmd {
+func phase(id string, p record.Phase, epoch uint64) cmd {
 	return cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: id, Phase: p, Epoch: epoch, At: 2_000}}
 }
 
 // walk moves migration id through every phase from precopy to done.
 func walk(id string, epoch uint64) []cmd {
 	return []cmd{
-		phase(id, PhasePrecopy, epoch), phase(id, PhaseFrozen, epoch), phase(id, PhaseShipped, epoch),
-		phase(id, PhaseRestored, epoch), phase(id, PhaseDone, epoch),
+		phase(id, record.PhasePrecopy, epoch), phase(id, record.PhaseFrozen, epoch), phase(id, record.PhaseShipped, epoch),
+		phase(id, record.PhaseRestored, epoch), phase(id, record.PhaseDone, epoch),
 	}
 }
 
 // scenario is a command sequence that exercises every table: used by the round trip,
 // determinism and golden snapshot tests. Every command succeeds.
 func scenario() []cmd {
-	cmds := []cmd{regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"), nodeState("node-d", NodeDraining)}
+	cmds := []cmd{regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"), nodeState("node-d", record.NodeDraining)}
 	for i, n := range []string{"node-a", "node-b", "node-c", "node-d"} {
-		cmds = append(cmds, cmd{ReportLoadType, ReportLoadRequest{ID: n, At: int64(1_700_000_000_000_000_000 + i), Load: LoadVector{
+		cmds = append(cmds, cmd{ReportLoadType, ReportLoadRequest{ID: n, At: int64(1_700_000_000_000_000_000 + i), Load: record.LoadVector{
 			CPU: 0.25 * float64(i), RunQueue: float64(i) + 0.5, MemFreeBytes: 1 << 30, MemTotalBytes: 4 << 30, Workloads: i,
 		}}})
 	}
@@ -135,13 +136,13 @@ func scenario() []cmd {
 	cmds = append(cmds,
 		// wl-2 (grp-1) is aborted after pre-copy.
 		plan("mig-3", "wl-2", "node-c", 1),
-		phase("mig-3", PhasePrecopy, 1),
-		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-3", Phase: PhaseAborted, Epoch: 1, At: 3_000, Error: "criu restore: exit status 1"}},
+		phase("mig-3", record.PhasePrecopy, 1),
+		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-3", Phase: record.PhaseAborted, Epoch: 1, At: 3_000, Error: "criu restore: exit status 1"}},
 		// wl-4 (grp-2, no segments, epoch 0) is in flight, shipped.
 		plan("mig-4", "wl-4", "node-c", 0),
-		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-4", Phase: PhaseFrozen, Epoch: 0, At: 4_000, Bytes: 1 << 20}},
-		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-4", Phase: PhaseShipped, Epoch: 0, At: 5_000, Bytes: 3 << 20}},
-		cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "wl-5", State: WorkloadExited, ExitStatus: 3}},
+		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseFrozen, Epoch: 0, At: 4_000, Bytes: 1 << 20}},
+		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseShipped, Epoch: 0, At: 5_000, Bytes: 3 << 20}},
+		cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "wl-5", State: record.WorkloadExited, ExitStatus: 3}},
 		segs("node-a", "grp-0", 1, 2, 3), // shmid 0 gone, 3 new at epoch 1
 	)
 	return cmds

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/snapshot-v1.json from the scenario")
@@ -79,7 +80,7 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	}
 	// The restored FSM goes on applying like the original.
 	for _, x := range []*FSM{f, g} {
-		mustApply(t, x, phase("mig-4", PhaseRestored, 0), phase("mig-4", PhaseDone, 0))
+		mustApply(t, x, phase("mig-4", record.PhaseRestored, 0), phase("mig-4", record.PhaseDone, 0))
 	}
 	if a, b := tableJSON(t, f.Table()), tableJSON(t, g.Table()); a != b {
 		t.Errorf("after more entries:\n%s\n%s", a, b)
@@ -145,7 +146,7 @@ func TestGoldenSnapshot(t *testing.T) {
 	path := filepath.Join("testdata", "snapshot-v1.json")
 	sf := scenarioFSM(t)
 	// No command sets replicas yet; plant some so that the field is in the golden file.
-	id := SegmentID{"grp-1", 7}
+	id := record.SegmentID{Group: "grp-1", Shmid: 7}
 	seg := sf.t.segments[id]
 	seg.Replicas = []string{"node-b", "node-c"}
 	sf.t.segments[id] = seg
@@ -173,19 +174,19 @@ func TestGoldenSnapshot(t *testing.T) {
 	// Spot checks that do not depend on the scenario code, so that a change to both the
 	// scenario and the decoder cannot hide.
 	tb := f.Table()
-	if s, ok := tb.Segment(SegmentID{"grp-0", 1}); !ok || s.Owner != "node-a" || s.Epoch != 3 {
+	if s, ok := tb.Segment(record.SegmentID{Group: "grp-0", Shmid: 1}); !ok || s.Owner != "node-a" || s.Epoch != 3 {
 		t.Errorf("grp-0/1 = %+v %v", s, ok)
 	}
-	if m, ok := tb.Migration("mig-4"); !ok || m.Phase != PhaseShipped || m.Bytes != 3<<20 || m.Source != "node-a" || m.Target != "node-c" {
+	if m, ok := tb.Migration("mig-4"); !ok || m.Phase != record.PhaseShipped || m.Bytes != 3<<20 || m.Source != "node-a" || m.Target != "node-c" {
 		t.Errorf("mig-4 = %+v %v", m, ok)
 	}
-	if n, ok := tb.Node("node-d"); !ok || n.State != NodeDraining || n.Load.CPU != 0.75 || n.LoadAt != 1_700_000_000_000_000_003 {
+	if n, ok := tb.Node("node-d"); !ok || n.State != record.NodeDraining || n.Load.CPU != 0.75 || n.LoadAt != 1_700_000_000_000_000_003 {
 		t.Errorf("node-d = %+v %v", n, ok)
 	}
 	if s, ok := tb.Segment(id); !ok || len(s.Replicas) != 2 || s.Replicas[1] != "node-c" || s.Key != 0x1007 {
 		t.Errorf("grp-1/7 = %+v %v", s, ok)
 	}
-	if w, ok := tb.Workload("wl-5"); !ok || w.State != WorkloadExited || w.ExitStatus != 3 {
+	if w, ok := tb.Workload("wl-5"); !ok || w.State != record.WorkloadExited || w.ExitStatus != 3 {
 		t.Errorf("wl-5 = %+v %v", w, ok)
 	}
 }

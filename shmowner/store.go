@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // RaftConfig returns the raft configuration migshm recommends for a node.
@@ -66,7 +67,7 @@ type Store struct {
 // Open opens (or creates) the node's raft state in cfg.Dir and starts raft.
 func Open(cfg StoreConfig) (*Store, error) {
 	if cfg.NodeID == "" || cfg.Dir == "" {
-		return nil, fmt.Errorf("open store: node id and dir are required: %w", ErrInvalid)
+		return nil, fmt.Errorf("open store: node id and dir are required: %w", record.ErrInvalid)
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -144,7 +145,7 @@ func (s *Store) Raft() *raft.Raft { return s.raft }
 func translate(err error) error {
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
 		errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		return fmt.Errorf("%w: %v", record.ErrNotLeader, err)
 	}
 	return err
 }
@@ -183,7 +184,7 @@ func (s *Store) Apply(ctx context.Context, t MessageType, body any) (any, error)
 // a known id or address with a different partner is replaced.
 func (s *Store) Join(id, addr string) error {
 	if s.raft.State() != raft.Leader {
-		return fmt.Errorf("join %s: %w", id, ErrNotLeader)
+		return fmt.Errorf("join %s: %w", id, record.ErrNotLeader)
 	}
 	cf := s.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // testRaftConfig is RaftConfig with timeouts low enough for a test cluster.
@@ -70,7 +71,7 @@ func leaderOf(t *testing.T, stores ...*Store) *Store {
 }
 
 func TestOpenRejectsMissingConfig(t *testing.T) {
-	if _, err := Open(StoreConfig{Dir: t.TempDir()}); !errors.Is(err, ErrInvalid) {
+	if _, err := Open(StoreConfig{Dir: t.TempDir()}); !errors.Is(err, record.ErrInvalid) {
 		t.Errorf("Open without node id: %v", err)
 	}
 }
@@ -94,7 +95,7 @@ func TestStoreSingleNode(t *testing.T) {
 	}
 	// A rule violation comes back as the error, with its sentinel.
 	_, err := s.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m", Workload: "nope", Target: "solo"})
-	if !errors.Is(err, ErrUnknownWorkload) {
+	if !errors.Is(err, record.ErrUnknownWorkload) {
 		t.Fatalf("apply: %v, want ErrUnknownWorkload", err)
 	}
 	if _, err := s.Apply(ctx, ReportLoadType, make(chan int)); err == nil {
@@ -151,7 +152,7 @@ func TestStoreCluster(t *testing.T) {
 	if err := stores[0].Join(ids[1], stores[1].Addr()); err != nil {
 		t.Fatalf("joining twice: %v", err)
 	}
-	if err := stores[1].Join("n9", "127.0.0.1:1"); !errors.Is(err, ErrNotLeader) {
+	if err := stores[1].Join("n9", "127.0.0.1:1"); !errors.Is(err, record.ErrNotLeader) {
 		t.Fatalf("join on a follower: %v, want ErrNotLeader", err)
 	}
 	leader := leaderOf(t, stores...)
@@ -179,13 +180,13 @@ func TestStoreCluster(t *testing.T) {
 		}
 	}
 	converged(stores, tableJSON(t, leader.Table()))
-	if m, ok := stores[2].Table().Migration("m1"); !ok || m.Phase != PhasePlanned || m.Target != "n1" {
+	if m, ok := stores[2].Table().Migration("m1"); !ok || m.Phase != record.PhasePlanned || m.Target != "n1" {
 		t.Fatalf("follower sees m1 = %+v %v", m, ok)
 	}
 
 	// A follower refuses writes with ErrNotLeader.
 	for _, f := range stores[1:] {
-		if _, err := f.Apply(ctx, ReportLoadType, ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, ErrNotLeader) {
+		if _, err := f.Apply(ctx, ReportLoadType, ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, record.ErrNotLeader) {
 			t.Fatalf("apply on follower: %v, want ErrNotLeader", err)
 		}
 	}
@@ -197,10 +198,10 @@ func TestStoreCluster(t *testing.T) {
 	}
 	rest := stores[1:]
 	leader = leaderOf(t, rest...)
-	mustStore(t, leader, phase("m1", PhasePrecopy, 1), phase("m1", PhaseFrozen, 1), phase("m1", PhaseShipped, 1),
-		phase("m1", PhaseRestored, 1), phase("m1", PhaseDone, 1))
+	mustStore(t, leader, phase("m1", record.PhasePrecopy, 1), phase("m1", record.PhaseFrozen, 1), phase("m1", record.PhaseShipped, 1),
+		phase("m1", record.PhaseRestored, 1), phase("m1", record.PhaseDone, 1))
 	// Fencing survives the change of leader: the old epoch is refused.
-	if _, err := leader.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, ErrStaleEpoch) {
+	if _, err := leader.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, record.ErrStaleEpoch) {
 		t.Fatalf("plan with the old epoch: %v, want ErrStaleEpoch", err)
 	}
 	converged(rest, tableJSON(t, leader.Table()))
@@ -212,7 +213,7 @@ func TestStoreCluster(t *testing.T) {
 		t.Fatal("n0 bootstrapped again over existing state")
 	}
 	converged(stores, tableJSON(t, leader.Table()))
-	if s, _ := stores[0].Table().Segment(SegmentID{"grp-1", 0}); s.Owner != "n1" || s.Epoch != 2 {
+	if s, _ := stores[0].Table().Segment(record.SegmentID{Group: "grp-1", Shmid: 0}); s.Owner != "n1" || s.Epoch != 2 {
 		t.Fatalf("n0 did not catch up: segment = %+v", s)
 	}
 	if leaderOf(t, stores...) == nil {
@@ -235,7 +236,7 @@ func TestStoreCluster(t *testing.T) {
 	if err := leader.Remove(victim); err != nil {
 		t.Fatalf("remove %s: %v", victim, err)
 	}
-	mustStore(t, leader, cmd{ReportLoadType, ReportLoadRequest{ID: "n2", At: 99, Load: LoadVector{CPU: 0.5}}})
+	mustStore(t, leader, cmd{ReportLoadType, ReportLoadRequest{ID: "n2", At: 99, Load: record.LoadVector{CPU: 0.5}}})
 	if n, _ := leader.Table().Node("n2"); n.LoadAt != 99 {
 		t.Errorf("n2 = %+v", n)
 	}

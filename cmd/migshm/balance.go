@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/daemon"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 )
@@ -180,7 +180,7 @@ func (d *drainWatch) poll(ctx context.Context) error {
 	}
 	left := leftOn(ws, d.node)
 	moving := map[string]string{}
-	if slices.ContainsFunc(left, func(w daemon.Workload) bool { return w.State == shmowner.WorkloadMigrating }) {
+	if slices.ContainsFunc(left, func(w daemon.Workload) bool { return w.State == record.WorkloadMigrating }) {
 		migs, err := d.cl.Migrations(ctx)
 		if err != nil {
 			return err
@@ -191,7 +191,7 @@ func (d *drainWatch) poll(ctx context.Context) error {
 			}
 		}
 		for _, w := range left {
-			if _, ok := moving[w.ID]; !ok && w.State == shmowner.WorkloadMigrating {
+			if _, ok := moving[w.ID]; !ok && w.State == record.WorkloadMigrating {
 				moving[w.ID] = "?"
 			}
 		}
@@ -271,7 +271,7 @@ func (d *drainWatch) describeLeft() string {
 func leftOn(ws []daemon.Workload, node string) []daemon.Workload {
 	left := []daemon.Workload{}
 	for _, w := range ws {
-		if w.Node == node && w.State != shmowner.WorkloadExited {
+		if w.Node == node && w.State != record.WorkloadExited {
 			left = append(left, w)
 		}
 	}

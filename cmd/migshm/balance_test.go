@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/daemon"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // fakeBalance is the leader's dry run, as of now: n1 is loaded, n2 is not; batch moves,
@@ -59,7 +59,7 @@ func (f *fakeDaemon) handleBalance(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleDrain answers POST /v1/nodes/{id}/drain and undrain: it sets the node's state.
-func (f *fakeDaemon) handleDrain(state shmowner.NodeState) http.HandlerFunc {
+func (f *fakeDaemon) handleDrain(state record.NodeState) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req struct{}
 		if err := strict(f.record(r), &req); err != nil {
@@ -230,7 +230,7 @@ func TestCLIPin(t *testing.T) {
 	f.takeCalls()
 
 	out, err = f.cli(t, "pin", "nope")
-	if !errors.Is(err, shmowner.ErrUnknownWorkload) || err.Error() != "no workload \"nope\" (see `migshm ps`)" || out != "" {
+	if !errors.Is(err, record.ErrUnknownWorkload) || err.Error() != "no workload \"nope\" (see `migshm ps`)" || out != "" {
 		t.Errorf("pin nope: %q %v", out, err)
 	}
 	f.takeCalls()
@@ -250,7 +250,7 @@ func drainTable(n int) []daemon.Workload {
 	api.Pinned = false
 	switch {
 	case n <= 2:
-		db1.State = shmowner.WorkloadMigrating
+		db1.State = record.WorkloadMigrating
 	case n == 3:
 		db1.Node = "n2"
 	default:
@@ -302,7 +302,7 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 	if lists != 4 {
 		t.Errorf("drain listed the workloads %d times, want 4 (until n1 is empty): %q", lists, callPaths(calls))
 	}
-	if got := f.node("n1").State; got != shmowner.NodeDraining {
+	if got := f.node("n1").State; got != record.NodeDraining {
 		t.Errorf("n1 is %s after drain", got)
 	}
 
@@ -342,7 +342,7 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 		}
 		f.takeCalls()
 		wantJSON(t, out, f.node("n2"))
-		if f.node("n2").State != shmowner.NodeActive {
+		if f.node("n2").State != record.NodeActive {
 			t.Errorf("n2 is %s after undrain", f.node("n2").State)
 		}
 	})
@@ -365,7 +365,7 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 				t.Errorf("migshm %q: %v, want %q", tt.args, err, tt.msg)
 			}
 			if tt.calls {
-				if !errors.Is(err, shmowner.ErrUnknownNode) {
+				if !errors.Is(err, record.ErrUnknownNode) {
 					t.Errorf("migshm %q: %v is not ErrUnknownNode", tt.args, err)
 				}
 				f.takeCalls()

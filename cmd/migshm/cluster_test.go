@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/daemon"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // apiCall is one request the fake daemon received.
@@ -85,19 +85,19 @@ func fakeTable() (nodes []daemon.Node, workloads []daemon.Workload) {
 	now := time.Now()
 	startedAt := now.Add(-2 * time.Minute).UnixNano()
 	nodes = []daemon.Node{
-		{ID: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", State: shmowner.NodeActive, LoadAt: now.UnixNano(),
-			Load: shmowner.LoadVector{CPU: 0.25, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30, Workloads: 2, Cores: 2.5}},
-		{ID: "n2", RaftAddr: "10.0.0.12:7420", APIAddr: "10.0.0.12:7421", State: shmowner.NodeDraining},
+		{ID: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", State: record.NodeActive, LoadAt: now.UnixNano(),
+			Load: record.LoadVector{CPU: 0.25, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30, Workloads: 2, Cores: 2.5}},
+		{ID: "n2", RaftAddr: "10.0.0.12:7420", APIAddr: "10.0.0.12:7421", State: record.NodeDraining},
 	}
 	workloads = []daemon.Workload{
 		{ID: "w00000001", Name: "db1", Node: "n1", InitPid: 4242, Pids: []int{4242, 4243, 4250}, Group: "g1",
-			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt,
-			Load: &shmowner.WorkloadLoad{CPU: 0.984, MemBytes: 1288 << 20, At: now.UnixNano()}},
+			State: record.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt,
+			Load: &record.WorkloadLoad{CPU: 0.984, MemBytes: 1288 << 20, At: now.UnixNano()}},
 		{ID: "w00000002", Name: "web", Node: "n2", InitPid: 5000, Pids: []int{5000}, Group: "w00000002",
-			State: shmowner.WorkloadExited, ExitStatus: 3, Args: []string{"/usr/bin/web"}, StartedAt: startedAt,
-			Load: &shmowner.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: startedAt}}, // before it exited
+			State: record.WorkloadExited, ExitStatus: 3, Args: []string{"/usr/bin/web"}, StartedAt: startedAt,
+			Load: &record.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: startedAt}}, // before it exited
 		{ID: "w00000003", Name: "api", Node: "n1", InitPid: 4300, Pids: []int{4300}, Group: "g1",
-			State: shmowner.WorkloadRunning, Args: []string{"/usr/bin/api"}, StartedAt: startedAt, Pinned: true},
+			State: record.WorkloadRunning, Args: []string{"/usr/bin/api"}, StartedAt: startedAt, Pinned: true},
 	}
 	return nodes, workloads
 }
@@ -171,7 +171,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 			return
 		}
 		wl := daemon.Workload{ID: "w0000000a", Name: req.Name, Node: "n1", InitPid: 777, Pids: []int{777},
-			Group: req.Group, State: shmowner.WorkloadRunning, Args: req.Args}
+			Group: req.Group, State: record.WorkloadRunning, Args: req.Args}
 		if wl.Name == "" {
 			wl.Name = filepath.Base(req.Args[0]) + "-0000"
 		}
@@ -191,11 +191,11 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 			unknown(w, r.PathValue("ref"))
 			return
 		}
-		if wl.State == shmowner.WorkloadExited {
+		if wl.State == record.WorkloadExited {
 			wireErr(w, http.StatusConflict, "not_running", "stop "+wl.Name+": it already exited with status 3")
 			return
 		}
-		wl.State, wl.ExitStatus = shmowner.WorkloadExited, 143
+		wl.State, wl.ExitStatus = record.WorkloadExited, 143
 		reply(w, wl)
 	})
 	mux.HandleFunc("DELETE /v1/workloads/{ref}", func(w http.ResponseWriter, r *http.Request) {
@@ -204,7 +204,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		switch {
 		case !ok:
 			unknown(w, r.PathValue("ref"))
-		case wl.State != shmowner.WorkloadExited:
+		case wl.State != record.WorkloadExited:
 			wireErr(w, http.StatusConflict, "still_running", "workload "+wl.Name+" is running; stop it first")
 		default:
 			reply(w, struct{}{})
@@ -237,8 +237,8 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.migrations) })
 	mux.HandleFunc("POST /v1/migrations", f.handleMove)
 	mux.HandleFunc("POST /v1/migrations/check", f.handleCheck)
-	mux.HandleFunc("POST /v1/nodes/{id}/drain", f.handleDrain(shmowner.NodeDraining))
-	mux.HandleFunc("POST /v1/nodes/{id}/undrain", f.handleDrain(shmowner.NodeActive))
+	mux.HandleFunc("POST /v1/nodes/{id}/drain", f.handleDrain(record.NodeDraining))
+	mux.HandleFunc("POST /v1/nodes/{id}/undrain", f.handleDrain(record.NodeActive))
 	mux.HandleFunc("POST /v1/workloads/{ref}/pin", f.handlePin(true))
 	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", f.handlePin(false))
 	mux.HandleFunc("GET /v1/balance", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.balance) })
@@ -509,10 +509,10 @@ func TestCLIRun(t *testing.T) {
 	}
 	f.takeCalls()
 	wantJSON(t, out, daemon.Workload{ID: "w0000000a", Name: "j1", Node: "n1", InitPid: 777, Pids: []int{777},
-		Group: "w0000000a", State: shmowner.WorkloadRunning, Args: []string{"/bin/true"}})
+		Group: "w0000000a", State: record.WorkloadRunning, Args: []string{"/bin/true"}})
 
 	_, err = f.cli(t, "run", "--name", "taken", "--", "/bin/true")
-	if !errors.Is(err, shmowner.ErrExists) || err.Error() != `run: a workload named "taken" exists` {
+	if !errors.Is(err, record.ErrExists) || err.Error() != `run: a workload named "taken" exists` {
 		t.Errorf("run of a taken name: %v", err)
 	}
 }
@@ -547,7 +547,7 @@ func TestCLIStop(t *testing.T) {
 		t.Errorf("stop without --timeout sent %+v, want an empty request (the node's stop-timeout)", calls)
 	}
 	want := f.workloads[2]
-	want.State, want.ExitStatus = shmowner.WorkloadExited, 143
+	want.State, want.ExitStatus = record.WorkloadExited, 143
 	wantJSON(t, out, want)
 
 	// API errors surface with the daemon's message and map back to their sentinel.
@@ -556,7 +556,7 @@ func TestCLIStop(t *testing.T) {
 		msg      string
 		sentinel error
 	}{
-		{"x", "no workload \"x\" (see `migshm ps`)", shmowner.ErrUnknownWorkload},
+		{"x", "no workload \"x\" (see `migshm ps`)", record.ErrUnknownWorkload},
 		{"web", "stop web: it already exited with status 3", daemon.ErrNotRunning},
 	} {
 		out, err := f.cli(t, "stop", tt.ref)
@@ -684,7 +684,7 @@ func TestCLILogs(t *testing.T) {
 		}
 	}
 	out, err := f.cli(t, "logs", "nope")
-	if !errors.Is(err, shmowner.ErrUnknownWorkload) || err.Error() != "no workload \"nope\" (see `migshm ps`)" || out != "" {
+	if !errors.Is(err, record.ErrUnknownWorkload) || err.Error() != "no workload \"nope\" (see `migshm ps`)" || out != "" {
 		t.Errorf("logs nope: %q %v", out, err)
 	}
 	f.takeCalls()

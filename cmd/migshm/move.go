@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/daemon"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 )
@@ -119,7 +119,7 @@ func moveError(ctx context.Context, last daemon.MoveEvent, err error, names func
 	case errors.Is(err, daemon.ErrMigrationFailed): // rolled back
 		// The record's error is the cause; the event's message may say what we say.
 		cause := err.Error()
-		if m.Phase == shmowner.PhaseAborted && m.Error != "" {
+		if m.Phase == record.PhaseAborted && m.Error != "" {
 			cause = m.Error
 		}
 		return &wrapped{msg: fmt.Sprintf("migration %s aborted, %s still runs on %s: %s", id, wl, cmp.Or(m.Source, "its node"), cause), err: err}
@@ -149,11 +149,11 @@ type progress struct {
 func (p *progress) event(ev daemon.MoveEvent) {
 	switch ev.Event {
 	case daemon.EventPhase:
-		if ev.Phase == string(shmowner.PhasePlanned) {
+		if ev.Phase == string(record.PhasePlanned) {
 			fmt.Fprintf(p.w, "migration %s: planned (%s)\n", ev.Migration, p.describe(ev))
 			return
 		}
-		if ev.Phase != string(shmowner.PhaseDone) { // the done event follows, with the summary
+		if ev.Phase != string(record.PhaseDone) { // the done event follows, with the summary
 			fmt.Fprintln(p.w, ev.Phase)
 		}
 	case daemon.EventRound:

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/daemon"
-	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 const movingID = "m5f3a9c" // the migration in flight: db1 n1 -> n2
@@ -25,12 +25,12 @@ func fakeMigrations() []daemon.Migration {
 	var migs []daemon.Migration
 	for i := range 22 {
 		m := daemon.Migration{ID: fmt.Sprintf("m%02d", i), Workload: "w00000001", Source: "n1", Target: "n2",
-			Phase: shmowner.PhaseDone, StartedAt: now.Add(-time.Duration(40-i) * time.Minute).UnixNano(), Bytes: 6 << 20,
+			Phase: record.PhaseDone, StartedAt: now.Add(-time.Duration(40-i) * time.Minute).UnixNano(), Bytes: 6 << 20,
 			Stats: &daemon.MigrationStats{Rounds: 2, FrozenNS: int64(84300 * time.Microsecond)}}
 		switch i {
 		case 20:
 			m.Workload = "w00000003"
-			m.Phase = shmowner.PhaseAborted
+			m.Phase = record.PhaseAborted
 			m.Bytes = 1 << 20
 			m.Error = "dump api: criu dump failed:\n(00.123456) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option."
 			m.Stats = nil
@@ -42,7 +42,7 @@ func fakeMigrations() []daemon.Migration {
 		migs = append(migs, m)
 	}
 	migs = append(migs, daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2",
-		Phase: shmowner.PhasePrecopy, StartedAt: now.Add(-45 * time.Minute).UnixNano(), Bytes: 12 << 20})
+		Phase: record.PhasePrecopy, StartedAt: now.Add(-45 * time.Minute).UnixNano(), Bytes: 12 << 20})
 	return migs
 }
 
@@ -61,25 +61,25 @@ var (
 		FrozenNS: int64(84300 * time.Microsecond), DumpNS: int64(31 * time.Millisecond), ShipNS: int64(22 * time.Millisecond),
 		RestoreNS: int64(29 * time.Millisecond), TotalNS: int64(2314 * time.Millisecond)}
 	evDone = daemon.MoveEvent{Event: daemon.EventDone, At: 9, Migration: movingID, Phase: "done",
-		Record: &daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: shmowner.PhaseDone,
+		Record: &daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: record.PhaseDone,
 			Bytes: moveStats.PrecopyBytes + moveStats.FinalBytes, Stats: &moveStats},
 		Summary: &moveStats}
 	evAborted = daemon.MoveEvent{Event: daemon.EventError, At: 5, Migration: "m0a0b0c", Phase: "aborted", Code: "migration_failed",
 		Error: "migration m0a0b0c of api to n2 aborted; the workload runs on n1 as before: dump api: criu dump failed: migration failed",
-		Record: &daemon.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: shmowner.PhaseAborted,
+		Record: &daemon.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: record.PhaseAborted,
 			Error: "dump api: criu dump failed"}}
 	// moveScripts are the streams the fake daemon sends, by the workload asked for.
 	moveScripts = map[string][]daemon.MoveEvent{
 		"db1": {evPlanned, evPrecopy, evRound1, evRound2, evFrozen, evShipped, evRestored, evDonePh, evDone},
 		"api": {{Event: daemon.EventPhase, At: 1, Migration: "m0a0b0c", Phase: "planned",
-			Record: &daemon.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: shmowner.PhasePlanned}},
+			Record: &daemon.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: record.PhasePlanned}},
 			{Event: daemon.EventPhase, At: 2, Migration: "m0a0b0c", Phase: "frozen"}, evAborted},
 		"cut": {evPlanned, evFrozen},
 		// The record in the error event lags (the source's copy of the table had not
 		// applied the abort yet); the event's phase says aborted.
 		"stale": {evPlanned, {Event: daemon.EventError, At: 5, Migration: movingID, Phase: "aborted", Code: "unreachable",
 			Error:  "migration m5f3a9c of db1 to n2 aborted; the workload runs on n1 as before: prepare: n2 does not answer",
-			Record: &daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: shmowner.PhasePlanned}}},
+			Record: &daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: record.PhasePlanned}}},
 	}
 )
 
@@ -279,7 +279,7 @@ func TestCLIMoveErrors(t *testing.T) {
 			daemon.ErrUnreachable},
 		{"refused", []string{"move", "web", "n2"}, "",
 			"move: workload web exited (status 3); there is nothing to move", daemon.ErrNotRunning},
-		{"unknown", []string{"move", "nope", "n2"}, "", "no workload \"nope\" (see `migshm ps`)", shmowner.ErrUnknownWorkload},
+		{"unknown", []string{"move", "nope", "n2"}, "", "no workload \"nope\" (see `migshm ps`)", record.ErrUnknownWorkload},
 		{"cut short", []string{"move", "cut", "n2"},
 			"migration m5f3a9c: planned (w00000001 db1 n1 -> n2)\nfrozen\n",
 			"lost track of migration m5f3a9c (last seen in phase frozen): ...ended the stream early: outcome of the move unknown; see `migshm migrations`",
@@ -333,10 +333,10 @@ func TestMoveError(t *testing.T) {
 		{"aborted without a record", context.Background(), daemon.MoveEvent{Event: daemon.EventError, Migration: "m1"}, failed,
 			"migration m1 aborted, the workload still runs on its node: criu died: migration failed", daemon.ErrMigrationFailed},
 		{"aborted", context.Background(), daemon.MoveEvent{Event: daemon.EventError, Migration: "m1",
-			Record: &daemon.Migration{ID: "m1", Workload: "w1", Source: "n1", Phase: shmowner.PhaseAborted, Error: "criu died"}}, failed,
+			Record: &daemon.Migration{ID: "m1", Workload: "w1", Source: "n1", Phase: record.PhaseAborted, Error: "criu died"}}, failed,
 			"migration m1 aborted, db1 still runs on n1: criu died", daemon.ErrMigrationFailed},
 		{"not settled", context.Background(), daemon.MoveEvent{Event: daemon.EventError, Migration: "m1",
-			Record: &daemon.Migration{ID: "m1", Workload: "w2", Source: "n1", Phase: shmowner.PhaseRestored}}, noLeader,
+			Record: &daemon.Migration{ID: "m1", Workload: "w2", Source: "n1", Phase: record.PhaseRestored}}, noLeader,
 			"migration m1 of w2 failed in phase restored (see `migshm migrations` and `migshm ps`): outcome could not be recorded: no raft leader",
 			daemon.ErrNoLeader},
 		{"refused in the stream", context.Background(), daemon.MoveEvent{Event: daemon.EventError}, noLeader, noLeader.Error(), daemon.ErrNoLeader},
@@ -469,7 +469,7 @@ memory:     1.3 GiB needed, free memory on n4 unknown
 result:     cannot move
 problem:    target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421: connect: connection refused
 `, "db1 cannot move to n4: target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421: connect: connection refused", daemon.ErrNotMovable},
-		{[]string{"check", "db1", "n9"}, "", "no node \"n9\" (see `migshm nodes`)", shmowner.ErrUnknownNode},
+		{[]string{"check", "db1", "n9"}, "", "no node \"n9\" (see `migshm nodes`)", record.ErrUnknownNode},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			out, err := f.cli(t, tt.args...)

@@ -1,4 +1,4 @@
-package shmowner
+package record
 
 import "errors"
 

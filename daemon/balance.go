@@ -12,7 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/balancer"
+	"github.com/migshm/migshm/internal/migration"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 )
@@ -28,8 +30,8 @@ type balanceState struct {
 	pass     chan struct{} // one pass at a time: holds a token while a pass runs
 
 	mu          sync.Mutex
-	last        *BalanceReport
-	lastMoves   []BalanceMove
+	last        *api.BalanceReport
+	lastMoves   []api.BalanceMove
 	lastMovesAt int64
 	lastSkips   string               // what the last pass left alone, to log the reasons only on change
 	failed      map[string]moveFault // workload id -> its last failed move
@@ -84,7 +86,7 @@ func (d *Daemon) balanceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if !d.store.IsLeader() {
+		if !d.cluster.IsLeader() {
 			continue
 		}
 		if _, err := d.balancePass(ctx, false, !d.cfg.AutoBalance); err != nil && ctx.Err() == nil {
@@ -98,7 +100,7 @@ func (d *Daemon) balanceLoop(ctx context.Context) {
 // `migshm move`. A move is started when its migration is planned in the table; the pass
 // returns then, and the migration goes on (its outcome is logged, and a failure keeps
 // the workload out of the next passes for moveRetryAfter). Leader only.
-func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*BalanceReport, error) {
+func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*api.BalanceReport, error) {
 	d.bal.passOnce.Do(func() { d.bal.pass = make(chan struct{}, 1) })
 	select {
 	case d.bal.pass <- struct{}{}:
@@ -107,15 +109,15 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*Bala
 		return nil, fmt.Errorf("balance: another pass is running: %w", ctx.Err())
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	caught := d.catchUp(cctx)
+	caught := d.cluster.CatchUp(cctx)
 	cancel()
-	if !d.store.IsLeader() {
+	if !d.cluster.IsLeader() {
 		return nil, fmt.Errorf("balance: %w", record.ErrNotLeader)
 	}
 	if !caught {
-		return nil, fmt.Errorf("balance: this leader has not applied its log yet; try again: %w", ErrNoLeader)
+		return nil, fmt.Errorf("balance: this leader has not applied its log yet; try again: %w", api.ErrNoLeader)
 	}
-	t := d.store.Table()
+	t := d.cluster.Table()
 	now := time.Now()
 	cfg := d.cfg.balancerConfig(t)
 	load := workloadLoads(t)
@@ -150,7 +152,7 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*Bala
 		d.log.Info("balancer: moving", "workload", mv.Name, "from", mv.From, "to", mv.To, "kind", mv.Kind, "reason", mv.Reason)
 	}
 	d.recordPass(rep)
-	d.metrics.observeBalance(rep)
+	d.metrics.ObserveBalance(rep)
 	return rep, nil
 }
 
@@ -158,8 +160,8 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*Bala
 // with the reason: a workload whose last move failed less than moveRetryAfter ago, every
 // move but drains when drainOnly (auto-balance off), and the rest of a group one of
 // whose moves is held (a group moves together or not at all).
-func holdMoves(moves []BalanceMove, skipped []BalanceSkip, failed map[string]moveFault, now time.Time, drainOnly bool) ([]BalanceMove, []BalanceSkip) {
-	kept := []BalanceMove{}
+func holdMoves(moves []api.BalanceMove, skipped []api.BalanceSkip, failed map[string]moveFault, now time.Time, drainOnly bool) ([]api.BalanceMove, []api.BalanceSkip) {
+	kept := []api.BalanceMove{}
 	held := map[string]string{} // group on its source -> why its first held move was held
 	for _, mv := range moves {
 		unit := mv.Group + "\x00" + mv.From
@@ -172,7 +174,7 @@ func holdMoves(moves []BalanceMove, skipped []BalanceSkip, failed map[string]mov
 		}
 		if why != "" {
 			held[unit] = why
-			skipped = append(skipped, BalanceSkip{Workload: mv.Workload, Name: mv.Name, Node: mv.From, Reason: why})
+			skipped = append(skipped, api.BalanceSkip{Workload: mv.Workload, Name: mv.Name, Node: mv.From, Reason: why})
 			continue
 		}
 		kept = append(kept, mv)
@@ -181,14 +183,14 @@ func holdMoves(moves []BalanceMove, skipped []BalanceSkip, failed map[string]mov
 }
 
 // newBalanceReport turns a decision into the API's report.
-func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, cfg balancer.Config, dec balancer.Decision, now time.Time) *BalanceReport {
+func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, cfg balancer.Config, dec balancer.Decision, now time.Time) *api.BalanceReport {
 	nls := balancer.NodeLoads(t, load, cfg)
-	rep := &BalanceReport{At: now.UnixNano(), Threshold: cfg.Threshold, Imbalance: balancer.Imbalance(nls),
-		Nodes: []NodeLoad{}, Moves: []BalanceMove{}, Skipped: []BalanceSkip{}}
+	rep := &api.BalanceReport{At: now.UnixNano(), Threshold: cfg.Threshold, Imbalance: balancer.Imbalance(nls),
+		Nodes: []api.NodeLoad{}, Moves: []api.BalanceMove{}, Skipped: []api.BalanceSkip{}}
 	lo, hi := math.Inf(1), math.Inf(-1)
 	var used, cores float64
 	for _, n := range nls {
-		rep.Nodes = append(rep.Nodes, NodeLoad{Node: n.Node, State: string(n.State), Cores: n.Cores, CPU: n.CPU,
+		rep.Nodes = append(rep.Nodes, api.NodeLoad{Node: n.Node, State: string(n.State), Cores: n.Cores, CPU: n.CPU,
 			Load: n.Load, Workloads: n.Workloads, MemFreeBytes: n.MemFreeBytes, MemTotalBytes: n.MemTotalBytes})
 		if n.State == record.NodeActive && n.Cores > 0 {
 			lo, hi = min(lo, n.Load), max(hi, n.Load)
@@ -210,11 +212,11 @@ func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, 
 		return ""
 	}
 	for _, m := range dec.Moves {
-		rep.Moves = append(rep.Moves, BalanceMove{Workload: m.Workload, Name: name(m.Workload), Group: m.Group,
+		rep.Moves = append(rep.Moves, api.BalanceMove{Workload: m.Workload, Name: name(m.Workload), Group: m.Group,
 			From: m.From, To: m.To, Kind: string(m.Kind), Reason: m.Reason, Score: m.Score})
 	}
 	for _, s := range dec.Skipped {
-		rep.Skipped = append(rep.Skipped, BalanceSkip{Workload: s.Workload, Name: name(s.Workload), Node: s.Node, Reason: s.Reason})
+		rep.Skipped = append(rep.Skipped, api.BalanceSkip{Workload: s.Workload, Name: name(s.Workload), Node: s.Node, Reason: s.Reason})
 	}
 	return rep
 }
@@ -222,40 +224,33 @@ func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, 
 // startBalanceMove starts mv as a migration driven by the workload's node and returns
 // once it is planned in the table (nil) or refused (the error). The migration's progress
 // is read to its end in the background; its outcome is logged.
-func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv BalanceMove) error {
+func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv api.BalanceMove) error {
 	w, ok := t.Workload(mv.Workload)
 	if !ok {
 		return fmt.Errorf("workload %s: %w", mv.Workload, record.ErrUnknownWorkload)
 	}
-	req := MoveRequest{Workload: w.ID, Target: mv.To, Reason: "balancer: " + mv.Kind + ": " + mv.Reason}
-	if err := d.mig.validate(t, w, req); err != nil {
+	req := api.MoveRequest{Workload: w.ID, Target: mv.To, Reason: "balancer: " + mv.Kind + ": " + mv.Reason}
+	if err := migration.Validate(t, w, req); err != nil {
 		return err
 	}
 	if w.Node == d.cfg.NodeID {
-		started := make(chan error, 1)
-		d.goFn(func() {
-			err := d.mig.move(d.bgCtx(), w, req, started, func(MoveEvent) {})
-			d.moveEnded(mv, err)
-		})
-		select {
-		case err := <-started:
+		done, err := d.engine.Move(w, req, func(api.MoveEvent) {})
+		if err != nil {
 			return err
-		case <-ctx.Done():
-			return ctx.Err() // the move goes on; its outcome is logged
 		}
+		d.goFn(func() { d.moveEnded(mv, <-done) })
+		return nil
 	}
 	n, ok := t.Node(w.Node)
 	if !ok {
 		return fmt.Errorf("node %s of workload %s: %w", w.Node, w.Name, record.ErrUnknownNode)
 	}
-	c := newPeerClient(n.APIAddr, d.peerTr)
-	c.header = http.Header{forwardedHeader: {d.cfg.NodeID}}
 	// The stream lives as long as the migration, but a source that does not answer
 	// (a cut link) must not hold the pass: the answer must start within startTimeout.
-	sctx, cancel := context.WithCancel(d.bgCtx())
+	sctx, cancel := context.WithCancel(d.ctx)
 	timer := time.AfterFunc(startTimeout, cancel)
 	stop := context.AfterFunc(ctx, cancel)
-	resp, err := c.send(sctx, http.MethodPost, "/v1/migrations", req)
+	resp, err := d.peers.Forward(n.APIAddr).Open(sctx, http.MethodPost, "/v1/migrations", req)
 	timer.Stop()
 	stop()
 	if err != nil {
@@ -278,22 +273,22 @@ const startTimeout = time.Minute
 func readMoveOutcome(sc *bufio.Scanner) error {
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
-		var ev MoveEvent
+		var ev api.MoveEvent
 		if json.Unmarshal(sc.Bytes(), &ev) != nil {
 			continue
 		}
 		switch ev.Event {
-		case EventDone:
+		case api.EventDone:
 			return nil
-		case EventError:
-			return fmt.Errorf("%s: %w", ev.Error, ErrMigrationFailed)
+		case api.EventError:
+			return fmt.Errorf("%s: %w", ev.Error, api.ErrMigrationFailed)
 		}
 	}
-	return fmt.Errorf("the source's progress stream ended without an outcome (see `migshm migrations`): %w", ErrUnreachable)
+	return fmt.Errorf("the source's progress stream ended without an outcome (see `migshm migrations`): %w", api.ErrUnreachable)
 }
 
 // moveEnded logs the outcome of a balancer move.
-func (d *Daemon) moveEnded(mv BalanceMove, err error) {
+func (d *Daemon) moveEnded(mv api.BalanceMove, err error) {
 	if err != nil {
 		d.moveFailed(mv.Workload, err)
 		d.log.Warn("balancer: move failed", "workload", mv.Name, "from", mv.From, "to", mv.To, "err", err)
@@ -319,8 +314,8 @@ func (d *Daemon) moveFailed(workload string, err error) {
 }
 
 // recordPass keeps rep as the newest pass and logs what it left alone when that changed.
-func (d *Daemon) recordPass(rep *BalanceReport) {
-	var started []BalanceMove
+func (d *Daemon) recordPass(rep *api.BalanceReport) {
+	var started []api.BalanceMove
 	for _, m := range rep.Moves {
 		if m.Started {
 			started = append(started, m)
@@ -352,89 +347,19 @@ func (d *Daemon) recordPass(rep *BalanceReport) {
 
 // lastBalance returns the newest pass with the last moves it started, or a dry run if
 // this leader has not run a pass yet.
-func (d *Daemon) lastBalance(ctx context.Context) (*BalanceReport, error) {
+func (d *Daemon) lastBalance(ctx context.Context) (*api.BalanceReport, error) {
 	d.bal.mu.Lock()
 	last := d.bal.last
-	var out BalanceReport
+	var out api.BalanceReport
 	if last != nil {
 		out = *last
 		out.LastMoves, out.LastMovesAt = d.bal.lastMoves, d.bal.lastMovesAt
 	}
 	d.bal.mu.Unlock()
-	if last == nil || !d.store.IsLeader() {
+	if last == nil || !d.cluster.IsLeader() {
 		return d.balancePass(ctx, true, false)
 	}
 	return &out, nil
-}
-
-// onLeader serves a balancer request (method and path) on the leader: here if this node
-// leads, else forwarded there.
-func (d *Daemon) onLeader(ctx context.Context, r *http.Request, method, path string, fn func(ctx context.Context) (*BalanceReport, error)) (*BalanceReport, error) {
-	if d.store.IsLeader() {
-		return fn(ctx)
-	}
-	if r.Header.Get(forwardedHeader) != "" {
-		return nil, fmt.Errorf("%s: this node no longer leads; try again: %w", path, record.ErrNotLeader)
-	}
-	addr := d.leaderAPI()
-	if addr == "" {
-		return nil, fmt.Errorf("%s: no leader known (see `migshm status`): %w", path, ErrNoLeader)
-	}
-	var out BalanceReport
-	if err := d.forwardTo(ctx, addr, method, path, nil, &out); err != nil {
-		return nil, err
-	}
-	return &out, nil
-}
-
-// handleBalance serves the balancer's endpoints (see BalanceReport).
-func (d *Daemon) handleBalance(fn func(ctx context.Context) (*BalanceReport, error)) func(r *http.Request) (any, error) {
-	return func(r *http.Request) (any, error) {
-		return d.onLeader(r.Context(), r, r.Method, r.URL.Path, fn)
-	}
-}
-
-// handleDrain serves POST /v1/nodes/{id}/drain and .../undrain.
-func (d *Daemon) handleDrain(drain bool) func(r *http.Request) (any, error) {
-	return func(r *http.Request) (any, error) {
-		id := r.PathValue("id")
-		op, from, to := "drain", record.NodeActive, record.NodeDraining
-		if !drain {
-			op, from, to = "undrain", record.NodeDraining, record.NodeActive
-		}
-		n, ok := d.readTable(r).Node(id)
-		switch {
-		case !ok:
-			return nil, fmt.Errorf("%s: no node %q (see `migshm nodes`): %w", op, id, record.ErrUnknownNode)
-		case n.State == to:
-			return n, nil
-		case n.State != from:
-			return nil, fmt.Errorf("%s %s: the node is %s, not %s (a down node: start its daemon, or remove it with `migshm leave %s --force`): %w",
-				op, id, n.State, from, id, record.ErrNodeNotActive)
-		}
-		if err := d.apply(r.Context(), shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: id, State: to}); err != nil {
-			return nil, fmt.Errorf("%s %s: %w", op, id, err)
-		}
-		d.log.Info("node state changed", "peer", id, "from", from, "to", to, "by", "operator")
-		n, _ = d.readTable(r).Node(id)
-		return n, nil
-	}
-}
-
-// handlePin serves POST /v1/workloads/{ref}/pin and .../unpin.
-func (d *Daemon) handlePin(pinned bool) func(r *http.Request) (any, error) {
-	return func(r *http.Request) (any, error) {
-		w, err := resolve(d.readTable(r), r.PathValue("ref"))
-		if err != nil {
-			return nil, err
-		}
-		if err := d.apply(r.Context(), shmowner.SetWorkloadPinnedType, shmowner.SetWorkloadPinnedRequest{ID: w.ID, Pinned: pinned}); err != nil {
-			return nil, fmt.Errorf("%s %s: %w", map[bool]string{true: "pin", false: "unpin"}[pinned], w.Name, err)
-		}
-		d.log.Info("workload pinned", "workload", w.Name, "pinned", pinned)
-		w, _ = d.readTable(r).Workload(w.ID)
-		return w, nil
-	}
 }
 
 func ago(d time.Duration) string { return d.Round(time.Second).String() }

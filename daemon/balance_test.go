@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/shmowner/record"
@@ -65,7 +65,7 @@ func TestBalance(t *testing.T) {
 
 	// Spread: wait for a leader pass, after the last migration ended, that saw every
 	// node within the threshold and planned nothing.
-	var rep daemon.BalanceReport
+	var rep api.BalanceReport
 	waitFor(t, 3*time.Minute, "the writers to spread", func() (bool, string) {
 		r, err := n3.c.LastBalance(context.Background())
 		if err != nil {

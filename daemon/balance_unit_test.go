@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/migshm/migshm/api"
 )
 
 // TestHoldMoves: a workload whose last move failed within moveRetryAfter is held, and
@@ -11,7 +13,7 @@ import (
 // failure older than moveRetryAfter holds nothing.
 func TestHoldMoves(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	moves := []BalanceMove{
+	moves := []api.BalanceMove{
 		{Workload: "a1", Name: "a1", Group: "ga", From: "n1", To: "n2", Kind: "cpu"},
 		{Workload: "a2", Name: "a2", Group: "ga", From: "n1", To: "n2", Kind: "cpu"},
 		{Workload: "b", Name: "b", Group: "gb", From: "n1", To: "n3", Kind: "cpu"},
@@ -22,7 +24,7 @@ func TestHoldMoves(t *testing.T) {
 		"a1": {at: now.Add(-10 * time.Second), err: "tcp-established"},
 		"b":  {at: now.Add(-moveRetryAfter - time.Second), err: "old"},
 	}
-	names := func(ms []BalanceMove) string {
+	names := func(ms []api.BalanceMove) string {
 		var s []string
 		for _, m := range ms {
 			s = append(s, m.Workload)
@@ -39,7 +41,7 @@ func TestHoldMoves(t *testing.T) {
 		t.Errorf("skipped %+v, want a1 and a2 with a1's failure", skipped)
 	}
 
-	kept, skipped = holdMoves(moves, []BalanceSkip{{Node: "n9", Reason: "earlier"}}, nil, now, true)
+	kept, skipped = holdMoves(moves, []api.BalanceSkip{{Node: "n9", Reason: "earlier"}}, nil, now, true)
 	if got := names(kept); got != "c" {
 		t.Errorf("auto-balance off: kept %s, want only the drain c", got)
 	}

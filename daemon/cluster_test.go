@@ -25,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/netnode"
 	"github.com/migshm/migshm/internal/nsutil"
 	"github.com/migshm/migshm/internal/pki"
@@ -61,7 +61,8 @@ func binaries(t *testing.T) (migshmd, migshm string) {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..")
 		for _, b := range []string{"migshmd", "migshm"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, b), "./cmd/"+b)
+			// With fault injection (internal/faults), which the tests of failure paths use.
+			cmd := exec.Command("go", "build", "-tags", "faults", "-o", filepath.Join(binDir, b), "./cmd/"+b)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
 				binErr = fmt.Errorf("go build %s: %v\n%s", b, err, out)
@@ -88,7 +89,7 @@ type tnode struct {
 	env   []string // added to the daemon's environment
 	cmd   *exec.Cmd
 	done  chan struct{}
-	c     *daemon.Client
+	c     *api.Client
 }
 
 type cluster struct {
@@ -121,7 +122,7 @@ func newCluster(t *testing.T, n, members int) *cluster {
 		}
 		nd := &tnode{id: id, net: nn, dir: filepath.Join(dir, id), sock: filepath.Join(dir, id+".sock"),
 			log: filepath.Join(dir, id+".log"), tls: tdir}
-		nd.c = daemon.NewClient(nd.sock)
+		nd.c = api.NewClient(nd.sock)
 		c.nodes = append(c.nodes, nd)
 	}
 	t.Cleanup(func() {
@@ -289,17 +290,17 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, stri
 	}
 }
 
-func workloadByName(ws []daemon.Workload, name string) (daemon.Workload, bool) {
+func workloadByName(ws []api.Workload, name string) (api.Workload, bool) {
 	for _, w := range ws {
 		if w.Name == name {
 			return w, true
 		}
 	}
-	return daemon.Workload{}, false
+	return api.Workload{}, false
 }
 
-func groupSegments(segs []daemon.Segment, group string) []daemon.Segment {
-	var out []daemon.Segment
+func groupSegments(segs []api.Segment, group string) []api.Segment {
+	var out []api.Segment
 	for _, s := range segs {
 		if s.Group == group {
 			out = append(out, s)
@@ -334,15 +335,15 @@ func TestCluster(t *testing.T) {
 		if !strings.Contains(out, "started counter") {
 			t.Errorf("run printed %q", out)
 		}
-		var w daemon.Workload
+		var w api.Workload
 		c.cliJSON(t, n2, &w, "run", "--name", "writer", "--ipc-group", "gw", "--", bins.ShmWriter, "--size", "65536")
 		if w.Name != "writer" || w.Node != "n2" || w.Group != "gw" || w.InitPid <= 0 {
 			t.Fatalf("run --json gave %+v", w)
 		}
 		for _, nd := range c.nodes {
 			waitFor(t, 10*time.Second, "workloads and segments on "+nd.id, func() (bool, string) {
-				var ws []daemon.Workload
-				var segs []daemon.Segment
+				var ws []api.Workload
+				var segs []api.Segment
 				c.cliJSON(t, nd, &ws, "ps")
 				c.cliJSON(t, nd, &segs, "segments")
 				cw, ok1 := workloadByName(ws, "counter")
@@ -420,12 +421,12 @@ func TestCluster(t *testing.T) {
 		if err != nil || out != "bye\n" {
 			t.Errorf("stderr of three from n3: %v %q", err, out)
 		}
-		var stopped daemon.Workload
+		var stopped api.Workload
 		c.cliJSON(t, n1, &stopped, "stop", "counter") // runs on n2
 		if stopped.State != record.WorkloadExited || stopped.ExitStatus != 0 {
 			t.Errorf("stop counter: %+v", stopped)
 		}
-		var ps []daemon.Workload
+		var ps []api.Workload
 		c.cliJSON(t, n3, &ps, "ps")
 		if _, ok := workloadByName(ps, "counter"); ok {
 			t.Errorf("ps without --all lists the stopped workload: %+v", ps)
@@ -523,7 +524,7 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("daemon restart re-attaches to running workloads", func(t *testing.T) {
-		var a, b daemon.Workload
+		var a, b api.Workload
 		c.cliJSON(t, n3, &a, "run", "--name", "survivor", "--", "sh", "-c", "trap 'exit 9' TERM; while :; do sleep 0.1; done")
 		c.cliJSON(t, n3, &b, "run", "--name", "quitter", "--", "sh", "-c", "read x; sleep 1; exit 4") // stdin is /dev/null
 		c.kill(n3)
@@ -548,7 +549,7 @@ func TestCluster(t *testing.T) {
 		})
 		// The restarted daemon is no longer the survivor's parent; stop still works and
 		// the status comes from the init's record.
-		var stopped daemon.Workload
+		var stopped api.Workload
 		c.cliJSON(t, n2, &stopped, "stop", "survivor")
 		if stopped.ExitStatus != 9 {
 			t.Errorf("survivor stopped with %+v, want exit status 9", stopped)
@@ -556,7 +557,7 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("status and leave", func(t *testing.T) {
-		var st daemon.Status
+		var st api.Status
 		c.cliJSON(t, n2, &st, "status")
 		if st.Node != "n2" || st.Leader == "" || len(st.Peers) != 3 || st.Term == 0 || st.CommitIndex == 0 ||
 			st.AppliedIndex > st.CommitIndex || !st.Member {
@@ -581,7 +582,7 @@ func TestCluster(t *testing.T) {
 				}
 			}
 		}
-		var res daemon.LeaveResult
+		var res api.LeaveResult
 		c.cliJSON(t, n3, &res, "leave")
 		if res.Node != "n3" {
 			t.Fatalf("leave: %+v", res)
@@ -851,7 +852,7 @@ func TestReadyNotification(t *testing.T) {
 		t.Fatal("peer API not listening after READY")
 	}
 	c.waitMembers(nd, 1)
-	var w daemon.Workload
+	var w api.Workload
 	c.cliJSON(t, nd, &w, "run", "--name", "keeps-running", "--", "sleep", "600")
 	if err := nd.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

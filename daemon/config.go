@@ -7,13 +7,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/balancer"
+	"github.com/migshm/migshm/internal/metrics"
+	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/migrate"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -23,7 +25,7 @@ import (
 const (
 	DefaultConfigFile = "/etc/migshm/migshmd.toml"
 	DefaultDataDir    = "/var/lib/migshmd"
-	DefaultSocket     = "/run/migshmd/migshmd.sock"
+	DefaultSocket     = api.DefaultSocket
 	DefaultRaftAddr   = "0.0.0.0:7420"
 	DefaultPeerAddr   = "0.0.0.0:7421"
 	// DefaultImageDir holds migration images: under systemd's RuntimeDirectory, a tmpfs,
@@ -71,8 +73,6 @@ type Config struct {
 	MemCapacity   uint64  // bytes this node's workloads may use; 0: the host's memory (from /proc/meminfo)
 }
 
-var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
 // Normalize fills in defaults and checks the settings, so that a bad one fails at start
 // with a message naming the setting.
 func (c *Config) Normalize() error {
@@ -118,7 +118,7 @@ func (c *Config) Normalize() error {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
 	}
-	if c.NodeID != "" && !nodeIDPattern.MatchString(c.NodeID) {
+	if c.NodeID != "" && pki.ValidateName(c.NodeID) != nil {
 		return fmt.Errorf("node-id %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
 	}
 	for _, a := range []struct{ name, v string }{{"raft-addr", c.RaftAddr}, {"peer-addr", c.PeerAddr}} {
@@ -140,7 +140,7 @@ func (c *Config) Normalize() error {
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return fmt.Errorf("metrics-addr %q: want HOST:PORT (e.g. %s), or \"\" to serve no metrics: %v",
-				c.MetricsAddr, DefaultMetricsAddr, err)
+				c.MetricsAddr, metrics.DefaultAddr, err)
 		}
 		if c.MetricsAddr == c.RaftAddr || c.MetricsAddr == c.PeerAddr {
 			return fmt.Errorf("metrics-addr %s is also raft-addr or peer-addr; give it its own port", c.MetricsAddr)
@@ -208,7 +208,7 @@ func Flags() []cli.Flag {
 			EnvVars: []string{"MIGSHMD_CRIU", migrate.EnvCRIU}, DefaultText: migrate.DefaultCRIUPrefix + "/bin/criu"}),
 		str("log-level", "debug, info, warn or error", "info"),
 		str("metrics-addr", "serve Prometheus metrics on http://HOST:PORT/metrics (plain HTTP, no auth: keep it on loopback "+
-			"or a trusted network); \"\" serves none", DefaultMetricsAddr),
+			"or a trusted network); \"\" serves none", metrics.DefaultAddr),
 		dur("segment-interval", "how often workloads' segments are read", time.Second),
 		dur("load-interval", "how often this node reports its load", 5*time.Second),
 		dur("stop-timeout", "default grace period of migshm stop before SIGKILL", 10*time.Second),

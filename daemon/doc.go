@@ -1,6 +1,6 @@
-// Package daemon wires a migshm node together: configuration, the local API on a
-// root-only unix socket for the CLI, the peer API between daemons over mutual TLS,
-// forwarding of writes to the Raft leader, the leader loop that runs the balancer,
-// sd_notify, and orderly shutdown. It is built in the "Cluster" milestone on top of
-// shmowner, migrate and balancer.
+// Package daemon is migshmd's composition root: its configuration (flags, environment,
+// TOML file), opening a node (certificate, Raft store, listeners) and building its parts
+// (cluster, supervisor, migration engine, HTTP APIs, metrics), the service the APIs call,
+// the loops a node runs (membership, load reports, recovery; as leader: node states and
+// the balancer), sd_notify, and orderly shutdown.
 package daemon

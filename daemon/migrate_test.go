@@ -17,7 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/faults"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/shmowner/record"
@@ -38,17 +39,17 @@ func (c *cluster) waitReady(nd *tnode) {
 
 // move runs `migshm move --json REF TARGET EXTRA...` through node via and returns every
 // event and the command's error.
-func (c *cluster) move(via *tnode, ref, target string, extra ...string) ([]daemon.MoveEvent, error) {
+func (c *cluster) move(via *tnode, ref, target string, extra ...string) ([]api.MoveEvent, error) {
 	c.t.Helper()
 	args := append([]string{"--socket", via.sock, "move", "--json", ref, target}, extra...)
 	cmd := exec.Command(c.migshm, args...)
 	var errb strings.Builder
 	cmd.Stderr = &errb
 	out, err := cmd.Output()
-	var evs []daemon.MoveEvent
+	var evs []api.MoveEvent
 	sc := bufio.NewScanner(strings.NewReader(string(out)))
 	for sc.Scan() {
-		var ev daemon.MoveEvent
+		var ev api.MoveEvent
 		if jerr := json.Unmarshal(sc.Bytes(), &ev); jerr != nil {
 			c.t.Fatalf("migshm move: line %q is not a MoveEvent: %v", sc.Text(), jerr)
 		}
@@ -61,7 +62,7 @@ func (c *cluster) move(via *tnode, ref, target string, extra ...string) ([]daemo
 }
 
 // workload returns the table's record of the named workload, read through nd.
-func (c *cluster) workload(nd *tnode, name string) daemon.Workload {
+func (c *cluster) workload(nd *tnode, name string) api.Workload {
 	c.t.Helper()
 	ws, err := nd.c.Workloads(context.Background())
 	if err != nil {
@@ -158,9 +159,9 @@ func (c *cluster) nodeOfPid(pid int) string {
 
 // waitSettled waits until the workload's last migration is terminal, it runs on one
 // node with exactly one running copy and none stopped, and returns the workload.
-func (c *cluster) waitSettled(via *tnode, name, comm string) daemon.Workload {
+func (c *cluster) waitSettled(via *tnode, name, comm string) api.Workload {
 	c.t.Helper()
-	var w daemon.Workload
+	var w api.Workload
 	waitFor(c.t, 60*time.Second, name+" to settle on one node", func() (bool, string) {
 		ws, err := via.c.Workloads(context.Background())
 		if err != nil {
@@ -209,9 +210,9 @@ func counterAdvances(t *testing.T, bins testwork.Bins, pid int) uint64 {
 	return first
 }
 
-func lastEvent(evs []daemon.MoveEvent) daemon.MoveEvent {
+func lastEvent(evs []api.MoveEvent) api.MoveEvent {
 	if len(evs) == 0 {
-		return daemon.MoveEvent{}
+		return api.MoveEvent{}
 	}
 	return evs[len(evs)-1]
 }
@@ -262,7 +263,7 @@ func TestMoveRoundTrips(t *testing.T) {
 			t.Fatalf("hop %d %s -> %s: %v\nevents: %+v", i, from.id, to.id, err, evs)
 		}
 		last := lastEvent(evs)
-		if last.Event != daemon.EventDone || last.Summary == nil || last.Record == nil || last.Record.Phase != record.PhaseDone {
+		if last.Event != api.EventDone || last.Summary == nil || last.Record == nil || last.Record.Phase != record.PhaseDone {
 			t.Fatalf("hop %d: last event %+v", i, last)
 		}
 		if last.Summary.FrozenNS <= 0 || last.Summary.WorkloadBytes == 0 || last.Summary.FinalBytes == 0 {
@@ -388,14 +389,14 @@ func TestMoveRefusals(t *testing.T) {
 		{"unknown node", "counter", "n9", record.ErrUnknownNode, "no node"},
 		{"unknown workload", "nope", "n2", record.ErrUnknownWorkload, "no workload"},
 		{"same node", "counter", "n1", record.ErrSameNode, "already runs on n1"},
-		{"exited", "gone", "n2", daemon.ErrNotRunning, "exited"},
-		{"sharer outside", "counter", "n2", daemon.ErrNotMovable, "ipc-shared-outside"},
-		{"tcp", "tcp", "n2", daemon.ErrNotMovable, "tcp-established"},
+		{"exited", "gone", "n2", api.ErrNotRunning, "exited"},
+		{"sharer outside", "counter", "n2", api.ErrNotMovable, "ipc-shared-outside"},
+		{"tcp", "tcp", "n2", api.ErrNotMovable, "tcp-established"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, via := range []*tnode{n1, n2} {
-				_, err := via.c.Move(context.Background(), daemon.MoveRequest{Workload: tc.ref, Target: tc.target}, nil)
+				_, err := via.c.Move(context.Background(), api.MoveRequest{Workload: tc.ref, Target: tc.target}, nil)
 				if !errors.Is(err, tc.code) || !strings.Contains(err.Error(), tc.says) {
 					t.Fatalf("via %s: move %s to %s: %v; want %v saying %q", via.id, tc.ref, tc.target, err, tc.code, tc.says)
 				}
@@ -405,7 +406,7 @@ func TestMoveRefusals(t *testing.T) {
 			}
 		})
 	}
-	rep, err := n2.c.Check(context.Background(), daemon.CheckRequest{Workload: "tcp", Target: "n2"})
+	rep, err := n2.c.Check(context.Background(), api.CheckRequest{Workload: "tcp", Target: "n2"})
 	if err != nil || rep.OK || len(rep.Problems) == 0 || rep.Problems[0].Reason != "tcp-established" {
 		t.Fatalf("check tcp: %+v, %v", rep, err)
 	}
@@ -426,7 +427,7 @@ func TestMoveCorruptImageAborts(t *testing.T) {
 	bins := testwork.Build(t)
 	c := newCluster(t, 2, 0)
 	c.start(c.nodes[0], "--bootstrap")
-	c.startWithEnv(c.nodes[1], []string{daemon.EnvFaults + "=corrupt-images"}, c.memberArgs(1)...)
+	c.startWithEnv(c.nodes[1], []string{faults.Env + "=corrupt-images"}, c.memberArgs(1)...)
 	c.waitMembers(c.nodes[0], 2)
 	n1, n2 := c.nodes[0], c.nodes[1]
 	// The counter starts on n2, whose daemon corrupts what it sends.
@@ -439,7 +440,7 @@ func TestMoveCorruptImageAborts(t *testing.T) {
 		t.Fatalf("move with a corrupt image stream: %v, events %+v", err, evs)
 	}
 	last := lastEvent(evs)
-	if last.Event != daemon.EventError || last.Record == nil || last.Record.Phase != record.PhaseAborted {
+	if last.Event != api.EventError || last.Record == nil || last.Record.Phase != record.PhaseAborted {
 		t.Fatalf("last event %+v", last)
 	}
 	after := c.waitSettled(n1, "counter", "shmcounter")
@@ -494,7 +495,7 @@ func TestMoveCrashes(t *testing.T) {
 			}
 			victim := []*tnode{src, dst}[tc.node]
 			c.kill(victim)
-			c.startWithEnv(victim, []string{daemon.EnvFaults + "=" + tc.fault}, victim.extra...)
+			c.startWithEnv(victim, []string{faults.Env + "=" + tc.fault}, victim.extra...)
 			c.waitReady(victim)
 			c.waitMembers(n3, 3)
 
@@ -518,7 +519,7 @@ func TestMoveCrashes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var mg daemon.Migration
+			var mg api.Migration
 			for _, m := range ms {
 				if m.Workload == w.ID && m.StartedAt >= mg.StartedAt {
 					mg = m
@@ -562,7 +563,7 @@ func TestMoveCrashes(t *testing.T) {
 			l := leaderOf(t, other)
 			return l != "" && l != src.id, "leader " + l
 		})
-		c.startWithEnv(src, []string{daemon.EnvFaults + "=pause-at:dumped:3s"}, src.extra...)
+		c.startWithEnv(src, []string{faults.Env + "=pause-at:dumped:3s"}, src.extra...)
 		c.waitReady(src)
 		var leaderNode, dst *tnode
 		l := leaderOf(t, src)
@@ -578,7 +579,7 @@ func TestMoveCrashes(t *testing.T) {
 			}
 		}
 		type result struct {
-			evs []daemon.MoveEvent
+			evs []api.MoveEvent
 			err error
 		}
 		done := make(chan result, 1)

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -91,38 +89,6 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("local api: %w", err)
 	}
 	return ln, nil
-}
-
-type credKey struct{}
-
-// peerCredContext records the uid of the process at the other end of a local API
-// connection (SO_PEERCRED), so handlers can refuse anyone but root even if the socket's
-// mode were loosened.
-func peerCredContext(ctx context.Context, c net.Conn) context.Context {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return ctx
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return ctx
-	}
-	var cred *unix.Ucred
-	_ = raw.Control(func(fd uintptr) {
-		cred, err = unix.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	})
-	if err != nil || cred == nil {
-		return ctx
-	}
-	return context.WithValue(ctx, credKey{}, cred)
-}
-
-// callerUID returns the uid of the local API caller, -1 if unknown.
-func callerUID(ctx context.Context) int {
-	if c, ok := ctx.Value(credKey{}).(*unix.Ucred); ok {
-		return int(c.Uid)
-	}
-	return -1
 }
 
 // warnIfNotTmpfs logs a warning when dir is not on a tmpfs: migration images are

@@ -24,7 +24,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/nsutil"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/migrate"
@@ -202,7 +202,7 @@ func (m *measurement) frozenBytes() int64 {
 }
 
 // fromSummary turns the summary of a `migshm move` into a measurement.
-func fromSummary(s *daemon.MigrationStats, wall time.Duration) measurement {
+func fromSummary(s *api.MigrationStats, wall time.Duration) measurement {
 	return measurement{
 		Method:       "migshm",
 		DowntimeNS:   s.FrozenNS,
@@ -475,12 +475,12 @@ workload  testdata/shmbench, moved after it dirtied memory for %v
 `, cfg.Dir, md, cfg.Settle)
 }
 
-// parseMoveStream reads the NDJSON stream of `migshm move --json` (one daemon.MoveEvent
+// parseMoveStream reads the NDJSON stream of `migshm move --json` (one api.MoveEvent
 // per line), calls on for every event, and returns the last one: the "done" event with
 // its summary, or an error for an "error" event, garbage, or a stream that ends before
 // either.
-func parseMoveStream(r io.Reader, on func(daemon.MoveEvent)) (daemon.MoveEvent, error) {
-	var last daemon.MoveEvent
+func parseMoveStream(r io.Reader, on func(api.MoveEvent)) (api.MoveEvent, error) {
+	var last api.MoveEvent
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
@@ -488,7 +488,7 @@ func parseMoveStream(r io.Reader, on func(daemon.MoveEvent)) (daemon.MoveEvent, 
 		if len(line) == 0 {
 			continue
 		}
-		var ev daemon.MoveEvent
+		var ev api.MoveEvent
 		if err := json.Unmarshal(line, &ev); err != nil {
 			return last, fmt.Errorf("move stream: line %q: %w", truncate(string(line), 200), err)
 		}
@@ -497,12 +497,12 @@ func parseMoveStream(r io.Reader, on func(daemon.MoveEvent)) (daemon.MoveEvent, 
 			on(ev)
 		}
 		switch ev.Event {
-		case daemon.EventDone:
+		case api.EventDone:
 			if ev.Summary == nil {
 				return ev, fmt.Errorf("move stream: migration %s done without a summary", ev.Migration)
 			}
 			return ev, nil
-		case daemon.EventError:
+		case api.EventError:
 			msg := ev.Error
 			if ev.Code != "" {
 				msg += " (code " + ev.Code + ")"
@@ -520,20 +520,20 @@ func parseMoveStream(r io.Reader, on func(daemon.MoveEvent)) (daemon.MoveEvent, 
 }
 
 // describeEvent is a progress line for one move event ("" for events not worth one).
-func describeEvent(ev daemon.MoveEvent) string {
+func describeEvent(ev api.MoveEvent) string {
 	switch ev.Event {
-	case daemon.EventPhase:
+	case api.EventPhase:
 		return "phase " + ev.Phase
-	case daemon.EventRound:
+	case api.EventRound:
 		if r := ev.Round; r != nil {
 			return fmt.Sprintf("round %d: %d pages read, %d changed, %s MB sent in %s (%s)", r.Round, r.Pages,
 				r.ChangedPages, fmtMB(r.SentBytes), fmtDur(r.DurationNS), fmtRate(r.RateBPS))
 		}
-	case daemon.EventDone:
+	case api.EventDone:
 		if s := ev.Summary; s != nil {
 			return fmt.Sprintf("done: frozen %s, total %s, %d rounds", fmtDur(s.FrozenNS), fmtDur(s.TotalNS), s.Rounds)
 		}
-	case daemon.EventError:
+	case api.EventError:
 		return "error: " + ev.Error
 	}
 	return ""
@@ -1118,7 +1118,7 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	last, perr := parseMoveStream(out, func(ev daemon.MoveEvent) {
+	last, perr := parseMoveStream(out, func(ev api.MoveEvent) {
 		if d := describeEvent(ev); d != "" {
 			b.logf("%s: migshm: move: %s", tag, d)
 		}
@@ -1143,7 +1143,7 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 	if err != nil {
 		return &m, err
 	}
-	var ws []daemon.Workload
+	var ws []api.Workload
 	if err := json.Unmarshal(psOut, &ws); err != nil {
 		return &m, fmt.Errorf("migshm ps --json: %w", err)
 	}
@@ -1157,7 +1157,7 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 }
 
 // checkMoved says whether workload name runs on node according to ps --json.
-func checkMoved(ws []daemon.Workload, name, node string) error {
+func checkMoved(ws []api.Workload, name, node string) error {
 	for _, w := range ws {
 		if w.Name != name {
 			continue

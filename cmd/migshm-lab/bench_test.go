@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 )
 
 func TestParseSizes(t *testing.T) {
@@ -309,7 +309,7 @@ func TestWriteTables(t *testing.T) {
 
 func TestReportJSON(t *testing.T) {
 	base := &measurement{Method: "baseline", DowntimeNS: 2e9, TotalNS: 2e9, WireBytes: 100e6}
-	mig := fromSummary(&daemon.MigrationStats{Rounds: 3, PrecopyBytes: 90e6, FinalBytes: 20e6, WorkloadBytes: 105e6,
+	mig := fromSummary(&api.MigrationStats{Rounds: 3, PrecopyBytes: 90e6, FinalBytes: 20e6, WorkloadBytes: 105e6,
 		FrozenNS: 200e6, DumpNS: 80e6, ShipNS: 30e6, RestoreNS: 70e6, TotalNS: 3e9}, 3100*time.Millisecond)
 	rep := benchReport{Config: benchConfig{Sizes: []int{100}, MaxDowntime: 100 * time.Millisecond},
 		Sizes: []sizeResult{{TotalMiB: 100, Runs: []benchRun{{Run: 1, Baseline: base, Migshm: &mig, Ratios: compare(base, &mig)}}}}}
@@ -345,7 +345,7 @@ func TestReportJSON(t *testing.T) {
 }
 
 func TestParseMoveStream(t *testing.T) {
-	lines := func(evs ...daemon.MoveEvent) string {
+	lines := func(evs ...api.MoveEvent) string {
 		var b strings.Builder
 		for _, ev := range evs {
 			j, _ := json.Marshal(ev)
@@ -354,11 +354,11 @@ func TestParseMoveStream(t *testing.T) {
 		}
 		return b.String()
 	}
-	planned := daemon.MoveEvent{Event: daemon.EventPhase, Migration: "m1", Phase: "planned"}
-	round := daemon.MoveEvent{Event: daemon.EventRound, Migration: "m1", Round: &daemon.RoundInfo{Round: 1, Pages: 10}}
-	done := daemon.MoveEvent{Event: daemon.EventDone, Migration: "m1", Phase: "done",
-		Summary: &daemon.MigrationStats{Rounds: 1, FrozenNS: 5e6, PrecopyBytes: 40960}}
-	failed := daemon.MoveEvent{Event: daemon.EventError, Migration: "m1", Error: "dump w1: criu failed", Code: "unreachable"}
+	planned := api.MoveEvent{Event: api.EventPhase, Migration: "m1", Phase: "planned"}
+	round := api.MoveEvent{Event: api.EventRound, Migration: "m1", Round: &api.RoundInfo{Round: 1, Pages: 10}}
+	done := api.MoveEvent{Event: api.EventDone, Migration: "m1", Phase: "done",
+		Summary: &api.MigrationStats{Rounds: 1, FrozenNS: 5e6, PrecopyBytes: 40960}}
+	failed := api.MoveEvent{Event: api.EventError, Migration: "m1", Error: "dump w1: criu failed", Code: "unreachable"}
 
 	tests := []struct {
 		name    string
@@ -372,13 +372,13 @@ func TestParseMoveStream(t *testing.T) {
 		{"cut", lines(planned, round), 2, `ended after event "round"`},
 		{"empty", "", 0, "no events"},
 		{"garbage", lines(planned) + "<html>\n", 1, "move stream: line \"<html>\""},
-		{"done without summary", lines(daemon.MoveEvent{Event: daemon.EventDone, Migration: "m1"}), 1, "without a summary"},
+		{"done without summary", lines(api.MoveEvent{Event: api.EventDone, Migration: "m1"}), 1, "without a summary"},
 		{"stops at done", lines(done) + "trailing garbage\n", 1, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var seen []daemon.MoveEvent
-			last, err := parseMoveStream(strings.NewReader(tt.in), func(ev daemon.MoveEvent) { seen = append(seen, ev) })
+			var seen []api.MoveEvent
+			last, err := parseMoveStream(strings.NewReader(tt.in), func(ev api.MoveEvent) { seen = append(seen, ev) })
 			if tt.wantErr == "" {
 				if err != nil {
 					t.Fatalf("error %v", err)
@@ -398,18 +398,18 @@ func TestParseMoveStream(t *testing.T) {
 
 func TestDescribeEvent(t *testing.T) {
 	for _, tt := range []struct {
-		ev   daemon.MoveEvent
+		ev   api.MoveEvent
 		want string
 	}{
-		{daemon.MoveEvent{Event: daemon.EventPhase, Phase: "frozen"}, "phase frozen"},
-		{daemon.MoveEvent{Event: daemon.EventRound, Round: &daemon.RoundInfo{Round: 2, Pages: 100, ChangedPages: 7,
+		{api.MoveEvent{Event: api.EventPhase, Phase: "frozen"}, "phase frozen"},
+		{api.MoveEvent{Event: api.EventRound, Round: &api.RoundInfo{Round: 2, Pages: 100, ChangedPages: 7,
 			SentBytes: 28672, DurationNS: 15e6, RateBPS: 1.9e6}},
 			"round 2: 100 pages read, 7 changed, 0.0 MB sent in 15ms (1.9 MB/s)"},
-		{daemon.MoveEvent{Event: daemon.EventDone, Summary: &daemon.MigrationStats{FrozenNS: 250e6, TotalNS: 4e9, Rounds: 3}},
+		{api.MoveEvent{Event: api.EventDone, Summary: &api.MigrationStats{FrozenNS: 250e6, TotalNS: 4e9, Rounds: 3}},
 			"done: frozen 250ms, total 4.00s, 3 rounds"},
-		{daemon.MoveEvent{Event: daemon.EventError, Error: "boom"}, "error: boom"},
-		{daemon.MoveEvent{Event: daemon.EventRound}, ""},
-		{daemon.MoveEvent{Event: "other"}, ""},
+		{api.MoveEvent{Event: api.EventError, Error: "boom"}, "error: boom"},
+		{api.MoveEvent{Event: api.EventRound}, ""},
+		{api.MoveEvent{Event: "other"}, ""},
 	} {
 		if got := describeEvent(tt.ev); got != tt.want {
 			t.Errorf("describeEvent(%+v) = %q, want %q", tt.ev, got, tt.want)
@@ -434,14 +434,14 @@ func TestParseEnv(t *testing.T) {
 }
 
 func TestCheckMoved(t *testing.T) {
-	ws := []daemon.Workload{{Name: "other", Node: "n1", State: "running"}, {Name: "bench-100-1", Node: "n2", State: "running"}}
+	ws := []api.Workload{{Name: "other", Node: "n1", State: "running"}, {Name: "bench-100-1", Node: "n2", State: "running"}}
 	if err := checkMoved(ws, "bench-100-1", "n2"); err != nil {
 		t.Error(err)
 	}
 	if err := checkMoved(ws, "bench-100-1", "n3"); err == nil {
 		t.Error("wrong node accepted")
 	}
-	if err := checkMoved([]daemon.Workload{{Name: "b", Node: "n2", State: "migrating"}}, "b", "n2"); err == nil {
+	if err := checkMoved([]api.Workload{{Name: "b", Node: "n2", State: "migrating"}}, "b", "n2"); err == nil {
 		t.Error("a migrating workload accepted")
 	}
 	if err := checkMoved(ws, "gone", "n2"); err == nil {

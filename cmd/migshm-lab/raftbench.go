@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 )
 
 // raftBench measures, on a running cluster, what a table write costs end to end: a
@@ -44,7 +44,7 @@ func raftBench(args []string) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "via\trole\top\tconc\tn\tp50\tp99\tops/s\tp50 vs read\t")
 	for _, sock := range strings.Split(*socks, ",") {
-		c := daemon.NewClient(sock)
+		c := api.NewClient(sock)
 		st, err := c.Status(ctx)
 		if err != nil {
 			return err

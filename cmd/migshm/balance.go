@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -24,10 +24,10 @@ var drainPoll = time.Second
 
 // drainResult is what `migshm drain --json` and `migshm undrain --json` print.
 type drainResult struct {
-	Node daemon.Node `json:"node"`
+	Node api.Node `json:"node"`
 	// Workloads are the running or migrating workloads left on the node: none once it
 	// is drained.
-	Workloads []daemon.Workload `json:"workloads"`
+	Workloads []api.Workload `json:"workloads"`
 }
 
 func drainCommand() *cli.Command {
@@ -99,7 +99,7 @@ func drainCommand() *cli.Command {
 				ctx, cancel := apiContext(c)
 				defer cancel()
 				if nodes, err := cl.Nodes(ctx); err == nil {
-					if i := slices.IndexFunc(nodes, func(x daemon.Node) bool { return x.ID == n.ID }); i >= 0 {
+					if i := slices.IndexFunc(nodes, func(x api.Node) bool { return x.ID == n.ID }); i >= 0 {
 						n = nodes[i]
 					}
 				}
@@ -131,17 +131,17 @@ var errDrainCut = errors.New("drain wait cut short")
 
 // drainWatch follows a draining node until it has no workload left.
 type drainWatch struct {
-	cl    *daemon.Client
+	cl    *api.Client
 	node  string
 	since int64     // when the drain was asked (unix nanos): older balancer passes say nothing of it
 	out   io.Writer // progress; nil with --json
 
-	left    []daemon.Workload    // running or migrating on the node, at the last poll
-	moving  map[string]string    // workload id -> target node, of those migrating
-	skipped map[string]string    // workload id -> why the balancer's last pass left it there
-	line    string               // the last progress line printed
-	told    map[string]bool      // skip reasons printed, by workload id + reason
-	report  daemon.BalanceReport // the newest pass seen since the drain, if any
+	left    []api.Workload    // running or migrating on the node, at the last poll
+	moving  map[string]string // workload id -> target node, of those migrating
+	skipped map[string]string // workload id -> why the balancer's last pass left it there
+	line    string            // the last progress line printed
+	told    map[string]bool   // skip reasons printed, by workload id + reason
+	report  api.BalanceReport // the newest pass seen since the drain, if any
 }
 
 // wait polls until the node is empty (nil), or ctx ends or timeout passes (an error
@@ -180,7 +180,7 @@ func (d *drainWatch) poll(ctx context.Context) error {
 	}
 	left := leftOn(ws, d.node)
 	moving := map[string]string{}
-	if slices.ContainsFunc(left, func(w daemon.Workload) bool { return w.State == record.WorkloadMigrating }) {
+	if slices.ContainsFunc(left, func(w api.Workload) bool { return w.State == record.WorkloadMigrating }) {
 		migs, err := d.cl.Migrations(ctx)
 		if err != nil {
 			return err
@@ -239,7 +239,7 @@ func (d *drainWatch) print() {
 		}
 		what := "balancer"
 		if s.Workload != "" {
-			i := slices.IndexFunc(d.left, func(w daemon.Workload) bool { return w.ID == s.Workload })
+			i := slices.IndexFunc(d.left, func(w api.Workload) bool { return w.ID == s.Workload })
 			if i < 0 {
 				continue // moved or stopped since
 			}
@@ -268,14 +268,14 @@ func (d *drainWatch) describeLeft() string {
 }
 
 // leftOn returns the running or migrating workloads of node, by name.
-func leftOn(ws []daemon.Workload, node string) []daemon.Workload {
-	left := []daemon.Workload{}
+func leftOn(ws []api.Workload, node string) []api.Workload {
+	left := []api.Workload{}
 	for _, w := range ws {
 		if w.Node == node && w.State != record.WorkloadExited {
 			left = append(left, w)
 		}
 	}
-	slices.SortFunc(left, func(a, b daemon.Workload) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(left, func(a, b api.Workload) int { return cmp.Compare(a.Name, b.Name) })
 	return left
 }
 
@@ -414,7 +414,7 @@ func balanceCommand() *cli.Command {
 }
 
 // printBalance prints a balancer pass for `migshm balance`.
-func printBalance(out io.Writer, r daemon.BalanceReport) error {
+func printBalance(out io.Writer, r api.BalanceReport) error {
 	w := newTable(out)
 	fmt.Fprintln(w, "NODE\tSTATE\tCORES\tCPU\tLOAD\tWORKLOADS\tMEM FREE")
 	for _, n := range r.Nodes {
@@ -453,7 +453,7 @@ func printBalance(out io.Writer, r daemon.BalanceReport) error {
 
 // printMoves prints balancer moves as a table indented by indent; with status, whether
 // each started.
-func printMoves(out io.Writer, indent string, moves []daemon.BalanceMove, status bool) error {
+func printMoves(out io.Writer, indent string, moves []api.BalanceMove, status bool) error {
 	w := newTable(out)
 	if status {
 		fmt.Fprintln(w, indent+"WORKLOAD\tFROM\tTO\tKIND\tSTATUS\tREASON")
@@ -480,7 +480,7 @@ func printMoves(out io.Writer, indent string, moves []daemon.BalanceMove, status
 
 // skipSubject names what a skip is about: "api on n1: ", "n1: ", or nothing for the
 // whole pass.
-func skipSubject(s daemon.BalanceSkip) string {
+func skipSubject(s api.BalanceSkip) string {
 	switch {
 	case s.Workload != "" && s.Node != "":
 		return cmp.Or(s.Name, s.Workload) + " on " + s.Node + ": "
@@ -501,7 +501,7 @@ func cores(c float64) string {
 }
 
 // printBalancer prints the balancer section of `migshm status`.
-func printBalancer(out io.Writer, r *daemon.BalanceReport) error {
+func printBalancer(out io.Writer, r *api.BalanceReport) error {
 	if r == nil {
 		fmt.Fprintln(out, "\nbalancer: leader did not answer")
 		return nil

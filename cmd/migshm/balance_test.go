@@ -10,27 +10,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
 // fakeBalance is the leader's dry run, as of now: n1 is loaded, n2 is not; batch moves,
 // cron would too, api is pinned, and the cap stops the rest.
-func fakeBalance(now time.Time) daemon.BalanceReport {
-	return daemon.BalanceReport{
+func fakeBalance(now time.Time) api.BalanceReport {
+	return api.BalanceReport{
 		Leader: "n1", At: now.UnixNano(), DryRun: true, Auto: true, Interval: "30s",
 		Threshold: 0.1, Mean: 0.45, Spread: 0.7, Imbalance: 0.35, InFlight: 1,
-		Nodes: []daemon.NodeLoad{
+		Nodes: []api.NodeLoad{
 			{Node: "n1", State: "active", Cores: 4, CPU: 3.2, Load: 0.8, Workloads: 4, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30},
 			{Node: "n2", State: "active", Cores: 2.5, CPU: 0.25, Load: 0.1, Workloads: 1, MemFreeBytes: 6 << 30, MemTotalBytes: 8 << 30},
 		},
-		Moves: []daemon.BalanceMove{
+		Moves: []api.BalanceMove{
 			{Workload: "w00000004", Name: "batch", Group: "w00000004", From: "n1", To: "n2", Kind: "cpu",
 				Reason: "n1 load 0.80 > mean 0.45 + threshold 0.10: batch (0.98 cores) to n2 (load 0.10)", Score: 0.2},
 			{Workload: "w00000005", Group: "w00000005", From: "n1", To: "n2", Kind: "memory",
 				Reason: "n1 has 2.0 GiB free < floor 3.0 GiB", Score: -0.01},
 		},
-		Skipped: []daemon.BalanceSkip{
+		Skipped: []api.BalanceSkip{
 			{Workload: "w00000003", Name: "api", Node: "n1", Reason: "pinned: workload w00000003 never moves"},
 			{Node: "n2", Reason: "cpu: n2 below the mean; not shedding"},
 			{Reason: "cap reached: 1 migrations in flight + 2 planned >= MaxConcurrent 3"},
@@ -48,7 +48,7 @@ func (f *fakeDaemon) handleBalance(w http.ResponseWriter, r *http.Request) {
 	}
 	rep := f.balance
 	rep.DryRun = false
-	rep.Moves = append([]daemon.BalanceMove(nil), rep.Moves...)
+	rep.Moves = append([]api.BalanceMove(nil), rep.Moves...)
 	for i := range rep.Moves {
 		rep.Moves[i].Started = i == 0
 		if i > 0 {
@@ -99,7 +99,7 @@ func (f *fakeDaemon) handlePin(pinned bool) http.HandlerFunc {
 }
 
 // node returns the fake's node id as it has it now.
-func (f *fakeDaemon) node(id string) daemon.Node {
+func (f *fakeDaemon) node(id string) api.Node {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, n := range f.nodes {
@@ -107,7 +107,7 @@ func (f *fakeDaemon) node(id string) daemon.Node {
 			return n
 		}
 	}
-	return daemon.Node{}
+	return api.Node{}
 }
 
 // callPaths lists the calls as "METHOD path".
@@ -244,19 +244,19 @@ func TestCLIPin(t *testing.T) {
 
 // drainTable is what the fake lists while n1 drains: db1 migrating to n2 and api
 // waiting (polls 1 and 2), then api alone (poll 3), then nothing on n1.
-func drainTable(n int) []daemon.Workload {
+func drainTable(n int) []api.Workload {
 	_, ws := fakeTable()
-	db1, web, api := ws[0], ws[1], ws[2]
-	api.Pinned = false
+	db1, web, apiWl := ws[0], ws[1], ws[2]
+	apiWl.Pinned = false
 	switch {
 	case n <= 2:
 		db1.State = record.WorkloadMigrating
 	case n == 3:
 		db1.Node = "n2"
 	default:
-		db1.Node, api.Node = "n2", "n2"
+		db1.Node, apiWl.Node = "n2", "n2"
 	}
-	return []daemon.Workload{db1, web, api}
+	return []api.Workload{db1, web, apiWl}
 }
 
 // fastDrain makes `migshm drain` poll every 5ms for the test.
@@ -271,7 +271,7 @@ func TestCLIDrain(t *testing.T) {
 	fastDrain(t)
 	f := newFakeDaemon(t)
 	f.listWorkloads = drainTable
-	f.last = daemon.BalanceReport{Leader: "n1", At: time.Now().Add(time.Hour).UnixNano(), Auto: true, Skipped: []daemon.BalanceSkip{
+	f.last = api.BalanceReport{Leader: "n1", At: time.Now().Add(time.Hour).UnixNano(), Auto: true, Skipped: []api.BalanceSkip{
 		{Workload: "w00000003", Name: "api", Node: "n1", Reason: "drain: waiting: group g1 has a migration in flight (m5f3a9c)"},
 		{Workload: "w00000002", Name: "web", Node: "n2", Reason: "elsewhere: not told"},
 		{Reason: "cap reached: not about n1"},
@@ -315,7 +315,7 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 			t.Fatal(err)
 		}
 		f.takeCalls()
-		wantJSON(t, out, drainResult{Node: f.node("n1"), Workloads: []daemon.Workload{}})
+		wantJSON(t, out, drainResult{Node: f.node("n1"), Workloads: []api.Workload{}})
 	})
 
 	t.Run("no wait", func(t *testing.T) {
@@ -378,8 +378,8 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 func TestCLIDrainTimeout(t *testing.T) {
 	fastDrain(t)
 	f := newFakeDaemon(t)
-	f.listWorkloads = func(int) []daemon.Workload { return drainTable(1) }
-	f.last = daemon.BalanceReport{Leader: "n1", At: time.Now().Add(time.Hour).UnixNano(), Auto: true, Skipped: []daemon.BalanceSkip{
+	f.listWorkloads = func(int) []api.Workload { return drainTable(1) }
+	f.last = api.BalanceReport{Leader: "n1", At: time.Now().Add(time.Hour).UnixNano(), Auto: true, Skipped: []api.BalanceSkip{
 		{Workload: "w00000003", Name: "api", Node: "n1", Reason: "pinned: workload w00000003 never moves"},
 	}}
 	out, err := f.cli(t, "drain", "n1", "--timeout", "300ms")
@@ -416,7 +416,7 @@ func TestCLIDrainTimeout(t *testing.T) {
 	f.last.At = time.Now().Add(-time.Hour).UnixNano()
 	f.mu.Unlock()
 	f.mu.Lock()
-	f.listWorkloads = func(int) []daemon.Workload { return drainTable(3) }
+	f.listWorkloads = func(int) []api.Workload { return drainTable(3) }
 	f.mu.Unlock()
 	out, err = f.cli(t, "drain", "n1", "--timeout", "200ms")
 	if err == nil || !strings.HasPrefix(err.Error(), "n1 still has 1 workload after 200ms: api (not moved yet); n1 stays draining") {
@@ -433,7 +433,7 @@ func TestCLIStatusBalancer(t *testing.T) {
 	now := time.Now()
 	rep := fakeBalance(now.Add(-12 * time.Second))
 	rep.DryRun = false
-	rep.LastMoves = []daemon.BalanceMove{rep.Moves[0], rep.Moves[1]}
+	rep.LastMoves = []api.BalanceMove{rep.Moves[0], rep.Moves[1]}
 	rep.LastMoves[0].Started = true
 	rep.LastMoves[1].Error = "w00000005 is moving already (m7)"
 	rep.LastMovesAt = now.Add(-3 * time.Minute).UnixNano()
@@ -472,7 +472,7 @@ func TestCLIStatusBalancer(t *testing.T) {
 	wantJSON(t, out, f.status)
 
 	// A leader that never ran a pass, and does not balance on its own.
-	f.status.Balancer = &daemon.BalanceReport{Leader: "n1", Threshold: 0.1}
+	f.status.Balancer = &api.BalanceReport{Leader: "n1", Threshold: 0.1}
 	out, err = f.cli(t, "status")
 	if err != nil {
 		t.Fatal(err)

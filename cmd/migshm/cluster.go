@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 )
@@ -21,10 +21,10 @@ import (
 // urfave/cli stores parsed values in them.
 func socketFlag() cli.Flag {
 	return &cli.StringFlag{Name: "socket", Usage: "local API socket of the node to talk to",
-		EnvVars: []string{"MIGSHM_SOCKET"}, Value: daemon.DefaultSocket}
+		EnvVars: []string{"MIGSHM_SOCKET"}, Value: api.DefaultSocket}
 }
 
-func client(c *cli.Context) *daemon.Client { return daemon.NewClient(c.String("socket")) }
+func client(c *cli.Context) *api.Client { return api.NewClient(c.String("socket")) }
 
 // apiContext bounds one API call; long operations pass their own.
 func apiContext(c *cli.Context) (context.Context, context.CancelFunc) {
@@ -174,7 +174,7 @@ func psCommand() *cli.Command {
 			}
 			if c.Bool("json") {
 				if ws == nil {
-					ws = []daemon.Workload{}
+					ws = []api.Workload{}
 				}
 				return printJSON(c.App.Writer, ws)
 			}
@@ -283,7 +283,7 @@ func runCommand() *cli.Command {
 			}
 			ctx, cancel := apiContext(c)
 			defer cancel()
-			wl, err := client(c).Run(ctx, daemon.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"),
+			wl, err := client(c).Run(ctx, api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"),
 				Args: args, Env: c.StringSlice("env"), Dir: dir})
 			if err != nil {
 				return err
@@ -316,7 +316,7 @@ func stopCommand() *cli.Command {
 			}
 			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout")+time.Minute)
 			defer cancel()
-			wl, err := client(c).Stop(ctx, args[0], daemon.StopRequest{TimeoutMS: c.Duration("timeout").Milliseconds()})
+			wl, err := client(c).Stop(ctx, args[0], api.StopRequest{TimeoutMS: c.Duration("timeout").Milliseconds()})
 			if err != nil {
 				return err
 			}
@@ -409,7 +409,7 @@ func leaveCommand() *cli.Command {
 			}
 			ctx, cancel := apiContext(c)
 			defer cancel()
-			res, err := client(c).Leave(ctx, daemon.LeaveRequest{Node: node, Force: c.Bool("force")})
+			res, err := client(c).Leave(ctx, api.LeaveRequest{Node: node, Force: c.Bool("force")})
 			if err != nil {
 				return err
 			}

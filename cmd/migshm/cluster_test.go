@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -31,18 +31,18 @@ type apiCall struct {
 // fakeDaemon is a canned local API on a unix socket: the CLI talks to it as to migshmd.
 type fakeDaemon struct {
 	sock       string
-	nodes      []daemon.Node
-	workloads  []daemon.Workload
-	migrations []daemon.Migration // as the daemon lists them: sorted by id
-	status     daemon.Status
-	balance    daemon.BalanceReport // GET /v1/balance answers it; POST /v1/balance starts its moves
-	last       daemon.BalanceReport // GET /v1/balance/last
+	nodes      []api.Node
+	workloads  []api.Workload
+	migrations []api.Migration // as the daemon lists them: sorted by id
+	status     api.Status
+	balance    api.BalanceReport // GET /v1/balance answers it; POST /v1/balance starts its moves
+	last       api.BalanceReport // GET /v1/balance/last
 
 	mu    sync.Mutex
 	calls []apiCall
 	// listWorkloads, if set, answers GET /v1/workloads instead of workloads; n counts
 	// those requests, from 1.
-	listWorkloads func(n int) []daemon.Workload
+	listWorkloads func(n int) []api.Workload
 	workloadLists int
 }
 
@@ -64,16 +64,16 @@ func (f *fakeDaemon) takeCalls() []apiCall {
 }
 
 var (
-	fakeStatus = daemon.Status{
+	fakeStatus = api.Status{
 		Node: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", RaftState: "Leader", Member: true,
 		Leader: "n1", LeaderAddr: "10.0.0.11:7420", Term: 7, CommitIndex: 120, AppliedIndex: 119, LastLogIndex: 120,
 		Workloads: 2, Version: "v0.1.0-test", Uptime: "1h2m3s",
-		Peers: []daemon.Peer{
+		Peers: []api.Peer{
 			{ID: "n1", Address: "10.0.0.11:7420", Suffrage: "Voter", Leader: true},
 			{ID: "n2", Address: "10.0.0.12:7420", Suffrage: "Voter"},
 		},
 	}
-	fakeSegments = []daemon.Segment{
+	fakeSegments = []api.Segment{
 		{Group: "g1", Shmid: 5, Key: 0x1234, Size: 4 << 20, Mode: 0o600, Owner: "n1", Epoch: 2, Replicas: []string{"n2"}},
 		{Group: "w00000002", Shmid: 0, Key: 0, Size: 4096, Mode: 0o640, Owner: "n2", Epoch: 1},
 	}
@@ -81,15 +81,15 @@ var (
 
 // fakeTable returns the daemon's canned nodes and workloads: a load reported now,
 // workloads started two minutes ago.
-func fakeTable() (nodes []daemon.Node, workloads []daemon.Workload) {
+func fakeTable() (nodes []api.Node, workloads []api.Workload) {
 	now := time.Now()
 	startedAt := now.Add(-2 * time.Minute).UnixNano()
-	nodes = []daemon.Node{
+	nodes = []api.Node{
 		{ID: "n1", RaftAddr: "10.0.0.11:7420", APIAddr: "10.0.0.11:7421", State: record.NodeActive, LoadAt: now.UnixNano(),
 			Load: record.LoadVector{CPU: 0.25, MemFreeBytes: 2 << 30, MemTotalBytes: 8 << 30, Workloads: 2, Cores: 2.5}},
 		{ID: "n2", RaftAddr: "10.0.0.12:7420", APIAddr: "10.0.0.12:7421", State: record.NodeDraining},
 	}
-	workloads = []daemon.Workload{
+	workloads = []api.Workload{
 		{ID: "w00000001", Name: "db1", Node: "n1", InitPid: 4242, Pids: []int{4242, 4243, 4250}, Group: "g1",
 			State: record.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt,
 			Load: &record.WorkloadLoad{CPU: 0.984, MemBytes: 1288 << 20, At: now.UnixNano()}},
@@ -132,13 +132,13 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	unknown := func(w http.ResponseWriter, ref string) {
 		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+ref+"\" (see `migshm ps`)")
 	}
-	known := func(ref string) (daemon.Workload, bool) {
+	known := func(ref string) (api.Workload, bool) {
 		for _, wl := range f.workloads {
 			if wl.Name == ref || wl.ID == ref {
 				return wl, true
 			}
 		}
-		return daemon.Workload{}, false
+		return api.Workload{}, false
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.status) })
@@ -161,7 +161,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	})
 	mux.HandleFunc("GET /v1/segments", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, fakeSegments) })
 	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
-		var req daemon.RunRequest
+		var req api.RunRequest
 		if err := strict(f.record(r), &req); err != nil {
 			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
@@ -170,7 +170,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 			wireErr(w, http.StatusConflict, "exists", `run: a workload named "taken" exists`)
 			return
 		}
-		wl := daemon.Workload{ID: "w0000000a", Name: req.Name, Node: "n1", InitPid: 777, Pids: []int{777},
+		wl := api.Workload{ID: "w0000000a", Name: req.Name, Node: "n1", InitPid: 777, Pids: []int{777},
 			Group: req.Group, State: record.WorkloadRunning, Args: req.Args}
 		if wl.Name == "" {
 			wl.Name = filepath.Base(req.Args[0]) + "-0000"
@@ -181,7 +181,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		reply(w, wl)
 	})
 	mux.HandleFunc("POST /v1/workloads/{ref}/stop", func(w http.ResponseWriter, r *http.Request) {
-		var req daemon.StopRequest
+		var req api.StopRequest
 		if err := strict(f.record(r), &req); err != nil {
 			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
@@ -220,7 +220,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		io.WriteString(w, "line one\nline two\n")
 	})
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
-		var req daemon.LeaveRequest
+		var req api.LeaveRequest
 		if err := strict(f.record(r), &req); err != nil {
 			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
 			return
@@ -232,7 +232,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 			wireErr(w, http.StatusConflict, "still_running", "node n1 still runs 2 workload(s) [api db1]: stop or move them first, or use --force")
 			return
 		}
-		reply(w, daemon.LeaveResult{Node: req.Node})
+		reply(w, api.LeaveResult{Node: req.Node})
 	})
 	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.migrations) })
 	mux.HandleFunc("POST /v1/migrations", f.handleMove)
@@ -414,7 +414,7 @@ func TestCLIPs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantJSON(t, out, []daemon.Workload{f.workloads[0], f.workloads[2]})
+	wantJSON(t, out, []api.Workload{f.workloads[0], f.workloads[2]})
 	out, err = f.cli(t, "ps", "--json", "--all")
 	if err != nil {
 		t.Fatal(err)
@@ -470,16 +470,16 @@ func TestCLIRun(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		args []string
-		want daemon.RunRequest
+		want api.RunRequest
 	}{
 		{"relative path", []string{"run", "--", "./bin/prog", "arg1", "--flag"},
-			daemon.RunRequest{Args: []string{filepath.Join(cwd, "bin/prog"), "arg1", "--flag"}, Dir: cwd}},
+			api.RunRequest{Args: []string{filepath.Join(cwd, "bin/prog"), "arg1", "--flag"}, Dir: cwd}},
 		{"relative path without --", []string{"run", "bin/prog", "-x"},
-			daemon.RunRequest{Args: []string{filepath.Join(cwd, "bin/prog"), "-x"}, Dir: cwd}},
+			api.RunRequest{Args: []string{filepath.Join(cwd, "bin/prog"), "-x"}, Dir: cwd}},
 		{"command from PATH", []string{"run", "--", "sleep", "100"},
-			daemon.RunRequest{Args: []string{"sleep", "100"}, Dir: cwd}},
+			api.RunRequest{Args: []string{"sleep", "100"}, Dir: cwd}},
 		{"everything", []string{"run", "--name", "db2", "--ipc-group", "g1", "--env", "A=B", "--env", "C=D=E", "--dir", "/srv", "--", "/usr/bin/x"},
-			daemon.RunRequest{Name: "db2", Group: "g1", Args: []string{"/usr/bin/x"}, Env: []string{"A=B", "C=D=E"}, Dir: "/srv"}},
+			api.RunRequest{Name: "db2", Group: "g1", Args: []string{"/usr/bin/x"}, Env: []string{"A=B", "C=D=E"}, Dir: "/srv"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := f.cli(t, tt.args...)
@@ -490,7 +490,7 @@ func TestCLIRun(t *testing.T) {
 			if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "/v1/workloads" {
 				t.Fatalf("calls %+v", calls)
 			}
-			var got daemon.RunRequest
+			var got api.RunRequest
 			if err := strict(calls[0].Body, &got); err != nil {
 				t.Fatal(err)
 			}
@@ -508,7 +508,7 @@ func TestCLIRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.takeCalls()
-	wantJSON(t, out, daemon.Workload{ID: "w0000000a", Name: "j1", Node: "n1", InitPid: 777, Pids: []int{777},
+	wantJSON(t, out, api.Workload{ID: "w0000000a", Name: "j1", Node: "n1", InitPid: 777, Pids: []int{777},
 		Group: "w0000000a", State: record.WorkloadRunning, Args: []string{"/bin/true"}})
 
 	_, err = f.cli(t, "run", "--name", "taken", "--", "/bin/true")
@@ -557,7 +557,7 @@ func TestCLIStop(t *testing.T) {
 		sentinel error
 	}{
 		{"x", "no workload \"x\" (see `migshm ps`)", record.ErrUnknownWorkload},
-		{"web", "stop web: it already exited with status 3", daemon.ErrNotRunning},
+		{"web", "stop web: it already exited with status 3", api.ErrNotRunning},
 	} {
 		out, err := f.cli(t, "stop", tt.ref)
 		if err == nil || err.Error() != tt.msg || !errors.Is(err, tt.sentinel) {
@@ -580,7 +580,7 @@ func TestCLIRunEnvForms(t *testing.T) {
 	if len(calls) != 1 {
 		t.Fatalf("calls %+v", calls)
 	}
-	var req daemon.RunRequest
+	var req api.RunRequest
 	if err := strict(calls[0].Body, &req); err != nil {
 		t.Fatal(err)
 	}
@@ -608,7 +608,7 @@ func TestCLIRunRelativeDir(t *testing.T) {
 	if len(calls) != 1 {
 		t.Fatalf("calls %+v", calls)
 	}
-	var req daemon.RunRequest
+	var req api.RunRequest
 	if err := strict(calls[0].Body, &req); err != nil {
 		t.Fatal(err)
 	}
@@ -653,7 +653,7 @@ func TestCLIRm(t *testing.T) {
 		t.Errorf("calls %+v", c)
 	}
 	_, err = f.cli(t, "rm", "db1")
-	if !errors.Is(err, daemon.ErrStillRunning) || !strings.Contains(err.Error(), "stop it first") {
+	if !errors.Is(err, api.ErrStillRunning) || !strings.Contains(err.Error(), "stop it first") {
 		t.Errorf("rm of a running workload: %v", err)
 	}
 	f.takeCalls()
@@ -697,7 +697,7 @@ func TestCLILogs(t *testing.T) {
 func TestCLILeave(t *testing.T) {
 	f := newFakeDaemon(t)
 	_, err := f.cli(t, "leave")
-	if !errors.Is(err, daemon.ErrStillRunning) || !strings.Contains(err.Error(), "use --force") {
+	if !errors.Is(err, api.ErrStillRunning) || !strings.Contains(err.Error(), "use --force") {
 		t.Errorf("leave: %v", err)
 	}
 	if c := f.takeCalls(); len(c) != 1 || c[0].Method != "POST" || c[0].Path != "/v1/leave" || c[0].Body != `{}` {
@@ -714,7 +714,7 @@ func TestCLILeave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantJSON(t, out, daemon.LeaveResult{Node: "n3"})
+	wantJSON(t, out, api.LeaveResult{Node: "n3"})
 	if c := f.takeCalls(); len(c) != 1 || c[0].Body != `{"node":"n3"}` {
 		t.Errorf("calls %+v", c)
 	}
@@ -730,7 +730,7 @@ func TestCLISocket(t *testing.T) {
 
 	for _, args := range [][]string{{"ps"}, {"status"}, {"run", "--", "/bin/true"}, {"stop", "x"}, {"logs", "x"}, {"leave"}} {
 		_, err := run(t, append([]string{"--socket", missing}, args...)...)
-		if err == nil || !strings.Contains(err.Error(), "no migshmd listening on "+missing) || !errors.Is(err, daemon.ErrUnreachable) {
+		if err == nil || !strings.Contains(err.Error(), "no migshmd listening on "+missing) || !errors.Is(err, api.ErrUnreachable) {
 			t.Errorf("migshm --socket %s %q: %v", missing, args, err)
 		}
 	}
@@ -774,9 +774,9 @@ func TestCLISocketFlagNotShared(t *testing.T) {
 		if fl.Names()[0] != "socket" {
 			continue
 		}
-		if v := fl.(interface{ GetValue() string }).GetValue(); v != daemon.DefaultSocket {
+		if v := fl.(interface{ GetValue() string }).GetValue(); v != api.DefaultSocket {
 			t.Errorf("after a run with MIGSHM_SOCKET=%s, a new app's --socket default is %q, not %q "+
-				"(the package-level socketFlag is shared and mutated)", missing, v, daemon.DefaultSocket)
+				"(the package-level socketFlag is shared and mutated)", missing, v, api.DefaultSocket)
 		}
 	}
 }
@@ -793,7 +793,7 @@ func TestCLIAPIErrorFormat(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	// The same through the client directly, to be sure the CLI adds nothing.
-	if _, err := daemon.NewClient(f.sock).Stop(ctx, "x", daemon.StopRequest{}); err == nil || err.Error() != want {
+	if _, err := api.NewClient(f.sock).Stop(ctx, "x", api.StopRequest{}); err == nil || err.Error() != want {
 		t.Errorf("client: %v", err)
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -54,7 +54,7 @@ func moveCommand() *cli.Command {
 			if len(args) != 2 {
 				return fmt.Errorf("give a workload and a target node: `migshm move WORKLOAD NODE` (got %d arguments; see `migshm ps` and `migshm nodes`)", len(args))
 			}
-			req := daemon.MoveRequest{Workload: args[0], Target: args[1], NoPrecopy: c.Bool("no-precopy")}
+			req := api.MoveRequest{Workload: args[0], Target: args[1], NoPrecopy: c.Bool("no-precopy")}
 			if c.IsSet("max-downtime") {
 				d := c.Duration("max-downtime")
 				if d < time.Millisecond {
@@ -75,10 +75,10 @@ func moveCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
 			defer stop()
 			cl := client(c)
-			var onEvent func(daemon.MoveEvent)
+			var onEvent func(api.MoveEvent)
 			if c.Bool("json") {
 				enc := json.NewEncoder(c.App.Writer)
-				onEvent = func(ev daemon.MoveEvent) { _ = enc.Encode(ev) }
+				onEvent = func(ev api.MoveEvent) { _ = enc.Encode(ev) }
 			} else {
 				p := &progress{w: c.App.Writer, cl: cl, ctx: ctx}
 				onEvent = p.event
@@ -94,29 +94,29 @@ func moveCommand() *cli.Command {
 }
 
 // moveError words the error of a move for the user; names maps workload ids to names.
-func moveError(ctx context.Context, last daemon.MoveEvent, err error, names func() map[string]string) error {
+func moveError(ctx context.Context, last api.MoveEvent, err error, names func() map[string]string) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, daemon.ErrOutcomeUnknown) && errors.Is(err, context.Canceled) && ctx.Err() == nil:
+	case errors.Is(err, api.ErrOutcomeUnknown) && errors.Is(err, context.Canceled) && ctx.Err() == nil:
 		// Our own signal context ended: the user interrupted.
 		what := "the migration"
 		if last.Migration != "" {
 			what = "migration " + last.Migration
 		}
 		return fmt.Errorf("interrupted: stopped following %s, which goes on without us; see `migshm migrations` for how it ends: %w",
-			what, daemon.ErrOutcomeUnknown)
-	case last.Event != daemon.EventError:
+			what, api.ErrOutcomeUnknown)
+	case last.Event != api.EventError:
 		return err // refused before it started, or cut short (the error says so)
 	}
 	m := last.Record
 	if m == nil {
-		m = &daemon.Migration{}
+		m = &api.Migration{}
 	}
 	id := cmp.Or(m.ID, last.Migration)
 	wl := cmp.Or(names()[m.Workload], m.Workload, "the workload")
 	switch {
-	case errors.Is(err, daemon.ErrMigrationFailed): // rolled back
+	case errors.Is(err, api.ErrMigrationFailed): // rolled back
 		// The record's error is the cause; the event's message may say what we say.
 		cause := err.Error()
 		if m.Phase == record.PhaseAborted && m.Error != "" {
@@ -141,14 +141,14 @@ func (e *wrapped) Unwrap() error { return e.err }
 // progress prints a move's events as they come.
 type progress struct {
 	w     io.Writer
-	cl    *daemon.Client
+	cl    *api.Client
 	ctx   context.Context
 	names map[string]string // workload id -> name, fetched once
 }
 
-func (p *progress) event(ev daemon.MoveEvent) {
+func (p *progress) event(ev api.MoveEvent) {
 	switch ev.Event {
-	case daemon.EventPhase:
+	case api.EventPhase:
 		if ev.Phase == string(record.PhasePlanned) {
 			fmt.Fprintf(p.w, "migration %s: planned (%s)\n", ev.Migration, p.describe(ev))
 			return
@@ -156,23 +156,23 @@ func (p *progress) event(ev daemon.MoveEvent) {
 		if ev.Phase != string(record.PhaseDone) { // the done event follows, with the summary
 			fmt.Fprintln(p.w, ev.Phase)
 		}
-	case daemon.EventRound:
+	case api.EventRound:
 		if ev.Round != nil {
 			fmt.Fprintln(p.w, roundLine(*ev.Round))
 		}
-	case daemon.EventDone:
+	case api.EventDone:
 		printSummary(p.w, ev, p.workloadNames())
 	}
 }
 
 // describe names the workload and nodes of a migration: "w1234 counter n1 -> n2".
-func (p *progress) describe(ev daemon.MoveEvent) string {
+func (p *progress) describe(ev api.MoveEvent) string {
 	m := ev.Record
 	if m == nil {
 		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 		defer cancel()
 		migs, _ := p.cl.Migrations(ctx)
-		if i := slices.IndexFunc(migs, func(m daemon.Migration) bool { return m.ID == ev.Migration }); i >= 0 {
+		if i := slices.IndexFunc(migs, func(m api.Migration) bool { return m.ID == ev.Migration }); i >= 0 {
 			m = &migs[i]
 		}
 	}
@@ -198,7 +198,7 @@ func (p *progress) workloadNames() map[string]string {
 
 // workloadNames maps workload ids to names, as far as the daemon answers: names only
 // decorate output, so an error leaves them out.
-func workloadNames(ctx context.Context, cl *daemon.Client) map[string]string {
+func workloadNames(ctx context.Context, cl *api.Client) map[string]string {
 	ws, _ := cl.Workloads(ctx)
 	names := make(map[string]string, len(ws))
 	for _, w := range ws {
@@ -208,7 +208,7 @@ func workloadNames(ctx context.Context, cl *daemon.Client) map[string]string {
 }
 
 // roundLine is "precopy round 2: 1,234 of 131,072 pages changed, 4.8 MiB sent in 0.12s (40.1 MiB/s)".
-func roundLine(r daemon.RoundInfo) string {
+func roundLine(r api.RoundInfo) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "precopy round %d: ", r.Round)
 	if r.Round <= 1 {
@@ -224,10 +224,10 @@ func roundLine(r daemon.RoundInfo) string {
 }
 
 // printSummary prints the last event of a successful move.
-func printSummary(w io.Writer, ev daemon.MoveEvent, names map[string]string) {
+func printSummary(w io.Writer, ev api.MoveEvent, names map[string]string) {
 	m := ev.Record
 	if m == nil {
-		m = &daemon.Migration{ID: ev.Migration}
+		m = &api.Migration{ID: ev.Migration}
 	}
 	what := m.Workload
 	if n := names[m.Workload]; n != "" && n != m.Workload {
@@ -324,7 +324,7 @@ func migrationsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			slices.SortStableFunc(migs, func(a, b daemon.Migration) int {
+			slices.SortStableFunc(migs, func(a, b api.Migration) int {
 				return cmp.Or(cmp.Compare(a.StartedAt, b.StartedAt), cmp.Compare(a.ID, b.ID))
 			})
 			hidden := 0
@@ -333,7 +333,7 @@ func migrationsCommand() *cli.Command {
 			}
 			if c.Bool("json") {
 				if migs == nil {
-					migs = []daemon.Migration{}
+					migs = []api.Migration{}
 				}
 				return printJSON(c.App.Writer, migs)
 			}
@@ -378,9 +378,9 @@ func movedBy(reason string) string {
 
 // recent keeps the last n migrations of migs (sorted oldest first) and every one in
 // flight; it returns them in the same order and how many it left out.
-func recent(migs []daemon.Migration, n int) ([]daemon.Migration, int) {
+func recent(migs []api.Migration, n int) ([]api.Migration, int) {
 	cut := len(migs) - n
-	var kept []daemon.Migration
+	var kept []api.Migration
 	for i, m := range migs {
 		if i >= cut || !m.Phase.Terminal() {
 			kept = append(kept, m)
@@ -402,7 +402,7 @@ func truncate(s string, n int) string {
 func checkMove(c *cli.Context, workload, target string) error {
 	ctx, cancel := apiContext(c)
 	defer cancel()
-	r, err := client(c).Check(ctx, daemon.CheckRequest{Workload: workload, Target: target})
+	r, err := client(c).Check(ctx, api.CheckRequest{Workload: workload, Target: target})
 	if err != nil {
 		return err
 	}
@@ -460,5 +460,5 @@ func checkMove(c *cli.Context, workload, target string) error {
 		}
 		msg = fmt.Sprintf("%s cannot move to %s: %d problems: %s (details above)", name, target, len(r.Problems), strings.Join(reasons, ", "))
 	}
-	return &wrapped{msg: msg, err: daemon.ErrNotMovable}
+	return &wrapped{msg: msg, err: api.ErrNotMovable}
 }

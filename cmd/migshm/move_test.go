@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/migshm/migshm/daemon"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -20,13 +20,13 @@ const movingID = "m5f3a9c" // the migration in flight: db1 n1 -> n2
 // fakeMigrations returns the daemon's canned migrations, sorted by id as the daemon
 // lists them: 22 finished ones started 40..19 minutes ago, and the one in flight,
 // started before all of them.
-func fakeMigrations() []daemon.Migration {
+func fakeMigrations() []api.Migration {
 	now := time.Now()
-	var migs []daemon.Migration
+	var migs []api.Migration
 	for i := range 22 {
-		m := daemon.Migration{ID: fmt.Sprintf("m%02d", i), Workload: "w00000001", Source: "n1", Target: "n2",
+		m := api.Migration{ID: fmt.Sprintf("m%02d", i), Workload: "w00000001", Source: "n1", Target: "n2",
 			Phase: record.PhaseDone, StartedAt: now.Add(-time.Duration(40-i) * time.Minute).UnixNano(), Bytes: 6 << 20,
-			Stats: &daemon.MigrationStats{Rounds: 2, FrozenNS: int64(84300 * time.Microsecond)}}
+			Stats: &api.MigrationStats{Rounds: 2, FrozenNS: int64(84300 * time.Microsecond)}}
 		switch i {
 		case 20:
 			m.Workload = "w00000003"
@@ -41,52 +41,52 @@ func fakeMigrations() []daemon.Migration {
 		}
 		migs = append(migs, m)
 	}
-	migs = append(migs, daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2",
+	migs = append(migs, api.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2",
 		Phase: record.PhasePrecopy, StartedAt: now.Add(-45 * time.Minute).UnixNano(), Bytes: 12 << 20})
 	return migs
 }
 
 var (
-	evPlanned = daemon.MoveEvent{Event: daemon.EventPhase, At: 1, Migration: movingID, Phase: "planned"}
-	evPrecopy = daemon.MoveEvent{Event: daemon.EventPhase, At: 2, Migration: movingID, Phase: "precopy"}
-	evRound1  = daemon.MoveEvent{Event: daemon.EventRound, At: 3, Migration: movingID, Phase: "precopy", Round: &daemon.RoundInfo{
+	evPlanned = api.MoveEvent{Event: api.EventPhase, At: 1, Migration: movingID, Phase: "planned"}
+	evPrecopy = api.MoveEvent{Event: api.EventPhase, At: 2, Migration: movingID, Phase: "precopy"}
+	evRound1  = api.MoveEvent{Event: api.EventRound, At: 3, Migration: movingID, Phase: "precopy", Round: &api.RoundInfo{
 		Round: 1, Pages: 131072, ChangedPages: 131072, SentBytes: 512 << 20, DurationNS: int64(1500 * time.Millisecond), RateBPS: 512 << 20 / 1.5}}
-	evRound2 = daemon.MoveEvent{Event: daemon.EventRound, At: 4, Migration: movingID, Phase: "precopy", Round: &daemon.RoundInfo{
+	evRound2 = api.MoveEvent{Event: api.EventRound, At: 4, Migration: movingID, Phase: "precopy", Round: &api.RoundInfo{
 		Round: 2, Pages: 131072, ChangedPages: 1234, SentBytes: 5033165, DurationNS: int64(120 * time.Millisecond), RateBPS: 5033165 / 0.12}}
-	evFrozen   = daemon.MoveEvent{Event: daemon.EventPhase, At: 5, Migration: movingID, Phase: "frozen"}
-	evShipped  = daemon.MoveEvent{Event: daemon.EventPhase, At: 6, Migration: movingID, Phase: "shipped"}
-	evRestored = daemon.MoveEvent{Event: daemon.EventPhase, At: 7, Migration: movingID, Phase: "restored"}
-	evDonePh   = daemon.MoveEvent{Event: daemon.EventPhase, At: 8, Migration: movingID, Phase: "done"}
-	moveStats  = daemon.MigrationStats{Rounds: 2, PrecopyBytes: 512<<20 + 5033165, FinalBytes: 2 << 20, WorkloadBytes: 520 << 20,
+	evFrozen   = api.MoveEvent{Event: api.EventPhase, At: 5, Migration: movingID, Phase: "frozen"}
+	evShipped  = api.MoveEvent{Event: api.EventPhase, At: 6, Migration: movingID, Phase: "shipped"}
+	evRestored = api.MoveEvent{Event: api.EventPhase, At: 7, Migration: movingID, Phase: "restored"}
+	evDonePh   = api.MoveEvent{Event: api.EventPhase, At: 8, Migration: movingID, Phase: "done"}
+	moveStats  = api.MigrationStats{Rounds: 2, PrecopyBytes: 512<<20 + 5033165, FinalBytes: 2 << 20, WorkloadBytes: 520 << 20,
 		FrozenNS: int64(84300 * time.Microsecond), DumpNS: int64(31 * time.Millisecond), ShipNS: int64(22 * time.Millisecond),
 		RestoreNS: int64(29 * time.Millisecond), TotalNS: int64(2314 * time.Millisecond)}
-	evDone = daemon.MoveEvent{Event: daemon.EventDone, At: 9, Migration: movingID, Phase: "done",
-		Record: &daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: record.PhaseDone,
+	evDone = api.MoveEvent{Event: api.EventDone, At: 9, Migration: movingID, Phase: "done",
+		Record: &api.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: record.PhaseDone,
 			Bytes: moveStats.PrecopyBytes + moveStats.FinalBytes, Stats: &moveStats},
 		Summary: &moveStats}
-	evAborted = daemon.MoveEvent{Event: daemon.EventError, At: 5, Migration: "m0a0b0c", Phase: "aborted", Code: "migration_failed",
+	evAborted = api.MoveEvent{Event: api.EventError, At: 5, Migration: "m0a0b0c", Phase: "aborted", Code: "migration_failed",
 		Error: "migration m0a0b0c of api to n2 aborted; the workload runs on n1 as before: dump api: criu dump failed: migration failed",
-		Record: &daemon.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: record.PhaseAborted,
+		Record: &api.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: record.PhaseAborted,
 			Error: "dump api: criu dump failed"}}
 	// moveScripts are the streams the fake daemon sends, by the workload asked for.
-	moveScripts = map[string][]daemon.MoveEvent{
+	moveScripts = map[string][]api.MoveEvent{
 		"db1": {evPlanned, evPrecopy, evRound1, evRound2, evFrozen, evShipped, evRestored, evDonePh, evDone},
-		"api": {{Event: daemon.EventPhase, At: 1, Migration: "m0a0b0c", Phase: "planned",
-			Record: &daemon.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: record.PhasePlanned}},
-			{Event: daemon.EventPhase, At: 2, Migration: "m0a0b0c", Phase: "frozen"}, evAborted},
+		"api": {{Event: api.EventPhase, At: 1, Migration: "m0a0b0c", Phase: "planned",
+			Record: &api.Migration{ID: "m0a0b0c", Workload: "w00000003", Source: "n1", Target: "n2", Phase: record.PhasePlanned}},
+			{Event: api.EventPhase, At: 2, Migration: "m0a0b0c", Phase: "frozen"}, evAborted},
 		"cut": {evPlanned, evFrozen},
 		// The record in the error event lags (the source's copy of the table had not
 		// applied the abort yet); the event's phase says aborted.
-		"stale": {evPlanned, {Event: daemon.EventError, At: 5, Migration: movingID, Phase: "aborted", Code: "unreachable",
+		"stale": {evPlanned, {Event: api.EventError, At: 5, Migration: movingID, Phase: "aborted", Code: "unreachable",
 			Error:  "migration m5f3a9c of db1 to n2 aborted; the workload runs on n1 as before: prepare: n2 does not answer",
-			Record: &daemon.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: record.PhasePlanned}}},
+			Record: &api.Migration{ID: movingID, Workload: "w00000001", Source: "n1", Target: "n2", Phase: record.PhasePlanned}}},
 	}
 )
 
 // handleMove answers POST /v1/migrations like the daemon: a refusal as a JSON error, or
 // the workload's script as NDJSON.
 func (f *fakeDaemon) handleMove(w http.ResponseWriter, r *http.Request) {
-	var req daemon.MoveRequest
+	var req api.MoveRequest
 	if err := strict(f.record(r), &req); err != nil {
 		wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
@@ -109,40 +109,40 @@ func (f *fakeDaemon) handleMove(w http.ResponseWriter, r *http.Request) {
 }
 
 var (
-	reportOK = daemon.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n3", OK: true, Processes: 3,
-		Segments: 2, MemoryBytes: 1288 << 20, TargetFree: 6 << 30, Problems: []daemon.Problem{}}
-	reportTwo = daemon.CheckReport{Workload: "w00000003", Name: "api", Source: "n1", Target: "n2", Processes: 1,
-		Segments: 1, MemoryBytes: 3 << 30, TargetFree: 512 << 20, Problems: []daemon.Problem{
+	reportOK = api.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n3", OK: true, Processes: 3,
+		Segments: 2, MemoryBytes: 1288 << 20, TargetFree: 6 << 30, Problems: []api.Problem{}}
+	reportTwo = api.CheckReport{Workload: "w00000003", Name: "api", Source: "n1", Target: "n2", Processes: 1,
+		Segments: 1, MemoryBytes: 3 << 30, TargetFree: 512 << 20, Problems: []api.Problem{
 			{Reason: "target-memory", Detail: "n2 has 512.0 MiB free, api needs 3.0 GiB: free memory there or pick another node"},
 			{Reason: "tcp-established", Detail: "pid 4301 has an established TCP connection to 10.0.0.9:5432; CRIU cannot move it"},
 		}}
-	reportUnreachable = daemon.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n4", Processes: 3,
-		Segments: 2, MemoryBytes: 1288 << 20, Problems: []daemon.Problem{
+	reportUnreachable = api.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n4", Processes: 3,
+		Segments: 2, MemoryBytes: 1288 << 20, Problems: []api.Problem{
 			{Reason: "target-unreachable", Detail: "node n4 does not answer: dial tcp 10.0.0.14:7421: connect: connection refused"},
 		}}
 	// The daemon stops at a target that is not active: no figures.
-	reportOne = daemon.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n2", Problems: []daemon.Problem{
+	reportOne = api.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n2", Problems: []api.Problem{
 		{Reason: "target-state", Detail: "node n2 is draining; only an active node takes workloads"},
 	}}
 )
 
 // handleCheck answers POST /v1/migrations/check.
 func (f *fakeDaemon) handleCheck(w http.ResponseWriter, r *http.Request) {
-	var req daemon.CheckRequest
+	var req api.CheckRequest
 	if err := strict(f.record(r), &req); err != nil {
 		wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
 	switch req {
-	case daemon.CheckRequest{Workload: "db1", Target: "n3"}:
+	case api.CheckRequest{Workload: "db1", Target: "n3"}:
 		reply(w, reportOK)
-	case daemon.CheckRequest{Workload: "api", Target: "n2"}:
+	case api.CheckRequest{Workload: "api", Target: "n2"}:
 		reply(w, reportTwo)
-	case daemon.CheckRequest{Workload: "db1", Target: "n4"}:
+	case api.CheckRequest{Workload: "db1", Target: "n4"}:
 		reply(w, reportUnreachable)
-	case daemon.CheckRequest{Workload: "4242", Target: "n2"}:
+	case api.CheckRequest{Workload: "4242", Target: "n2"}:
 		reply(w, reportOne)
-	case daemon.CheckRequest{Workload: "db1", Target: "n9"}:
+	case api.CheckRequest{Workload: "db1", Target: "n9"}:
 		wireErr(w, http.StatusNotFound, "unknown_node", `no node "n9" (see `+"`migshm nodes`)")
 	default:
 		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+req.Workload+"\" (see `migshm ps`)")
@@ -194,14 +194,14 @@ migration m5f3a9c: done, w00000001 (db1) moved from n1 to n2
 }
 
 // wantEvents checks NDJSON output: one event per line, as the daemon sent them.
-func wantEvents(t *testing.T, out string, want []daemon.MoveEvent) {
+func wantEvents(t *testing.T, out string, want []api.MoveEvent) {
 	t.Helper()
 	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("--json printed %d lines, want %d events:\n%s", len(lines), len(want), out)
 	}
 	for i, line := range lines {
-		var got daemon.MoveEvent
+		var got api.MoveEvent
 		if err := strict(line, &got); err != nil {
 			t.Fatalf("line %d %q: %v", i+1, line, err)
 		}
@@ -272,18 +272,18 @@ func TestCLIMoveErrors(t *testing.T) {
 	}{
 		{"aborted", []string{"move", "api", "n2"},
 			"migration m0a0b0c: planned (w00000003 api n1 -> n2)\nfrozen\n",
-			"migration m0a0b0c aborted, api still runs on n1: dump api: criu dump failed", daemon.ErrMigrationFailed},
+			"migration m0a0b0c aborted, api still runs on n1: dump api: criu dump failed", api.ErrMigrationFailed},
 		{"aborted, stale record", []string{"move", "stale", "n2"},
 			"migration m5f3a9c: planned (w00000001 db1 n1 -> n2)\n",
 			"migration m5f3a9c aborted, db1 still runs on n1: migration m5f3a9c of db1 to n2 aborted; the workload runs on n1 as before: prepare: n2 does not answer",
-			daemon.ErrUnreachable},
+			api.ErrUnreachable},
 		{"refused", []string{"move", "web", "n2"}, "",
-			"move: workload web exited (status 3); there is nothing to move", daemon.ErrNotRunning},
+			"move: workload web exited (status 3); there is nothing to move", api.ErrNotRunning},
 		{"unknown", []string{"move", "nope", "n2"}, "", "no workload \"nope\" (see `migshm ps`)", record.ErrUnknownWorkload},
 		{"cut short", []string{"move", "cut", "n2"},
 			"migration m5f3a9c: planned (w00000001 db1 n1 -> n2)\nfrozen\n",
 			"lost track of migration m5f3a9c (last seen in phase frozen): ...ended the stream early: outcome of the move unknown; see `migshm migrations`",
-			daemon.ErrOutcomeUnknown},
+			api.ErrOutcomeUnknown},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := f.cli(t, tt.args...)
@@ -294,7 +294,7 @@ func TestCLIMoveErrors(t *testing.T) {
 			if err == nil || !matchMsg(err.Error(), tt.msg) || !errors.Is(err, tt.sentinel) {
 				t.Errorf("error %v, want %q (%v)", err, tt.msg, tt.sentinel)
 			}
-			if aborted := strings.Contains(tt.msg, " aborted, "); errors.Is(err, daemon.ErrMigrationFailed) != aborted {
+			if aborted := strings.Contains(tt.msg, " aborted, "); errors.Is(err, api.ErrMigrationFailed) != aborted {
 				t.Errorf("errors.Is(%v, ErrMigrationFailed) = %v, want %v", err, !aborted, aborted)
 			}
 		})
@@ -303,7 +303,7 @@ func TestCLIMoveErrors(t *testing.T) {
 	// With --json the error event is printed too; the error still makes migshm fail.
 	out, err := f.cli(t, "move", "--json", "api", "n2")
 	f.takeCalls()
-	if !errors.Is(err, daemon.ErrMigrationFailed) {
+	if !errors.Is(err, api.ErrMigrationFailed) {
 		t.Errorf("move --json api n2: %v", err)
 	}
 	wantEvents(t, out, moveScripts["api"])
@@ -314,32 +314,32 @@ func TestMoveError(t *testing.T) {
 	names := func() map[string]string { return map[string]string{"w1": "db1"} }
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
-	cut := fmt.Errorf("lost track of migration m1: %w: %w", context.Canceled, daemon.ErrOutcomeUnknown)
-	failed := fmt.Errorf("criu died: %w", daemon.ErrMigrationFailed)
-	noLeader := fmt.Errorf("outcome could not be recorded: %w", daemon.ErrNoLeader)
+	cut := fmt.Errorf("lost track of migration m1: %w: %w", context.Canceled, api.ErrOutcomeUnknown)
+	failed := fmt.Errorf("criu died: %w", api.ErrMigrationFailed)
+	noLeader := fmt.Errorf("outcome could not be recorded: %w", api.ErrNoLeader)
 	for _, tt := range []struct {
 		name     string
 		ctx      context.Context // the command's context, before the signal handler
-		last     daemon.MoveEvent
+		last     api.MoveEvent
 		err      error
 		msg      string
 		sentinel error
 	}{
-		{"interrupted", context.Background(), daemon.MoveEvent{Event: daemon.EventRound, Migration: "m1"}, cut,
+		{"interrupted", context.Background(), api.MoveEvent{Event: api.EventRound, Migration: "m1"}, cut,
 			"interrupted: stopped following migration m1, which goes on without us; see `migshm migrations` for how it ends: outcome of the move unknown",
-			daemon.ErrOutcomeUnknown},
+			api.ErrOutcomeUnknown},
 		// The caller's own context ended (not a signal): the error stays as it is.
-		{"caller's context", canceled, daemon.MoveEvent{Event: daemon.EventRound, Migration: "m1"}, cut, cut.Error(), context.Canceled},
-		{"aborted without a record", context.Background(), daemon.MoveEvent{Event: daemon.EventError, Migration: "m1"}, failed,
-			"migration m1 aborted, the workload still runs on its node: criu died: migration failed", daemon.ErrMigrationFailed},
-		{"aborted", context.Background(), daemon.MoveEvent{Event: daemon.EventError, Migration: "m1",
-			Record: &daemon.Migration{ID: "m1", Workload: "w1", Source: "n1", Phase: record.PhaseAborted, Error: "criu died"}}, failed,
-			"migration m1 aborted, db1 still runs on n1: criu died", daemon.ErrMigrationFailed},
-		{"not settled", context.Background(), daemon.MoveEvent{Event: daemon.EventError, Migration: "m1",
-			Record: &daemon.Migration{ID: "m1", Workload: "w2", Source: "n1", Phase: record.PhaseRestored}}, noLeader,
+		{"caller's context", canceled, api.MoveEvent{Event: api.EventRound, Migration: "m1"}, cut, cut.Error(), context.Canceled},
+		{"aborted without a record", context.Background(), api.MoveEvent{Event: api.EventError, Migration: "m1"}, failed,
+			"migration m1 aborted, the workload still runs on its node: criu died: migration failed", api.ErrMigrationFailed},
+		{"aborted", context.Background(), api.MoveEvent{Event: api.EventError, Migration: "m1",
+			Record: &api.Migration{ID: "m1", Workload: "w1", Source: "n1", Phase: record.PhaseAborted, Error: "criu died"}}, failed,
+			"migration m1 aborted, db1 still runs on n1: criu died", api.ErrMigrationFailed},
+		{"not settled", context.Background(), api.MoveEvent{Event: api.EventError, Migration: "m1",
+			Record: &api.Migration{ID: "m1", Workload: "w2", Source: "n1", Phase: record.PhaseRestored}}, noLeader,
 			"migration m1 of w2 failed in phase restored (see `migshm migrations` and `migshm ps`): outcome could not be recorded: no raft leader",
-			daemon.ErrNoLeader},
-		{"refused in the stream", context.Background(), daemon.MoveEvent{Event: daemon.EventError}, noLeader, noLeader.Error(), daemon.ErrNoLeader},
+			api.ErrNoLeader},
+		{"refused in the stream", context.Background(), api.MoveEvent{Event: api.EventError}, noLeader, noLeader.Error(), api.ErrNoLeader},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := moveError(tt.ctx, tt.last, tt.err, names)
@@ -404,7 +404,7 @@ func TestCLIMigrations(t *testing.T) {
 	wantRows(t, out, append(want, aborted, removed))
 
 	all := f.migrations
-	byAge := append([]daemon.Migration{all[22]}, all[:22]...)
+	byAge := append([]api.Migration{all[22]}, all[:22]...)
 	out, err = f.cli(t, "migrations", "--json")
 	if err != nil {
 		t.Fatal(err)
@@ -455,12 +455,12 @@ memory:     3.0 GiB needed, 512.0 MiB free on n2
 result:     cannot move
 problem:    target-memory: n2 has 512.0 MiB free, api needs 3.0 GiB: free memory there or pick another node
 problem:    tcp-established: pid 4301 has an established TCP connection to 10.0.0.9:5432; CRIU cannot move it
-`, "api cannot move to n2: 2 problems: target-memory, tcp-established (details above)", daemon.ErrNotMovable},
+`, "api cannot move to n2: 2 problems: target-memory, tcp-established (details above)", api.ErrNotMovable},
 		{[]string{"check", "4242", "n2"}, `workload:  db1 (w00000001) on n1
 target:    n2
 result:    cannot move
 problem:   target-state: node n2 is draining; only an active node takes workloads
-`, "db1 cannot move to n2: target-state: node n2 is draining; only an active node takes workloads", daemon.ErrNotMovable},
+`, "db1 cannot move to n2: target-state: node n2 is draining; only an active node takes workloads", api.ErrNotMovable},
 		{[]string{"check", "db1", "n4"}, `workload:   db1 (w00000001) on n1
 target:     n4
 processes:  3
@@ -468,7 +468,7 @@ segments:   2 SysV
 memory:     1.3 GiB needed, free memory on n4 unknown
 result:     cannot move
 problem:    target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421: connect: connection refused
-`, "db1 cannot move to n4: target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421: connect: connection refused", daemon.ErrNotMovable},
+`, "db1 cannot move to n4: target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421: connect: connection refused", api.ErrNotMovable},
 		{[]string{"check", "db1", "n9"}, "", "no node \"n9\" (see `migshm nodes`)", record.ErrUnknownNode},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -491,7 +491,7 @@ problem:    target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421
 
 	for _, tt := range []struct {
 		args []string
-		want daemon.CheckReport
+		want api.CheckReport
 		err  bool
 	}{
 		{[]string{"check", "--json", "db1", "n3"}, reportOK, false},

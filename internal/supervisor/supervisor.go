@@ -1,4 +1,9 @@
-package daemon
+// Package supervisor runs a node's workloads: it starts them under the migshm init,
+// follows them until they exit (and finds them again after a daemon restart, since they
+// outlive the daemon), stops them, hands them over to and takes them from migrations,
+// serves their logs, measures their load, and keeps their records in the table (pids,
+// state, the segments of their IPC groups) in line with what runs here.
+package supervisor
 
 import (
 	"context"
@@ -11,7 +16,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,26 +25,28 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
 )
 
-// Files of a workload's directory (WorkloadDir/ID/).
+// Files of a workload's directory (Dir(id)).
 const (
-	recordFile = "workload.json" // record: what this node started
+	recordFile = "workload.json" // the Record
 	exitFile   = "exit.json"     // written by the init when the command ends
-	stdoutFile = "stdout.log"
-	stderrFile = "stderr.log"
+	StdoutFile = "stdout.log"
+	StderrFile = "stderr.log"
 )
 
 // defaultPath is the PATH a workload gets unless the request sets one.
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// record is what a node keeps on disk about a workload it runs, so that a restarted
+// Record is what a node keeps on disk about a workload it runs, so that a restarted
 // daemon finds its workloads again (they outlive the daemon).
-type localRecord struct {
+type Record struct {
 	ID        string   `json:"id"`
 	Name      string   `json:"name"`
 	Group     string   `json:"group"`
@@ -53,7 +59,7 @@ type localRecord struct {
 
 // localWL is a workload running (or run) on this node.
 type localWL struct {
-	rec    localRecord
+	rec    Record
 	watch  *workload.Watch   // nil once exited or if it was gone at re-attach
 	proc   *workload.Process // non-nil if this daemon started it (it must reap it)
 	exited chan struct{}     // closed when the init is gone
@@ -73,10 +79,30 @@ func (l *localWL) isExited() bool {
 	}
 }
 
-// supervisor starts this node's workloads, follows them until they exit, and keeps
+// Table is what the supervisor needs of the cluster: the table as this node has it,
+// commits through the leader, and whether this node is a member yet.
+type Table interface {
+	Table() *shmowner.Table
+	Apply(ctx context.Context, t shmowner.MessageType, body any) error
+	IsMember() bool
+}
+
+// Config is what a Supervisor is built from.
+type Config struct {
+	Self            string        // this node's id
+	Dir             string        // the workload dir: one directory per workload, named by its id
+	InitDir         string        // where the init's copy is installed
+	SegmentInterval time.Duration // how often the table is reconciled with what runs here
+	CapacityCores   float64       // CPU cores this node offers workloads; 0: its CPUs
+	MemCapacity     uint64        // bytes its workloads may use; 0: the host's memory
+	Log             *slog.Logger
+}
+
+// Supervisor starts this node's workloads, follows them until they exit, and keeps
 // their table records (pids, segments, state) up to date.
-type supervisor struct {
-	d        *Daemon
+type Supervisor struct {
+	cfg      Config
+	table    Table
 	log      *slog.Logger
 	dir      string
 	initPath string
@@ -85,19 +111,21 @@ type supervisor struct {
 	wl   map[string]*localWL
 	kick chan struct{} // a reconcile is due now
 
-	ctx    context.Context // the daemon's; watchers end with it
+	ctx    context.Context // ends when Run returns; watchers end with it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
 	cpu cpuSampler
 }
 
-func newSupervisor(d *Daemon) (*supervisor, error) {
-	s := &supervisor{d: d, log: d.log.With("component", "supervisor"), dir: d.cfg.WorkloadDir,
+// New installs the init and finds the workloads an earlier run of this daemon started;
+// Run follows them.
+func New(cfg Config, table Table) (*Supervisor, error) {
+	s := &Supervisor{cfg: cfg, table: table, log: cfg.Log.With("component", "supervisor"), dir: cfg.Dir,
 		wl: map[string]*localWL{}, kick: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
-	if s.initPath, err = installInit(filepath.Join(d.cfg.DataDir, "init")); err != nil {
+	if s.initPath, err = installInit(cfg.InitDir); err != nil {
 		return nil, err
 	}
 	if err := s.reattach(); err != nil {
@@ -166,7 +194,7 @@ func installInit(dir string) (string, error) {
 // reattach finds the workloads an earlier run of this daemon started and follows them
 // again: a live init (same pid and start time) is watched through a pidfd; one that is
 // gone is recorded as exited with the status its init left (or -1 if it left none).
-func (s *supervisor) reattach() error {
+func (s *Supervisor) reattach() error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("read workload dir: %w", err)
@@ -179,12 +207,12 @@ func (s *supervisor) reattach() error {
 		if err != nil {
 			continue // a half-made dir of a failed start, or another node's
 		}
-		var rec localRecord
+		var rec Record
 		if err := json.Unmarshal(b, &rec); err != nil || rec.ID != e.Name() {
 			s.log.Warn("ignoring unreadable workload record", "dir", e.Name(), "err", err)
 			continue
 		}
-		if rec.Node != s.d.cfg.NodeID {
+		if rec.Node != s.cfg.Self {
 			continue // the workload dir may be shared by the nodes of one host
 		}
 		l := &localWL{rec: rec, exited: make(chan struct{})}
@@ -204,11 +232,11 @@ func (s *supervisor) reattach() error {
 	return nil
 }
 
-func (s *supervisor) path(id, file string) string { return filepath.Join(s.dir, id, file) }
+func (s *Supervisor) path(id, file string) string { return filepath.Join(s.dir, id, file) }
 
-// run follows the workloads and reconciles the table until ctx ends. Workloads keep
+// Run follows the workloads and reconciles the table until ctx ends. Workloads keep
 // running after it returns.
-func (s *supervisor) run(ctx context.Context) {
+func (s *Supervisor) Run(ctx context.Context) {
 	s.mu.Lock()
 	for _, l := range s.wl {
 		if !l.isExited() {
@@ -216,7 +244,7 @@ func (s *supervisor) run(ctx context.Context) {
 		}
 	}
 	s.mu.Unlock()
-	t := time.NewTicker(s.d.cfg.SegmentInterval)
+	t := time.NewTicker(s.cfg.SegmentInterval)
 	defer t.Stop()
 	for {
 		s.reconcile(ctx)
@@ -231,7 +259,7 @@ func (s *supervisor) run(ctx context.Context) {
 	}
 }
 
-func (s *supervisor) poke() {
+func (s *Supervisor) poke() {
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -239,7 +267,7 @@ func (s *supervisor) poke() {
 }
 
 // follow waits for l's init to exit (s.mu held by the caller).
-func (s *supervisor) follow(l *localWL) {
+func (s *Supervisor) follow(l *localWL) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -310,32 +338,32 @@ func newID() string {
 
 // start runs a new workload on this node and registers it; if registering fails the
 // workload is killed and nothing is left behind.
-func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error) {
+func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Workload, error) {
 	if len(req.Args) == 0 || req.Args[0] == "" {
-		return Workload{}, fmt.Errorf("run: no command given: %w", ErrBadRequest)
+		return record.Workload{}, fmt.Errorf("run: no command given: %w", api.ErrBadRequest)
 	}
 	id := newID()
 	if req.Name == "" {
 		req.Name = filepath.Base(req.Args[0]) + "-" + id[1:5]
 	}
-	if !nodeIDPattern.MatchString(req.Name) {
-		return Workload{}, fmt.Errorf("run: name %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Name, ErrBadRequest)
+	if pki.ValidateName(req.Name) != nil {
+		return record.Workload{}, fmt.Errorf("run: name %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Name, api.ErrBadRequest)
 	}
-	if req.Group != "" && !nodeIDPattern.MatchString(req.Group) {
-		return Workload{}, fmt.Errorf("run: ipc group %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Group, ErrBadRequest)
+	if req.Group != "" && pki.ValidateName(req.Group) != nil {
+		return record.Workload{}, fmt.Errorf("run: ipc group %q: use 1-63 letters, digits, '.', '_' or '-': %w", req.Group, api.ErrBadRequest)
 	}
-	table := s.d.store.Table()
-	self, ok := table.Node(s.d.cfg.NodeID)
+	table := s.table.Table()
+	self, ok := table.Node(s.cfg.Self)
 	if !ok {
-		return Workload{}, fmt.Errorf("run: this node has not joined the cluster yet (see `migshm status`): %w", ErrNotReady)
+		return record.Workload{}, fmt.Errorf("run: this node has not joined the cluster yet (see `migshm status`): %w", api.ErrNotReady)
 	}
 	if self.State == record.NodeDraining {
-		return Workload{}, fmt.Errorf("run: node %s is draining and takes no new workloads; run it on another node, or `migshm undrain %s`: %w",
+		return record.Workload{}, fmt.Errorf("run: node %s is draining and takes no new workloads; run it on another node, or `migshm undrain %s`: %w",
 			self.ID, self.ID, record.ErrNodeNotActive)
 	}
 	for _, w := range table.Workloads() {
 		if w.Name == req.Name {
-			return Workload{}, fmt.Errorf("run: a workload named %q exists (%s on %s); pick another --name or `migshm rm` it: %w",
+			return record.Workload{}, fmt.Errorf("run: a workload named %q exists (%s on %s); pick another --name or `migshm rm` it: %w",
 				req.Name, w.ID, w.Node, record.ErrExists)
 		}
 	}
@@ -346,9 +374,9 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 			if w.Group != group || w.State == record.WorkloadExited {
 				continue
 			}
-			if w.Node != s.d.cfg.NodeID {
-				return Workload{}, fmt.Errorf("run: ipc group %s lives on node %s; run this workload there "+
-					"(`migshm --socket <that node's socket> run --ipc-group %s ...`): %w", group, w.Node, group, ErrBadRequest)
+			if w.Node != s.cfg.Self {
+				return record.Workload{}, fmt.Errorf("run: ipc group %s lives on node %s; run this workload there "+
+					"(`migshm --socket <that node's socket> run --ipc-group %s ...`): %w", group, w.Node, group, api.ErrBadRequest)
 			}
 			s.mu.Lock()
 			l := s.wl[w.ID]
@@ -366,22 +394,22 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	}
 	wdir := filepath.Join(s.dir, id)
 	if err := os.Mkdir(wdir, 0o700); err != nil {
-		return Workload{}, fmt.Errorf("run: %w", err)
+		return record.Workload{}, fmt.Errorf("run: %w", err)
 	}
 	p, err := workload.Start(workload.Spec{
 		Args: req.Args, Env: env, Dir: dir, Hostname: req.Name, IPCNS: ipcns,
-		Stdout: filepath.Join(wdir, stdoutFile), Stderr: filepath.Join(wdir, stderrFile),
+		Stdout: filepath.Join(wdir, StdoutFile), Stderr: filepath.Join(wdir, StderrFile),
 		StatusFile: filepath.Join(wdir, exitFile), InitPath: s.initPath,
 	})
 	if err != nil {
 		os.RemoveAll(wdir)
-		return Workload{}, fmt.Errorf("run %s: %v: %w", req.Args[0], err, ErrBadRequest)
+		return record.Workload{}, fmt.Errorf("run %s: %v: %w", req.Args[0], err, api.ErrBadRequest)
 	}
-	fail := func(err error) (Workload, error) {
+	fail := func(err error) (record.Workload, error) {
 		_ = p.Kill()
 		_, _ = p.Wait()
 		os.RemoveAll(wdir)
-		return Workload{}, err
+		return record.Workload{}, err
 	}
 	st, err := workload.StartTime("/proc", p.Pid)
 	if err != nil {
@@ -391,14 +419,14 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	if err != nil {
 		return fail(fmt.Errorf("run: %w", err))
 	}
-	rec := localRecord{ID: id, Name: req.Name, Group: group, Node: s.d.cfg.NodeID, Args: req.Args,
+	rec := Record{ID: id, Name: req.Name, Group: group, Node: s.cfg.Self, Args: req.Args,
 		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}
 	if err := writeFileAtomic(filepath.Join(wdir, recordFile), mustJSON(rec)); err != nil {
 		watch.Close()
 		return fail(fmt.Errorf("run: save record: %w", err))
 	}
 	w := rec.workload()
-	if err := s.d.apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: w}); err != nil {
+	if err := s.table.Apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: w}); err != nil {
 		watch.Close()
 		return fail(fmt.Errorf("run: register workload: %w", err))
 	}
@@ -412,22 +440,22 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	return w, nil
 }
 
-func (r localRecord) workload() record.Workload {
+func (r Record) workload() record.Workload {
 	return record.Workload{ID: r.ID, Name: r.Name, Node: r.Node, InitPid: r.InitPid, Pids: []int{r.InitPid},
 		Group: r.Group, State: record.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt}
 }
 
 // stop sends SIGTERM to the workload (its init forwards it), then SIGKILL to the init
 // after timeout (the kernel then kills its whole PID namespace), and records the exit.
-func (s *supervisor) stop(ctx context.Context, id string, timeout time.Duration) (Workload, error) {
+func (s *Supervisor) Stop(ctx context.Context, id string, timeout time.Duration) (record.Workload, error) {
 	s.mu.Lock()
 	l := s.wl[id]
 	s.mu.Unlock()
 	if l == nil {
-		return Workload{}, fmt.Errorf("stop: workload %s is not on this node: %w", id, record.ErrUnknownWorkload)
+		return record.Workload{}, fmt.Errorf("stop: workload %s is not on this node: %w", id, record.ErrUnknownWorkload)
 	}
 	if l.isExited() {
-		return Workload{}, fmt.Errorf("stop %s: it already exited with status %d: %w", l.rec.Name, l.status, ErrNotRunning)
+		return record.Workload{}, fmt.Errorf("stop %s: it already exited with status %d: %w", l.rec.Name, l.status, api.ErrNotRunning)
 	}
 	_ = l.watch.Signal(unix.SIGTERM)
 	select {
@@ -438,15 +466,15 @@ func (s *supervisor) stop(ctx context.Context, id string, timeout time.Duration)
 		select {
 		case <-l.exited:
 		case <-time.After(10 * time.Second):
-			return Workload{}, fmt.Errorf("stop %s: init %d survived SIGKILL for 10s", l.rec.Name, l.rec.InitPid)
+			return record.Workload{}, fmt.Errorf("stop %s: init %d survived SIGKILL for 10s", l.rec.Name, l.rec.InitPid)
 		}
 	case <-ctx.Done():
-		return Workload{}, ctx.Err()
+		return record.Workload{}, ctx.Err()
 	}
 	if err := s.recordExit(ctx, l); err != nil {
-		return Workload{}, err
+		return record.Workload{}, err
 	}
-	w, _ := s.d.store.Table().Workload(id)
+	w, _ := s.table.Table().Workload(id)
 	if w.State != record.WorkloadExited { // this node's table may lag the leader's
 		w = l.rec.workload()
 		w.State, w.ExitStatus, w.ExitedAt = record.WorkloadExited, l.status, l.at
@@ -454,20 +482,20 @@ func (s *supervisor) stop(ctx context.Context, id string, timeout time.Duration)
 	return w, nil
 }
 
-func (s *supervisor) recordExit(ctx context.Context, l *localWL) error {
-	return s.d.apply(ctx, shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{
+func (s *Supervisor) recordExit(ctx context.Context, l *localWL) error {
+	return s.table.Apply(ctx, shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{
 		ID: l.rec.ID, State: record.WorkloadExited, ExitStatus: l.status, At: l.at})
 }
 
 // remove forgets an exited workload: its table record and its files.
-func (s *supervisor) remove(ctx context.Context, id string) error {
+func (s *Supervisor) Remove(ctx context.Context, id string) error {
 	s.mu.Lock()
 	l := s.wl[id]
 	s.mu.Unlock()
 	if l != nil && !l.isExited() {
-		return fmt.Errorf("remove %s: still running: %w", l.rec.Name, ErrStillRunning)
+		return fmt.Errorf("remove %s: still running: %w", l.rec.Name, api.ErrStillRunning)
 	}
-	if err := s.d.apply(ctx, shmowner.RemoveWorkloadType, shmowner.RemoveWorkloadRequest{ID: id}); err != nil &&
+	if err := s.table.Apply(ctx, shmowner.RemoveWorkloadType, shmowner.RemoveWorkloadRequest{ID: id}); err != nil &&
 		!errors.Is(err, record.ErrUnknownWorkload) {
 		return err
 	}
@@ -480,17 +508,36 @@ func (s *supervisor) remove(ctx context.Context, id string) error {
 	return nil
 }
 
-// get returns the local workload id, nil if this node has none.
-func (s *supervisor) get(id string) *localWL {
+func (s *Supervisor) get(id string) *localWL {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.wl[id]
 }
 
+// Record returns the record of workload id if this node has it, running or exited.
+func (s *Supervisor) Record(id string) (Record, bool) {
+	if l := s.get(id); l != nil {
+		return l.rec, true
+	}
+	return Record{}, false
+}
+
+// Running returns the record of workload id if it runs on this node (stopped by a
+// dump counts as running).
+func (s *Supervisor) Running(id string) (Record, bool) {
+	if l := s.get(id); l != nil && !l.isExited() {
+		return l.rec, true
+	}
+	return Record{}, false
+}
+
+// Dir returns the directory of workload id: its record and its log files.
+func (s *Supervisor) Dir(id string) string { return filepath.Join(s.dir, id) }
+
 // release removes the copy of a workload that moved to another node: it kills the
 // (stopped) tree and forgets it without recording an exit. removeFiles removes its
 // workload dir too; not when the dir is shared with the node it moved to.
-func (s *supervisor) release(id string, removeFiles bool) {
+func (s *Supervisor) Release(id string, removeFiles bool) {
 	s.mu.Lock()
 	l := s.wl[id]
 	delete(s.wl, id)
@@ -518,7 +565,7 @@ func (s *supervisor) release(id string, removeFiles bool) {
 // adopt takes over a workload restored on this node by a migration: it writes its
 // record (the workload dir is this node's from now on) and follows it. proc is the
 // restored init if this daemon is its parent (nil after a restart).
-func (s *supervisor) adopt(rec localRecord, proc *workload.Process) error {
+func (s *Supervisor) Adopt(rec Record, proc *workload.Process) error {
 	s.mu.Lock()
 	if l := s.wl[rec.ID]; l != nil && !l.isExited() {
 		s.mu.Unlock()
@@ -552,7 +599,7 @@ func (s *supervisor) adopt(rec localRecord, proc *workload.Process) error {
 	return nil
 }
 
-func (s *supervisor) runningCount() int {
+func (s *Supervisor) RunningCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
@@ -565,7 +612,7 @@ func (s *supervisor) runningCount() int {
 }
 
 // snapshot returns this node's workloads, sorted by id.
-func (s *supervisor) snapshot() []*localWL {
+func (s *Supervisor) snapshot() []*localWL {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]*localWL, 0, len(s.wl))
@@ -579,12 +626,12 @@ func (s *supervisor) snapshot() []*localWL {
 // reconcile brings the table in line with what runs here: registers workloads the table
 // lacks, records exits, member pids and the segments of every group this node runs.
 // It is level-triggered, so a write lost to a leader change is simply made again.
-func (s *supervisor) reconcile(ctx context.Context) {
-	if !s.d.isMember() {
+func (s *Supervisor) reconcile(ctx context.Context) {
+	if !s.table.IsMember() {
 		return
 	}
-	table := s.d.store.Table()
-	if _, ok := table.Node(s.d.cfg.NodeID); !ok {
+	table := s.table.Table()
+	if _, ok := table.Node(s.cfg.Self); !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -607,7 +654,7 @@ func (s *supervisor) reconcile(ctx context.Context) {
 			groups[l.rec.Group] = g
 		}
 		tw, inTable := table.Workload(l.rec.ID)
-		if inTable && tw.Node != s.d.cfg.NodeID {
+		if inTable && tw.Node != s.cfg.Self {
 			continue // it moved away (Migration milestone)
 		}
 		exited := l.isExited()
@@ -631,7 +678,7 @@ func (s *supervisor) reconcile(ctx context.Context) {
 		if !inTable || tw.State != record.WorkloadRunning || !slices.Equal(tw.Pids, want.Pids) {
 			want.Pinned = tw.Pinned
 			s.try(ctx, "register workload", l.rec.Name, func() error {
-				return s.d.apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: want})
+				return s.table.Apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: want})
 			})
 		}
 	}
@@ -648,7 +695,7 @@ func (s *supervisor) reconcile(ctx context.Context) {
 		}
 		var known []shmowner.SegmentInfo
 		for _, sg := range table.GroupSegments(group) {
-			if sg.Owner != s.d.cfg.NodeID {
+			if sg.Owner != s.cfg.Self {
 				known = nil
 				break
 			}
@@ -661,51 +708,61 @@ func (s *supervisor) reconcile(ctx context.Context) {
 			continue
 		}
 		s.try(ctx, "report segments", group, func() error {
-			return s.d.apply(ctx, shmowner.SetSegmentsType, shmowner.SetSegmentsRequest{
-				Node: s.d.cfg.NodeID, Group: group, Segments: have})
+			return s.table.Apply(ctx, shmowner.SetSegmentsType, shmowner.SetSegmentsRequest{
+				Node: s.cfg.Self, Group: group, Segments: have})
 		})
 	}
 }
 
-func (s *supervisor) try(ctx context.Context, what, name string, fn func() error) {
+func (s *Supervisor) try(ctx context.Context, what, name string, fn func() error) {
 	if err := fn(); err != nil && ctx.Err() == nil {
 		s.log.Warn(what+" failed; will retry", "workload", name, "err", err)
 	}
 }
 
-// logs writes a workload's stdout or stderr to w. With follow it keeps writing new
-// output until the workload exits or the client goes away.
-func (s *supervisor) logs(ctx context.Context, w http.ResponseWriter, id, stream string, follow bool, tail int) error {
-	s.mu.Lock()
-	l := s.wl[id]
-	s.mu.Unlock()
+// Log is a workload's stdout or stderr, open for reading from where Copy starts.
+type Log struct {
+	f      *os.File
+	exited <-chan struct{} // closed when the workload's init is gone
+}
+
+// OpenLog opens workload id's stream ("stdout" or "stderr") at the start of its last
+// tail lines (tail <= 0: at the start).
+func (s *Supervisor) OpenLog(id, stream string, tail int) (*Log, error) {
+	l := s.get(id)
 	if l == nil {
-		return fmt.Errorf("logs: workload %s has no files on this node: %w", id, record.ErrUnknownWorkload)
+		return nil, fmt.Errorf("logs: workload %s has no files on this node: %w", id, record.ErrUnknownWorkload)
 	}
-	name := stdoutFile
+	name := StdoutFile
 	if stream == "stderr" {
-		name = stderrFile
+		name = StderrFile
 	}
 	f, err := os.Open(s.path(id, name))
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("logs: %s has no %s file: %w", l.rec.Name, stream, record.ErrUnknownWorkload)
+		return nil, fmt.Errorf("logs: %s has no %s file: %w", l.rec.Name, stream, record.ErrUnknownWorkload)
 	}
 	if err != nil {
-		return fmt.Errorf("logs: %w", err)
+		return nil, fmt.Errorf("logs: %w", err)
 	}
-	defer f.Close()
 	if tail > 0 {
 		if err := seekTail(f, tail); err != nil {
-			return fmt.Errorf("logs: %w", err)
+			f.Close()
+			return nil, fmt.Errorf("logs: %w", err)
 		}
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	fl, _ := w.(http.Flusher)
+	return &Log{f: f, exited: l.exited}, nil
+}
+
+// Copy writes the log to w, calling w's Flush (if it has one) after each batch, and
+// with follow keeps writing new output until the workload exits, ctx ends or a write
+// fails. It closes the log.
+func (lg *Log) Copy(ctx context.Context, w io.Writer, follow bool) {
+	defer lg.f.Close()
+	fl, _ := w.(interface{ Flush() })
 	buf := make([]byte, 64<<10)
 	drain := func() bool {
 		for {
-			n, err := f.Read(buf)
+			n, err := lg.f.Read(buf)
 			if n > 0 {
 				if _, werr := w.Write(buf[:n]); werr != nil {
 					return false
@@ -720,20 +777,20 @@ func (s *supervisor) logs(ctx context.Context, w http.ResponseWriter, id, stream
 		}
 	}
 	if !drain() || !follow {
-		return nil
+		return
 	}
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-l.exited:
+			return
+		case <-lg.exited:
 			drain()
-			return nil
+			return
 		case <-t.C:
 			if !drain() {
-				return nil
+				return
 			}
 		}
 	}

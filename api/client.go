@@ -1,9 +1,8 @@
-package daemon
+package api
 
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,13 +13,12 @@ import (
 	"net/url"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Client talks to one daemon: over its local unix socket (the CLI) or over its peer API
-// with mutual TLS (other daemons).
+// with mutual TLS (other daemons, see NewPeerClient).
 type Client struct {
 	base   string // "http://migshmd" or "https://HOST:PORT"
 	target string // what to name in errors: the socket path or the address
@@ -40,28 +38,34 @@ func NewClient(socket string) *Client {
 	return &Client{base: "http://migshmd", target: socket, hc: &http.Client{Transport: tr}}
 }
 
-// newPeerClient returns a client of another daemon's peer API.
-func newPeerClient(addr string, tr *http.Transport) *Client {
-	return &Client{base: "https://" + addr, target: addr, hc: &http.Client{Transport: tr}}
+// NewPeerClient returns a client of the peer API at addr (HOST:PORT) over rt, which
+// carries the TLS configuration; header is added to every request.
+func NewPeerClient(addr string, rt http.RoundTripper, header http.Header) *Client {
+	return &Client{base: "https://" + addr, target: addr, hc: &http.Client{Transport: rt}, header: header}
 }
 
-// peerTransport is the one HTTP transport a daemon uses for all its peers.
-func peerTransport(cfg *tls.Config) *http.Transport {
-	return &http.Transport{
-		TLSClientConfig:     cfg,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		TLSHandshakeTimeout: 5 * time.Second,
-		MaxIdleConnsPerHost: 64, // forwarded writes come in bursts; a new TLS handshake per write is slow
-		IdleConnTimeout:     time.Minute,
-	}
-}
+func (c *Client) local() bool { return c.base == "http://migshmd" }
 
-// do sends one JSON request and decodes the JSON answer into out (if not nil).
-func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	resp, err := c.send(ctx, method, path, in)
+// Call sends one JSON request (in, if not nil) and decodes the JSON answer into out (if
+// not nil). An error answer comes back as the daemon's error, mapped to its sentinel.
+func (c *Client) Call(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.Open(ctx, method, path, in)
 	if err != nil {
 		return err
 	}
+	return c.decode(resp, method, path, out)
+}
+
+// Upload POSTs body, a raw stream, and decodes the JSON answer into out (if not nil).
+func (c *Client) Upload(ctx context.Context, path string, body io.Reader, out any) error {
+	resp, err := c.send(ctx, http.MethodPost, path, "application/octet-stream", body)
+	if err != nil {
+		return err
+	}
+	return c.decode(resp, http.MethodPost, path, out)
+}
+
+func (c *Client) decode(resp *http.Response, method, path string, out any) error {
 	defer resp.Body.Close()
 	if out == nil {
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -73,9 +77,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return nil
 }
 
-// send sends a request and returns the response if its status is 2xx; otherwise the
-// error the daemon sent, mapped back to its sentinel.
-func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+// Open sends a JSON request (in, if not nil) and returns the response of a 2xx answer,
+// whose body the caller reads (a stream) and closes; an error answer comes back as the
+// daemon's error, mapped to its sentinel.
+func (c *Client) Open(ctx context.Context, method, path string, in any) (*http.Response, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -84,6 +89,14 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		}
 		body = bytes.NewReader(b)
 	}
+	ctype := ""
+	if in != nil {
+		ctype = "application/json"
+	}
+	return c.send(ctx, method, path, ctype, body)
+}
+
+func (c *Client) send(ctx context.Context, method, path, ctype string, body io.Reader) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, err
@@ -91,8 +104,8 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	for k, v := range c.header {
 		req.Header[k] = v
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -102,14 +115,12 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	var e struct {
-		Error wireError `json:"error"`
-	}
+	var e ErrorBody
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
 		return nil, fmt.Errorf("%s %s at %s: HTTP %d: %s", method, path, c.target, resp.StatusCode, bytes.TrimSpace(b))
 	}
-	return nil, fromWire(e.Error)
+	return nil, e.Error.Err()
 }
 
 func (c *Client) dialError(err error) error {
@@ -117,7 +128,7 @@ func (c *Client) dialError(err error) error {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s did not answer in time: %w", c.target, err)
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
-		if c.base == "http://migshmd" {
+		if c.local() {
 			return fmt.Errorf("no migshmd listening on %s (is the daemon running? pick another node with --socket or MIGSHM_SOCKET): %w", c.target, ErrUnreachable)
 		}
 	case errors.Is(err, fs.ErrPermission):
@@ -129,49 +140,49 @@ func (c *Client) dialError(err error) error {
 // Status returns the node's view of itself and the cluster.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
-	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+	return s, c.Call(ctx, http.MethodGet, "/v1/status", nil, &s)
 }
 
 // Nodes lists the nodes of the table.
 func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
 	var out []Node
-	return out, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+	return out, c.Call(ctx, http.MethodGet, "/v1/nodes", nil, &out)
 }
 
 // Workloads lists the workloads of the table.
 func (c *Client) Workloads(ctx context.Context) ([]Workload, error) {
 	var out []Workload
-	return out, c.do(ctx, http.MethodGet, "/v1/workloads", nil, &out)
+	return out, c.Call(ctx, http.MethodGet, "/v1/workloads", nil, &out)
 }
 
 // Segments lists the segments of the table.
 func (c *Client) Segments(ctx context.Context) ([]Segment, error) {
 	var out []Segment
-	return out, c.do(ctx, http.MethodGet, "/v1/segments", nil, &out)
+	return out, c.Call(ctx, http.MethodGet, "/v1/segments", nil, &out)
 }
 
 // Run starts a workload on the node.
 func (c *Client) Run(ctx context.Context, r RunRequest) (Workload, error) {
 	var w Workload
-	return w, c.do(ctx, http.MethodPost, "/v1/workloads", r, &w)
+	return w, c.Call(ctx, http.MethodPost, "/v1/workloads", r, &w)
 }
 
 // Stop stops a workload (id, name or host pid) wherever it runs.
 func (c *Client) Stop(ctx context.Context, ref string, r StopRequest) (Workload, error) {
 	var w Workload
-	return w, c.do(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/stop", r, &w)
+	return w, c.Call(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/stop", r, &w)
 }
 
 // Remove deletes the record and files of an exited workload.
 func (c *Client) Remove(ctx context.Context, ref string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/workloads/"+url.PathEscape(ref), nil, nil)
+	return c.Call(ctx, http.MethodDelete, "/v1/workloads/"+url.PathEscape(ref), nil, nil)
 }
 
 // Logs copies a workload's stdout or stderr to w; with follow it keeps copying until
 // the workload exits or ctx ends. tail > 0 starts with the last tail lines.
 func (c *Client) Logs(ctx context.Context, ref, stream string, follow bool, tail int, w io.Writer) error {
 	q := url.Values{"stream": {stream}, "follow": {strconv.FormatBool(follow)}, "tail": {strconv.Itoa(tail)}}
-	resp, err := c.send(ctx, http.MethodGet, "/v1/workloads/"+url.PathEscape(ref)+"/logs?"+q.Encode(), nil)
+	resp, err := c.Open(ctx, http.MethodGet, "/v1/workloads/"+url.PathEscape(ref)+"/logs?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
@@ -186,13 +197,13 @@ func (c *Client) Logs(ctx context.Context, ref, stream string, follow bool, tail
 // Leave removes a node (r.Node, or the node served) from the cluster.
 func (c *Client) Leave(ctx context.Context, r LeaveRequest) (LeaveResult, error) {
 	var out LeaveResult
-	return out, c.do(ctx, http.MethodPost, "/v1/leave", r, &out)
+	return out, c.Call(ctx, http.MethodPost, "/v1/leave", r, &out)
 }
 
 // Probe commits a no-op entry through the leader (forwarded if this node is not the
 // leader) and returns once the leader applied it.
 func (c *Client) Probe(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, "/v1/probe", struct{}{}, nil)
+	return c.Call(ctx, http.MethodPost, "/v1/probe", struct{}{}, nil)
 }
 
 // ErrOutcomeUnknown: a move's event stream ended (the connection broke, the daemon
@@ -209,7 +220,7 @@ var ErrOutcomeUnknown = errors.New("outcome of the move unknown")
 // included, returns an error wrapping ErrOutcomeUnknown. Move sets no time limit of its
 // own: a pre-copy of a large workload takes as long as it takes; bound it with ctx.
 func (c *Client) Move(ctx context.Context, r MoveRequest, onEvent func(MoveEvent)) (MoveEvent, error) {
-	resp, err := c.send(ctx, http.MethodPost, "/v1/migrations", r)
+	resp, err := c.Open(ctx, http.MethodPost, "/v1/migrations", r)
 	if err != nil {
 		return MoveEvent{}, err
 	}
@@ -240,7 +251,7 @@ func (c *Client) Move(ctx context.Context, r MoveRequest, onEvent func(MoveEvent
 			if msg == "" {
 				msg = "move " + r.Workload + " to " + r.Target + " failed (the daemon gave no reason)"
 			}
-			err := fromWire(wireError{Code: ev.Code, Message: msg})
+			err := Error{Code: ev.Code, Message: msg}.Err()
 			if moveAborted(ev) && !errors.Is(err, ErrMigrationFailed) {
 				err = &abortedError{err}
 			}
@@ -289,13 +300,13 @@ func (c *Client) moveCut(ctx context.Context, r MoveRequest, id, phase string, e
 // Check asks whether a workload can move to a node now, without moving it.
 func (c *Client) Check(ctx context.Context, r CheckRequest) (CheckReport, error) {
 	var out CheckReport
-	return out, c.do(ctx, http.MethodPost, "/v1/migrations/check", r, &out)
+	return out, c.Call(ctx, http.MethodPost, "/v1/migrations/check", r, &out)
 }
 
 // Migrations lists the migrations of the table, finished ones included.
 func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
 	var out []Migration
-	return out, c.do(ctx, http.MethodGet, "/v1/migrations", nil, &out)
+	return out, c.Call(ctx, http.MethodGet, "/v1/migrations", nil, &out)
 }
 
 // Drain sets a node draining: it takes no new workloads, and the leader's balancer
@@ -303,26 +314,26 @@ func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
 // the workloads move afterwards (see Workloads).
 func (c *Client) Drain(ctx context.Context, node string) (Node, error) {
 	var n Node
-	return n, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/drain", struct{}{}, &n)
+	return n, c.Call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/drain", struct{}{}, &n)
 }
 
 // Undrain makes a draining node active again: it takes new workloads.
 func (c *Client) Undrain(ctx context.Context, node string) (Node, error) {
 	var n Node
-	return n, c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/undrain", struct{}{}, &n)
+	return n, c.Call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/undrain", struct{}{}, &n)
 }
 
 // Pin keeps a workload (id, name, host pid or unique id prefix) where it runs: the
 // balancer never moves it, not even off a draining node.
 func (c *Client) Pin(ctx context.Context, ref string) (Workload, error) {
 	var w Workload
-	return w, c.do(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/pin", struct{}{}, &w)
+	return w, c.Call(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/pin", struct{}{}, &w)
 }
 
 // Unpin lets the balancer move a pinned workload again.
 func (c *Client) Unpin(ctx context.Context, ref string) (Workload, error) {
 	var w Workload
-	return w, c.do(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/unpin", struct{}{}, &w)
+	return w, c.Call(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/unpin", struct{}{}, &w)
 }
 
 // Balance asks the leader for a balancer pass. With dryRun it only plans: nothing
@@ -332,14 +343,14 @@ func (c *Client) Unpin(ctx context.Context, ref string) (Workload, error) {
 func (c *Client) Balance(ctx context.Context, dryRun bool) (BalanceReport, error) {
 	var r BalanceReport
 	if dryRun {
-		return r, c.do(ctx, http.MethodGet, "/v1/balance", nil, &r)
+		return r, c.Call(ctx, http.MethodGet, "/v1/balance", nil, &r)
 	}
-	return r, c.do(ctx, http.MethodPost, "/v1/balance", struct{}{}, &r)
+	return r, c.Call(ctx, http.MethodPost, "/v1/balance", struct{}{}, &r)
 }
 
 // LastBalance returns the leader's newest balancer pass, with the moves of the newest
 // pass that started any (LastMoves, LastMovesAt).
 func (c *Client) LastBalance(ctx context.Context) (BalanceReport, error) {
 	var r BalanceReport
-	return r, c.do(ctx, http.MethodGet, "/v1/balance/last", nil, &r)
+	return r, c.Call(ctx, http.MethodGet, "/v1/balance/last", nil, &r)
 }

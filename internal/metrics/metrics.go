@@ -1,8 +1,10 @@
-package daemon
+// Package metrics is a daemon's Prometheus registry: what the replicated table knows
+// (migrations, node and workload load), read at every scrape so that a restarted daemon
+// loses none of it, Raft's state, and what only this process sees (commit latency,
+// balancer passes).
+package metrics
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,26 +21,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// DefaultMetricsAddr is where the daemon serves Prometheus metrics (plain HTTP, no
+// DefaultAddr is where the daemon serves Prometheus metrics (plain HTTP, no
 // authentication: keep it on loopback or a trusted network).
-const DefaultMetricsAddr = "127.0.0.1:9641"
+const DefaultAddr = "127.0.0.1:9641"
 
-// metricsSource is what the metrics read at scrape time: the replicated table and
-// Raft's stats (hashicorp/raft's Stats keys). *shmowner.Store is one.
-type metricsSource interface {
+// Source is what the metrics read at scrape time: the replicated table and Raft's stats
+// (hashicorp/raft's Stats keys). *shmowner.Store is one.
+type Source interface {
 	Table() *shmowner.Table
 	Stats() map[string]string
 }
 
-// metrics are the daemon's Prometheus metrics, on a registry of its own (several
-// daemons may run in one process). What the replicated table knows (migrations, node
-// and workload load) is read from the table at every scrape, so a restarted daemon
-// loses none of it; what only this process sees (commit latency, balancer passes) is
-// counted here.
-type metrics struct {
-	reg  *prometheus.Registry
-	srv  *http.Server // nil when metrics-addr is ""
-	addr string       // the address srv listens on
+// Metrics are a daemon's Prometheus metrics, on a registry of its own (several daemons
+// may run in one process).
+type Metrics struct {
+	reg *prometheus.Registry
 
 	applySeconds *prometheus.HistogramVec
 	balPasses    prometheus.Counter
@@ -54,10 +52,10 @@ var (
 	frozenBuckets = []float64{.01, .025, .05, .1, .2, .3, .5, 1, 2.5, 5, 10}
 )
 
-// newMetrics builds the metrics of node over src and registers them, with the Go and
-// process collectors, on a new registry.
-func newMetrics(node string, src metricsSource) *metrics {
-	m := &metrics{
+// New builds the metrics of node over src and registers them, with the Go and process
+// collectors, on a new registry.
+func New(node string, src Source) *Metrics {
+	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		applySeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "migshm_raft_apply_seconds",
@@ -102,8 +100,8 @@ func newMetrics(node string, src metricsSource) *metrics {
 	return m
 }
 
-// handler serves the registry in the Prometheus exposition formats.
-func (m *metrics) handler(errLog *log.Logger) http.Handler {
+// Handler serves the registry in the Prometheus exposition formats.
+func (m *Metrics) Handler(errLog *log.Logger) http.Handler {
 	opts := promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4, Timeout: 10 * time.Second}
 	if errLog != nil {
 		opts.ErrorLog = errLog
@@ -113,8 +111,8 @@ func (m *metrics) handler(errLog *log.Logger) http.Handler {
 	return mux
 }
 
-// observeApply records one commit of a table command by d.apply.
-func (m *metrics) observeApply(t shmowner.MessageType, d time.Duration, err error) {
+// ObserveApply records one commit of a table command (cluster.Config.OnApply).
+func (m *Metrics) ObserveApply(t shmowner.MessageType, d time.Duration, err error) {
 	if m == nil {
 		return
 	}
@@ -125,9 +123,9 @@ func (m *metrics) observeApply(t shmowner.MessageType, d time.Duration, err erro
 	m.applySeconds.WithLabelValues(t.String(), outcome).Observe(d.Seconds())
 }
 
-// observeBalance records a balancer pass the leader ran. Dry runs move nothing and
-// are not counted.
-func (m *metrics) observeBalance(rep *BalanceReport) {
+// ObserveBalance records a balancer pass the leader ran. Dry runs move nothing and are
+// not counted.
+func (m *Metrics) ObserveBalance(rep *api.BalanceReport) {
 	if m == nil || rep == nil || rep.DryRun {
 		return
 	}
@@ -145,47 +143,14 @@ func (m *metrics) observeBalance(rep *BalanceReport) {
 	m.balSpread.Set(rep.Spread)
 }
 
-// shutdown stops the metrics server, if any, gracefully until ctx ends.
-func (m *metrics) shutdown(ctx context.Context) {
-	if m == nil || m.srv == nil {
-		return
-	}
-	_ = m.srv.Shutdown(ctx)
-}
-
-// listenMetrics binds the metrics address, with an error naming the setting.
-func listenMetrics(addr string) (net.Listener, error) {
+// Listen binds the metrics address, with an error naming the setting.
+func Listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics-addr %s: %w (choose another with --metrics-addr or MIGSHMD_METRICS_ADDR, "+
 			"or set it to \"\" to serve no metrics)", addr, err)
 	}
 	return ln, nil
-}
-
-// startMetrics builds the daemon's metrics (after Raft is open) and, unless
-// metrics-addr is "", serves them on http://METRICS-ADDR/metrics until Run shuts the
-// server down.
-func (d *Daemon) startMetrics(cleanups *[]func()) error {
-	d.metrics = newMetrics(d.cfg.NodeID, d.store)
-	if d.cfg.MetricsAddr == "" {
-		return nil
-	}
-	ln, err := listenMetrics(d.cfg.MetricsAddr)
-	if err != nil {
-		return err
-	}
-	errLog := slogErrorLog(d.log, "metrics")
-	srv := &http.Server{Handler: d.metrics.handler(errLog), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
-	d.metrics.srv, d.metrics.addr = srv, ln.Addr().String()
-	d.goFn(func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("metrics server stopped", "err", err)
-		}
-	})
-	*cleanups = append(*cleanups, func() { _ = srv.Close() })
-	d.log.Info("serving metrics", "url", "http://"+d.metrics.addr+"/metrics")
-	return nil
 }
 
 // Descriptions of the metrics read from the table and from Raft at scrape time.
@@ -246,7 +211,7 @@ var (
 // tableCollector reads migrations, nodes and workloads from the replicated table.
 type tableCollector struct {
 	node string // this node's id
-	src  metricsSource
+	src  Source
 }
 
 func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -383,7 +348,7 @@ func (c *tableCollector) collectMigrations(ch chan<- prometheus.Metric, t *shmow
 
 // raftCollector reads this node's Raft state from raft's Stats.
 type raftCollector struct {
-	src metricsSource
+	src Source
 }
 
 func (c *raftCollector) Describe(ch chan<- *prometheus.Desc) {

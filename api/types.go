@@ -1,10 +1,17 @@
-package daemon
+// Package api is migshm's API as its clients see it: the wire types of the local API
+// (the CLI's, on the daemon's unix socket) and of the peer API between daemons, the
+// error codes both carry, and the Client. It links none of the daemon: no Raft, no
+// store, no metrics.
+package api
 
 import (
 	"encoding/json"
 
 	"github.com/migshm/migshm/shmowner/record"
 )
+
+// DefaultSocket is where a node's daemon serves the local API.
+const DefaultSocket = "/run/migshmd/migshmd.sock"
 
 // Status is what `migshm status` shows: this node and the Raft cluster as it sees it.
 type Status struct {
@@ -65,20 +72,21 @@ type LeaveResult struct {
 	Node string `json:"node"`
 }
 
-// applyRequest carries one table command to the leader (peer API).
-type applyRequest struct {
+// ApplyRequest carries one table command to the leader (peer API): its message type
+// and JSON body, as shmowner encodes them.
+type ApplyRequest struct {
 	Type uint8           `json:"type"`
 	Body json.RawMessage `json:"body"`
 }
 
-// joinRequest asks the leader to add a node (peer API).
-type joinRequest struct {
+// JoinRequest asks the leader to add a node (peer API).
+type JoinRequest struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
 }
 
-// Types re-exported for API users, so the CLI does not need to import shmowner.
+// The table's records, as the API carries them.
 type (
 	Node      = record.Node
 	Workload  = record.Workload
@@ -161,7 +169,7 @@ type CheckReport struct {
 	Problems    []Problem `json:"problems"`
 }
 
-// MigrationStats is shmowner's figures of a migration, re-exported.
+// MigrationStats are the figures of a migration (the table's record).
 type MigrationStats = record.MigrationStats
 
 // NodeLoad is a node's load as the leader's balancer counts it (GET /v1/balance): the

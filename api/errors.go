@@ -1,15 +1,14 @@
-package daemon
+package api
 
 import (
 	"errors"
-	"log/slog"
 	"net/http"
 
 	"github.com/migshm/migshm/shmowner/record"
 )
 
-// Sentinels of the daemon's API. Table rule violations use shmowner's sentinels; both
-// travel the wire as a code (see codeOf) and come back as errors that errors.Is matches.
+// Sentinels of the API. Table rule violations use record's sentinels; both travel the
+// wire as a code (see Code) and come back as errors that errors.Is matches.
 var (
 	// ErrBadRequest: the request is malformed or names something that cannot work.
 	ErrBadRequest = errors.New("bad request")
@@ -33,7 +32,7 @@ var (
 	ErrMigrationFailed = errors.New("migration failed")
 )
 
-var daemonCodes = []struct {
+var apiCodes = []struct {
 	code   string
 	err    error
 	status int
@@ -49,9 +48,10 @@ var daemonCodes = []struct {
 	{"migration_failed", ErrMigrationFailed, http.StatusBadGateway},
 }
 
-// codeOf returns the wire code and HTTP status of err.
-func codeOf(err error) (string, int) {
-	for _, c := range daemonCodes {
+// Code returns the wire code and HTTP status of err: the code of the sentinel it wraps,
+// or "internal" (500) for an error that wraps none.
+func Code(err error) (string, int) {
+	for _, c := range apiCodes {
 		if errors.Is(err, c.err) {
 			return c.code, c.status
 		}
@@ -71,15 +71,28 @@ func codeOf(err error) (string, int) {
 	}
 }
 
-// wireError is the JSON body of every failed API call.
-type wireError struct {
+// Error is the JSON form of a failed call: the body of every error answer is
+// {"error": Error}.
+type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 }
 
-// fromWire rebuilds an error received over the wire.
-func fromWire(e wireError) error {
-	for _, c := range daemonCodes {
+// ErrorBody is the JSON body of an error answer.
+type ErrorBody struct {
+	Error Error `json:"error"`
+}
+
+// NewError returns the wire form of err.
+func NewError(err error) Error {
+	code, _ := Code(err)
+	return Error{Code: code, Message: err.Error()}
+}
+
+// Err rebuilds an error received over the wire: its message is the original text and
+// errors.Is matches the sentinel its code names (none for an unknown code).
+func (e Error) Err() error {
+	for _, c := range apiCodes {
 		if c.code == e.Code {
 			return &codedError{msg: e.Message, err: c.err}
 		}
@@ -99,13 +112,3 @@ func (e *codedError) Error() string {
 	return e.msg
 }
 func (e *codedError) Unwrap() error { return e.err }
-
-func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
-	code, status := codeOf(err)
-	if status == http.StatusInternalServerError {
-		log.Error("request failed", "err", err)
-	}
-	writeJSON(w, status, struct {
-		Error wireError `json:"error"`
-	}{wireError{Code: code, Message: err.Error()}})
-}

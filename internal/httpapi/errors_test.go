@@ -1,7 +1,8 @@
-package daemon
+package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -26,15 +28,15 @@ type sentinelCase struct {
 }
 
 var daemonSentinels = []sentinelCase{
-	{"ErrBadRequest", ErrBadRequest, "bad_request", http.StatusBadRequest},
-	{"ErrNoLeader", ErrNoLeader, "no_leader", http.StatusServiceUnavailable},
-	{"ErrForbidden", ErrForbidden, "forbidden", http.StatusForbidden},
-	{"ErrNotRunning", ErrNotRunning, "not_running", http.StatusConflict},
-	{"ErrStillRunning", ErrStillRunning, "still_running", http.StatusConflict},
-	{"ErrUnreachable", ErrUnreachable, "unreachable", http.StatusBadGateway},
-	{"ErrNotReady", ErrNotReady, "not_ready", http.StatusServiceUnavailable},
-	{"ErrNotMovable", ErrNotMovable, "not_movable", http.StatusConflict},
-	{"ErrMigrationFailed", ErrMigrationFailed, "migration_failed", http.StatusBadGateway},
+	{"ErrBadRequest", api.ErrBadRequest, "bad_request", http.StatusBadRequest},
+	{"ErrNoLeader", api.ErrNoLeader, "no_leader", http.StatusServiceUnavailable},
+	{"ErrForbidden", api.ErrForbidden, "forbidden", http.StatusForbidden},
+	{"ErrNotRunning", api.ErrNotRunning, "not_running", http.StatusConflict},
+	{"ErrStillRunning", api.ErrStillRunning, "still_running", http.StatusConflict},
+	{"ErrUnreachable", api.ErrUnreachable, "unreachable", http.StatusBadGateway},
+	{"ErrNotReady", api.ErrNotReady, "not_ready", http.StatusServiceUnavailable},
+	{"ErrNotMovable", api.ErrNotMovable, "not_movable", http.StatusConflict},
+	{"ErrMigrationFailed", api.ErrMigrationFailed, "migration_failed", http.StatusBadGateway},
 }
 
 var shmownerSentinels = []sentinelCase{
@@ -82,7 +84,7 @@ func TestSentinelListsComplete(t *testing.T) {
 	for _, tt := range []struct {
 		file  string
 		cases []sentinelCase
-	}{{"errors.go", daemonSentinels}, {"../shmowner/record/errors.go", shmownerSentinels}} {
+	}{{"../../api/errors.go", daemonSentinels}, {"../../shmowner/record/errors.go", shmownerSentinels}} {
 		have := map[string]bool{}
 		for _, c := range tt.cases {
 			have[c.name] = true
@@ -106,23 +108,29 @@ func TestSentinelListsComplete(t *testing.T) {
 	}
 }
 
-// roundTrip sends err over the wire as writeError and Client do: code, JSON, back.
+// roundTrip sends err over a real unix socket as the daemon and its clients do: the
+// handler answers it with WriteError, an api.Client receives it. It returns the code and
+// HTTP status that went over the wire and the error the client made of them.
 func roundTrip(t *testing.T, err error) (code string, status int, back error) {
 	t.Helper()
-	code, status = codeOf(err)
-	b, jerr := json.Marshal(struct {
-		Error wireError `json:"error"`
-	}{wireError{Code: code, Message: err.Error()}})
-	if jerr != nil {
-		t.Fatal(jerr)
+	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		WriteError(rec, discardLog(), err)
+		status = rec.Code
+		var body api.ErrorBody
+		if jerr := json.Unmarshal(rec.Body.Bytes(), &body); jerr != nil {
+			t.Errorf("WriteError wrote %q: %v", rec.Body, jerr)
+		}
+		code = body.Error.Code
+		w.Header().Set("Content-Type", rec.Header().Get("Content-Type"))
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}), nil)
+	back = api.NewClient(sock).Call(context.Background(), http.MethodGet, "/v1/anything", nil, nil)
+	if back == nil {
+		t.Fatalf("the client saw no error for %v", err)
 	}
-	var in struct {
-		Error wireError `json:"error"`
-	}
-	if jerr := json.Unmarshal(b, &in); jerr != nil {
-		t.Fatal(jerr)
-	}
-	return code, status, fromWire(in.Error)
+	return code, status, back
 }
 
 func TestErrorsOnTheWire(t *testing.T) {
@@ -171,7 +179,7 @@ func TestErrorsOnTheWire(t *testing.T) {
 		}
 	})
 	t.Run("unknown code", func(t *testing.T) {
-		back := fromWire(wireError{Code: "from_the_future", Message: "something new"})
+		back := api.Error{Code: "from_the_future", Message: "something new"}.Err()
 		if back == nil || back.Error() != "something new" {
 			t.Errorf("fromWire of an unknown code: %v", back)
 		}
@@ -182,13 +190,13 @@ func TestErrorsOnTheWire(t *testing.T) {
 // the message is empty; the daemon's should too, or the CLI prints "migshm: ".
 func TestFromWireEmptyMessage(t *testing.T) {
 	for _, c := range append(append([]sentinelCase{}, daemonSentinels...), shmownerSentinels...) {
-		err := fromWire(wireError{Code: c.code})
+		err := api.Error{Code: c.code}.Err()
 		if !errors.Is(err, c.err) {
 			t.Errorf("%s: %v is not %v", c.code, err, c.err)
 		}
 		if err.Error() == "" {
 			t.Errorf("fromWire(%q with no message).Error() is empty (daemon codedError has no fallback to the sentinel's text, "+
-				"unlike shmowner's wireError)", c.code)
+				"unlike shmowner's api.Error)", c.code)
 		}
 	}
 }
@@ -201,7 +209,7 @@ func TestWriteError(t *testing.T) {
 		logged  bool
 		message string
 	}{
-		{fmt.Errorf("stop x: %w", ErrNotRunning), http.StatusConflict, "not_running", false, "stop x: workload not running"},
+		{fmt.Errorf("stop x: %w", api.ErrNotRunning), http.StatusConflict, "not_running", false, "stop x: workload not running"},
 		{fmt.Errorf("nope: %w", record.ErrUnknownWorkload), http.StatusNotFound, "unknown_workload", false, "nope: unknown workload"},
 		{errors.New("boom"), http.StatusInternalServerError, "internal", true, "boom"},
 	} {
@@ -209,12 +217,12 @@ func TestWriteError(t *testing.T) {
 			var logBuf bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&logBuf, nil))
 			rec := httptest.NewRecorder()
-			writeError(rec, log, tt.err)
+			WriteError(rec, log, tt.err)
 			if rec.Code != tt.status || rec.Header().Get("Content-Type") != "application/json" {
 				t.Errorf("status %d content type %q", rec.Code, rec.Header().Get("Content-Type"))
 			}
 			var body struct {
-				Error wireError `json:"error"`
+				Error api.Error `json:"error"`
 			}
 			dec := json.NewDecoder(rec.Body)
 			dec.DisallowUnknownFields()

@@ -1,4 +1,4 @@
-package daemon
+package httpapi
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 	"golang.org/x/sys/unix"
 )
@@ -59,21 +60,21 @@ func fakeAPI(t *testing.T) http.Handler {
 	log := discardLog()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, Status{Node: "n1", RaftState: "Leader", Leader: "n1", Term: 3,
-			Peers: []Peer{{ID: "n1", Address: "10.0.0.1:7420", Suffrage: "Voter", Leader: true}}})
+		writeJSON(w, http.StatusOK, api.Status{Node: "n1", RaftState: "Leader", Leader: "n1", Term: 3,
+			Peers: []api.Peer{{ID: "n1", Address: "10.0.0.1:7420", Suffrage: "Voter", Leader: true}}})
 	})
 	mux.HandleFunc("POST /v1/workloads/{ref}/stop", func(w http.ResponseWriter, r *http.Request) {
-		var req StopRequest
+		var req api.StopRequest
 		if err := readJSON(r, &req); err != nil {
-			writeError(w, log, err)
+			WriteError(w, log, err)
 			return
 		}
 		ref := r.PathValue("ref")
 		if s, ok := sentinelByRef[ref]; ok {
-			writeError(w, log, fmt.Errorf("stop %s: %w", ref, s))
+			WriteError(w, log, fmt.Errorf("stop %s: %w", ref, s))
 			return
 		}
-		writeJSON(w, http.StatusOK, Workload{ID: "w1", Name: ref, State: record.WorkloadExited, ExitStatus: int(req.TimeoutMS)})
+		writeJSON(w, http.StatusOK, api.Workload{ID: "w1", Name: ref, State: record.WorkloadExited, ExitStatus: int(req.TimeoutMS)})
 	})
 	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "upstream connect error or disconnect/reset before headers", http.StatusBadGateway)
@@ -90,44 +91,44 @@ func fakeAPI(t *testing.T) http.Handler {
 	})
 	mux.HandleFunc("GET /v1/workloads/{ref}/logs", func(w http.ResponseWriter, r *http.Request) {
 		if r.PathValue("ref") != "db1" {
-			writeError(w, log, fmt.Errorf("no workload %q (see `migshm ps`): %w", r.PathValue("ref"), record.ErrUnknownWorkload))
+			WriteError(w, log, fmt.Errorf("no workload %q (see `migshm ps`): %w", r.PathValue("ref"), record.ErrUnknownWorkload))
 			return
 		}
 		q := r.URL.Query()
 		fmt.Fprintf(w, "stream=%s follow=%s tail=%s\n", q.Get("stream"), q.Get("follow"), q.Get("tail"))
 	})
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
-		var req LeaveRequest
+		var req api.LeaveRequest
 		if err := readJSON(r, &req); err != nil {
-			writeError(w, log, err)
+			WriteError(w, log, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, LeaveResult{Node: req.Node})
+		writeJSON(w, http.StatusOK, api.LeaveResult{Node: req.Node})
 	})
 	return mux
 }
 
 // TestClientErrors runs the client against a server that answers as the daemon does.
 func TestClientErrors(t *testing.T) {
-	c := NewClient(serveUnix(t, fakeAPI(t), nil))
+	c := api.NewClient(serveUnix(t, fakeAPI(t), nil))
 	ctx := context.Background()
 
 	s, err := c.Status(ctx)
 	if err != nil || s.Node != "n1" || len(s.Peers) != 1 || !s.Peers[0].Leader {
 		t.Fatalf("Status: %+v, %v", s, err)
 	}
-	w, err := c.Stop(ctx, "db1", StopRequest{TimeoutMS: 1500})
+	w, err := c.Stop(ctx, "db1", api.StopRequest{TimeoutMS: 1500})
 	if err != nil || w.Name != "db1" || w.ExitStatus != 1500 {
 		t.Fatalf("Stop: %+v, %v (the server decodes the request strictly)", w, err)
 	}
-	res, err := c.Leave(ctx, LeaveRequest{Node: "n3", Force: true})
+	res, err := c.Leave(ctx, api.LeaveRequest{Node: "n3", Force: true})
 	if err != nil || res.Node != "n3" {
 		t.Fatalf("Leave: %+v, %v", res, err)
 	}
 
 	for code, sentinel := range sentinelByRef {
 		t.Run(code, func(t *testing.T) {
-			_, err := c.Stop(ctx, code, StopRequest{})
+			_, err := c.Stop(ctx, code, api.StopRequest{})
 			if !errors.Is(err, sentinel) {
 				t.Fatalf("Stop: %v (%T), want %v", err, err, sentinel)
 			}
@@ -199,24 +200,24 @@ func TestClientDialError(t *testing.T) {
 		{"stale socket", stale},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewClient(tt.sock).Status(context.Background())
+			_, err := api.NewClient(tt.sock).Status(context.Background())
 			if err == nil {
 				t.Fatal("no error")
 			}
 			if !strings.Contains(err.Error(), "no migshmd listening on "+tt.sock) {
 				t.Errorf("error %q does not say no migshmd listens on %s", err, tt.sock)
 			}
-			if !errors.Is(err, ErrUnreachable) {
-				t.Errorf("error %q is not ErrUnreachable", err)
+			if !errors.Is(err, api.ErrUnreachable) {
+				t.Errorf("error %q is not api.ErrUnreachable", err)
 			}
 		})
 	}
 
 	t.Run("peer", func(t *testing.T) {
 		// Port 1 on loopback: connection refused. A peer client never suggests --socket.
-		c := newPeerClient("127.0.0.1:1", peerTransport(nil))
+		c := api.NewPeerClient("127.0.0.1:1", &http.Transport{}, nil)
 		_, err := c.Status(context.Background())
-		if !errors.Is(err, ErrUnreachable) || strings.Contains(err.Error(), "no migshmd listening") ||
+		if !errors.Is(err, api.ErrUnreachable) || strings.Contains(err.Error(), "no migshmd listening") ||
 			!strings.Contains(err.Error(), "127.0.0.1:1") {
 			t.Errorf("peer dial error: %v", err)
 		}
@@ -236,21 +237,20 @@ func TestClientDeadline(t *testing.T) {
 	t.Cleanup(func() { close(release) })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := NewClient(sock).Status(ctx)
+	_, err := api.NewClient(sock).Status(ctx)
 	if err == nil {
 		t.Fatal("no error")
 	}
-	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnreachable) {
-		t.Errorf("a request that timed out gives %q: errors.Is(DeadlineExceeded) = %v, errors.Is(ErrUnreachable) = %v "+
-			"(dialError wraps every transport error with %%v as ErrUnreachable)",
-			err, errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrUnreachable))
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, api.ErrUnreachable) {
+		t.Errorf("a request that timed out gives %q: errors.Is(DeadlineExceeded) = %v, errors.Is(api.ErrUnreachable) = %v "+
+			"(dialError wraps every transport error with %%v as api.ErrUnreachable)",
+			err, errors.Is(err, context.DeadlineExceeded), errors.Is(err, api.ErrUnreachable))
 	}
 }
 
 // TestLocalHandlerAuth: only root may use the local API, whatever the socket's mode.
 func TestLocalHandlerAuth(t *testing.T) {
-	d := &Daemon{log: discardLog()}
-	h := d.localHandler()
+	h := Local(Config{Log: discardLog()})
 	withUID := func(uid int) context.Context {
 		return context.WithValue(context.Background(), credKey{}, &unix.Ucred{Pid: 1, Uid: uint32(uid), Gid: uint32(uid)})
 	}
@@ -289,10 +289,10 @@ func TestLocalHandlerAuth(t *testing.T) {
 	}
 }
 
-func checkWireBody(t *testing.T, rec *httptest.ResponseRecorder, code string) wireError {
+func checkWireBody(t *testing.T, rec *httptest.ResponseRecorder, code string) api.Error {
 	t.Helper()
 	var body struct {
-		Error wireError `json:"error"`
+		Error api.Error `json:"error"`
 	}
 	if err := readJSON(httptest.NewRequest("POST", "/", rec.Body), &body); err != nil {
 		t.Fatalf("error body: %v", err)
@@ -304,9 +304,8 @@ func checkWireBody(t *testing.T, rec *httptest.ResponseRecorder, code string) wi
 }
 
 func TestPeerHandlerNeedsCertificate(t *testing.T) {
-	d := &Daemon{log: discardLog()}
 	rec := httptest.NewRecorder()
-	d.peerHandler().ServeHTTP(rec, httptest.NewRequest("GET", "http://n1/v1/status", nil))
+	Peer(Config{Log: discardLog()}).ServeHTTP(rec, httptest.NewRequest("GET", "http://n1/v1/status", nil))
 	if rec.Code != http.StatusForbidden {
 		t.Fatalf("status %d", rec.Code)
 	}
@@ -342,14 +341,14 @@ func TestPeerCredContext(t *testing.T) {
 	defer server.Close()
 
 	for name, c := range map[string]net.Conn{"server side": server, "client side": client} {
-		if uid := callerUID(peerCredContext(context.Background(), c)); uid != os.Getuid() {
+		if uid := callerUID(PeerCredContext(context.Background(), c)); uid != os.Getuid() {
 			t.Errorf("%s: uid %d, want %d", name, uid, os.Getuid())
 		}
 	}
 	p1, p2 := net.Pipe()
 	defer p1.Close()
 	defer p2.Close()
-	if uid := callerUID(peerCredContext(context.Background(), p1)); uid != -1 {
+	if uid := callerUID(PeerCredContext(context.Background(), p1)); uid != -1 {
 		t.Errorf("not a unix socket: uid %d, want -1", uid)
 	}
 	if uid := callerUID(context.Background()); uid != -1 {
@@ -360,27 +359,26 @@ func TestPeerCredContext(t *testing.T) {
 // TestLocalAPIOverSocket serves the real local handler with the real peer credentials,
 // as the daemon does, and calls it with the client.
 func TestLocalAPIOverSocket(t *testing.T) {
-	d := &Daemon{log: discardLog()}
-	c := NewClient(serveUnix(t, d.localHandler(), peerCredContext))
-	err := c.do(context.Background(), http.MethodPost, "/v1/workloads", map[string]any{"args": []string{"/bin/true"}, "bogus": 1}, nil)
+	c := api.NewClient(serveUnix(t, Local(Config{Log: discardLog()}), PeerCredContext))
+	err := c.Call(context.Background(), http.MethodPost, "/v1/workloads", map[string]any{"args": []string{"/bin/true"}, "bogus": 1}, nil)
 	if os.Getuid() == 0 {
-		if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), `unknown field "bogus"`) {
+		if !errors.Is(err, api.ErrBadRequest) || !strings.Contains(err.Error(), `unknown field "bogus"`) {
 			t.Fatalf("as root: %v, want the body refused as a bad request", err)
 		}
 		return
 	}
-	if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("caller uid %d", os.Getuid())) {
+	if !errors.Is(err, api.ErrForbidden) || !strings.Contains(err.Error(), fmt.Sprintf("caller uid %d", os.Getuid())) {
 		t.Fatalf("as uid %d: %v, want forbidden", os.Getuid(), err)
 	}
 }
 
 // moveStream answers a move as the daemon does: a 200 with one JSON event per line,
 // flushed as it goes. cut, if not empty, is written last, unterminated.
-func moveStream(t *testing.T, events []MoveEvent, cut string) http.HandlerFunc {
+func moveStream(t *testing.T, events []api.MoveEvent, cut string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var req MoveRequest
+		var req api.MoveRequest
 		if err := readJSON(r, &req); err != nil {
-			writeError(w, discardLog(), err)
+			WriteError(w, discardLog(), err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
@@ -398,50 +396,50 @@ func moveStream(t *testing.T, events []MoveEvent, cut string) http.HandlerFunc {
 }
 
 func TestClientMove(t *testing.T) {
-	planned := MoveEvent{Event: EventPhase, At: 1, Migration: "m1", Phase: string(record.PhasePlanned),
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhasePlanned}}
-	round := MoveEvent{Event: EventRound, At: 2, Migration: "m1", Round: &RoundInfo{Round: 1, Pages: 10, ChangedPages: 10, SentBytes: 40960}}
-	frozen := MoveEvent{Event: EventPhase, At: 3, Migration: "m1", Phase: string(record.PhaseFrozen)}
-	done := MoveEvent{Event: EventDone, At: 4, Migration: "m1", Phase: string(record.PhaseDone),
-		Record:  &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseDone, Bytes: 40960},
-		Summary: &MigrationStats{Rounds: 1, PrecopyBytes: 40960, FrozenNS: 5e6}}
-	aborted := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "dump w1: criu failed", Code: "unreachable",
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseAborted}}
-	failed := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "migration m1 aborted: criu died", Code: "migration_failed",
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseAborted}}
+	planned := api.MoveEvent{Event: api.EventPhase, At: 1, Migration: "m1", Phase: string(record.PhasePlanned),
+		Record: &api.Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhasePlanned}}
+	round := api.MoveEvent{Event: api.EventRound, At: 2, Migration: "m1", Round: &api.RoundInfo{Round: 1, Pages: 10, ChangedPages: 10, SentBytes: 40960}}
+	frozen := api.MoveEvent{Event: api.EventPhase, At: 3, Migration: "m1", Phase: string(record.PhaseFrozen)}
+	done := api.MoveEvent{Event: api.EventDone, At: 4, Migration: "m1", Phase: string(record.PhaseDone),
+		Record:  &api.Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseDone, Bytes: 40960},
+		Summary: &api.MigrationStats{Rounds: 1, PrecopyBytes: 40960, FrozenNS: 5e6}}
+	aborted := api.MoveEvent{Event: api.EventError, At: 4, Migration: "m1", Error: "dump w1: criu failed", Code: "unreachable",
+		Record: &api.Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseAborted}}
+	failed := api.MoveEvent{Event: api.EventError, At: 4, Migration: "m1", Error: "migration m1 aborted: criu died", Code: "migration_failed",
+		Record: &api.Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseAborted}}
 	// The source read the record before its copy of the table had the abort.
-	stale := MoveEvent{Event: EventError, At: 4, Migration: "m1", Phase: string(record.PhaseAborted), Error: "target gone", Code: "unreachable",
-		Record: &Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseFrozen}}
-	unsettled := MoveEvent{Event: EventError, At: 4, Migration: "m1", Error: "outcome could not be recorded", Code: "no_leader"}
-	inFlight := MoveEvent{Event: EventError, At: 1, Error: "w1 is moving already (m0)", Code: "migration_in_flight"}
-	noCode := MoveEvent{Event: EventError, At: 1, Error: "something odd"}
+	stale := api.MoveEvent{Event: api.EventError, At: 4, Migration: "m1", Phase: string(record.PhaseAborted), Error: "target gone", Code: "unreachable",
+		Record: &api.Migration{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseFrozen}}
+	unsettled := api.MoveEvent{Event: api.EventError, At: 4, Migration: "m1", Error: "outcome could not be recorded", Code: "no_leader"}
+	inFlight := api.MoveEvent{Event: api.EventError, At: 1, Error: "w1 is moving already (m0)", Code: "migration_in_flight"}
+	noCode := api.MoveEvent{Event: api.EventError, At: 1, Error: "something odd"}
 
 	mux := http.NewServeMux()
 	routes := map[string]http.HandlerFunc{
-		"done":      moveStream(t, []MoveEvent{planned, round, frozen, done}, ""),
-		"aborted":   moveStream(t, []MoveEvent{planned, round, aborted}, ""),
-		"failed":    moveStream(t, []MoveEvent{planned, failed}, ""),
-		"unsettled": moveStream(t, []MoveEvent{planned, frozen, unsettled}, ""),
-		"stale":     moveStream(t, []MoveEvent{planned, frozen, stale}, ""),
-		"in-flight": moveStream(t, []MoveEvent{inFlight}, ""),
-		"no-code":   moveStream(t, []MoveEvent{noCode}, ""),
-		"cut":       moveStream(t, []MoveEvent{planned, round}, ""),
-		"cut-line":  moveStream(t, []MoveEvent{planned, frozen}, `{"event":"pha`),
+		"done":      moveStream(t, []api.MoveEvent{planned, round, frozen, done}, ""),
+		"aborted":   moveStream(t, []api.MoveEvent{planned, round, aborted}, ""),
+		"failed":    moveStream(t, []api.MoveEvent{planned, failed}, ""),
+		"unsettled": moveStream(t, []api.MoveEvent{planned, frozen, unsettled}, ""),
+		"stale":     moveStream(t, []api.MoveEvent{planned, frozen, stale}, ""),
+		"in-flight": moveStream(t, []api.MoveEvent{inFlight}, ""),
+		"no-code":   moveStream(t, []api.MoveEvent{noCode}, ""),
+		"cut":       moveStream(t, []api.MoveEvent{planned, round}, ""),
+		"cut-line":  moveStream(t, []api.MoveEvent{planned, frozen}, `{"event":"pha`),
 		"empty":     moveStream(t, nil, ""),
-		"garbage":   moveStream(t, []MoveEvent{planned}, "<html>\n"),
+		"garbage":   moveStream(t, []api.MoveEvent{planned}, "<html>\n"),
 		"refused": func(w http.ResponseWriter, r *http.Request) {
-			writeError(w, discardLog(), fmt.Errorf("no workload %q: %w", "refused", record.ErrUnknownWorkload))
+			WriteError(w, discardLog(), fmt.Errorf("no workload %q: %w", "refused", record.ErrUnknownWorkload))
 		},
 	}
 	var (
 		mu     sync.Mutex
-		gotReq MoveRequest // the last request the daemon received
+		gotReq api.MoveRequest // the last request the daemon received
 	)
 	mux.HandleFunc("POST /v1/migrations", func(w http.ResponseWriter, r *http.Request) {
-		var req MoveRequest
+		var req api.MoveRequest
 		b, _ := io.ReadAll(r.Body)
 		if err := readJSON(httptest.NewRequest("POST", "/", bytes.NewReader(b)), &req); err != nil {
-			writeError(w, discardLog(), err)
+			WriteError(w, discardLog(), err)
 			return
 		}
 		mu.Lock()
@@ -450,34 +448,34 @@ func TestClientMove(t *testing.T) {
 		r.Body = io.NopCloser(bytes.NewReader(b))
 		routes[req.Workload](w, r)
 	})
-	c := NewClient(serveUnix(t, mux, nil))
+	c := api.NewClient(serveUnix(t, mux, nil))
 
 	for _, tt := range []struct {
 		workload  string
-		events    []MoveEvent // what onEvent sees
-		sentinel  error       // nil: success
-		msg       string      // the whole message, or with "..." a part of it
-		notFailed bool        // the error must not be ErrMigrationFailed
+		events    []api.MoveEvent // what onEvent sees
+		sentinel  error           // nil: success
+		msg       string          // the whole message, or with "..." a part of it
+		notFailed bool            // the error must not be api.ErrMigrationFailed
 	}{
-		{workload: "done", events: []MoveEvent{planned, round, frozen, done}},
-		// An aborted migration is both the cause's code and ErrMigrationFailed.
-		{"aborted", []MoveEvent{planned, round, aborted}, ErrUnreachable, "dump w1: criu failed", false},
-		{"failed", []MoveEvent{planned, failed}, ErrMigrationFailed, "migration m1 aborted: criu died", false},
-		{"unsettled", []MoveEvent{planned, frozen, unsettled}, ErrNoLeader, "outcome could not be recorded", true},
-		{"stale", []MoveEvent{planned, frozen, stale}, ErrUnreachable, "target gone", false},
-		{"in-flight", []MoveEvent{inFlight}, record.ErrMigrationInFlight, "w1 is moving already (m0)", true},
-		{"no-code", []MoveEvent{noCode}, nil, "something odd", true},
-		{"cut", []MoveEvent{planned, round}, ErrOutcomeUnknown,
+		{workload: "done", events: []api.MoveEvent{planned, round, frozen, done}},
+		// An aborted migration is both the cause's code and api.ErrMigrationFailed.
+		{"aborted", []api.MoveEvent{planned, round, aborted}, api.ErrUnreachable, "dump w1: criu failed", false},
+		{"failed", []api.MoveEvent{planned, failed}, api.ErrMigrationFailed, "migration m1 aborted: criu died", false},
+		{"unsettled", []api.MoveEvent{planned, frozen, unsettled}, api.ErrNoLeader, "outcome could not be recorded", true},
+		{"stale", []api.MoveEvent{planned, frozen, stale}, api.ErrUnreachable, "target gone", false},
+		{"in-flight", []api.MoveEvent{inFlight}, record.ErrMigrationInFlight, "w1 is moving already (m0)", true},
+		{"no-code", []api.MoveEvent{noCode}, nil, "something odd", true},
+		{"cut", []api.MoveEvent{planned, round}, api.ErrOutcomeUnknown,
 			"...lost track of migration m1 (last seen in phase planned): ...ended the stream early: outcome of the move unknown; see `migshm migrations`", true},
-		{"cut-line", []MoveEvent{planned, frozen}, ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase frozen): ...in the middle of an event: outcome of the move unknown; see `migshm migrations`", true},
-		{"empty", nil, ErrOutcomeUnknown, "lost track of the move of empty to n2: ...ended the stream early: outcome of the move unknown...", true},
-		{"garbage", []MoveEvent{planned}, ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase planned): reading the stream from ...invalid character '<'...", true},
+		{"cut-line", []api.MoveEvent{planned, frozen}, api.ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase frozen): ...in the middle of an event: outcome of the move unknown; see `migshm migrations`", true},
+		{"empty", nil, api.ErrOutcomeUnknown, "lost track of the move of empty to n2: ...ended the stream early: outcome of the move unknown...", true},
+		{"garbage", []api.MoveEvent{planned}, api.ErrOutcomeUnknown, "lost track of migration m1 (last seen in phase planned): reading the stream from ...invalid character '<'...", true},
 		{"refused", nil, record.ErrUnknownWorkload, `no workload "refused": unknown workload`, true},
 	} {
 		t.Run(tt.workload, func(t *testing.T) {
-			req := MoveRequest{Workload: tt.workload, Target: "n2", MaxDowntimeMS: 250, MaxRounds: 3, NoPrecopy: true}
-			var seen []MoveEvent
-			last, err := c.Move(context.Background(), req, func(ev MoveEvent) { seen = append(seen, ev) })
+			req := api.MoveRequest{Workload: tt.workload, Target: "n2", MaxDowntimeMS: 250, MaxRounds: 3, NoPrecopy: true}
+			var seen []api.MoveEvent
+			last, err := c.Move(context.Background(), req, func(ev api.MoveEvent) { seen = append(seen, ev) })
 			mu.Lock()
 			defer mu.Unlock()
 			if gotReq != req {
@@ -486,7 +484,7 @@ func TestClientMove(t *testing.T) {
 			if !reflectEqualJSON(t, seen, tt.events) {
 				t.Errorf("onEvent saw %+v\nwant %+v", seen, tt.events)
 			}
-			var wantLast MoveEvent
+			var wantLast api.MoveEvent
 			if len(tt.events) > 0 {
 				wantLast = tt.events[len(tt.events)-1]
 			}
@@ -504,8 +502,8 @@ func TestClientMove(t *testing.T) {
 			case tt.sentinel != nil && !errors.Is(err, tt.sentinel):
 				t.Errorf("error %q (%T) is not %v", err, err, tt.sentinel)
 			}
-			if failed := errors.Is(err, ErrMigrationFailed); failed == tt.notFailed {
-				t.Errorf("errors.Is(%q, ErrMigrationFailed) = %v", err, failed)
+			if failed := errors.Is(err, api.ErrMigrationFailed); failed == tt.notFailed {
+				t.Errorf("errors.Is(%q, api.ErrMigrationFailed) = %v", err, failed)
 			}
 			if !matchMsg(err.Error(), tt.msg) {
 				t.Errorf("error %q, want %q", err, tt.msg)
@@ -514,8 +512,8 @@ func TestClientMove(t *testing.T) {
 	}
 
 	t.Run("nil onEvent", func(t *testing.T) {
-		last, err := c.Move(context.Background(), MoveRequest{Workload: "done", Target: "n2"}, nil)
-		if err != nil || last.Event != EventDone || last.Summary == nil || last.Summary.FrozenNS != 5e6 {
+		last, err := c.Move(context.Background(), api.MoveRequest{Workload: "done", Target: "n2"}, nil)
+		if err != nil || last.Event != api.EventDone || last.Summary == nil || last.Summary.FrozenNS != 5e6 {
 			t.Fatalf("%+v, %v", last, err)
 		}
 	})
@@ -552,31 +550,31 @@ func reflectEqualJSON(t *testing.T, a, b any) bool {
 }
 
 // TestClientMoveStreams: Move hands each event over as it arrives, not when the answer
-// ends, and a caller that gives up mid-stream gets ErrOutcomeUnknown and its ctx error.
+// ends, and a caller that gives up mid-stream gets api.ErrOutcomeUnknown and its ctx error.
 func TestClientMoveStreams(t *testing.T) {
 	seen := make(chan struct{}) // closed by onEvent when it got the first event
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/migrations", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		enc := json.NewEncoder(w)
-		enc.Encode(MoveEvent{Event: EventPhase, Migration: "m7", Phase: "precopy"})
+		enc.Encode(api.MoveEvent{Event: api.EventPhase, Migration: "m7", Phase: "precopy"})
 		w.(http.Flusher).Flush()
 		select {
 		case <-seen:
 		case <-r.Context().Done():
 			return
 		case <-time.After(10 * time.Second):
-			enc.Encode(MoveEvent{Event: EventError, Error: "the client did not see the first event before the answer ended"})
+			enc.Encode(api.MoveEvent{Event: api.EventError, Error: "the client did not see the first event before the answer ended"})
 			return
 		}
 		// Block until the client gives up: the daemon is still working.
 		<-r.Context().Done()
 	})
-	c := NewClient(serveUnix(t, mux, nil))
+	c := api.NewClient(serveUnix(t, mux, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	n := 0
-	_, err := c.Move(ctx, MoveRequest{Workload: "w7", Target: "n2"}, func(ev MoveEvent) {
+	_, err := c.Move(ctx, api.MoveRequest{Workload: "w7", Target: "n2"}, func(ev api.MoveEvent) {
 		n++
 		if ev.Error != "" {
 			t.Error(ev.Error)
@@ -588,8 +586,8 @@ func TestClientMoveStreams(t *testing.T) {
 	if n != 1 {
 		t.Errorf("onEvent called %d times, want 1", n)
 	}
-	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.Canceled) {
-		t.Fatalf("error %v: want ErrOutcomeUnknown and context.Canceled", err)
+	if !errors.Is(err, api.ErrOutcomeUnknown) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v: want api.ErrOutcomeUnknown and context.Canceled", err)
 	}
 	if want := "lost track of migration m7 (last seen in phase precopy): context canceled: "; !strings.HasPrefix(err.Error(), want) {
 		t.Errorf("error %q, want it to start with %q", err, want)
@@ -597,36 +595,36 @@ func TestClientMoveStreams(t *testing.T) {
 }
 
 func TestClientCheckAndMigrations(t *testing.T) {
-	report := CheckReport{Workload: "w1", Name: "db1", Source: "n1", Target: "n2", Processes: 3, Segments: 1,
+	report := api.CheckReport{Workload: "w1", Name: "db1", Source: "n1", Target: "n2", Processes: 3, Segments: 1,
 		MemoryBytes: 1 << 30, TargetFree: 512 << 20,
-		Problems: []Problem{{Reason: "target-memory", Detail: "n2 has 512 MiB free, db1 needs 1 GiB"}}}
-	migs := []Migration{
+		Problems: []api.Problem{{Reason: "target-memory", Detail: "n2 has 512 MiB free, db1 needs 1 GiB"}}}
+	migs := []api.Migration{
 		{ID: "m1", Workload: "w1", Source: "n1", Target: "n2", Phase: record.PhaseDone, Bytes: 4096,
-			Stats: &MigrationStats{Rounds: 2, FrozenNS: 3e6}},
+			Stats: &api.MigrationStats{Rounds: 2, FrozenNS: 3e6}},
 		{ID: "m2", Workload: "w1", Source: "n2", Target: "n1", Phase: record.PhaseAborted, Error: "criu failed"},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/migrations/check", func(w http.ResponseWriter, r *http.Request) {
-		var req CheckRequest
+		var req api.CheckRequest
 		if err := readJSON(r, &req); err != nil {
-			writeError(w, discardLog(), err)
+			WriteError(w, discardLog(), err)
 			return
 		}
 		if req.Target != "n2" {
-			writeError(w, discardLog(), fmt.Errorf("no node %q: %w", req.Target, record.ErrUnknownNode))
+			WriteError(w, discardLog(), fmt.Errorf("no node %q: %w", req.Target, record.ErrUnknownNode))
 			return
 		}
 		writeJSON(w, http.StatusOK, report)
 	})
 	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, migs) })
-	c := NewClient(serveUnix(t, mux, nil))
+	c := api.NewClient(serveUnix(t, mux, nil))
 	ctx := context.Background()
 
-	got, err := c.Check(ctx, CheckRequest{Workload: "db1", Target: "n2"})
+	got, err := c.Check(ctx, api.CheckRequest{Workload: "db1", Target: "n2"})
 	if err != nil || !reflectEqualJSON(t, got, report) {
 		t.Errorf("Check: %+v, %v", got, err)
 	}
-	_, err = c.Check(ctx, CheckRequest{Workload: "db1", Target: "n9"})
+	_, err = c.Check(ctx, api.CheckRequest{Workload: "db1", Target: "n9"})
 	if !errors.Is(err, record.ErrUnknownNode) || err.Error() != `no node "n9": unknown node` {
 		t.Errorf("Check of an unknown node: %v", err)
 	}
@@ -639,10 +637,10 @@ func TestClientCheckAndMigrations(t *testing.T) {
 // TestClientBalancer: drain, pin and balance requests, as the daemon's handlers read
 // them (a POST body is decoded strictly, so it must be a JSON object).
 func TestClientBalancer(t *testing.T) {
-	report := BalanceReport{Leader: "n1", At: 42, Auto: true, Interval: "30s", Threshold: 0.1, Mean: 0.4, Spread: 0.7,
-		Imbalance: 0.35, Nodes: []NodeLoad{{Node: "n1", State: "active", Cores: 4, CPU: 3.2, Load: 0.8, Workloads: 3}},
-		Moves:   []BalanceMove{{Workload: "w1", Name: "db1", Group: "g1", From: "n1", To: "n2", Kind: "cpu", Reason: "n1 above the mean", Score: 0.2}},
-		Skipped: []BalanceSkip{{Workload: "w3", Name: "api", Node: "n1", Reason: "pinned: workload w3 never moves"}}}
+	report := api.BalanceReport{Leader: "n1", At: 42, Auto: true, Interval: "30s", Threshold: 0.1, Mean: 0.4, Spread: 0.7,
+		Imbalance: 0.35, Nodes: []api.NodeLoad{{Node: "n1", State: "active", Cores: 4, CPU: 3.2, Load: 0.8, Workloads: 3}},
+		Moves:   []api.BalanceMove{{Workload: "w1", Name: "db1", Group: "g1", From: "n1", To: "n2", Kind: "cpu", Reason: "n1 above the mean", Score: 0.2}},
+		Skipped: []api.BalanceSkip{{Workload: "w3", Name: "api", Node: "n1", Reason: "pinned: workload w3 never moves"}}}
 	var (
 		mu    sync.Mutex
 		calls []string
@@ -660,12 +658,12 @@ func TestClientBalancer(t *testing.T) {
 	handle := func(fn func(r *http.Request) (any, error)) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if err := recordReq(r); err != nil {
-				writeError(w, discardLog(), err)
+				WriteError(w, discardLog(), err)
 				return
 			}
 			v, err := fn(r)
 			if err != nil {
-				writeError(w, discardLog(), err)
+				WriteError(w, discardLog(), err)
 				return
 			}
 			writeJSON(w, http.StatusOK, v)
@@ -676,7 +674,7 @@ func TestClientBalancer(t *testing.T) {
 			if id := r.PathValue("id"); id != "n1" {
 				return nil, fmt.Errorf("no node %q: %w", id, record.ErrUnknownNode)
 			}
-			return Node{ID: "n1", State: state}, nil
+			return api.Node{ID: "n1", State: state}, nil
 		}
 	}
 	pin := func(pinned bool) func(r *http.Request) (any, error) {
@@ -684,7 +682,7 @@ func TestClientBalancer(t *testing.T) {
 			if ref := r.PathValue("ref"); ref != "db 1" {
 				return nil, fmt.Errorf("no workload %q: %w", ref, record.ErrUnknownWorkload)
 			}
-			return Workload{ID: "w1", Name: "db 1", Node: "n1", State: record.WorkloadRunning, Pinned: pinned}, nil
+			return api.Workload{ID: "w1", Name: "db 1", Node: "n1", State: record.WorkloadRunning, Pinned: pinned}, nil
 		}
 	}
 	mux := http.NewServeMux()
@@ -699,7 +697,7 @@ func TestClientBalancer(t *testing.T) {
 	}))
 	mux.HandleFunc("POST /v1/balance", handle(func(*http.Request) (any, error) {
 		r := report
-		r.Moves = []BalanceMove{r.Moves[0]}
+		r.Moves = []api.BalanceMove{r.Moves[0]}
 		r.Moves[0].Started = true
 		return r, nil
 	}))
@@ -708,7 +706,7 @@ func TestClientBalancer(t *testing.T) {
 		r.LastMoves, r.LastMovesAt = r.Moves, 41
 		return r, nil
 	}))
-	c := NewClient(serveUnix(t, mux, nil))
+	c := api.NewClient(serveUnix(t, mux, nil))
 	ctx := context.Background()
 	takeCalls := func() string {
 		mu.Lock()
@@ -751,7 +749,7 @@ func TestClientBalancer(t *testing.T) {
 	if got := takeCalls(); got != "POST /v1/workloads/db 1/pin, POST /v1/workloads/db 1/unpin" {
 		t.Errorf("calls: %s", got)
 	}
-	for _, fn := range []func(context.Context, string) (Workload, error){c.Pin, c.Unpin} {
+	for _, fn := range []func(context.Context, string) (api.Workload, error){c.Pin, c.Unpin} {
 		if _, err := fn(ctx, "nope"); !errors.Is(err, record.ErrUnknownWorkload) {
 			t.Errorf("pin or unpin of an unknown workload: %v", err)
 		}

@@ -1,0 +1,99 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/migration"
+	"github.com/migshm/migshm/internal/peer"
+	"github.com/migshm/migshm/internal/pki"
+)
+
+// Peer returns the handler of the peer API: other daemons', over mutual TLS. It serves
+// the users' routes too (another daemon relays a user's request to the node that must
+// serve it), and the cluster's and migrations' own.
+func Peer(cfg Config) http.Handler {
+	s := &server{cfg}
+	mux := http.NewServeMux()
+	s.userRoutes(mux)
+	mux.Handle("POST /peer/v1/apply", s.handle(s.apply))
+	mux.Handle("POST /peer/v1/join", s.handle(s.join))
+
+	// The target side of migrations.
+	mux.Handle("POST "+migration.PathCheck, s.handle(func(r *http.Request) (any, error) {
+		req, err := decode[migration.TargetCheckRequest](r)
+		if err != nil {
+			return nil, err
+		}
+		return s.Target.CheckTarget(r.Context(), req)
+	}))
+	mux.Handle("POST "+migration.PathPrepare, s.handle(func(r *http.Request) (any, error) {
+		req, err := decode[migration.PrepareRequest](r)
+		if err != nil {
+			return nil, err
+		}
+		return s.Target.Prepare(r.Context(), caller(r), r.PathValue("id"), req)
+	}))
+	mux.Handle("POST "+migration.PathPages, s.handle(func(r *http.Request) (any, error) {
+		return s.Target.Pages(r.Context(), caller(r), r.PathValue("id"), r.Body)
+	}))
+	mux.Handle("POST "+migration.PathFiles, s.handle(func(r *http.Request) (any, error) {
+		return struct{}{}, s.Target.File(r.Context(), caller(r), r.PathValue("id"), r.URL.Query().Get("name"), r.Body)
+	}))
+	mux.Handle("POST "+migration.PathImages, s.handle(func(r *http.Request) (any, error) {
+		return s.Target.Images(r.Context(), caller(r), r.PathValue("id"), r.Body)
+	}))
+	mux.Handle("POST "+migration.PathRestore, s.handle(func(r *http.Request) (any, error) {
+		req, err := decode[migration.RestoreRequest](r)
+		if err != nil {
+			return nil, err
+		}
+		return s.Target.Restore(r.Context(), caller(r), r.PathValue("id"), req)
+	}))
+	mux.Handle("POST "+migration.PathResume, s.handle(func(r *http.Request) (any, error) {
+		return struct{}{}, s.Target.Resume(r.Context(), caller(r), r.PathValue("id"))
+	}))
+	mux.Handle("POST "+migration.PathAbort, s.handle(func(r *http.Request) (any, error) {
+		return struct{}{}, s.Target.Abort(r.Context(), caller(r), r.PathValue("id"))
+	}))
+	// Pages, files and images are data streams: their readers bound them.
+	streams := map[string]bool{"POST " + migration.PathPages: true, "POST " + migration.PathFiles: true,
+		"POST " + migration.PathImages: true}
+	return s.peersOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); !streams[pattern] {
+			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		}
+		mux.ServeHTTP(w, r)
+	}))
+}
+
+// apply commits a command another node sent to the leader. Its senders mark it as
+// relayed, so a node that does not lead any more refuses it and the sender retries.
+func (s *server) apply(r *http.Request) (any, error) {
+	req, err := decode[api.ApplyRequest](r)
+	if err != nil {
+		return nil, err
+	}
+	return s.onLeader(r, http.MethodPost, "/peer/v1/apply", req, nil,
+		func() (any, error) { return struct{}{}, s.Members.ApplyForwarded(r.Context(), req) })
+}
+
+// join adds a node to the cluster, on the leader. The first daemon to receive the
+// request checks that the joiner's certificate names the node it joins as.
+func (s *server) join(r *http.Request) (any, error) {
+	req, err := decode[api.JoinRequest](r)
+	if err != nil {
+		return nil, err
+	}
+	if pki.ValidateName(req.ID) != nil || req.RaftAddr == "" || req.APIAddr == "" {
+		return nil, fmt.Errorf("join: need a valid id, raft_addr and api_addr: %w", api.ErrBadRequest)
+	}
+	if peer.ForwardedBy(r) == "" {
+		if cn := caller(r); cn != req.ID {
+			return nil, fmt.Errorf("join as %q refused: the caller's certificate is for %q: %w", req.ID, cn, api.ErrForbidden)
+		}
+	}
+	return s.onLeader(r, http.MethodPost, "/peer/v1/join", req, nil,
+		func() (any, error) { return struct{}{}, s.Members.Join(r.Context(), req) })
+}

@@ -1,0 +1,180 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/workload"
+)
+
+// Validate refuses what is wrong with a move request before anything runs: a missing
+// or unknown target, a workload that exited, is pinned or already runs there, tuning
+// out of range.
+func Validate(table *shmowner.Table, w record.Workload, req api.MoveRequest) error {
+	if req.Target == "" {
+		return fmt.Errorf("move: no target node given: %w", api.ErrBadRequest)
+	}
+	if _, ok := table.Node(req.Target); !ok {
+		return fmt.Errorf("move: no node %q (see `migshm nodes`): %w", req.Target, record.ErrUnknownNode)
+	}
+	if w.State == record.WorkloadExited {
+		return fmt.Errorf("move: workload %s exited (status %d); there is nothing to move: %w", w.Name, w.ExitStatus, api.ErrNotRunning)
+	}
+	if w.Node == req.Target {
+		return fmt.Errorf("move: workload %s already runs on %s: %w", w.Name, w.Node, record.ErrSameNode)
+	}
+	if w.Pinned {
+		return fmt.Errorf("move: workload %s is pinned to %s; `migshm unpin %s` first: %w", w.Name, w.Node, w.Name, api.ErrNotMovable)
+	}
+	if req.MaxDowntimeMS < 0 || req.MaxRounds < 0 {
+		return fmt.Errorf("move: max downtime and max rounds must not be negative: %w", api.ErrBadRequest)
+	}
+	if req.MaxRounds > 100 {
+		return fmt.Errorf("move: max rounds %d: at most 100: %w", req.MaxRounds, api.ErrBadRequest)
+	}
+	return nil
+}
+
+// Check finds every reason workload w (running on this node) cannot move to target
+// now. It changes nothing. An error means the check itself could not run.
+func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (rep api.CheckReport, err error) {
+	rep = api.CheckReport{Workload: w.ID, Name: w.Name, Source: e.self, Target: target, Problems: []api.Problem{}}
+	add := func(reason, format string, args ...any) {
+		rep.Problems = append(rep.Problems, api.Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
+	}
+	defer func() { rep.OK = len(rep.Problems) == 0 }()
+	table := e.table.Table()
+	tn, ok := table.Node(target)
+	switch {
+	case !ok:
+		return rep, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, record.ErrUnknownNode)
+	case target == e.self:
+		return rep, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, record.ErrSameNode)
+	case tn.State != record.NodeActive:
+		add("target-state", "node %s is %s; only an active node takes workloads", target, tn.State)
+		return rep, nil
+	}
+	if mg, ok := table.ActiveMigration(w.ID); ok {
+		add("migration-in-flight", "migration %s of %s (%s -> %s) is in phase %s; wait for it (`migshm migrations`)",
+			mg.ID, w.Name, mg.Source, mg.Target, mg.Phase)
+		return rep, nil
+	}
+	rec, running := e.wl.Running(w.ID)
+	if !running {
+		return rep, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
+	}
+	if _, err := e.criuCaps(ctx); err != nil {
+		add("criu-source", "CRIU does not work on %s: %v", e.self, err)
+	}
+	tree, err := migrate.Preflight{}.Check(rec.InitPid)
+	var nm *migrate.NotMovableError
+	switch {
+	case errors.As(err, &nm):
+		add(string(nm.Reason), "%s", nm.Detail)
+		return rep, nil
+	case err != nil:
+		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+	}
+	rep.Processes = len(tree.Procs)
+	if segs, err := workload.Segments(rec.InitPid); err == nil {
+		rep.Segments = len(segs)
+	}
+	blockers, err := migrate.CheckResources("/proc", tree)
+	if err != nil {
+		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+	}
+	for _, b := range blockers {
+		add(b.Reason, "%s", b.Detail)
+	}
+	mem, err := migrate.TreeMemory("/proc", tree)
+	if err != nil {
+		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+	}
+	// The target holds the images (in tmpfs) and the restored memory at once.
+	mem *= 2
+	rep.MemoryBytes = mem
+	// The daemon ships the workload's own files (logs) itself; everything else the tree
+	// reopens by path must already be on the target.
+	files, err := migrate.NeededFiles("/proc", tree, e.wl.Dir(w.ID))
+	if err != nil {
+		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+	}
+	req := TargetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: files}
+	if req.CPUInfo, err = e.cpuInfo(ctx); err != nil {
+		add("criu-source", "CRIU cannot describe this node's CPU: %v", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	res, err := e.peers.Target(tn.APIAddr).Check(cctx, req)
+	if err != nil {
+		add("target-unreachable", "node %s does not answer: %v", target, err)
+		return rep, nil
+	}
+	rep.TargetFree = res.FreeBytes
+	rep.Problems = append(rep.Problems, res.Problems...)
+	return rep, nil
+}
+
+// CheckTarget answers a source's check on this node, the candidate target.
+func (e *Engine) CheckTarget(ctx context.Context, req TargetCheckRequest) (TargetCheckResult, error) {
+	res := TargetCheckResult{Problems: []api.Problem{}}
+	add := func(reason, format string, args ...any) {
+		res.Problems = append(res.Problems, api.Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
+	}
+	if _, err := e.criuCaps(ctx); err != nil {
+		add("criu-target", "CRIU does not work on %s: %v", e.self, err)
+	} else if len(req.CPUInfo) > 0 {
+		if err := e.criu.CPUInfoCheck(ctx, req.CPUInfo); errors.Is(err, migrate.ErrCPUIncompatible) {
+			add("cpu", "the CPU of %s lacks features the workload may use: %v", e.self, err)
+		} else if err != nil {
+			add("criu-target", "CRIU on %s cannot compare the CPUs: %v", e.self, err)
+		}
+	}
+	free, _, err := supervisor.ReadMeminfo("/proc/meminfo")
+	if err != nil {
+		return res, err
+	}
+	res.FreeBytes = free
+	// Keep a margin: the images and the pre-copied pages live in tmpfs next to the
+	// restored memory for a while.
+	if need := req.MemoryBytes; need > free {
+		add("target-memory", "node %s has %s available; moving this workload needs about %s (its memory, and its images while it restores)",
+			e.self, humanBytes(free), humanBytes(need))
+	}
+	for _, p := range migrate.CheckFiles("/", req.Files) {
+		add("file-"+p.Reason, "%s", p.Detail)
+	}
+	if _, running := e.wl.Running(req.Workload); running {
+		add("target-has-workload", "node %s still runs a copy of %s", e.self, req.Workload)
+	}
+	return res, nil
+}
+
+func humanBytes(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// notMovable turns a failed check into an error that lists every problem.
+func notMovable(rep api.CheckReport) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s cannot move to %s:", rep.Name, rep.Target)
+	for _, p := range rep.Problems {
+		fmt.Fprintf(&b, "\n  - %s: %s", p.Reason, p.Detail)
+	}
+	return fmt.Errorf("%s: %w", b.String(), api.ErrNotMovable)
+}

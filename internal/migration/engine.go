@@ -1,0 +1,163 @@
+// Package migration is the migration engine: this node's part of moving a workload to
+// another node, as its source (check, pre-copy, freeze, ship, commit or roll back) and
+// as its target (prepare, receive, restore stopped, resume or remove), the journal each
+// side keeps on disk, and the recovery that settles a migration nobody drives any more
+// from its replicated record. It talks to the cluster, the supervisor and the other
+// side through the small interfaces below (go-criu's phaul: Local and Remote), and to
+// CRIU and images through package migrate.
+//
+// Every phase is a Raft entry, validated by the leader's FSM against the migration's
+// epoch:
+//
+//	planned -> precopy -> frozen -> shipped -> restored -> done | aborted
+//
+// The commit point is the done entry. Two rules make "exactly one copy runs" hold
+// through any crash, restart, election or network cut:
+//
+//   - Only the source applies done, and only after the target holds the restored tree
+//     stopped with its segments verified. The target resumes its copy only once the
+//     table says done; the source kills its stopped copy only once the table says done.
+//   - The source resumes its stopped copy only once the table says aborted. An apply
+//     whose outcome is unknown (a leader change) is settled by reading the record back
+//     from the leader before either copy is touched.
+//
+// A daemon that restarts finds its part from its journal and the replicated record
+// (recover.go): the source rolls a migration it no longer drives back (aborted, then
+// resume), the target resumes or removes what it restored according to the record.
+package migration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/workload"
+)
+
+// Table is what the engine needs of the cluster.
+type Table interface {
+	Self() string
+	Table() *shmowner.Table
+	// Apply commits through the leader; ApplyHere only on this node, the leader.
+	Apply(ctx context.Context, t shmowner.MessageType, body any) error
+	ApplyHere(ctx context.Context, t shmowner.MessageType, body any) error
+	// CatchUp waits until this node applied what the leader has.
+	CatchUp(ctx context.Context) bool
+	IsMember() bool
+}
+
+// Workloads is what the engine needs of this node's supervisor.
+type Workloads interface {
+	Running(id string) (supervisor.Record, bool)
+	Record(id string) (supervisor.Record, bool)
+	Adopt(rec supervisor.Record, proc *workload.Process) error
+	Release(id string, removeFiles bool)
+	Dir(id string) string
+}
+
+// Peers reaches the target node of a migration at its peer API address.
+type Peers interface {
+	Target(addr string) Remote
+}
+
+// Config is what an Engine is built from.
+type Config struct {
+	WorkloadDir string // the supervisor's workload dir (the target writes shipped log files there)
+	ImageDir    string // images and pre-copied pages; should be a tmpfs
+	DataDir     string // the journal lives in DataDir/migrations
+	CRIU        string // criu binary ("" : migrate.FindCRIU's default)
+	Log         *slog.Logger
+}
+
+// Engine runs this node's part of migrations, as source and as target.
+type Engine struct {
+	cfg   Config
+	self  string
+	table Table
+	wl    Workloads
+	peers Peers
+	log   *slog.Logger
+	criu  *migrate.CRIU
+
+	// ctx is the migrations' own: they do not end with the request that started them,
+	// only when the daemon stops (Close).
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	driving map[string]string       // workload id -> migration id this process drives as source
+	targets map[string]*targetState // migration id -> this node's target side
+
+	capsMu  sync.Mutex
+	caps    *migrate.Capabilities
+	capsErr error
+	capsAt  time.Time
+	cpuinfo []byte
+}
+
+// New returns the engine of the node table.Self().
+func New(cfg Config, table Table, wl Workloads, peers Peers) *Engine {
+	e := &Engine{cfg: cfg, self: table.Self(), table: table, wl: wl, peers: peers,
+		log: cfg.Log.With("component", "migrate"), criu: &migrate.CRIU{Path: cfg.CRIU},
+		driving: map[string]string{}, targets: map[string]*targetState{}}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	return e
+}
+
+// Close cancels the migrations this node drives (each rolls back or settles as it
+// does on any failure) and waits for them.
+func (e *Engine) Close() {
+	e.cancel()
+	e.wg.Wait()
+}
+
+func (e *Engine) goFn(fn func()) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		fn()
+	}()
+}
+
+func newMigrationID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "m" + hex.EncodeToString(b[:])
+}
+
+// criuCaps returns what CRIU says works here, cached for a minute (`criu check` takes
+// about a second).
+func (e *Engine) criuCaps(ctx context.Context) (*migrate.Capabilities, error) {
+	e.capsMu.Lock()
+	defer e.capsMu.Unlock()
+	if time.Since(e.capsAt) < time.Minute && (e.caps != nil || e.capsErr != nil) {
+		return e.caps, e.capsErr
+	}
+	path, err := migrate.FindCRIU(e.cfg.CRIU)
+	if err == nil {
+		e.criu.Path = path
+		e.caps, err = e.criu.Check(ctx)
+	}
+	e.capsErr, e.capsAt = err, time.Now()
+	return e.caps, err
+}
+
+func (e *Engine) cpuInfo(ctx context.Context) ([]byte, error) {
+	e.capsMu.Lock()
+	defer e.capsMu.Unlock()
+	if e.cpuinfo != nil {
+		return e.cpuinfo, nil
+	}
+	b, err := e.criu.CPUInfoDump(ctx)
+	if err == nil {
+		e.cpuinfo = b
+	}
+	return b, err
+}

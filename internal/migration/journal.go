@@ -1,0 +1,71 @@
+package migration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/workload"
+)
+
+// journalDir (under the data dir) keeps one file per migration this node takes part
+// in, until the migration's outcome is carried out: the trees a migration stopped or
+// restored outlive a daemon crash only there.
+const journalDir = "migrations"
+
+// journal is what a node keeps on disk about a migration in flight, until its outcome
+// is carried out. A target's (ID.json) names the restored tree; a source's
+// (out-ID.json) names the tree it may have stopped, which a restarted daemon may no
+// longer find through the shared workload dir.
+type journal struct {
+	ID     string `json:"id"`
+	Role   string `json:"role"` // "source" or "target"
+	Source string `json:"source"`
+	Epoch  uint64 `json:"epoch"`
+	Shared bool   `json:"shared"` // the workload dir is the source's too
+	// Record is the workload: on a target as it will run there (pid set once
+	// restored), on a source as it runs there.
+	Record supervisor.Record `json:"record"`
+}
+
+const (
+	roleSource = "source"
+	roleTarget = "target"
+)
+
+func (e *Engine) journalPath(id string) string {
+	return filepath.Join(e.cfg.DataDir, journalDir, id+".json")
+}
+
+func (e *Engine) sourceJournalPath(id string) string {
+	return filepath.Join(e.cfg.DataDir, journalDir, "out-"+id+".json")
+}
+
+func (e *Engine) saveJournal(j journal) error {
+	if err := os.MkdirAll(filepath.Join(e.cfg.DataDir, journalDir), 0o700); err != nil {
+		return err
+	}
+	path := e.journalPath(j.ID)
+	if j.Role == roleSource {
+		path = e.sourceJournalPath(j.ID)
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return workload.WriteFileSync(path, b)
+}
+
+func readJournal(path string) (journal, error) {
+	var j journal
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return j, err
+	}
+	if err := json.Unmarshal(b, &j); err != nil {
+		return j, fmt.Errorf("journal %s: %w", path, err)
+	}
+	return j, nil
+}

@@ -1,0 +1,533 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/faults"
+	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/shmowner"
+	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/workload"
+)
+
+// Defaults of a move.
+const (
+	defaultMaxDowntime = 300 * time.Millisecond
+	defaultMaxRounds   = 8
+	// stepTimeout bounds one request to the target outside the frozen window.
+	stepTimeout = 30 * time.Second
+	// frozenTimeout bounds the dump; after it, shipping and restoring get
+	// frozenTimeout plus the time the images take at slowLink: past that (a cut
+	// link, a hung target) the move aborts and the source resumes.
+	frozenTimeout = 30 * time.Second
+	slowLink      = 20 << 20 // bytes per second
+	// settleTimeout bounds how long the source tries to learn or set a migration's fate
+	// before it leaves the record to recovery.
+	settleTimeout = 2 * time.Minute
+)
+
+// sourceRun is one migration driven by this node.
+type sourceRun struct {
+	e      *Engine
+	log    *slog.Logger
+	id     string
+	w      record.Workload
+	rec    supervisor.Record // the workload as it runs here
+	target record.Node
+	remote Remote
+	epoch  uint64
+	dir    string
+	req    api.MoveRequest
+	emit   func(api.MoveEvent)
+	start  time.Time
+
+	stats  record.MigrationStats
+	pc     *migrate.Precopier
+	shared bool // the target sees this node's workload dir (one host, shared filesystem)
+	frozen bool // the tree may be stopped by a dump
+}
+
+// Move starts moving workload w, which runs on this node, as req asks. It returns once
+// the migration is planned in the table, with a channel that receives its outcome (nil:
+// done), or the error that refused it before anything changed. A planned migration
+// runs on its own, whatever becomes of the caller, and reports its progress through
+// emit, ending with an event "done" or "error"; emit is called from the migration's
+// goroutine and must not block it.
+func (e *Engine) Move(w record.Workload, req api.MoveRequest, emit func(api.MoveEvent)) (<-chan error, error) {
+	started := make(chan error, 1)
+	done := make(chan error, 1)
+	e.goFn(func() {
+		err := e.move(e.ctx, w, req, started, emit)
+		if err != nil {
+			e.log.Warn("migration failed", "workload", w.Name, "err", err)
+		}
+		done <- err
+	})
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return done, nil
+}
+
+// move runs a whole migration of w to req.Target. started receives nil once the
+// migration is planned (events follow), or the error that refused it.
+func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveRequest, started chan<- error, emit func(api.MoveEvent)) (err error) {
+	startErr := func(err error) error {
+		started <- err // exactly once: every return before the plan, or nil after it
+		return err
+	}
+	e.mu.Lock()
+	if id, busy := e.driving[w.ID]; busy {
+		e.mu.Unlock()
+		return startErr(fmt.Errorf("move %s: migration %s is running: %w", w.Name, id, record.ErrMigrationInFlight))
+	}
+	e.driving[w.ID] = "checking"
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.driving, w.ID)
+		e.mu.Unlock()
+	}()
+
+	rep, err := e.Check(ctx, w, req.Target)
+	if err != nil {
+		return startErr(err)
+	}
+	if !rep.OK {
+		return startErr(notMovable(rep))
+	}
+	table := e.table.Table()
+	tn, _ := table.Node(req.Target)
+	rec, running := e.wl.Running(w.ID)
+	if !running {
+		return startErr(fmt.Errorf("move %s: not running here: %w", w.Name, api.ErrNotRunning))
+	}
+	s := &sourceRun{e: e, id: newMigrationID(), w: w, rec: rec, target: tn, remote: e.peers.Target(tn.APIAddr),
+		epoch: table.GroupEpoch(w.Group), req: req, emit: emit, start: time.Now()}
+	s.log = e.log.With("migration", s.id, "workload", w.Name, "peer", tn.ID)
+	s.dir = filepath.Join(e.cfg.ImageDir, "out-"+s.id)
+	pctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	err = e.table.Apply(pctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{
+		ID: s.id, Workload: w.ID, Target: tn.ID, Epoch: s.epoch, At: time.Now().UnixNano(), Reason: req.Reason})
+	cancel()
+	if err != nil {
+		// Plan is the first write: if its outcome is unknown, recovery aborts the record
+		// (this node is its source and nobody drives it), and nothing was touched.
+		return startErr(fmt.Errorf("move %s: plan the migration: %w", w.Name, err))
+	}
+	e.mu.Lock()
+	e.driving[w.ID] = s.id
+	e.mu.Unlock()
+	_ = startErr(nil)
+	if err := e.saveJournal(journal{ID: s.id, Role: roleSource, Source: e.self, Epoch: s.epoch, Record: rec}); err != nil {
+		return s.fail(fmt.Errorf("write the migration journal: %w", err))
+	}
+	s.log.Info("migration planned", "target", tn.ID, "epoch", s.epoch)
+	s.event(api.MoveEvent{Event: api.EventPhase, Phase: string(record.PhasePlanned), Record: &record.Migration{
+		ID: s.id, Workload: w.ID, Source: e.self, Target: tn.ID, Phase: record.PhasePlanned,
+		Epoch: s.epoch, StartedAt: s.start.UnixNano(), UpdatedAt: s.start.UnixNano()}})
+	faults.At(string(record.PhasePlanned))
+
+	err = s.run(ctx)
+	if err == nil {
+		return nil
+	}
+	return s.fail(err)
+}
+
+func (s *sourceRun) event(ev api.MoveEvent) {
+	ev.At = time.Now().UnixNano()
+	ev.Migration = s.id
+	s.emit(ev)
+}
+
+// phase records a forward phase change.
+func (s *sourceRun) phase(ctx context.Context, p record.Phase) error {
+	cctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	st := s.stats
+	st.TotalNS = int64(time.Since(s.start))
+	if err := s.e.table.Apply(cctx, shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{
+		ID: s.id, Phase: p, Epoch: s.epoch, At: time.Now().UnixNano(),
+		Bytes: s.stats.PrecopyBytes + s.stats.FinalBytes, Stats: &st}); err != nil {
+		return fmt.Errorf("record phase %s: %w", p, err)
+	}
+	s.event(api.MoveEvent{Event: api.EventPhase, Phase: string(p)})
+	faults.At(string(p))
+	return nil
+}
+
+// run does everything up to the commit and after it. An error means the migration did
+// not commit: the caller rolls back.
+func (s *sourceRun) run(ctx context.Context) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", s.dir, err)
+	}
+	defer os.RemoveAll(s.dir)
+
+	// The target learns the migration and says whether it sees this node's workload dir
+	// (a token file only this node wrote), so neither side copies files onto themselves
+	// nor removes files the other uses.
+	token := newMigrationID()
+	wdir := s.e.wl.Dir(s.w.ID)
+	tokenFile := filepath.Join(wdir, ".migration-"+s.id)
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", tokenFile, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	prep, err := s.remote.Prepare(cctx, s.id, PrepareRequest{Record: s.rec, Dir: wdir, Token: token})
+	cancel()
+	os.Remove(tokenFile)
+	if err != nil {
+		return fmt.Errorf("prepare %s: %w", s.target.ID, err)
+	}
+	s.shared = prep.Shared
+	if s.shared {
+		// Recovery must know the workload dir is not this node's alone.
+		if err := s.e.saveJournal(journal{ID: s.id, Role: roleSource, Source: s.e.self, Epoch: s.epoch,
+			Shared: true, Record: s.rec}); err != nil {
+			return fmt.Errorf("write the migration journal: %w", err)
+		}
+	}
+
+	if !s.req.NoPrecopy {
+		if err := s.precopy(ctx); err != nil {
+			return err
+		}
+	}
+	return s.freezeAndMove(ctx)
+}
+
+// precopy sends the workload's memory to the target while it runs, round after round,
+// until what changed in the last round would ship within the downtime aimed for.
+func (s *sourceRun) precopy(ctx context.Context) error {
+	if err := s.phase(ctx, record.PhasePrecopy); err != nil {
+		return err
+	}
+	maxDown := time.Duration(s.req.MaxDowntimeMS) * time.Millisecond
+	if maxDown <= 0 {
+		maxDown = defaultMaxDowntime
+	}
+	maxRounds := s.req.MaxRounds
+	if maxRounds <= 0 {
+		maxRounds = defaultMaxRounds
+	}
+	initPid := s.rec.InitPid
+	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(initPid) })
+	var rate float64 // best bytes/s seen on the wire
+	var prevChanged int64 = -1
+	for round := 1; ; round++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st, err := s.precopyRound(ctx)
+		if err != nil {
+			return fmt.Errorf("pre-copy round %d: %w", round, err)
+		}
+		s.stats.Rounds = round
+		s.stats.PrecopyBytes += uint64(st.SentBytes)
+		r := 0.0
+		if st.Duration > 0 {
+			r = float64(st.SentBytes) / st.Duration.Seconds()
+		}
+		rate = max(rate, r)
+		s.event(api.MoveEvent{Event: api.EventRound, Phase: string(record.PhasePrecopy), Round: &api.RoundInfo{
+			Round: round, Pages: st.Pages, ChangedPages: st.Changed, SentBytes: st.SentBytes,
+			DurationNS: int64(st.Duration), RateBPS: r}})
+		s.log.Info("pre-copy round", "round", round, "pages", st.Pages, "changed", st.Changed,
+			"sent_bytes", st.SentBytes, "took", st.Duration)
+		remaining := float64(st.Changed * migrate.PageSize)
+		switch {
+		case round > 1 && rate > 0 && remaining/rate <= maxDown.Seconds():
+			return nil // converged
+		case round >= maxRounds:
+			return nil
+		case prevChanged >= 0 && st.Changed*10 >= prevChanged*9:
+			return nil // not converging: the workload dirties as fast as we copy
+		}
+		prevChanged = st.Changed
+	}
+}
+
+// precopyRound streams one round of pages to the target.
+func (s *sourceRun) precopyRound(ctx context.Context) (migrate.RoundStats, error) {
+	pr, pw := io.Pipe()
+	var st migrate.RoundStats
+	var rerr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st, rerr = s.pc.Round(ctx, pw)
+		pw.CloseWithError(rerr)
+	}()
+	_, err := s.remote.Pages(ctx, s.id, pr)
+	pr.CloseWithError(errors.New("request ended"))
+	<-done
+	// The target's answer says why first: a sender's write error is mostly the
+	// consequence of the target giving up on the request (a full disk, say).
+	if err != nil {
+		return st, err
+	}
+	if rerr != nil {
+		return st, rerr
+	}
+	s.pc.Commit()
+	return st, nil
+}
+
+// freezeAndMove is the frozen window: dump with the tree left stopped, ship, restore
+// (stopped) on the target, commit, then resume the target's copy and remove this one.
+func (s *sourceRun) freezeAndMove(ctx context.Context) error {
+	if err := s.phase(ctx, record.PhaseFrozen); err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, frozenTimeout)
+	defer cancel()
+	images := filepath.Join(s.dir, "images")
+	s.frozen = true
+	t0 := time.Now()
+	dump, err := s.e.criu.Dump(fctx, migrate.DumpOptions{Pid: s.rec.InitPid, ImagesDir: images,
+		WorkDir: filepath.Join(s.dir, "work"), LeaveStopped: true})
+	if err != nil {
+		return fmt.Errorf("dump: %w", err)
+	}
+	faults.At("dumped")
+	// The tree stopped at about dump end - frozen; downtime counts from there.
+	frozenAt := time.Now().Add(-dump.Frozen)
+	if dump.Frozen <= 0 {
+		frozenAt = t0
+	}
+	s.stats.DumpNS = int64(time.Since(t0))
+	s.stats.WorkloadBytes = uint64(dump.ImageBytes)
+	cancel()
+	fctx, cancel = context.WithTimeout(ctx, frozenTimeout+time.Duration(dump.ImageBytes/slowLink)*time.Second)
+	defer cancel()
+	digests, err := workload.QuickDigestSegments(s.rec.InitPid)
+	if err != nil {
+		return fmt.Errorf("digest segments at the freeze: %w", err)
+	}
+
+	t1 := time.Now()
+	if !s.shared {
+		if err := s.shipFiles(fctx); err != nil {
+			return err
+		}
+	}
+	var wire atomic.Int64
+	pr, pw := io.Pipe()
+	go func() {
+		opts := migrate.StreamOptions{Paged: isPagesImage}
+		if s.pc != nil {
+			opts.Held = s.pc.Held
+		}
+		_, err := migrate.WriteImages(fctx, countingWriter{pw, &wire}, images, opts)
+		pw.CloseWithError(err)
+	}()
+	_, err = s.remote.Images(fctx, s.id, faults.Stream(pr))
+	pr.CloseWithError(errors.New("request ended"))
+	s.stats.FinalBytes += uint64(wire.Load())
+	if err != nil {
+		return fmt.Errorf("ship images: %w", err)
+	}
+	s.stats.ShipNS = int64(time.Since(t1))
+	if err := s.phase(ctx, record.PhaseShipped); err != nil {
+		return err
+	}
+
+	t2 := time.Now()
+	if _, err := s.remote.Restore(fctx, s.id, RestoreRequest{Segments: digests}); err != nil {
+		return fmt.Errorf("restore on %s: %w", s.target.ID, err)
+	}
+	s.stats.RestoreNS = int64(time.Since(t2))
+	if err := s.phase(ctx, record.PhaseRestored); err != nil {
+		return err
+	}
+
+	// The commit. From here on nothing rolls back.
+	s.stats.FrozenNS = int64(time.Since(frozenAt))
+	if err := s.commit(); err != nil {
+		return err
+	}
+	s.finish(frozenAt)
+	return nil
+}
+
+// commit applies done; if its outcome is unknown it reads it back. An error means the
+// migration did not commit.
+func (s *sourceRun) commit() error {
+	st := s.stats
+	st.TotalNS = int64(time.Since(s.start))
+	phase, err := s.e.settle(s.id, s.epoch, record.PhaseDone, "", &st)
+	if err != nil {
+		return err
+	}
+	if phase != record.PhaseDone {
+		return fmt.Errorf("the migration was %s before it could commit", phase)
+	}
+	s.event(api.MoveEvent{Event: api.EventPhase, Phase: string(record.PhaseDone)})
+	faults.At(string(record.PhaseDone))
+	return nil
+}
+
+// finish runs after the commit: resume the target's copy, remove this one.
+func (s *sourceRun) finish(frozenAt time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	defer cancel()
+	if err := s.remote.Resume(ctx, s.id); err != nil {
+		// The target resumes it by itself from the record (recovery).
+		s.log.Warn("target did not confirm the resume; it resumes from the record when it can", "err", err)
+	}
+	s.stats.FrozenNS = int64(time.Since(frozenAt))
+	s.e.wl.Release(s.w.ID, !s.shared)
+	os.Remove(s.e.sourceJournalPath(s.id))
+	s.stats.TotalNS = int64(time.Since(s.start))
+	if err := s.e.table.Apply(ctx, shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: s.id, Stats: s.stats}); err != nil {
+		s.log.Warn("record migration figures", "err", err)
+	}
+	s.log.Info("migration done", "downtime", time.Duration(s.stats.FrozenNS), "total", time.Duration(s.stats.TotalNS),
+		"precopy_bytes", s.stats.PrecopyBytes, "final_bytes", s.stats.FinalBytes, "rounds", s.stats.Rounds)
+	rec, _ := s.e.table.Table().Migration(s.id) // this node's copy may lag the commit
+	st := s.stats
+	rec.Phase, rec.Stats = record.PhaseDone, &st
+	s.event(api.MoveEvent{Event: api.EventDone, Phase: string(record.PhaseDone), Record: &rec, Summary: &st})
+}
+
+// fail rolls a migration that did not commit back: the record says aborted, the target
+// removes what it made, and the source tree runs again. If the record turns out to be
+// done (a commit whose answer was lost), the move is finished instead.
+func (s *sourceRun) fail(cause error) error {
+	s.log.Warn("migration failed; rolling back", "err", cause)
+	st := s.stats
+	st.TotalNS = int64(time.Since(s.start))
+	phase, err := s.e.settle(s.id, s.epoch, record.PhaseAborted, cause.Error(), &st)
+	if err != nil {
+		// Neither outcome could be recorded: leave both copies as they are (the source
+		// stopped, the target's stopped too); recovery settles it once the cluster has a
+		// leader again.
+		s.event(api.MoveEvent{Event: api.EventError, Error: fmt.Sprintf("migration %s failed (%v) and its outcome could not be recorded (%v); "+
+			"the workload stays stopped on %s until the cluster settles it", s.id, cause, err, s.e.self), Code: "no_leader"})
+		return err
+	}
+	if phase == record.PhaseDone {
+		s.finish(time.Now().Add(-time.Duration(s.stats.FrozenNS)))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+	defer cancel()
+	if err := s.remote.Abort(ctx, s.id); err != nil && !errors.Is(err, record.ErrUnknownMigration) {
+		s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
+	}
+	if s.frozen {
+		if err := migrate.Resume("/proc", s.rec.InitPid, 10*time.Second); err != nil {
+			s.log.Error("resume the source tree after an abort", "err", err)
+		}
+	}
+	os.Remove(s.e.sourceJournalPath(s.id))
+	rec, _ := s.e.table.Table().Migration(s.id) // this node's copy may lag the abort
+	rec.Phase, rec.Error = record.PhaseAborted, cause.Error()
+	err = fmt.Errorf("migration %s of %s to %s aborted; the workload runs on %s as before: %v: %w",
+		s.id, s.w.Name, s.target.ID, s.e.self, cause, api.ErrMigrationFailed)
+	code, _ := api.Code(cause)
+	if code == "internal" {
+		code = "migration_failed"
+	}
+	// The event carries the cause; the client says "aborted, runs on the source" itself.
+	s.event(api.MoveEvent{Event: api.EventError, Phase: string(record.PhaseAborted), Record: &rec, Error: cause.Error(), Code: code})
+	return err
+}
+
+// settle drives migration id to the terminal phase want (done or aborted) and returns
+// the terminal phase it has: want, or the other one if that was recorded first. It
+// keeps trying through elections; an error means it could not find out in time.
+func (e *Engine) settle(id string, epoch uint64, want record.Phase, reason string, st *record.MigrationStats) (record.Phase, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+	defer cancel()
+	var last error
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		err := e.table.Apply(actx, shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{
+			ID: id, Phase: want, Epoch: epoch, At: time.Now().UnixNano(), Error: reason, Stats: st})
+		acancel()
+		if err == nil {
+			return want, nil
+		}
+		last = err
+		// Refused, or unknown: the leader's record tells.
+		if rec, ok := e.leaderRecord(ctx, id); ok && rec.Phase.Terminal() {
+			return rec.Phase, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("settle migration %s as %s: %w", id, want, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// leaderRecord returns the migration as the leader has committed it: this node's
+// table once it caught up with the leader's log.
+func (e *Engine) leaderRecord(ctx context.Context, id string) (record.Migration, bool) {
+	if !e.table.CatchUp(ctx) {
+		return record.Migration{}, false
+	}
+	return e.table.Table().Migration(id)
+}
+
+// shipFiles copies the workload's log files to the target (separate filesystems only).
+func (s *sourceRun) shipFiles(ctx context.Context) error {
+	for _, name := range []string{supervisor.StdoutFile, supervisor.StderrFile} {
+		f, err := os.Open(filepath.Join(s.e.wl.Dir(s.w.ID), name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = s.remote.File(ctx, s.id, name, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("ship %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// isPagesImage names CRIU's page data files, which travel page by page.
+func isPagesImage(name string) bool {
+	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
+}
+
+// treePids returns the host pids of the workload tree rooted at initPid.
+func treePids(initPid int) ([]int, error) {
+	procs, _, err := workload.ReadAll("/proc")
+	if err != nil {
+		return nil, err
+	}
+	tree, err := workload.FindTree(procs, initPid)
+	if err != nil {
+		return nil, err
+	}
+	return tree.Pids(), nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}

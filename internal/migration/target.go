@@ -1,0 +1,368 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/faults"
+	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/workload"
+	"golang.org/x/sys/unix"
+)
+
+// The target side. Each call names the migration and the node that made it (caller,
+// from its certificate): only the migration's source may drive it, and only to this
+// node, its target.
+
+// targetState is this node's side of one incoming migration.
+type targetState struct {
+	mu    sync.Mutex
+	j     journal
+	dir   string
+	store *migrate.PageStore
+	proc  *workload.Process // the restored init while it is our child and not yet adopted
+}
+
+// incoming checks that caller is the source of migration id with this node as its
+// target, and returns the migration's record.
+func (e *Engine) incoming(ctx context.Context, caller, id string) (record.Migration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	e.table.CatchUp(ctx)
+	mg, ok := e.table.Table().Migration(id)
+	if !ok {
+		return mg, fmt.Errorf("migration %s: %w", id, record.ErrUnknownMigration)
+	}
+	if mg.Target != e.self {
+		return mg, fmt.Errorf("migration %s goes to %s, not to %s: %w", id, mg.Target, e.self, api.ErrBadRequest)
+	}
+	if caller != mg.Source {
+		return mg, fmt.Errorf("migration %s is driven by %s, not by %s: %w", id, mg.Source, caller, api.ErrForbidden)
+	}
+	return mg, nil
+}
+
+func (e *Engine) target(id string) (*targetState, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t := e.targets[id]
+	if t == nil {
+		return nil, fmt.Errorf("migration %s is not open on %s (prepare it first, or it was aborted): %w",
+			id, e.self, record.ErrUnknownMigration)
+	}
+	return t, nil
+}
+
+// open checks an incoming request of an open migration and returns its state.
+func (e *Engine) open(ctx context.Context, caller, id string) (*targetState, error) {
+	if _, err := e.incoming(ctx, caller, id); err != nil {
+		return nil, err
+	}
+	return e.target(id)
+}
+
+// Prepare opens migration id on this node: a directory for its images and pre-copied
+// pages, and its journal.
+func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequest) (PrepareResult, error) {
+	mg, err := e.incoming(ctx, caller, id)
+	if err != nil {
+		return PrepareResult{}, err
+	}
+	if mg.Phase.Terminal() {
+		return PrepareResult{}, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
+	}
+	if req.Record.ID != mg.Workload {
+		return PrepareResult{}, fmt.Errorf("migration %s moves %s, not %s: %w", id, mg.Workload, req.Record.ID, api.ErrBadRequest)
+	}
+	dir := filepath.Join(e.cfg.ImageDir, "in-"+id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return PrepareResult{}, err
+	}
+	store, err := migrate.OpenPageStore(filepath.Join(dir, "pages"))
+	if err != nil {
+		os.RemoveAll(dir)
+		return PrepareResult{}, err
+	}
+	shared := false
+	if want := filepath.Join(e.cfg.WorkloadDir, req.Record.ID); want == req.Dir && req.Token != "" {
+		b, err := os.ReadFile(filepath.Join(want, ".migration-"+id))
+		shared = err == nil && string(b) == req.Token
+	}
+	rec := req.Record
+	rec.Node = e.self
+	rec.InitPid, rec.InitStart = 0, 0
+	j := journal{ID: id, Role: roleTarget, Source: mg.Source, Epoch: mg.Epoch, Shared: shared, Record: rec}
+	if err := e.saveJournal(j); err != nil {
+		store.Close()
+		os.RemoveAll(dir)
+		return PrepareResult{}, err
+	}
+	if !shared {
+		if err := os.MkdirAll(filepath.Join(e.cfg.WorkloadDir, rec.ID), 0o700); err != nil {
+			return PrepareResult{}, err
+		}
+	}
+	e.mu.Lock()
+	if old := e.targets[id]; old != nil {
+		e.mu.Unlock()
+		store.Close()
+		return PrepareResult{}, fmt.Errorf("migration %s is already open here: %w", id, record.ErrExists)
+	}
+	e.targets[id] = &targetState{j: j, dir: dir, store: store}
+	e.mu.Unlock()
+	e.log.Info("incoming migration", "migration", id, "workload", rec.Name, "peer", mg.Source, "shared_dir", shared)
+	faults.At("target-prepared")
+	return PrepareResult{Shared: shared}, nil
+}
+
+// Pages takes one pre-copy round of migration id.
+func (e *Engine) Pages(ctx context.Context, caller, id string, pages io.Reader) (PagesResult, error) {
+	t, err := e.open(ctx, caller, id)
+	if err != nil {
+		return PagesResult{}, err
+	}
+	t.mu.Lock()
+	store := t.store
+	t.mu.Unlock()
+	if store == nil {
+		return PagesResult{}, fmt.Errorf("migration %s: pre-copy pages after the images: %w", id, record.ErrBadTransition)
+	}
+	n, err := migrate.ReadPages(ctx, pages, store)
+	if err != nil {
+		return PagesResult{}, fmt.Errorf("pre-copy pages: %w", err)
+	}
+	return PagesResult{Pages: n}, nil
+}
+
+// File takes one of the workload's own files (its logs) when the nodes do not share
+// the workload dir.
+func (e *Engine) File(ctx context.Context, caller, id, name string, content io.Reader) error {
+	t, err := e.open(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	if name != supervisor.StdoutFile && name != supervisor.StderrFile {
+		return fmt.Errorf("files: %q is not a workload file: %w", name, api.ErrBadRequest)
+	}
+	if t.j.Shared {
+		return nil // the very same file
+	}
+	path := filepath.Join(e.cfg.WorkloadDir, t.j.Record.ID, name)
+	tmp := path + ".migrating"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.ReadFrom(content); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("receive %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Images takes the final images of migration id.
+func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader) (ImagesResult, error) {
+	t, err := e.open(ctx, caller, id)
+	if err != nil {
+		return ImagesResult{}, err
+	}
+	t.mu.Lock()
+	store := t.store
+	t.mu.Unlock()
+	st, err := migrate.ReadImages(ctx, images, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: store})
+	if err != nil {
+		return ImagesResult{}, fmt.Errorf("receive images: %w", err)
+	}
+	// The pages now live in the images; the store is not needed any more.
+	t.mu.Lock()
+	if t.store != nil {
+		t.store.Close()
+		t.store = nil
+	}
+	t.mu.Unlock()
+	faults.At("target-received")
+	return ImagesResult{Files: st.Files, Bytes: st.Bytes, RefPages: st.RefPages}, nil
+}
+
+// Restore restores the shipped tree and leaves it stopped, after checking its segments
+// against the digests taken at the freeze. It resumes only once the table says done
+// (Resume, or recovery).
+func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequest) (RestoreResult, error) {
+	mg, err := e.incoming(ctx, caller, id)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	if mg.Phase.Terminal() {
+		return RestoreResult{}, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
+	}
+	t, err := e.target(id)
+	if err != nil {
+		return RestoreResult{}, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.proc != nil {
+		return RestoreResult{}, fmt.Errorf("migration %s is already restored here: %w", id, record.ErrExists)
+	}
+	if _, err := e.criuCaps(ctx); err != nil {
+		return RestoreResult{}, err
+	}
+	start := time.Now()
+	res, err := e.criu.Restore(ctx, migrate.RestoreOptions{
+		ImagesDir: filepath.Join(t.dir, "images"), WorkDir: filepath.Join(t.dir, "work"),
+		LeaveStopped: true, BeforeResume: migrate.VerifySegments(req.Segments)})
+	if err != nil {
+		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)
+	}
+	t.proc = workload.Attach(res.Pid)
+	st, err := workload.StartTime("/proc", res.Pid)
+	if err == nil {
+		t.j.Record.InitPid, t.j.Record.InitStart = res.Pid, st
+		err = e.saveJournal(t.j)
+	}
+	if err != nil {
+		_ = t.proc.Kill()
+		_, _ = t.proc.Wait()
+		t.proc = nil
+		return RestoreResult{}, fmt.Errorf("restore on %s: record the restored tree: %w", e.self, err)
+	}
+	e.log.Info("restored, stopped until the commit", "migration", id, "pid", res.Pid, "took", time.Since(start))
+	faults.At("target-restored")
+	return RestoreResult{Pid: res.Pid, RestoreNS: int64(time.Since(start))}, nil
+}
+
+// Resume resumes the restored tree of migration id once the table says it is done.
+func (e *Engine) Resume(ctx context.Context, caller, id string) error {
+	mg, err := e.incoming(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	if mg.Phase != record.PhaseDone {
+		return fmt.Errorf("migration %s is %s, not done: the restored copy stays stopped: %w", id, mg.Phase, record.ErrBadTransition)
+	}
+	faults.At("target-resume")
+	return e.resumeTarget(id)
+}
+
+// Abort removes what this node made for migration id once the table says it is
+// aborted.
+func (e *Engine) Abort(ctx context.Context, caller, id string) error {
+	mg, err := e.incoming(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	if mg.Phase != record.PhaseAborted {
+		return fmt.Errorf("migration %s is %s, not aborted: %w", id, mg.Phase, record.ErrBadTransition)
+	}
+	return e.abortTarget(id)
+}
+
+// loadTarget returns the target state of id: the open one, or one rebuilt from the
+// journal after a restart.
+func (e *Engine) loadTarget(id string) (*targetState, error) {
+	e.mu.Lock()
+	t := e.targets[id]
+	e.mu.Unlock()
+	if t != nil {
+		return t, nil
+	}
+	j, err := readJournal(e.journalPath(id))
+	if err != nil {
+		return nil, err
+	}
+	t = &targetState{j: j, dir: filepath.Join(e.cfg.ImageDir, "in-"+id)}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if cur := e.targets[id]; cur != nil {
+		return cur, nil
+	}
+	e.targets[id] = t
+	return t, nil
+}
+
+// resumeTarget continues the restored tree of a committed migration and hands it to
+// the supervisor. It is idempotent.
+func (e *Engine) resumeTarget(id string) error {
+	t, err := e.loadTarget(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // done before
+	}
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	rec := t.j.Record
+	if rec.InitPid == 0 {
+		return fmt.Errorf("migration %s is done but %s never restored it: %w", id, e.self, api.ErrNotRunning)
+	}
+	if err := e.wl.Adopt(rec, t.proc); err != nil {
+		return fmt.Errorf("adopt the restored tree of migration %s: %w", id, err)
+	}
+	if err := migrate.Resume("/proc", rec.InitPid, 10*time.Second); err != nil {
+		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
+	}
+	e.log.Info("moved workload runs here", "migration", id, "workload", rec.Name, "pid", rec.InitPid)
+	e.closeTarget(id, t)
+	return nil
+}
+
+// abortTarget kills what this node restored for an aborted migration and removes its
+// files. It is idempotent.
+func (e *Engine) abortTarget(id string) error {
+	t, err := e.loadTarget(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.proc != nil:
+		_ = t.proc.Kill()
+		_, _ = t.proc.Wait()
+	case t.j.Record.InitPid != 0:
+		// Restored by an earlier run of this daemon: no longer our child.
+		if w, err := workload.WatchProcess(t.j.Record.InitPid, t.j.Record.InitStart); err == nil {
+			_ = w.Signal(unix.SIGKILL)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = w.Wait(ctx)
+			cancel()
+			w.Close()
+		}
+	}
+	t.proc = nil
+	if !t.j.Shared {
+		os.RemoveAll(filepath.Join(e.cfg.WorkloadDir, t.j.Record.ID))
+	}
+	e.log.Info("aborted migration cleaned up", "migration", id, "workload", t.j.Record.Name)
+	e.closeTarget(id, t)
+	return nil
+}
+
+func (e *Engine) closeTarget(id string, t *targetState) {
+	if t.store != nil {
+		t.store.Close()
+		t.store = nil
+	}
+	os.RemoveAll(t.dir)
+	os.Remove(e.journalPath(id))
+	e.mu.Lock()
+	delete(e.targets, id)
+	e.mu.Unlock()
+}

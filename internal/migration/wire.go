@@ -1,0 +1,141 @@
+package migration
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/peer"
+	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/workload"
+)
+
+// The peer API of a migration's target: the routes the source calls, as http.ServeMux
+// patterns ({id} is the migration's id).
+const (
+	PathCheck   = "/peer/v1/migrations/target-check"
+	PathPrepare = "/peer/v1/migrations/{id}/prepare"
+	PathPages   = "/peer/v1/migrations/{id}/pages"  // body: a pre-copy round's page stream
+	PathFiles   = "/peer/v1/migrations/{id}/files"  // ?name=FILE; body: the file
+	PathImages  = "/peer/v1/migrations/{id}/images" // body: the image stream
+	PathRestore = "/peer/v1/migrations/{id}/restore"
+	PathResume  = "/peer/v1/migrations/{id}/resume"
+	PathAbort   = "/peer/v1/migrations/{id}/abort"
+)
+
+// TargetCheckRequest is what the source asks the target before a move.
+type TargetCheckRequest struct {
+	Workload    string             `json:"workload"`
+	MemoryBytes uint64             `json:"memory_bytes"`
+	CPUInfo     []byte             `json:"cpuinfo"`
+	Files       []migrate.FileNeed `json:"files"`
+}
+
+// TargetCheckResult is what the target found.
+type TargetCheckResult struct {
+	FreeBytes uint64        `json:"free_bytes"`
+	Problems  []api.Problem `json:"problems"`
+}
+
+// PrepareRequest opens a migration on the target.
+type PrepareRequest struct {
+	Record supervisor.Record `json:"record"` // the source's record of the workload
+	Dir    string            `json:"dir"`    // the source's workload dir of it
+	Token  string            `json:"token"`  // content of Dir/.migration-ID, if the target can read it the dir is shared
+}
+
+// PrepareResult says whether the target sees the source's workload dir.
+type PrepareResult struct {
+	Shared bool `json:"shared"`
+}
+
+// PagesResult is the target's receipt of a pre-copy round.
+type PagesResult struct {
+	Pages int64 `json:"pages"`
+}
+
+// ImagesResult is the target's receipt of the images.
+type ImagesResult struct {
+	Files    int   `json:"files"`
+	Bytes    int64 `json:"bytes"`
+	RefPages int64 `json:"ref_pages"`
+}
+
+// RestoreRequest asks the target to restore the shipped tree, stopped.
+type RestoreRequest struct {
+	Segments []workload.Segment `json:"segments"` // digests at the freeze
+}
+
+// RestoreResult names the restored tree.
+type RestoreResult struct {
+	Pid       int   `json:"pid"`
+	RestoreNS int64 `json:"restore_ns"`
+}
+
+// Remote is the target side of migrations as the source sees it: one node.
+type Remote interface {
+	Check(ctx context.Context, req TargetCheckRequest) (TargetCheckResult, error)
+	Prepare(ctx context.Context, id string, req PrepareRequest) (PrepareResult, error)
+	Pages(ctx context.Context, id string, pages io.Reader) (PagesResult, error)
+	File(ctx context.Context, id, name string, content io.Reader) error
+	Images(ctx context.Context, id string, images io.Reader) (ImagesResult, error)
+	Restore(ctx context.Context, id string, req RestoreRequest) (RestoreResult, error)
+	Resume(ctx context.Context, id string) error
+	Abort(ctx context.Context, id string) error
+}
+
+// clientRemote is a Remote over a peer API client.
+type clientRemote struct{ c *api.Client }
+
+// NewRemote returns the Remote that calls the peer API through c.
+func NewRemote(c *api.Client) Remote { return clientRemote{c} }
+
+func path(pattern, id string) string { return strings.Replace(pattern, "{id}", url.PathEscape(id), 1) }
+
+func (r clientRemote) Check(ctx context.Context, req TargetCheckRequest) (TargetCheckResult, error) {
+	var res TargetCheckResult
+	return res, r.c.Call(ctx, http.MethodPost, PathCheck, req, &res)
+}
+
+func (r clientRemote) Prepare(ctx context.Context, id string, req PrepareRequest) (PrepareResult, error) {
+	var res PrepareResult
+	return res, r.c.Call(ctx, http.MethodPost, path(PathPrepare, id), req, &res)
+}
+
+func (r clientRemote) Pages(ctx context.Context, id string, pages io.Reader) (PagesResult, error) {
+	var res PagesResult
+	return res, r.c.Upload(ctx, path(PathPages, id), pages, &res)
+}
+
+func (r clientRemote) File(ctx context.Context, id, name string, content io.Reader) error {
+	return r.c.Upload(ctx, path(PathFiles, id)+"?"+url.Values{"name": {name}}.Encode(), content, nil)
+}
+
+func (r clientRemote) Images(ctx context.Context, id string, images io.Reader) (ImagesResult, error) {
+	var res ImagesResult
+	return res, r.c.Upload(ctx, path(PathImages, id), images, &res)
+}
+
+func (r clientRemote) Restore(ctx context.Context, id string, req RestoreRequest) (RestoreResult, error) {
+	var res RestoreResult
+	return res, r.c.Call(ctx, http.MethodPost, path(PathRestore, id), req, &res)
+}
+
+func (r clientRemote) Resume(ctx context.Context, id string) error {
+	return r.c.Call(ctx, http.MethodPost, path(PathResume, id), struct{}{}, nil)
+}
+
+func (r clientRemote) Abort(ctx context.Context, id string) error {
+	return r.c.Call(ctx, http.MethodPost, path(PathAbort, id), struct{}{}, nil)
+}
+
+// OverPeers returns the Peers that reach targets through the daemon's peer dialer.
+func OverPeers(p *peer.Peers) Peers { return peerTargets{p} }
+
+type peerTargets struct{ p *peer.Peers }
+
+func (t peerTargets) Target(addr string) Remote { return NewRemote(t.p.Client(addr)) }

@@ -170,12 +170,8 @@ func (d *Daemon) handlePeerApply(r *http.Request) (any, error) {
 // checkDecodes makes sure t is a known command and body decodes into its request type,
 // as the FSM will decode it.
 func checkDecodes(t shmowner.MessageType, body []byte) error {
-	v := shmowner.NewRequest(t)
-	if v == nil {
-		return fmt.Errorf("apply: unknown command type %d: %w", uint8(t), ErrBadRequest)
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("apply %s: %v: %w", t, err, ErrBadRequest)
+	if err := shmowner.CheckCommand(t, body); err != nil {
+		return fmt.Errorf("apply: %v: %w", err, ErrBadRequest)
 	}
 	return nil
 }

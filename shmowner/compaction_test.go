@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -37,20 +38,10 @@ func inmemRaft(t *testing.T, conf *raft.Config) (*raft.Raft, *raft.InmemStore, *
 			t.Error(err)
 		}
 	})
-	waitFor(t, 5*time.Second, "leadership", func() bool { return r.State() == raft.Leader })
+	wait.For(t, 5*time.Second, "leadership", func() (bool, string) {
+		return r.State() == raft.Leader, r.State().String()
+	})
 	return r, store, fsm
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // applyLoadReports applies n ReportLoad entries for node n1 and waits for all of them.
@@ -135,9 +126,9 @@ func TestLogCompaction(t *testing.T) {
 		bound := conf.TrailingLogs + conf.SnapshotThreshold + 512
 		for round := 1; round <= 3; round++ {
 			applyLoadReports(t, r, reports)
-			waitFor(t, 10*time.Second, fmt.Sprintf("round %d: a compacted log of at most %d entries", round, bound), func() bool {
+			wait.For(t, 10*time.Second, fmt.Sprintf("round %d: a compacted log of at most %d entries", round, bound), func() (bool, string) {
 				first, last := logBounds(t, store)
-				return first > 1 && last-first+1 <= bound && last > uint64(round*reports)
+				return first > 1 && last-first+1 <= bound && last > uint64(round*reports), fmt.Sprintf("log [%d, %d]", first, last)
 			})
 			first, last := logBounds(t, store)
 			t.Logf("round %d: log [%d, %d]", round, first, last)

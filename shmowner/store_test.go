@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -47,27 +49,37 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 func leaderOf(t *testing.T, stores ...*Store) *Store {
 	t.Helper()
 	var leader *Store
-	waitFor(t, 10*time.Second, "a leader all agree on", func() bool {
+	wait.For(t, 10*time.Second, "a leader all agree on", func() (bool, string) {
+		var seen []string
 		leader = nil
+		leaders := 0
 		for _, s := range stores {
+			addr, id := s.Leader()
+			seen = append(seen, fmt.Sprintf("%s: %s, leader %s %q", s.Addr(), s.Raft().State(), addr, id))
 			if s.IsLeader() {
-				if leader != nil {
-					return false
-				}
 				leader = s
+				leaders++
 			}
 		}
-		if leader == nil {
-			return false
+		if leaders != 1 {
+			return false, strings.Join(seen, "; ")
 		}
 		for _, s := range stores {
 			if addr, id := s.Leader(); addr != leader.Addr() || id == "" {
-				return false
+				return false, strings.Join(seen, "; ")
 			}
 		}
-		return true
+		return true, ""
 	})
 	return leader
+}
+
+// waitLeader waits until s, a one-node cluster, leads.
+func waitLeader(t *testing.T, s *Store, d time.Duration) {
+	t.Helper()
+	wait.For(t, d, "leadership", func() (bool, string) {
+		return s.IsLeader(), s.Raft().State().String()
+	})
 }
 
 func TestOpenRejectsMissingConfig(t *testing.T) {
@@ -85,7 +97,7 @@ func TestStoreSingleNode(t *testing.T) {
 	if err := s.WaitLeader(ctxTimeout(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "leadership", s.IsLeader)
+	waitLeader(t, s, 5*time.Second)
 	ctx := ctxTimeout(t, 5*time.Second)
 	if err := s.Barrier(ctx); err != nil {
 		t.Fatal(err)
@@ -124,9 +136,9 @@ func TestStoreSingleNode(t *testing.T) {
 	if s2.Bootstrapped() {
 		t.Error("store with existing state bootstrapped again")
 	}
-	waitFor(t, 10*time.Second, "the table to come back", func() bool {
+	wait.For(t, 10*time.Second, "the table to come back", func() (bool, string) {
 		_, ok := s2.Table().Node("solo")
-		return ok
+		return ok, tableJSON(t, s2.Table())
 	})
 }
 
@@ -174,8 +186,9 @@ func TestStoreCluster(t *testing.T) {
 	converged := func(stores []*Store, want string) {
 		t.Helper()
 		for _, s := range stores {
-			waitFor(t, 10*time.Second, fmt.Sprintf("%s to converge", s.Addr()), func() bool {
-				return tableJSON(t, s.Table()) == want
+			wait.For(t, 10*time.Second, fmt.Sprintf("%s to converge", s.Addr()), func() (bool, string) {
+				got := tableJSON(t, s.Table())
+				return got == want, got
 			})
 		}
 	}
@@ -259,7 +272,7 @@ func mustStore(t *testing.T, s *Store, cmds ...cmd) {
 // bootstrap configuration), and gives up when ctx ends before an index is reached.
 func TestWaitApplied(t *testing.T) {
 	s := openTestStore(t, "solo", t.TempDir(), "127.0.0.1:0", true)
-	waitFor(t, 10*time.Second, "leadership", s.IsLeader)
+	waitLeader(t, s, 10*time.Second)
 	// Only the configuration and the leader's no-op so far: no command at all.
 	if !s.WaitApplied(ctxTimeout(t, 5*time.Second), s.Raft().LastIndex()) {
 		t.Fatal("WaitApplied of a log without commands did not return true")

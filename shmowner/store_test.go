@@ -1,4 +1,4 @@
-package shmowner
+package shmowner_test
 
 import (
 	"context"
@@ -12,12 +12,14 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/internal/wait"
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // testRaftConfig is RaftConfig with timeouts low enough for a test cluster.
 func testRaftConfig(id string) *raft.Config {
-	c := RaftConfig(id)
+	c := shmowner.RaftConfig(id)
 	c.HeartbeatTimeout = 150 * time.Millisecond
 	c.ElectionTimeout = 150 * time.Millisecond
 	c.LeaderLeaseTimeout = 100 * time.Millisecond
@@ -25,9 +27,9 @@ func testRaftConfig(id string) *raft.Config {
 	return c
 }
 
-func openTestStore(t *testing.T, id, dir, bind string, bootstrap bool) *Store {
+func openTestStore(t *testing.T, id, dir, bind string, bootstrap bool) *shmowner.Store {
 	t.Helper()
-	s, err := Open(StoreConfig{
+	s, err := shmowner.Open(shmowner.StoreConfig{
 		NodeID: id, Dir: dir, BindAddr: bind, Bootstrap: bootstrap,
 		Logger: hclog.NewNullLogger(), Raft: testRaftConfig(id),
 	})
@@ -46,9 +48,9 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 }
 
 // leaderOf waits until exactly one of stores leads and every store agrees on it.
-func leaderOf(t *testing.T, stores ...*Store) *Store {
+func leaderOf(t *testing.T, stores ...*shmowner.Store) *shmowner.Store {
 	t.Helper()
-	var leader *Store
+	var leader *shmowner.Store
 	wait.For(t, 10*time.Second, "a leader all agree on", func() (bool, string) {
 		var seen []string
 		leader = nil
@@ -75,7 +77,7 @@ func leaderOf(t *testing.T, stores ...*Store) *Store {
 }
 
 // waitLeader waits until s, a one-node cluster, leads.
-func waitLeader(t *testing.T, s *Store, d time.Duration) {
+func waitLeader(t *testing.T, s *shmowner.Store, d time.Duration) {
 	t.Helper()
 	wait.For(t, d, "leadership", func() (bool, string) {
 		return s.IsLeader(), s.Raft().State().String()
@@ -83,7 +85,7 @@ func waitLeader(t *testing.T, s *Store, d time.Duration) {
 }
 
 func TestOpenRejectsMissingConfig(t *testing.T) {
-	if _, err := Open(StoreConfig{Dir: t.TempDir()}); !errors.Is(err, record.ErrInvalid) {
+	if _, err := shmowner.Open(shmowner.StoreConfig{Dir: t.TempDir()}); !errors.Is(err, record.ErrInvalid) {
 		t.Errorf("Open without node id: %v", err)
 	}
 }
@@ -102,20 +104,20 @@ func TestStoreSingleNode(t *testing.T) {
 	if err := s.Barrier(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
+	if _, err := s.Apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
 		t.Fatal(err)
 	}
 	// A rule violation comes back as the error, with its sentinel.
-	_, err := s.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m", Workload: "nope", Target: "solo"})
+	_, err := s.Apply(ctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: "m", Workload: "nope", Target: "solo"})
 	if !errors.Is(err, record.ErrUnknownWorkload) {
 		t.Fatalf("apply: %v, want ErrUnknownWorkload", err)
 	}
-	if _, err := s.Apply(ctx, ReportLoadType, make(chan int)); err == nil {
+	if _, err := s.Apply(ctx, shmowner.ReportLoadType, make(chan int)); err == nil {
 		t.Error("apply of an unencodable body succeeded")
 	}
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Apply(cancelled, RegisterNodeType, RegisterNodeRequest{ID: "x"}); !errors.Is(err, context.Canceled) {
+	if _, err := s.Apply(cancelled, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "x"}); !errors.Is(err, context.Canceled) {
 		t.Errorf("apply with cancelled ctx: %v", err)
 	}
 	if st := s.Stats(); st["state"] != "Leader" {
@@ -145,7 +147,7 @@ func TestStoreSingleNode(t *testing.T) {
 func TestStoreCluster(t *testing.T) {
 	ids := []string{"n0", "n1", "n2"}
 	dirs := make([]string, len(ids))
-	stores := make([]*Store, len(ids))
+	stores := make([]*shmowner.Store, len(ids))
 	for i, id := range ids {
 		dirs[i] = filepath.Join(t.TempDir(), id)
 		stores[i] = openTestStore(t, id, dirs[i], "127.0.0.1:0", i == 0)
@@ -174,7 +176,7 @@ func TestStoreCluster(t *testing.T) {
 
 	ctx := ctxTimeout(t, 30*time.Second)
 	for i, id := range ids {
-		if _, err := leader.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: id, RaftAddr: stores[i].Addr()}); err != nil {
+		if _, err := leader.Apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: id, RaftAddr: stores[i].Addr()}); err != nil {
 			t.Fatalf("register %s: %v", id, err)
 		}
 	}
@@ -183,7 +185,7 @@ func TestStoreCluster(t *testing.T) {
 		segs("n0", "grp-1", 0, 1),
 		plan("m1", "w1", "n1", 1),
 	)
-	converged := func(stores []*Store, want string) {
+	converged := func(stores []*shmowner.Store, want string) {
 		t.Helper()
 		for _, s := range stores {
 			wait.For(t, 10*time.Second, fmt.Sprintf("%s to converge", s.Addr()), func() (bool, string) {
@@ -199,7 +201,7 @@ func TestStoreCluster(t *testing.T) {
 
 	// A follower refuses writes with ErrNotLeader.
 	for _, f := range stores[1:] {
-		if _, err := f.Apply(ctx, ReportLoadType, ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, record.ErrNotLeader) {
+		if _, err := f.Apply(ctx, shmowner.ReportLoadType, shmowner.ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, record.ErrNotLeader) {
 			t.Fatalf("apply on follower: %v, want ErrNotLeader", err)
 		}
 	}
@@ -214,7 +216,7 @@ func TestStoreCluster(t *testing.T) {
 	mustStore(t, leader, phase("m1", record.PhasePrecopy, 1), phase("m1", record.PhaseFrozen, 1), phase("m1", record.PhaseShipped, 1),
 		phase("m1", record.PhaseRestored, 1), phase("m1", record.PhaseDone, 1))
 	// Fencing survives the change of leader: the old epoch is refused.
-	if _, err := leader.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, record.ErrStaleEpoch) {
+	if _, err := leader.Apply(ctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, record.ErrStaleEpoch) {
 		t.Fatalf("plan with the old epoch: %v, want ErrStaleEpoch", err)
 	}
 	converged(rest, tableJSON(t, leader.Table()))
@@ -249,20 +251,21 @@ func TestStoreCluster(t *testing.T) {
 	if err := leader.Remove(victim); err != nil {
 		t.Fatalf("remove %s: %v", victim, err)
 	}
-	mustStore(t, leader, cmd{ReportLoadType, ReportLoadRequest{ID: "n2", At: 99, Load: record.LoadVector{CPU: 0.5}}})
+	mustStore(t, leader, shmowner.ReportLoadRequest{ID: "n2", At: 99, Load: record.LoadVector{CPU: 0.5}})
 	if n, _ := leader.Table().Node("n2"); n.LoadAt != 99 {
 		t.Errorf("n2 = %+v", n)
 	}
 }
 
-// mustStore applies commands through s that must all succeed.
-func mustStore(t *testing.T, s *Store, cmds ...cmd) {
+// mustStore applies requests through s that must all succeed.
+func mustStore(t *testing.T, s *shmowner.Store, reqs ...any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, c := range cmds {
-		if _, err := s.Apply(ctx, c.t, c.body); err != nil {
-			t.Fatalf("apply %s: %v", c.t, err)
+	for _, req := range reqs {
+		typ := shmownertest.Type(t, req)
+		if _, err := s.Apply(ctx, typ, req); err != nil {
+			t.Fatalf("apply %s: %v", typ, err)
 		}
 	}
 }
@@ -278,7 +281,7 @@ func TestWaitApplied(t *testing.T) {
 		t.Fatal("WaitApplied of a log without commands did not return true")
 	}
 	ctx := ctxTimeout(t, 5*time.Second)
-	if _, err := s.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
+	if _, err := s.Apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
 		t.Fatal(err)
 	}
 	last := s.Raft().LastIndex()

@@ -9,11 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // simParams describes one simulated cluster and run.
@@ -69,27 +68,20 @@ func simConfig() balancer.Config {
 
 // world is a simulated cluster: a real FSM the moves are applied to, as the leader would.
 type world struct {
-	tb    testing.TB
-	p     simParams
-	fsm   *shmowner.FSM
-	index uint64
-	cfg   balancer.Config
-	load  map[string]balancer.WorkloadLoad
-	rng   *rand.Rand
-	now   time.Time
-	seq   int
+	tb   testing.TB
+	p    simParams
+	fsm  *shmowner.FSM
+	cfg  balancer.Config
+	load map[string]balancer.WorkloadLoad
+	rng  *rand.Rand
+	now  time.Time
+	seq  int
 }
 
-func (w *world) apply(typ shmowner.MessageType, body any) {
+// apply applies requests to the cluster's FSM, as the leader would; each must succeed.
+func (w *world) apply(reqs ...any) {
 	w.tb.Helper()
-	b, err := shmowner.Encode(typ, body)
-	if err != nil {
-		w.tb.Fatal(err)
-	}
-	w.index++
-	if resp := w.fsm.Apply(&raft.Log{Index: w.index, Term: 1, Type: raft.LogCommand, Data: b}); resp != nil {
-		w.tb.Fatalf("%s %+v: %v", typ, body, resp)
-	}
+	shmownertest.MustApply(w.tb, w.fsm, reqs...)
 }
 
 func newWorld(tb testing.TB, p simParams) *world {
@@ -102,7 +94,7 @@ func newWorld(tb testing.TB, p simParams) *world {
 		cores := []float64{4, 8, 16}[i%3]
 		w.cfg.Capacity[id] = cores
 		w.cfg.MemCapacity[id] = uint64(cores) * 8 * gib
-		w.apply(shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: id})
+		w.apply(shmowner.RegisterNodeRequest{ID: id})
 		if cores == 16 && len(hot) < p.hot {
 			hot = append(hot, id)
 		}
@@ -130,7 +122,7 @@ func newWorld(tb testing.TB, p simParams) *world {
 				CPU:      0.05 + 3.5/math.Sqrt(float64(ranks[n]+1)),
 				MemBytes: uint64(math.Exp(lo + w.rng.Float64()*(hi-lo))),
 			}
-			w.apply(shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: record.Workload{
+			w.apply(shmowner.UpsertWorkloadRequest{Workload: record.Workload{
 				ID: id, Node: on, Group: group, State: record.WorkloadRunning, Pinned: pin && k == 0}})
 			n++
 		}
@@ -275,9 +267,9 @@ func (w *world) run() simResult {
 			w.seq++
 			id := fmt.Sprintf("m%05d", w.seq)
 			at := w.now.UnixNano()
-			w.apply(shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Target: m.To, Epoch: t.GroupEpoch(m.Group), At: at})
-			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
-			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
+			w.apply(shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Target: m.To, Epoch: t.GroupEpoch(m.Group), At: at})
+			w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
+			w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
 			if left[m.Workload] == nil {
 				left[m.Workload] = map[string]bool{}
 			}
@@ -303,7 +295,7 @@ func (w *world) run() simResult {
 				}
 			}
 			victim := up[w.rng.IntN(len(up))]
-			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: victim, State: record.NodeDown})
+			w.apply(shmowner.SetNodeStateRequest{ID: victim, State: record.NodeDown})
 			r.failed++
 			quiet = 0
 			// Losing a node moves the mean: the potential argument restarts from here.
@@ -317,7 +309,7 @@ func (w *world) run() simResult {
 				}
 			}
 			r.drained = most.Node
-			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: most.Node, State: record.NodeDraining})
+			w.apply(shmowner.SetNodeStateRequest{ID: most.Node, State: record.NodeDraining})
 		}
 		w.now = w.now.Add(simStep)
 		if len(d.Moves) == 0 {

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
@@ -295,5 +298,113 @@ func TestWaitApplied(t *testing.T) {
 	defer cancel()
 	if s.WaitApplied(short, last+1000) {
 		t.Fatal("WaitApplied of an index far beyond the log returned true")
+	}
+}
+
+// heartbeatTrap is an in-memory transport that gives the test raft's heartbeat handler
+// and holds a heartbeat inside raft, past raft's shutdown check, until released.
+type heartbeatTrap struct {
+	raft.Transport
+	mu      sync.Mutex
+	handler func(raft.RPC)
+	once    sync.Once
+	entered chan struct{} // closed when a heartbeat reached the hold
+	release chan struct{}
+}
+
+func (h *heartbeatTrap) SetHeartbeatHandler(cb func(raft.RPC)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.handler = cb
+}
+
+// EncodePeer is the first call appendEntries makes once processHeartbeat passed its
+// shutdown check (it builds the response's header): a heartbeat waits here.
+func (h *heartbeatTrap) EncodePeer(id raft.ServerID, addr raft.ServerAddress) []byte {
+	if calledFrom("(*Raft).processHeartbeat") {
+		h.once.Do(func() { close(h.entered) })
+		<-h.release
+	}
+	return h.Transport.EncodePeer(id, addr)
+}
+
+// calledFrom reports whether a function whose name ends in fn is on the stack.
+func calledFrom(fn string) bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		if strings.HasSuffix(f.Function, fn) {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
+}
+
+// TestHeartbeatAfterClose reproduces hashicorp/raft#717 deterministically: a heartbeat
+// that passed raft's shutdown check before Close reaches the stable store (to save the
+// leader's newer term) after Close shut raft down and closed bbolt. Raft panics on any
+// error from the store, which would crash the process; the guard ends the heartbeat's
+// goroutine instead: no panic, the term is not on disk, the leader is not told success.
+func TestHeartbeatAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	_, inmem := raft.NewInmemTransport("")
+	trap := &heartbeatTrap{Transport: inmem, entered: make(chan struct{}), release: make(chan struct{})}
+	s, err := shmowner.Open(shmowner.StoreConfig{NodeID: "n1", Dir: dir, Transport: trap,
+		Logger: hclog.NewNullLogger(), Raft: testRaftConfig("n1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	trap.mu.Lock()
+	heartbeat := trap.handler
+	trap.mu.Unlock()
+	if heartbeat == nil {
+		t.Fatal("raft set no heartbeat handler")
+	}
+
+	respCh := make(chan raft.RPCResponse, 1)
+	returned := false
+	done := make(chan struct{})
+	go func() { // as the transport's connection handler does
+		defer close(done)
+		heartbeat(raft.RPC{RespChan: respCh, Command: &raft.AppendEntriesRequest{
+			RPCHeader: raft.RPCHeader{ID: []byte("n0"), Addr: []byte("n0:7000")}, Term: 99}})
+		returned = true
+	}()
+	select {
+	case <-trap.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the heartbeat did not reach appendEntries")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	close(trap.release) // the heartbeat goes on to setCurrentTerm(99) on a closed store
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the heartbeat is still running")
+	}
+	if returned {
+		t.Error("the heartbeat handler returned: raft went on after a write the store refused")
+	}
+	select {
+	case r := <-respCh:
+		if resp, ok := r.Response.(*raft.AppendEntriesResponse); !ok || resp.Success || resp.Term == 99 {
+			t.Errorf("answer to the leader %+v, want failure with the old term", r.Response)
+		}
+	default:
+		t.Error("appendEntries' deferred answer did not run")
+	}
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bolt.Close()
+	if term, err := bolt.GetUint64([]byte("CurrentTerm")); err == nil && term == 99 {
+		t.Error("the term of a heartbeat handled after Close is on disk")
 	}
 }

@@ -183,11 +183,12 @@ func (r *recordingStream) dialErrors(addr string) []error {
 	return append([]error(nil), r.errs[raft.ServerAddress(addr)]...)
 }
 
+// testRaftConfig is RaftConfig with a short commit timeout. The leader keeps raft's
+// default lease (500 ms) and heartbeat and election timeouts (1 s): TestRaftOverTLS
+// needs n0 to stay the leader, and under -race, TLS and a busy machine a 100 ms lease
+// made it step down in about one run in four ("leadership lost while committing log").
 func testRaftConfig(id string) *raft.Config {
 	c := shmowner.RaftConfig(id)
-	c.HeartbeatTimeout = 150 * time.Millisecond
-	c.ElectionTimeout = 150 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
 	c.CommitTimeout = 10 * time.Millisecond
 	return c
 }

@@ -2,6 +2,7 @@ package balancer_test
 
 import (
 	"cmp"
+	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -480,37 +481,54 @@ func (r simResult) ratio() float64 {
 	return float64(r.unitMoves) / float64(r.lowerBound)
 }
 
+// simSeeds is how many seeds TestSimulation runs each case with (seeds 1..n).
+var simSeeds = flag.Int("sim.seeds", 3, "seeds per TestSimulation case")
+
+// simCases are the simulated clusters. maxRatio bounds the unit moves over the greedy
+// lower bound. That bound is computed from the start state, so with node failures and
+// a drain it counts neither the moves they cause nor the ones they save (the ratio can
+// dip below 1). Over seeds 1-50 the ratios were 1.000-1.025 (median 1.000) and
+// 0.976-1.166 (median 1.104); each bound is the worst of those plus a margin of about
+// 0.03, and seeds 51-100 stayed within it (worst 1.038 and 1.166).
 var simCases = []struct {
-	name string
-	p    simParams
+	name     string
+	p        simParams
+	maxRatio float64
 }{
-	{"skewed", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, maxRounds: 2000}},
-	{"skewed+failures+drain", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, failures: 5, drain: true, maxRounds: 2000}},
+	{"skewed", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, maxRounds: 2000}, 1.05},
+	{"skewed+failures+drain", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, failures: 5, drain: true, maxRounds: 2000}, 1.20},
 }
 
 // TestSimulation: 50 nodes, 500 workloads in groups of 1-3 all started on 5 nodes, 5%
 // of groups pinned, one node starved of memory, and (second case) 5 nodes failing between
-// rounds. Every plan is checked against every rule; the run must settle, never move a
-// workload back to a node it left, stay within the potential bound and, without
-// failures, within twice the greedy lower bound.
+// rounds and one drained. Every plan is checked against every rule; the run must
+// settle, never move a workload back to a node it left, stay within the potential bound
+// and within maxRatio of the greedy lower bound. -sim.seeds=50 runs more seeds.
 func TestSimulation(t *testing.T) {
 	for _, sc := range simCases {
-		for seed := uint64(1); seed <= 3; seed++ {
+		var ratios []float64
+		for seed := uint64(1); seed <= uint64(*simSeeds); seed++ {
 			t.Run(fmt.Sprintf("%s/seed%d", sc.name, seed), func(t *testing.T) {
 				p := sc.p
 				p.seed = seed
 				r := newWorld(t, p).run()
 				t.Logf("%s", r)
+				ratios = append(ratios, r.ratio())
 				if float64(r.cpuUnits) > r.potentialBound {
 					t.Errorf("cpu unit moves %d beyond the potential bound %.0f", r.cpuUnits, r.potentialBound)
 				}
-				if p.failures == 0 && r.unitMoves > 2*r.lowerBound {
-					t.Errorf("unit moves %d > 2 x greedy lower bound %d", r.unitMoves, r.lowerBound)
+				if r.lowerBound == 0 || r.ratio() > sc.maxRatio {
+					t.Errorf("unit moves %d, greedy lower bound %d: ratio %.3f, want <= %.2f", r.unitMoves, r.lowerBound, r.ratio(), sc.maxRatio)
 				}
 				if r.outOfBand != r.outExplained {
 					t.Errorf("%d active nodes out of band, only %d explained by a skip", r.outOfBand, r.outExplained)
 				}
 			})
+		}
+		slices.Sort(ratios)
+		if len(ratios) > 0 {
+			t.Logf("%s: ratio over %d seeds: min %.3f, median %.3f, max %.3f (bound %.2f)",
+				sc.name, len(ratios), ratios[0], ratios[len(ratios)/2], ratios[len(ratios)-1], sc.maxRatio)
 		}
 	}
 }

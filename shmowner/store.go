@@ -299,10 +299,11 @@ func (s *Store) WaitApplied(ctx context.Context, i uint64) bool {
 func (s *Store) Stats() map[string]string { return s.raft.Stats() }
 
 // Close stops this node in consul's order: the transport Open made first (no new RPC
-// comes in), then raft (Shutdown waits for raft's goroutines), then bbolt. A heartbeat
-// that a transport goroutine was already handling can outlive Shutdown
-// (hashicorp/raft#717); guardedStore keeps it off the closed bbolt. A Transport passed
-// in StoreConfig is its owner's to close. It is safe to call more than once.
+// comes in), then raft (Shutdown waits for raft's goroutines), then bbolt. A Transport
+// passed in StoreConfig is left to its owner, though raft's Shutdown closes any
+// transport with a Close method once its goroutines stopped. Either way a heartbeat a
+// transport goroutine was already handling can outlive Shutdown (hashicorp/raft#717);
+// guardedStore keeps it off the closed bbolt. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error

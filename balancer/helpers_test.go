@@ -1,8 +1,9 @@
 package balancer_test
 
 import (
-	"encoding/json"
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 const gib = 1 << 30
@@ -17,26 +19,101 @@ const gib = 1 << 30
 // t0 is "now" in the rule tests.
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// buildTable returns a table holding exactly these records, through the snapshot
-// document (the only way to put migrations in any phase without a log).
+// buildTable returns a table holding exactly these records, built through the FSM the
+// way a cluster gets there: the nodes register and report their load; each workload
+// starts where its first migration leaves from (a migration of a workload not in ws is
+// of one that has since been removed); the migrations run to their phase; then the
+// workloads take their final node, pin and state, and the nodes their state. It fails
+// the test unless the table holds exactly the records asked for.
 func buildTable(tb testing.TB, nodes []record.Node, ws []record.Workload, migs []record.Migration) *shmowner.Table {
 	tb.Helper()
-	doc := map[string]any{
-		"version":    shmowner.SnapshotVersion,
-		"nodes":      nodes,
-		"workloads":  ws,
-		"segments":   []record.Segment{},
-		"migrations": migs,
+	var reqs []any
+	for _, n := range nodes {
+		reqs = append(reqs, shmowner.RegisterNodeRequest{ID: n.ID, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr},
+			shmowner.ReportLoadRequest{ID: n.ID, Load: n.Load, At: n.LoadAt})
 	}
-	b, err := json.Marshal(doc)
-	if err != nil {
-		tb.Fatal(err)
+	// A workload as it starts: running on node, neither pinned nor measured.
+	start := func(w record.Workload, node string) shmowner.UpsertWorkloadRequest {
+		w = w.Clone()
+		w.Node, w.State, w.ExitStatus, w.ExitedAt, w.Pinned, w.Load = node, record.WorkloadRunning, 0, 0, false, nil
+		return shmowner.UpsertWorkloadRequest{Workload: w}
 	}
-	t := shmowner.NewTable()
-	if err := json.Unmarshal(b, t); err != nil {
-		tb.Fatal(err)
+	at := map[string]string{} // workload -> node, as the migrations leave it
+	for _, m := range migs {
+		if _, ok := at[m.Workload]; !ok {
+			at[m.Workload] = m.Source
+		}
 	}
+	inTable := map[string]bool{}
+	for _, w := range ws {
+		inTable[w.ID] = true
+		if _, ok := at[w.ID]; !ok {
+			at[w.ID] = w.Node
+		}
+		reqs = append(reqs, start(w, at[w.ID]))
+	}
+	var gone []string
+	for _, m := range migs {
+		if !inTable[m.Workload] {
+			inTable[m.Workload] = true
+			gone = append(gone, m.Workload)
+			reqs = append(reqs, start(record.Workload{ID: m.Workload, Group: "g-" + m.Workload}, m.Source))
+		}
+	}
+	for _, m := range migs {
+		reqs = append(reqs, shmowner.PlanMigrationRequest{ID: m.ID, Workload: m.Workload, Target: m.Target, Epoch: m.Epoch,
+			At: m.StartedAt, Reason: m.Reason})
+		last := shmowner.SetMigrationPhaseRequest{ID: m.ID, Phase: m.Phase, Epoch: m.Epoch, At: m.UpdatedAt,
+			Bytes: m.Bytes, Error: m.Error, Stats: m.Stats}
+		switch m.Phase {
+		case record.PhasePlanned:
+		case record.PhaseDone:
+			reqs = append(reqs, shmowner.SetMigrationPhaseRequest{ID: m.ID, Phase: record.PhaseRestored, Epoch: m.Epoch, At: m.UpdatedAt}, last)
+			at[m.Workload] = m.Target
+		default:
+			reqs = append(reqs, last)
+		}
+	}
+	for _, id := range gone {
+		reqs = append(reqs, shmowner.RemoveWorkloadRequest{ID: id})
+	}
+	for _, w := range ws {
+		if w.Node != at[w.ID] {
+			reqs = append(reqs, start(w, w.Node))
+		}
+		if w.Pinned {
+			reqs = append(reqs, shmowner.SetWorkloadPinnedRequest{ID: w.ID, Pinned: true})
+		}
+		if w.State == record.WorkloadExited {
+			reqs = append(reqs, shmowner.SetWorkloadStateRequest{ID: w.ID, State: w.State, ExitStatus: w.ExitStatus, At: w.ExitedAt})
+		}
+	}
+	for _, n := range nodes {
+		if n.State != record.NodeActive {
+			reqs = append(reqs, shmowner.SetNodeStateRequest{ID: n.ID, State: n.State})
+		}
+	}
+	t := shmownertest.Table(tb, reqs...)
+
+	wantWs := slices.Clone(ws)
+	for i := range wantWs {
+		if wantWs[i].State == "" {
+			wantWs[i].State = record.WorkloadRunning
+		}
+	}
+	sameRecords(tb, "nodes", t.Nodes(), nodes, func(n record.Node) string { return n.ID })
+	sameRecords(tb, "workloads", t.Workloads(), wantWs, func(w record.Workload) string { return w.ID })
+	sameRecords(tb, "migrations", t.Migrations(), migs, func(m record.Migration) string { return m.ID })
 	return t
+}
+
+// sameRecords fails the test unless got (sorted by id) holds exactly the records of want.
+func sameRecords[R any](tb testing.TB, what string, got, want []R, id func(R) string) {
+	tb.Helper()
+	want = slices.SortedFunc(slices.Values(want), func(a, b R) int { return strings.Compare(id(a), id(b)) })
+	if len(got) != len(want) || (len(got) > 0 && !reflect.DeepEqual(got, want)) {
+		tb.Fatalf("buildTable: %s\n got %+v\nwant %+v", what, got, want)
+	}
 }
 
 func node(id string, st record.NodeState) record.Node {

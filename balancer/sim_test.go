@@ -2,6 +2,7 @@ package balancer_test
 
 import (
 	"cmp"
+	"flag"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -9,11 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // simParams describes one simulated cluster and run.
@@ -69,27 +69,20 @@ func simConfig() balancer.Config {
 
 // world is a simulated cluster: a real FSM the moves are applied to, as the leader would.
 type world struct {
-	tb    testing.TB
-	p     simParams
-	fsm   *shmowner.FSM
-	index uint64
-	cfg   balancer.Config
-	load  map[string]balancer.WorkloadLoad
-	rng   *rand.Rand
-	now   time.Time
-	seq   int
+	tb   testing.TB
+	p    simParams
+	fsm  *shmowner.FSM
+	cfg  balancer.Config
+	load map[string]balancer.WorkloadLoad
+	rng  *rand.Rand
+	now  time.Time
+	seq  int
 }
 
-func (w *world) apply(typ shmowner.MessageType, body any) {
+// apply applies requests to the cluster's FSM, as the leader would; each must succeed.
+func (w *world) apply(reqs ...any) {
 	w.tb.Helper()
-	b, err := shmowner.Encode(typ, body)
-	if err != nil {
-		w.tb.Fatal(err)
-	}
-	w.index++
-	if resp := w.fsm.Apply(&raft.Log{Index: w.index, Term: 1, Type: raft.LogCommand, Data: b}); resp != nil {
-		w.tb.Fatalf("%s %+v: %v", typ, body, resp)
-	}
+	shmownertest.MustApply(w.tb, w.fsm, reqs...)
 }
 
 func newWorld(tb testing.TB, p simParams) *world {
@@ -102,7 +95,7 @@ func newWorld(tb testing.TB, p simParams) *world {
 		cores := []float64{4, 8, 16}[i%3]
 		w.cfg.Capacity[id] = cores
 		w.cfg.MemCapacity[id] = uint64(cores) * 8 * gib
-		w.apply(shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: id})
+		w.apply(shmowner.RegisterNodeRequest{ID: id})
 		if cores == 16 && len(hot) < p.hot {
 			hot = append(hot, id)
 		}
@@ -130,7 +123,7 @@ func newWorld(tb testing.TB, p simParams) *world {
 				CPU:      0.05 + 3.5/math.Sqrt(float64(ranks[n]+1)),
 				MemBytes: uint64(math.Exp(lo + w.rng.Float64()*(hi-lo))),
 			}
-			w.apply(shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: record.Workload{
+			w.apply(shmowner.UpsertWorkloadRequest{Workload: record.Workload{
 				ID: id, Node: on, Group: group, State: record.WorkloadRunning, Pinned: pin && k == 0}})
 			n++
 		}
@@ -275,9 +268,9 @@ func (w *world) run() simResult {
 			w.seq++
 			id := fmt.Sprintf("m%05d", w.seq)
 			at := w.now.UnixNano()
-			w.apply(shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Target: m.To, Epoch: t.GroupEpoch(m.Group), At: at})
-			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
-			w.apply(shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
+			w.apply(shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Target: m.To, Epoch: t.GroupEpoch(m.Group), At: at})
+			w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
+			w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
 			if left[m.Workload] == nil {
 				left[m.Workload] = map[string]bool{}
 			}
@@ -303,7 +296,7 @@ func (w *world) run() simResult {
 				}
 			}
 			victim := up[w.rng.IntN(len(up))]
-			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: victim, State: record.NodeDown})
+			w.apply(shmowner.SetNodeStateRequest{ID: victim, State: record.NodeDown})
 			r.failed++
 			quiet = 0
 			// Losing a node moves the mean: the potential argument restarts from here.
@@ -317,7 +310,7 @@ func (w *world) run() simResult {
 				}
 			}
 			r.drained = most.Node
-			w.apply(shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: most.Node, State: record.NodeDraining})
+			w.apply(shmowner.SetNodeStateRequest{ID: most.Node, State: record.NodeDraining})
 		}
 		w.now = w.now.Add(simStep)
 		if len(d.Moves) == 0 {
@@ -488,37 +481,54 @@ func (r simResult) ratio() float64 {
 	return float64(r.unitMoves) / float64(r.lowerBound)
 }
 
+// simSeeds is how many seeds TestSimulation runs each case with (seeds 1..n).
+var simSeeds = flag.Int("sim.seeds", 3, "seeds per TestSimulation case")
+
+// simCases are the simulated clusters. maxRatio bounds the unit moves over the greedy
+// lower bound. That bound is computed from the start state, so with node failures and
+// a drain it counts neither the moves they cause nor the ones they save (the ratio can
+// dip below 1). Over seeds 1-50 the ratios were 1.000-1.025 (median 1.000) and
+// 0.976-1.166 (median 1.104); each bound is the worst of those plus a margin of about
+// 0.03, and seeds 51-100 stayed within it (worst 1.038 and 1.166).
 var simCases = []struct {
-	name string
-	p    simParams
+	name     string
+	p        simParams
+	maxRatio float64
 }{
-	{"skewed", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, maxRounds: 2000}},
-	{"skewed+failures+drain", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, failures: 5, drain: true, maxRounds: 2000}},
+	{"skewed", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, maxRounds: 2000}, 1.05},
+	{"skewed+failures+drain", simParams{nodes: 50, workloads: 500, hot: 5, pinned: 0.05, memStarve: true, failures: 5, drain: true, maxRounds: 2000}, 1.20},
 }
 
 // TestSimulation: 50 nodes, 500 workloads in groups of 1-3 all started on 5 nodes, 5%
 // of groups pinned, one node starved of memory, and (second case) 5 nodes failing between
-// rounds. Every plan is checked against every rule; the run must settle, never move a
-// workload back to a node it left, stay within the potential bound and, without
-// failures, within twice the greedy lower bound.
+// rounds and one drained. Every plan is checked against every rule; the run must
+// settle, never move a workload back to a node it left, stay within the potential bound
+// and within maxRatio of the greedy lower bound. -sim.seeds=50 runs more seeds.
 func TestSimulation(t *testing.T) {
 	for _, sc := range simCases {
-		for seed := uint64(1); seed <= 3; seed++ {
+		var ratios []float64
+		for seed := uint64(1); seed <= uint64(*simSeeds); seed++ {
 			t.Run(fmt.Sprintf("%s/seed%d", sc.name, seed), func(t *testing.T) {
 				p := sc.p
 				p.seed = seed
 				r := newWorld(t, p).run()
 				t.Logf("%s", r)
+				ratios = append(ratios, r.ratio())
 				if float64(r.cpuUnits) > r.potentialBound {
 					t.Errorf("cpu unit moves %d beyond the potential bound %.0f", r.cpuUnits, r.potentialBound)
 				}
-				if p.failures == 0 && r.unitMoves > 2*r.lowerBound {
-					t.Errorf("unit moves %d > 2 x greedy lower bound %d", r.unitMoves, r.lowerBound)
+				if r.lowerBound == 0 || r.ratio() > sc.maxRatio {
+					t.Errorf("unit moves %d, greedy lower bound %d: ratio %.3f, want <= %.2f", r.unitMoves, r.lowerBound, r.ratio(), sc.maxRatio)
 				}
 				if r.outOfBand != r.outExplained {
 					t.Errorf("%d active nodes out of band, only %d explained by a skip", r.outOfBand, r.outExplained)
 				}
 			})
+		}
+		slices.Sort(ratios)
+		if len(ratios) > 0 {
+			t.Logf("%s: ratio over %d seeds: min %.3f, median %.3f, max %.3f (bound %.2f)",
+				sc.name, len(ratios), ratios[0], ratios[len(ratios)/2], ratios[len(ratios)-1], sc.maxRatio)
 		}
 	}
 }

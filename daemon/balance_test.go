@@ -12,6 +12,7 @@ import (
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -66,7 +67,7 @@ func TestBalance(t *testing.T) {
 	// Spread: wait for a leader pass, after the last migration ended, that saw every
 	// node within the threshold and planned nothing.
 	var rep api.BalanceReport
-	waitFor(t, 3*time.Minute, "the writers to spread", func() (bool, string) {
+	wait.For(t, 3*time.Minute, "the writers to spread", func() (bool, string) {
 		r, err := n3.c.LastBalance(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -181,18 +182,18 @@ func TestBalance(t *testing.T) {
 		}
 		return false, "no node " + id
 	}
-	waitFor(t, 30*time.Second, "the dead draining n2 to be marked down", func() (bool, string) {
+	wait.For(t, 30*time.Second, "the dead draining n2 to be marked down", func() (bool, string) {
 		_, st := nodeState("n2")
 		return st == string(record.NodeDown), st
 	})
 	c.restart(n2)
-	waitFor(t, 30*time.Second, "n2 to be back, active", func() (bool, string) {
+	wait.For(t, 30*time.Second, "n2 to be back, active", func() (bool, string) {
 		_, st := nodeState("n2")
 		return st == string(record.NodeActive), st
 	})
 	// After the undrain the balancer may have been moving a writer to n2 when it died:
 	// whatever it was doing ended with every workload in one piece.
-	waitFor(t, time.Minute, "no migration in flight", func() (bool, string) {
+	wait.For(t, time.Minute, "no migration in flight", func() (bool, string) {
 		ms, err := via.c.Migrations(context.Background())
 		if err != nil {
 			return false, err.Error()

@@ -30,6 +30,7 @@ import (
 	"github.com/migshm/migshm/internal/nsutil"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner/record"
 )
 
@@ -200,7 +201,7 @@ func (c *cluster) restart(nd *tnode) {
 	}
 	nd.cmd, nd.done = cmd, make(chan struct{})
 	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(nd.done)
-	waitFor(c.t, 20*time.Second, nd.id+" serves its local API", func() (bool, string) {
+	wait.For(c.t, 20*time.Second, nd.id+" serves its local API", func() (bool, string) {
 		_, err := nd.c.Status(context.Background())
 		select {
 		case <-nd.done:
@@ -233,7 +234,7 @@ func (c *cluster) kill(nd *tnode) {
 // reports the same leader.
 func (c *cluster) waitMembers(via *tnode, want int) {
 	c.t.Helper()
-	waitFor(c.t, 30*time.Second, fmt.Sprintf("%d active nodes", want), func() (bool, string) {
+	wait.For(c.t, 30*time.Second, fmt.Sprintf("%d active nodes", want), func() (bool, string) {
 		nodes, err := via.c.Nodes(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -271,22 +272,6 @@ func (c *cluster) cliJSON(t *testing.T, nd *tnode, v any, args ...string) {
 	}
 	if err := json.Unmarshal([]byte(out), v); err != nil {
 		t.Fatalf("migshm %v: %v\n%s", full, err, out)
-	}
-}
-
-// waitFor polls cond every 50 ms until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last state: %s", d, what, state)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -341,7 +326,7 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("run --json gave %+v", w)
 		}
 		for _, nd := range c.nodes {
-			waitFor(t, 10*time.Second, "workloads and segments on "+nd.id, func() (bool, string) {
+			wait.For(t, 10*time.Second, "workloads and segments on "+nd.id, func() (bool, string) {
 				var ws []api.Workload
 				var segs []api.Segment
 				c.cliJSON(t, nd, &ws, "ps")
@@ -397,11 +382,11 @@ func TestCluster(t *testing.T) {
 				return !want, fmt.Sprintf("%+v", segs)
 			}
 		}
-		waitFor(t, 5*time.Second, "the new segment in the table", has(true))
+		wait.For(t, 5*time.Second, "the new segment in the table", has(true))
 		if out, err := exec.Command("nsenter", ipc, "ipcrm", "-m", strconv.Itoa(shmid)).CombinedOutput(); err != nil {
 			t.Fatalf("ipcrm: %v %s", err, out)
 		}
-		waitFor(t, 5*time.Second, "the removed segment gone from the table", has(false))
+		wait.For(t, 5*time.Second, "the removed segment gone from the table", has(false))
 	})
 
 	t.Run("logs and stop across nodes, exit status recorded", func(t *testing.T) {
@@ -412,7 +397,7 @@ func TestCluster(t *testing.T) {
 		if _, err := c.cli(n1, "run", "--name", "three", "--", "sh", "-c", "echo bye >&2; exit 3"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, "exit status 3 recorded", func() (bool, string) {
+		wait.For(t, 10*time.Second, "exit status 3 recorded", func() (bool, string) {
 			ws, _ := n2.c.Workloads(context.Background())
 			w, _ := workloadByName(ws, "three")
 			return w.State == record.WorkloadExited && w.ExitStatus == 3 && w.ExitedAt > 0, fmt.Sprintf("%+v", w)
@@ -431,7 +416,7 @@ func TestCluster(t *testing.T) {
 		if _, ok := workloadByName(ps, "counter"); ok {
 			t.Errorf("ps without --all lists the stopped workload: %+v", ps)
 		}
-		waitFor(t, 5*time.Second, "counter's segments dropped", func() (bool, string) {
+		wait.For(t, 5*time.Second, "counter's segments dropped", func() (bool, string) {
 			segs, _ := n3.c.Segments(context.Background())
 			w, _ := workloadByName(ps, "counter")
 			return len(groupSegments(segs, w.Group)) == 0 || w.Group == "", fmt.Sprintf("%+v", segs)
@@ -477,7 +462,7 @@ func TestCluster(t *testing.T) {
 		}
 		killed := time.Now()
 		c.kill(leader)
-		waitFor(t, 15*time.Second, "a new leader", func() (bool, string) {
+		wait.For(t, 15*time.Second, "a new leader", func() (bool, string) {
 			l := leaderOf(t, survivors[0])
 			return l != "" && l != old && leaderOf(t, survivors[1]) == l, l
 		})
@@ -494,7 +479,7 @@ func TestCluster(t *testing.T) {
 		if _, err := c.cli(survivors[1], "run", "--name", "after-failover", "--", "sleep", "600"); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 15*time.Second, "the dead node marked down", func() (bool, string) {
+		wait.For(t, 15*time.Second, "the dead node marked down", func() (bool, string) {
 			ns, _ := survivors[0].c.Nodes(context.Background())
 			for _, n := range ns {
 				if n.ID == old {
@@ -505,7 +490,7 @@ func TestCluster(t *testing.T) {
 		})
 		// The old leader comes back from its data dir and catches up.
 		c.restart(leader)
-		waitFor(t, 20*time.Second, "the old leader rejoined and caught up", func() (bool, string) {
+		wait.For(t, 20*time.Second, "the old leader rejoined and caught up", func() (bool, string) {
 			s, err := leader.c.Status(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -529,7 +514,7 @@ func TestCluster(t *testing.T) {
 		c.cliJSON(t, n3, &b, "run", "--name", "quitter", "--", "sh", "-c", "read x; sleep 1; exit 4") // stdin is /dev/null
 		c.kill(n3)
 		// quitter exits while its daemon is down; survivor keeps running.
-		waitFor(t, 10*time.Second, "quitter's init gone", func() (bool, string) {
+		wait.For(t, 10*time.Second, "quitter's init gone", func() (bool, string) {
 			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.InitPid))
 			return err != nil || strings.Contains(string(st), ") Z "), string(st)
 		})
@@ -537,7 +522,7 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("survivor died with its daemon: %v", err)
 		}
 		c.restart(n3)
-		waitFor(t, 10*time.Second, "quitter recorded exited(4) after the restart", func() (bool, string) {
+		wait.For(t, 10*time.Second, "quitter recorded exited(4) after the restart", func() (bool, string) {
 			ws, err := n1.c.Workloads(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -587,14 +572,14 @@ func TestCluster(t *testing.T) {
 		if res.Node != "n3" {
 			t.Fatalf("leave: %+v", res)
 		}
-		waitFor(t, 10*time.Second, "n3 says it left", func() (bool, string) {
+		wait.For(t, 10*time.Second, "n3 says it left", func() (bool, string) {
 			st, err := n3.c.Status(context.Background())
 			if err != nil {
 				return false, err.Error()
 			}
 			return !st.Member && strings.Contains(st.Error, "no longer a voter"), fmt.Sprintf("%+v", st)
 		})
-		waitFor(t, 10*time.Second, "n3 gone from the table and the voters", func() (bool, string) {
+		wait.For(t, 10*time.Second, "n3 gone from the table and the voters", func() (bool, string) {
 			ns, err := n1.c.Nodes(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -618,7 +603,7 @@ func TestCluster(t *testing.T) {
 		if _, err := c.cli(other, "leave", leader.id, "--force"); err != nil {
 			t.Fatalf("leave %s (the leader) --force: %v", leader.id, err)
 		}
-		waitFor(t, 15*time.Second, other.id+" leading alone", func() (bool, string) {
+		wait.For(t, 15*time.Second, other.id+" leading alone", func() (bool, string) {
 			st, err := other.c.Status(context.Background())
 			if err != nil {
 				return false, err.Error()

@@ -21,6 +21,7 @@ import (
 	"github.com/migshm/migshm/internal/faults"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 )
@@ -28,7 +29,7 @@ import (
 // waitReady waits until nd is a member that knows the leader.
 func (c *cluster) waitReady(nd *tnode) {
 	c.t.Helper()
-	waitFor(c.t, 30*time.Second, nd.id+" to be a member with a leader", func() (bool, string) {
+	wait.For(c.t, 30*time.Second, nd.id+" to be a member with a leader", func() (bool, string) {
 		st, err := nd.c.Status(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -162,7 +163,7 @@ func (c *cluster) nodeOfPid(pid int) string {
 func (c *cluster) waitSettled(via *tnode, name, comm string) api.Workload {
 	c.t.Helper()
 	var w api.Workload
-	waitFor(c.t, 60*time.Second, name+" to settle on one node", func() (bool, string) {
+	wait.For(c.t, 60*time.Second, name+" to settle on one node", func() (bool, string) {
 		ws, err := via.c.Workloads(context.Background())
 		if err != nil {
 			return false, err.Error()
@@ -200,7 +201,7 @@ func counterAdvances(t *testing.T, bins testwork.Bins, pid int) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the counter to advance", func() (bool, string) {
+	wait.For(t, 10*time.Second, "the counter to advance", func() (bool, string) {
 		n, err := bins.CounterCheck(pid)
 		if err != nil {
 			t.Fatal(err)
@@ -377,7 +378,7 @@ func TestMoveRefusals(t *testing.T) {
 	if _, err := c.cli(n1, "run", "--name", "gone", "--", "true"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "gone to exit", func() (bool, string) {
+	wait.For(t, 10*time.Second, "gone to exit", func() (bool, string) {
 		g := c.workload(n1, "gone")
 		return g.State == record.WorkloadExited, string(g.State)
 	})
@@ -559,7 +560,7 @@ func TestMoveCrashes(t *testing.T) {
 		}
 		c.kill(src)
 		// If the source led, the others elect a leader before it comes back.
-		waitFor(t, 20*time.Second, "a leader other than the source", func() (bool, string) {
+		wait.For(t, 20*time.Second, "a leader other than the source", func() (bool, string) {
 			l := leaderOf(t, other)
 			return l != "" && l != src.id, "leader " + l
 		})
@@ -587,7 +588,7 @@ func TestMoveCrashes(t *testing.T) {
 			evs, err := c.move(src, "counter", dst.id)
 			done <- result{evs, err}
 		}()
-		waitFor(t, 20*time.Second, "the migration to be frozen", func() (bool, string) {
+		wait.For(t, 20*time.Second, "the migration to be frozen", func() (bool, string) {
 			ms, err := src.c.Migrations(context.Background())
 			if err != nil {
 				return false, err.Error()
@@ -652,7 +653,7 @@ func TestMoveTargetDiskFull(t *testing.T) {
 			t.Fatalf("after the abort: %+v, was %+v", after, w)
 		}
 		counterAdvances(t, bins, after.InitPid)
-		waitFor(t, 10*time.Second, "n2 to remove what it received", func() (bool, string) {
+		wait.For(t, 10*time.Second, "n2 to remove what it received", func() (bool, string) {
 			es, _ := os.ReadDir(n2.imageDir())
 			js, _ := os.ReadDir(filepath.Join(n2.dir, "migrations"))
 			return len(es) == 0 && len(js) == 0, fmt.Sprintf("images %v, journals %v", es, js)

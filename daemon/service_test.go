@@ -6,38 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
-
-// tableOf builds a table the way Raft does: commands applied to a shmowner FSM.
-func tableOf(t *testing.T, cmds ...any) *shmowner.Table {
-	t.Helper()
-	f := shmowner.NewFSM()
-	for i, c := range cmds {
-		var typ shmowner.MessageType
-		switch c.(type) {
-		case shmowner.RegisterNodeRequest:
-			typ = shmowner.RegisterNodeType
-		case shmowner.UpsertWorkloadRequest:
-			typ = shmowner.UpsertWorkloadType
-		case shmowner.SetWorkloadStateRequest:
-			typ = shmowner.SetWorkloadStateType
-		default:
-			t.Fatalf("tableOf: no type for %T", c)
-		}
-		b, err := shmowner.Encode(typ, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp := f.Apply(&raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: b}); resp != nil {
-			t.Fatalf("apply %s %+v: %v", typ, c, resp)
-		}
-	}
-	return f.Table()
-}
 
 func upsert(id, name, node string, initPid int, pids ...int) shmowner.UpsertWorkloadRequest {
 	return shmowner.UpsertWorkloadRequest{Workload: record.Workload{
@@ -45,7 +18,7 @@ func upsert(id, name, node string, initPid int, pids ...int) shmowner.UpsertWork
 }
 
 func TestResolve(t *testing.T) {
-	table := tableOf(t,
+	table := shmownertest.Table(t,
 		shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "n1:7420", APIAddr: "n1:7421"},
 		shmowner.RegisterNodeRequest{ID: "n2", RaftAddr: "n2:7420", APIAddr: "n2:7421"},
 		upsert("wabc0001", "db1", "n1", 100, 101, 123),
@@ -97,7 +70,7 @@ func TestResolve(t *testing.T) {
 // TestResolveStalePid: an exited workload keeps its pids in the table; the kernel reuses
 // them. A host pid must name the live workload that has it now, not the dead one.
 func TestResolveStalePid(t *testing.T) {
-	table := tableOf(t,
+	table := shmownertest.Table(t,
 		shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "n1:7420", APIAddr: "n1:7421"},
 		upsert("w0000001", "old", "n1", 400, 500),
 		shmowner.SetWorkloadStateRequest{ID: "w0000001", State: record.WorkloadExited, ExitStatus: 0},

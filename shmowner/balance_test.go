@@ -1,30 +1,32 @@
-package shmowner
+package shmowner_test
 
 import (
 	"errors"
 	"testing"
 
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // TestWorkloadLoadAndPin: a load report records each workload's figures on the
 // workloads its reporter runs, and only those; pinning has its own command; an upsert
 // (a node re-registering what it saw) keeps both; a migration carries its reason.
 func TestWorkloadLoadAndPin(t *testing.T) {
-	f := NewFSM()
-	mustApply(t, f,
-		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1"}},
-		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
-		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g1"}}},
-		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w2", Node: "n2", Group: "g2"}}},
-		cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w3", Node: "n1", Group: "g3", State: record.WorkloadExited}}},
-		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 100, Load: record.LoadVector{Cores: 4, MemBudgetBytes: 1 << 30},
+	f := shmowner.NewFSM()
+	shmownertest.MustApply(t, f,
+		shmowner.RegisterNodeRequest{ID: "n1"},
+		shmowner.RegisterNodeRequest{ID: "n2"},
+		shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g1"}},
+		shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w2", Node: "n2", Group: "g2"}},
+		shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w3", Node: "n1", Group: "g3", State: record.WorkloadExited}},
+		shmowner.ReportLoadRequest{ID: "n1", At: 100, Load: record.LoadVector{Cores: 4, MemBudgetBytes: 1 << 30},
 			Workloads: map[string]record.WorkloadLoad{
 				"w1": {CPU: 0.5, MemBytes: 1 << 20},
 				"w2": {CPU: 9, MemBytes: 9}, // runs on n2: not n1's to report
 				"w3": {CPU: 9, MemBytes: 9}, // exited
 				"w9": {CPU: 9, MemBytes: 9}, // unknown
-			}}},
+			}},
 	)
 	tb := f.Table()
 	if w, _ := tb.Workload("w1"); w.Load == nil || *w.Load != (record.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: 100}) {
@@ -39,31 +41,31 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 		t.Errorf("n1 load %+v", n.Load)
 	}
 
-	mustApply(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "w1", Pinned: true}})
+	shmownertest.MustApply(t, f, shmowner.SetWorkloadPinnedRequest{ID: "w1", Pinned: true})
 	// Reconcile re-registers w1 without pin or load; both stay.
-	mustApply(t, f, cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g1", Pids: []int{7}}}})
+	shmownertest.MustApply(t, f, shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n1", Group: "g1", Pids: []int{7}}})
 	w, _ := f.Table().Workload("w1")
 	if !w.Pinned || w.Load == nil || w.Load.CPU != 0.5 || len(w.Pids) != 1 {
 		t.Fatalf("after upsert w1 = %+v, want pinned with its load and the new pids", w)
 	}
 	// An older report does not overwrite a newer one; a report without w1 keeps its figures.
-	mustApply(t, f,
-		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 50, Workloads: map[string]record.WorkloadLoad{"w1": {CPU: 3}}}},
-		cmd{ReportLoadType, ReportLoadRequest{ID: "n1", At: 200}},
+	shmownertest.MustApply(t, f,
+		shmowner.ReportLoadRequest{ID: "n1", At: 50, Workloads: map[string]record.WorkloadLoad{"w1": {CPU: 3}}},
+		shmowner.ReportLoadRequest{ID: "n1", At: 200},
 	)
 	if w, _ := f.Table().Workload("w1"); w.Load.CPU != 0.5 {
 		t.Errorf("w1 load %+v after an old report and one without it, want 0.5 kept", w.Load)
 	}
-	mustApply(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "w1", Pinned: false}})
+	shmownertest.MustApply(t, f, shmowner.SetWorkloadPinnedRequest{ID: "w1", Pinned: false})
 	if w, _ := f.Table().Workload("w1"); w.Pinned {
 		t.Error("unpin did not unpin")
 	}
-	if err := applyCmd(t, f, cmd{SetWorkloadPinnedType, SetWorkloadPinnedRequest{ID: "nope", Pinned: true}}); !errors.Is(err, record.ErrUnknownWorkload) {
+	if err := shmownertest.Apply(t, f, shmowner.SetWorkloadPinnedRequest{ID: "nope", Pinned: true}); !errors.Is(err, record.ErrUnknownWorkload) {
 		t.Errorf("pin unknown workload: %v", err)
 	}
 
-	mustApply(t, f, cmd{PlanMigrationType, PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2", Epoch: f.Table().GroupEpoch("g1"),
-		At: 300, Reason: "balancer: cpu: x"}})
+	shmownertest.MustApply(t, f, shmowner.PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2", Epoch: f.Table().GroupEpoch("g1"),
+		At: 300, Reason: "balancer: cpu: x"})
 	if m, _ := f.Table().Migration("m1"); m.Reason != "balancer: cpu: x" {
 		t.Errorf("migration reason %q", m.Reason)
 	}
@@ -72,16 +74,14 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 // TestDrainingSurvivesRegistration: a draining node whose daemon restarts registers
 // again and stays draining; a down node that registers becomes active.
 func TestDrainingSurvivesRegistration(t *testing.T) {
-	f := NewFSM()
-	mustApply(t, f,
-		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1", APIAddr: "a"}},
-		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
-		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n1", State: record.NodeDraining}},
-		cmd{SetNodeStateType, SetNodeStateRequest{ID: "n2", State: record.NodeDown}},
-		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n1", APIAddr: "b"}},
-		cmd{RegisterNodeType, RegisterNodeRequest{ID: "n2"}},
+	tb := shmownertest.Table(t,
+		shmowner.RegisterNodeRequest{ID: "n1", APIAddr: "a"},
+		shmowner.RegisterNodeRequest{ID: "n2"},
+		shmowner.SetNodeStateRequest{ID: "n1", State: record.NodeDraining},
+		shmowner.SetNodeStateRequest{ID: "n2", State: record.NodeDown},
+		shmowner.RegisterNodeRequest{ID: "n1", APIAddr: "b"},
+		shmowner.RegisterNodeRequest{ID: "n2"},
 	)
-	tb := f.Table()
 	if n, _ := tb.Node("n1"); n.State != record.NodeDraining || n.APIAddr != "b" {
 		t.Errorf("n1 = %+v, want draining with the new address", n)
 	}

@@ -3,12 +3,14 @@ package shmowner
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 
 	"github.com/migshm/migshm/shmowner/record"
 )
 
 // MessageType is the first byte of every log entry; the rest is the JSON body.
-// Values are part of the log format: never renumber or reuse one.
+// Values are part of the log format: never renumber or reuse one. Each type is
+// registered once, with its name, request type and apply function (see init below).
 type MessageType uint8
 
 // Message types. Each names its body type.
@@ -43,61 +45,107 @@ const (
 // upgrade never crashes an old node; an unknown type without it panics.
 const IgnoreUnknownFlag MessageType = 128
 
-var typeNames = map[MessageType]string{
-	RegisterNodeType:      "RegisterNode",
-	RemoveNodeType:        "RemoveNode",
-	SetNodeStateType:      "SetNodeState",
-	ReportLoadType:        "ReportLoad",
-	UpsertWorkloadType:    "UpsertWorkload",
-	RemoveWorkloadType:    "RemoveWorkload",
-	SetWorkloadStateType:  "SetWorkloadState",
-	SetSegmentsType:       "SetSegments",
-	PlanMigrationType:     "PlanMigration",
-	SetMigrationPhaseType: "SetMigrationPhase",
-	ProbeType:             "Probe",
-	SetMigrationStatsType: "SetMigrationStats",
-	SetWorkloadPinnedType: "SetWorkloadPinned",
+// Every command, registered once (consul's fsm registerCommand): Apply dispatches from
+// this table, CheckCommand validates against it, String and TypeOf read it.
+func init() {
+	register(RegisterNodeType, "RegisterNode", (*Table).registerNode)
+	register(RemoveNodeType, "RemoveNode", (*Table).removeNode)
+	register(SetNodeStateType, "SetNodeState", (*Table).setNodeState)
+	register(ReportLoadType, "ReportLoad", (*Table).reportLoad)
+	register(UpsertWorkloadType, "UpsertWorkload", (*Table).upsertWorkload)
+	register(RemoveWorkloadType, "RemoveWorkload", (*Table).removeWorkload)
+	register(SetWorkloadStateType, "SetWorkloadState", (*Table).setWorkloadState)
+	register(SetSegmentsType, "SetSegments", (*Table).setSegments)
+	register(PlanMigrationType, "PlanMigration", (*Table).planMigration)
+	register(SetMigrationPhaseType, "SetMigrationPhase", (*Table).setMigrationPhase)
+	register[ProbeRequest](ProbeType, "Probe", nil)
+	register(SetMigrationStatsType, "SetMigrationStats", (*Table).setMigrationStats)
+	register(SetWorkloadPinnedType, "SetWorkloadPinned", (*Table).setWorkloadPinned)
 }
 
-// NewRequest returns a pointer to a new body of type t (the type the FSM decodes it
-// into), or nil if t is not a known type.
-func NewRequest(t MessageType) any {
-	switch t {
-	case RegisterNodeType:
-		return &RegisterNodeRequest{}
-	case RemoveNodeType:
-		return &RemoveNodeRequest{}
-	case SetNodeStateType:
-		return &SetNodeStateRequest{}
-	case ReportLoadType:
-		return &ReportLoadRequest{}
-	case UpsertWorkloadType:
-		return &UpsertWorkloadRequest{}
-	case RemoveWorkloadType:
-		return &RemoveWorkloadRequest{}
-	case SetWorkloadStateType:
-		return &SetWorkloadStateRequest{}
-	case SetSegmentsType:
-		return &SetSegmentsRequest{}
-	case PlanMigrationType:
-		return &PlanMigrationRequest{}
-	case SetMigrationPhaseType:
-		return &SetMigrationPhaseRequest{}
-	case ProbeType:
-		return &ProbeRequest{}
-	case SetMigrationStatsType:
-		return &SetMigrationStatsRequest{}
-	case SetWorkloadPinnedType:
-		return &SetWorkloadPinnedRequest{}
+// command is a registered message type.
+type command struct {
+	name string
+	req  reflect.Type // the request type its body decodes into
+	// check decodes a body as apply does and returns the decoding error.
+	check func(body []byte) error
+	// apply decodes a body, panicking if it cannot, and applies it to the table. Nil for
+	// a no-op (Probe): the FSM skips the entry without decoding it, as a node that does
+	// not know the type would.
+	apply func(t *Table, body []byte) error
+}
+
+var (
+	commands     = map[MessageType]command{}
+	commandTypes = map[reflect.Type]MessageType{}
+)
+
+// register records message type t: its name, its request type R and the method that
+// applies an R to the table (nil for a no-op, which must be ignorable so that nodes that
+// know it and nodes that do not skip it alike).
+func register[R any](t MessageType, name string, apply func(*Table, R) error) {
+	rt := reflect.TypeFor[R]()
+	if _, dup := commands[t]; dup {
+		panic(fmt.Sprintf("shmowner: message type %d registered twice", uint8(t)))
+	}
+	if _, dup := commandTypes[rt]; dup {
+		panic(fmt.Sprintf("shmowner: request type %s registered twice", rt))
+	}
+	if apply == nil && !t.ignorable() {
+		panic(fmt.Sprintf("shmowner: no-op message type %d lacks IgnoreUnknownFlag", uint8(t)))
+	}
+	c := command{name: name, req: rt, check: func(body []byte) error {
+		var r R
+		return json.Unmarshal(body, &r)
+	}}
+	if apply != nil {
+		c.apply = func(tb *Table, body []byte) error {
+			var r R
+			if err := json.Unmarshal(body, &r); err != nil {
+				// We have to panic so that our state doesn't diverge.
+				panic(fmt.Sprintf("shmowner: decode %s: %v", t, err))
+			}
+			return apply(tb, r)
+		}
+	}
+	commands[t] = c
+	commandTypes[rt] = t
+}
+
+// ignorable reports whether a node that does not know t may skip it.
+func (t MessageType) ignorable() bool { return t&IgnoreUnknownFlag != 0 }
+
+func (t MessageType) String() string {
+	if c, ok := commands[t]; ok {
+		return c.name
+	}
+	return fmt.Sprintf("MessageType(%d)", uint8(t))
+}
+
+// CheckCommand returns an error unless t is a registered message type and body decodes
+// into its request type exactly as Apply will decode it. A command that passes cannot
+// stop the FSM; one that fails would panic every node, so the peer API refuses it before
+// it enters the log.
+func CheckCommand(t MessageType, body []byte) error {
+	c, ok := commands[t]
+	if !ok {
+		return fmt.Errorf("unknown command type %d", uint8(t))
+	}
+	if err := c.check(body); err != nil {
+		return fmt.Errorf("decode %s: %w", t, err)
 	}
 	return nil
 }
 
-func (t MessageType) String() string {
-	if s, ok := typeNames[t]; ok {
-		return s
+// TypeOf returns the message type whose request type is req's (req may also be a
+// pointer to a request), and false if none is.
+func TypeOf(req any) (MessageType, bool) {
+	rt := reflect.TypeOf(req)
+	if rt != nil && rt.Kind() == reflect.Pointer {
+		rt = rt.Elem()
 	}
-	return fmt.Sprintf("MessageType(%d)", uint8(t))
+	t, ok := commandTypes[rt]
+	return t, ok
 }
 
 // Encode builds a log entry: the type byte followed by the JSON encoding of body.

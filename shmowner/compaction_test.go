@@ -1,4 +1,4 @@
-package shmowner
+package shmowner_test
 
 import (
 	"fmt"
@@ -7,12 +7,15 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/internal/wait"
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // inmemRaft starts a single-node raft on in-memory stores and transport and waits until
 // it leads.
-func inmemRaft(t *testing.T, conf *raft.Config) (*raft.Raft, *raft.InmemStore, *FSM) {
+func inmemRaft(t *testing.T, conf *raft.Config) (*raft.Raft, *raft.InmemStore, *shmowner.FSM) {
 	t.Helper()
 	conf.LocalID = "n1"
 	conf.Logger = hclog.NewNullLogger()
@@ -27,7 +30,7 @@ func inmemRaft(t *testing.T, conf *raft.Config) (*raft.Raft, *raft.InmemStore, *
 	if err := raft.BootstrapCluster(conf, store, store, snaps, trans, boot); err != nil {
 		t.Fatal(err)
 	}
-	fsm := NewFSM()
+	fsm := shmowner.NewFSM()
 	r, err := raft.NewRaft(conf, fsm, store, store, snaps, trans)
 	if err != nil {
 		t.Fatal(err)
@@ -37,31 +40,21 @@ func inmemRaft(t *testing.T, conf *raft.Config) (*raft.Raft, *raft.InmemStore, *
 			t.Error(err)
 		}
 	})
-	waitFor(t, 5*time.Second, "leadership", func() bool { return r.State() == raft.Leader })
+	wait.For(t, 5*time.Second, "leadership", func() (bool, string) {
+		return r.State() == raft.Leader, r.State().String()
+	})
 	return r, store, fsm
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // applyLoadReports applies n ReportLoad entries for node n1 and waits for all of them.
 func applyLoadReports(t *testing.T, r *raft.Raft, n int) {
 	t.Helper()
-	if err := r.Apply(mustEncode(t, RegisterNodeType, RegisterNodeRequest{ID: "n1"}), time.Second).Error(); err != nil {
+	if err := r.Apply(shmownertest.Entry(t, shmowner.RegisterNodeRequest{ID: "n1"}), time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
 	futures := make([]raft.ApplyFuture, 0, n)
 	for i := range n {
-		b := mustEncode(t, ReportLoadType, ReportLoadRequest{ID: "n1", At: int64(i + 1), Load: record.LoadVector{CPU: float64(i%100) / 100, Workloads: i % 7}})
+		b := shmownertest.Entry(t, shmowner.ReportLoadRequest{ID: "n1", At: int64(i + 1), Load: record.LoadVector{CPU: float64(i%100) / 100, Workloads: i % 7}})
 		futures = append(futures, r.Apply(b, 5*time.Second))
 	}
 	for i, f := range futures {
@@ -91,7 +84,7 @@ func logBounds(t *testing.T, s *raft.InmemStore) (first, last uint64) {
 // under a stream of load reports: after a snapshot only TrailingLogs entries remain.
 func TestLogCompaction(t *testing.T) {
 	const reports = 5000
-	rec := RaftConfig("n1")
+	rec := shmowner.RaftConfig("n1")
 	if rec.SnapshotThreshold != 1024 || rec.TrailingLogs != 2048 || rec.SnapshotInterval != 30*time.Second {
 		t.Fatalf("RaftConfig changed (%d/%d/%v): update its comment and this test",
 			rec.SnapshotThreshold, rec.TrailingLogs, rec.SnapshotInterval)
@@ -101,7 +94,7 @@ func TestLogCompaction(t *testing.T) {
 	}
 
 	t.Run("user snapshot", func(t *testing.T) {
-		conf := RaftConfig("n1")
+		conf := shmowner.RaftConfig("n1")
 		conf.SnapshotInterval = time.Hour // only the explicit snapshot below
 		r, store, fsm := inmemRaft(t, conf)
 		applyLoadReports(t, r, reports)
@@ -125,7 +118,7 @@ func TestLogCompaction(t *testing.T) {
 	})
 
 	t.Run("automatic snapshot at the threshold", func(t *testing.T) {
-		conf := RaftConfig("n1")
+		conf := shmowner.RaftConfig("n1")
 		conf.SnapshotInterval = 50 * time.Millisecond // raft checks the threshold this often
 		r, store, _ := inmemRaft(t, conf)
 		// A snapshot is taken once SnapshotThreshold entries piled up since the last one
@@ -135,9 +128,9 @@ func TestLogCompaction(t *testing.T) {
 		bound := conf.TrailingLogs + conf.SnapshotThreshold + 512
 		for round := 1; round <= 3; round++ {
 			applyLoadReports(t, r, reports)
-			waitFor(t, 10*time.Second, fmt.Sprintf("round %d: a compacted log of at most %d entries", round, bound), func() bool {
+			wait.For(t, 10*time.Second, fmt.Sprintf("round %d: a compacted log of at most %d entries", round, bound), func() (bool, string) {
 				first, last := logBounds(t, store)
-				return first > 1 && last-first+1 <= bound && last > uint64(round*reports)
+				return first > 1 && last-first+1 <= bound && last > uint64(round*reports), fmt.Sprintf("log [%d, %d]", first, last)
 			})
 			first, last := logBounds(t, store)
 			t.Logf("round %d: log [%d, %d]", round, first, last)

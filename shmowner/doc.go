@@ -4,7 +4,8 @@
 // epoch that fences every ownership change) and migrations.
 //
 // Every change is a log entry: a type byte followed by a JSON body (see Encode and the
-// MessageType constants). Apply is deterministic: it reads no clock (times travel in the
+// MessageType constants, each registered once with its request type and apply method;
+// CheckCommand tells whether an entry would decode). Apply is deterministic: it reads no clock (times travel in the
 // commands), does no I/O and never lets map iteration order reach its output. A rule
 // violation (stale epoch, unknown node, migration already in flight, ...) is the
 // ApplyFuture's response, an error wrapping one of the sentinels in errors.go; an entry

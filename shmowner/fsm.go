@@ -47,77 +47,27 @@ func (f *FSM) Apply(l *raft.Log) any {
 // first Apply of this process).
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
 
+// apply dispatches an entry to the apply function its type registered (command.go).
 func (f *FSM) apply(data []byte) error {
 	if len(data) == 0 {
 		panic("shmowner: empty log entry")
 	}
 	t := MessageType(data[0])
-	body := data[1:]
+	c, ok := commands[t]
+	if !ok {
+		if t.ignorable() {
+			return nil
+		}
+		// We have to panic so that our state doesn't diverge: a node that cannot apply an
+		// entry must not go on as if it had.
+		panic(fmt.Sprintf("shmowner: unknown message type %d", uint8(t)))
+	}
+	if c.apply == nil {
+		return nil // a registered no-op
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	switch t {
-	case RegisterNodeType:
-		var r RegisterNodeRequest
-		decode(t, body, &r)
-		return f.t.registerNode(r)
-	case RemoveNodeType:
-		var r RemoveNodeRequest
-		decode(t, body, &r)
-		return f.t.removeNode(r)
-	case SetNodeStateType:
-		var r SetNodeStateRequest
-		decode(t, body, &r)
-		return f.t.setNodeState(r)
-	case ReportLoadType:
-		var r ReportLoadRequest
-		decode(t, body, &r)
-		return f.t.reportLoad(r)
-	case UpsertWorkloadType:
-		var r UpsertWorkloadRequest
-		decode(t, body, &r)
-		return f.t.upsertWorkload(r)
-	case RemoveWorkloadType:
-		var r RemoveWorkloadRequest
-		decode(t, body, &r)
-		return f.t.removeWorkload(r)
-	case SetWorkloadStateType:
-		var r SetWorkloadStateRequest
-		decode(t, body, &r)
-		return f.t.setWorkloadState(r)
-	case SetSegmentsType:
-		var r SetSegmentsRequest
-		decode(t, body, &r)
-		return f.t.setSegments(r)
-	case PlanMigrationType:
-		var r PlanMigrationRequest
-		decode(t, body, &r)
-		return f.t.planMigration(r)
-	case SetMigrationPhaseType:
-		var r SetMigrationPhaseRequest
-		decode(t, body, &r)
-		return f.t.setMigrationPhase(r)
-	case SetMigrationStatsType:
-		var r SetMigrationStatsRequest
-		decode(t, body, &r)
-		return f.t.setMigrationStats(r)
-	case SetWorkloadPinnedType:
-		var r SetWorkloadPinnedRequest
-		decode(t, body, &r)
-		return f.t.setWorkloadPinned(r)
-	}
-	if t&IgnoreUnknownFlag != 0 {
-		return nil
-	}
-	// We have to panic so that our state doesn't diverge: a node that cannot apply an
-	// entry must not go on as if it had.
-	panic(fmt.Sprintf("shmowner: unknown message type %d", uint8(t)))
-}
-
-func decode(t MessageType, body []byte, v any) {
-	if err := json.Unmarshal(body, v); err != nil {
-		// We have to panic so that our state doesn't diverge.
-		panic(fmt.Sprintf("shmowner: decode %s: %v", t, err))
-	}
+	return c.apply(f.t, data[1:])
 }
 
 func (t *Table) registerNode(r RegisterNodeRequest) error {

@@ -1,4 +1,4 @@
-package shmowner
+package shmowner_test
 
 import (
 	"fmt"
@@ -7,7 +7,9 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // base is the table every Apply case starts from:
@@ -15,8 +17,8 @@ import (
 //	node-a, node-b active; node-c draining; node-d down
 //	w1 on node-a in grp-1 (segments 0 and 1, epoch 1); w2 on node-a in grp-2 (no segments)
 //	w3 and w4 on node-a share grp-3 (segment 5, epoch 1)
-func base() []cmd {
-	return []cmd{
+func base() []any {
+	return []any{
 		regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"),
 		nodeState("node-c", record.NodeDraining), nodeState("node-d", record.NodeDown),
 		upsertWL("w1", "node-a", "grp-1"), upsertWL("w2", "node-a", "grp-2"),
@@ -25,7 +27,7 @@ func base() []cmd {
 	}
 }
 
-func wantNode(t *testing.T, tb *Table, id string) record.Node {
+func wantNode(t *testing.T, tb *shmowner.Table, id string) record.Node {
 	t.Helper()
 	n, ok := tb.Node(id)
 	if !ok {
@@ -34,7 +36,7 @@ func wantNode(t *testing.T, tb *Table, id string) record.Node {
 	return n
 }
 
-func wantWorkload(t *testing.T, tb *Table, id string) record.Workload {
+func wantWorkload(t *testing.T, tb *shmowner.Table, id string) record.Workload {
 	t.Helper()
 	w, ok := tb.Workload(id)
 	if !ok {
@@ -43,7 +45,7 @@ func wantWorkload(t *testing.T, tb *Table, id string) record.Workload {
 	return w
 }
 
-func wantMigration(t *testing.T, tb *Table, id string) record.Migration {
+func wantMigration(t *testing.T, tb *shmowner.Table, id string) record.Migration {
 	t.Helper()
 	m, ok := tb.Migration(id)
 	if !ok {
@@ -52,7 +54,7 @@ func wantMigration(t *testing.T, tb *Table, id string) record.Migration {
 	return m
 }
 
-func wantSegment(t *testing.T, tb *Table, group string, shmid int) record.Segment {
+func wantSegment(t *testing.T, tb *shmowner.Table, group string, shmid int) record.Segment {
 	t.Helper()
 	s, ok := tb.Segment(record.SegmentID{Group: group, Shmid: shmid})
 	if !ok {
@@ -62,18 +64,18 @@ func wantSegment(t *testing.T, tb *Table, group string, shmid int) record.Segmen
 }
 
 func TestApply(t *testing.T) {
-	inFlight := []cmd{plan("m1", "w1", "node-b", 1)}
-	done := append(append([]cmd{}, inFlight...), walk("m1", 1)...)
+	inFlight := []any{plan("m1", "w1", "node-b", 1)}
+	done := append(append([]any{}, inFlight...), walk("m1", 1)...)
 
 	cases := []struct {
 		name  string
-		setup []cmd
-		cmd   cmd
+		setup []any
+		cmd   any
 		want  error
-		check func(t *testing.T, tb *Table)
+		check func(t *testing.T, tb *shmowner.Table)
 	}{
 		// RegisterNode
-		{name: "register new node", cmd: regNode("node-e"), check: func(t *testing.T, tb *Table) {
+		{name: "register new node", cmd: regNode("node-e"), check: func(t *testing.T, tb *shmowner.Table) {
 			n := wantNode(t, tb, "node-e")
 			if n != (record.Node{ID: "node-e", RaftAddr: "node-e:7000", APIAddr: "node-e:7001", State: record.NodeActive}) {
 				t.Errorf("node = %+v", n)
@@ -81,27 +83,27 @@ func TestApply(t *testing.T) {
 		}},
 		{
 			name:  "re-register keeps load, updates addresses, becomes active",
-			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-d", At: 5, Load: record.LoadVector{CPU: 0.5}}}},
-			cmd:   cmd{RegisterNodeType, RegisterNodeRequest{ID: "node-d", RaftAddr: "new:1", APIAddr: "new:2"}},
-			check: func(t *testing.T, tb *Table) {
+			setup: []any{shmowner.ReportLoadRequest{ID: "node-d", At: 5, Load: record.LoadVector{CPU: 0.5}}},
+			cmd:   shmowner.RegisterNodeRequest{ID: "node-d", RaftAddr: "new:1", APIAddr: "new:2"},
+			check: func(t *testing.T, tb *shmowner.Table) {
 				n := wantNode(t, tb, "node-d")
 				if n.State != record.NodeActive || n.RaftAddr != "new:1" || n.APIAddr != "new:2" || n.Load.CPU != 0.5 || n.LoadAt != 5 {
 					t.Errorf("node = %+v", n)
 				}
 			},
 		},
-		{name: "register empty id", cmd: cmd{RegisterNodeType, RegisterNodeRequest{}}, want: record.ErrInvalid},
+		{name: "register empty id", cmd: shmowner.RegisterNodeRequest{}, want: record.ErrInvalid},
 
 		// RemoveNode
-		{name: "remove node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "node-d"}}, check: func(t *testing.T, tb *Table) {
+		{name: "remove node", cmd: shmowner.RemoveNodeRequest{ID: "node-d"}, check: func(t *testing.T, tb *shmowner.Table) {
 			if _, ok := tb.Node("node-d"); ok {
 				t.Error("node-d still there")
 			}
 		}},
-		{name: "remove unknown node", cmd: cmd{RemoveNodeType, RemoveNodeRequest{ID: "nope"}}, want: record.ErrUnknownNode},
+		{name: "remove unknown node", cmd: shmowner.RemoveNodeRequest{ID: "nope"}, want: record.ErrUnknownNode},
 
 		// SetNodeState
-		{name: "set node state", cmd: nodeState("node-a", record.NodeDraining), check: func(t *testing.T, tb *Table) {
+		{name: "set node state", cmd: nodeState("node-a", record.NodeDraining), check: func(t *testing.T, tb *shmowner.Table) {
 			if s := wantNode(t, tb, "node-a").State; s != record.NodeDraining {
 				t.Errorf("state = %s", s)
 			}
@@ -112,8 +114,8 @@ func TestApply(t *testing.T) {
 		// ReportLoad
 		{
 			name: "report load",
-			cmd:  cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: record.LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}}},
-			check: func(t *testing.T, tb *Table) {
+			cmd:  shmowner.ReportLoadRequest{ID: "node-b", At: 42, Load: record.LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}},
+			check: func(t *testing.T, tb *shmowner.Table) {
 				n := wantNode(t, tb, "node-b")
 				if n.LoadAt != 42 || n.Load != (record.LoadVector{CPU: 0.75, RunQueue: 2, MemFreeBytes: 10, MemTotalBytes: 20, Workloads: 3}) {
 					t.Errorf("node = %+v", n)
@@ -122,18 +124,18 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:  "older load report is ignored",
-			setup: []cmd{{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 42, Load: record.LoadVector{CPU: 0.75}}}},
-			cmd:   cmd{ReportLoadType, ReportLoadRequest{ID: "node-b", At: 41, Load: record.LoadVector{CPU: 0.1}}},
-			check: func(t *testing.T, tb *Table) {
+			setup: []any{shmowner.ReportLoadRequest{ID: "node-b", At: 42, Load: record.LoadVector{CPU: 0.75}}},
+			cmd:   shmowner.ReportLoadRequest{ID: "node-b", At: 41, Load: record.LoadVector{CPU: 0.1}},
+			check: func(t *testing.T, tb *shmowner.Table) {
 				if n := wantNode(t, tb, "node-b"); n.LoadAt != 42 || n.Load.CPU != 0.75 {
 					t.Errorf("node = %+v", n)
 				}
 			},
 		},
-		{name: "report load of unknown node", cmd: cmd{ReportLoadType, ReportLoadRequest{ID: "nope", At: 1}}, want: record.ErrUnknownNode},
+		{name: "report load of unknown node", cmd: shmowner.ReportLoadRequest{ID: "nope", At: 1}, want: record.ErrUnknownNode},
 
 		// UpsertWorkload
-		{name: "upsert new workload defaults to running", cmd: upsertWL("w9", "node-b", "grp-9"), check: func(t *testing.T, tb *Table) {
+		{name: "upsert new workload defaults to running", cmd: upsertWL("w9", "node-b", "grp-9"), check: func(t *testing.T, tb *shmowner.Table) {
 			w := wantWorkload(t, tb, "w9")
 			if w.State != record.WorkloadRunning || w.Node != "node-b" || w.Group != "grp-9" || !slices.Equal(w.Pids, []int{100, 101}) {
 				t.Errorf("workload = %+v", w)
@@ -144,33 +146,33 @@ func TestApply(t *testing.T) {
 		{name: "upsert without id", cmd: upsertWL("", "node-a", "grp-9"), want: record.ErrInvalid},
 		{
 			name: "upsert as migrating",
-			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Node: "node-a", Group: "g", State: record.WorkloadMigrating}}},
+			cmd:  shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Node: "node-a", Group: "g", State: record.WorkloadMigrating}},
 			want: record.ErrInvalid,
 		},
 		{
 			name: "upsert with another workload's name",
-			cmd:  cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Name: "name-w1", Node: "node-a", Group: "g"}}},
+			cmd:  shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Name: "name-w1", Node: "node-a", Group: "g"}},
 			want: record.ErrExists,
 		},
-		{name: "upsert keeps its own name", cmd: upsertWL("w1", "node-b", "grp-1"), check: func(t *testing.T, tb *Table) {
+		{name: "upsert keeps its own name", cmd: upsertWL("w1", "node-b", "grp-1"), check: func(t *testing.T, tb *shmowner.Table) {
 			if w := wantWorkload(t, tb, "w1"); w.Name != "name-w1" || w.Node != "node-b" {
 				t.Errorf("workload = %+v", w)
 			}
 		}},
-		{name: "probe changes nothing", cmd: cmd{ProbeType, ProbeRequest{Seq: 7}}, check: func(t *testing.T, tb *Table) {
+		{name: "probe changes nothing", cmd: shmowner.ProbeRequest{Seq: 7}, check: func(t *testing.T, tb *shmowner.Table) {
 			if n := len(tb.Workloads()); n != 4 {
 				t.Errorf("%d workloads after a probe, want 4", n)
 			}
 		}},
 		{name: "upsert while migrating", setup: inFlight, cmd: upsertWL("w1", "node-a", "grp-1"), want: record.ErrMigrationInFlight},
-		{name: "upsert moving the last workload out of a group drops its segments", cmd: upsertWL("w1", "node-a", "grp-9"), check: func(t *testing.T, tb *Table) {
+		{name: "upsert moving the last workload out of a group drops its segments", cmd: upsertWL("w1", "node-a", "grp-9"), check: func(t *testing.T, tb *shmowner.Table) {
 			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
 				t.Errorf("grp-1 segments = %+v", s)
 			}
 		}},
 
 		// RemoveWorkload
-		{name: "remove last workload of a group drops its segments", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, check: func(t *testing.T, tb *Table) {
+		{name: "remove last workload of a group drops its segments", cmd: shmowner.RemoveWorkloadRequest{ID: "w1"}, check: func(t *testing.T, tb *shmowner.Table) {
 			if _, ok := tb.Workload("w1"); ok {
 				t.Error("w1 still there")
 			}
@@ -181,28 +183,28 @@ func TestApply(t *testing.T) {
 				t.Error("grp-3 segments dropped")
 			}
 		}},
-		{name: "remove a workload sharing its group keeps the segments", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w3"}}, check: func(t *testing.T, tb *Table) {
+		{name: "remove a workload sharing its group keeps the segments", cmd: shmowner.RemoveWorkloadRequest{ID: "w3"}, check: func(t *testing.T, tb *shmowner.Table) {
 			if len(tb.GroupSegments("grp-3")) != 1 {
 				t.Error("grp-3 segments dropped")
 			}
 		}},
-		{name: "remove unknown workload", cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "nope"}}, want: record.ErrUnknownWorkload},
-		{name: "remove migrating workload", setup: inFlight, cmd: cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "w1"}}, want: record.ErrMigrationInFlight},
+		{name: "remove unknown workload", cmd: shmowner.RemoveWorkloadRequest{ID: "nope"}, want: record.ErrUnknownWorkload},
+		{name: "remove migrating workload", setup: inFlight, cmd: shmowner.RemoveWorkloadRequest{ID: "w1"}, want: record.ErrMigrationInFlight},
 
 		// SetWorkloadState
-		{name: "workload exits", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited, ExitStatus: 7, At: 99}}, check: func(t *testing.T, tb *Table) {
+		{name: "workload exits", cmd: shmowner.SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited, ExitStatus: 7, At: 99}, check: func(t *testing.T, tb *shmowner.Table) {
 			if w := wantWorkload(t, tb, "w2"); w.State != record.WorkloadExited || w.ExitStatus != 7 || w.ExitedAt != 99 {
 				t.Errorf("workload = %+v", w)
 			}
 		}},
-		{name: "workload exits while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited}}},
-		{name: "workload set running while migrating", setup: inFlight, cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadRunning}}, want: record.ErrMigrationInFlight},
-		{name: "workload set migrating directly", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadMigrating}}, want: record.ErrBadTransition},
-		{name: "workload bogus state", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: "zombie"}}, want: record.ErrInvalid},
-		{name: "state of unknown workload", cmd: cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "nope", State: record.WorkloadExited}}, want: record.ErrUnknownWorkload},
+		{name: "workload exits while migrating", setup: inFlight, cmd: shmowner.SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited}},
+		{name: "workload set running while migrating", setup: inFlight, cmd: shmowner.SetWorkloadStateRequest{ID: "w1", State: record.WorkloadRunning}, want: record.ErrMigrationInFlight},
+		{name: "workload set migrating directly", cmd: shmowner.SetWorkloadStateRequest{ID: "w1", State: record.WorkloadMigrating}, want: record.ErrBadTransition},
+		{name: "workload bogus state", cmd: shmowner.SetWorkloadStateRequest{ID: "w1", State: "zombie"}, want: record.ErrInvalid},
+		{name: "state of unknown workload", cmd: shmowner.SetWorkloadStateRequest{ID: "nope", State: record.WorkloadExited}, want: record.ErrUnknownWorkload},
 
 		// SetSegments
-		{name: "segments of a new group belong to the reporter at epoch 1", cmd: segs("node-a", "grp-2", 3, 4), check: func(t *testing.T, tb *Table) {
+		{name: "segments of a new group belong to the reporter at epoch 1", cmd: segs("node-a", "grp-2", 3, 4), check: func(t *testing.T, tb *shmowner.Table) {
 			got := tb.GroupSegments("grp-2")
 			want := []record.Segment{
 				{Group: "grp-2", Shmid: 3, Key: 0x1003, Size: 4 * 4096, Mode: 0o600, Owner: "node-a", Epoch: 1},
@@ -218,10 +220,10 @@ func TestApply(t *testing.T) {
 		{
 			name:  "replacing segments keeps owner and epoch of those that stay",
 			setup: done, // grp-1 now owned by node-b at epoch 2
-			cmd: cmd{SetSegmentsType, SetSegmentsRequest{Node: "node-b", Group: "grp-1", Segments: []SegmentInfo{
+			cmd: shmowner.SetSegmentsRequest{Node: "node-b", Group: "grp-1", Segments: []shmowner.SegmentInfo{
 				{Shmid: 1, Key: 0x1001, Size: 1 << 20, Mode: 0o640}, {Shmid: 9, Key: 0x1009, Size: 4096, Mode: 0o600},
-			}}},
-			check: func(t *testing.T, tb *Table) {
+			}},
+			check: func(t *testing.T, tb *shmowner.Table) {
 				if _, ok := tb.Segment(record.SegmentID{Group: "grp-1", Shmid: 0}); ok {
 					t.Error("segment 0 not removed")
 				}
@@ -236,7 +238,7 @@ func TestApply(t *testing.T) {
 				}
 			},
 		},
-		{name: "empty segment list removes all", cmd: cmd{SetSegmentsType, SetSegmentsRequest{Node: "node-a", Group: "grp-1"}}, check: func(t *testing.T, tb *Table) {
+		{name: "empty segment list removes all", cmd: shmowner.SetSegmentsRequest{Node: "node-a", Group: "grp-1"}, check: func(t *testing.T, tb *shmowner.Table) {
 			if s := tb.GroupSegments("grp-1"); len(s) != 0 {
 				t.Errorf("segments = %+v", s)
 			}
@@ -248,7 +250,7 @@ func TestApply(t *testing.T) {
 		{name: "segments without group", cmd: segs("node-a", "", 1), want: record.ErrInvalid},
 
 		// PlanMigration
-		{name: "plan migration", cmd: plan("m1", "w1", "node-b", 1), check: func(t *testing.T, tb *Table) {
+		{name: "plan migration", cmd: plan("m1", "w1", "node-b", 1), check: func(t *testing.T, tb *shmowner.Table) {
 			m := wantMigration(t, tb, "m1")
 			want := record.Migration{ID: "m1", Workload: "w1", Source: "node-a", Target: "node-b", Phase: record.PhasePlanned, Epoch: 1, StartedAt: 1000, UpdatedAt: 1000}
 			if m != want {
@@ -267,45 +269,45 @@ func TestApply(t *testing.T) {
 		{name: "plan with the epoch from before the last move", setup: done, cmd: plan("m2", "w1", "node-a", 1), want: record.ErrStaleEpoch},
 		{name: "plan again after done with the new epoch", setup: done, cmd: plan("m2", "w1", "node-a", 2)},
 		{name: "plan while in flight", setup: inFlight, cmd: plan("m2", "w1", "node-c", 1), want: record.ErrMigrationInFlight},
-		{name: "plan after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseAborted, 1)), cmd: plan("m2", "w1", "node-b", 1)},
+		{name: "plan after abort", setup: append(append([]any{}, inFlight...), phase("m1", record.PhaseAborted, 1)), cmd: plan("m2", "w1", "node-b", 1)},
 		{name: "plan to the same node", cmd: plan("m1", "w1", "node-a", 1), want: record.ErrSameNode},
 		{name: "plan to a draining node", cmd: plan("m1", "w1", "node-c", 1), want: record.ErrNodeNotActive},
 		{name: "plan to a down node", cmd: plan("m1", "w1", "node-d", 1), want: record.ErrNodeNotActive},
-		{name: "plan to a node that left", setup: []cmd{nodeState("node-b", record.NodeLeft)}, cmd: plan("m1", "w1", "node-b", 1), want: record.ErrNodeNotActive},
+		{name: "plan to a node that left", setup: []any{nodeState("node-b", record.NodeLeft)}, cmd: plan("m1", "w1", "node-b", 1), want: record.ErrNodeNotActive},
 		{name: "plan to an unknown node", cmd: plan("m1", "w1", "nope", 1), want: record.ErrUnknownNode},
 		{name: "plan of an unknown workload", cmd: plan("m1", "nope", "node-b", 0), want: record.ErrUnknownWorkload},
-		{name: "plan of an exited workload", setup: []cmd{{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited}}}, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrBadTransition},
+		{name: "plan of an exited workload", setup: []any{shmowner.SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited}}, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrBadTransition},
 		{name: "plan with a taken id", setup: inFlight, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrExists},
 		{name: "plan without id", cmd: plan("", "w2", "node-b", 0), want: record.ErrInvalid},
 
 		// SetMigrationPhase
-		{name: "phase precopy", setup: inFlight, cmd: phase("m1", record.PhasePrecopy, 1), check: func(t *testing.T, tb *Table) {
+		{name: "phase precopy", setup: inFlight, cmd: phase("m1", record.PhasePrecopy, 1), check: func(t *testing.T, tb *shmowner.Table) {
 			if m := wantMigration(t, tb, "m1"); m.Phase != record.PhasePrecopy || m.UpdatedAt != 2000 || m.StartedAt != 1000 {
 				t.Errorf("migration = %+v", m)
 			}
 		}},
 		{name: "phase skips precopy", setup: inFlight, cmd: phase("m1", record.PhaseFrozen, 1)},
-		{name: "phase records bytes and keeps them", setup: append(append([]cmd{}, inFlight...),
-			cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: record.PhasePrecopy, Epoch: 1, Bytes: 123}}),
-			cmd: phase("m1", record.PhaseFrozen, 1), check: func(t *testing.T, tb *Table) {
+		{name: "phase records bytes and keeps them", setup: append(append([]any{}, inFlight...),
+			shmowner.SetMigrationPhaseRequest{ID: "m1", Phase: record.PhasePrecopy, Epoch: 1, Bytes: 123}),
+			cmd: phase("m1", record.PhaseFrozen, 1), check: func(t *testing.T, tb *shmowner.Table) {
 				if m := wantMigration(t, tb, "m1"); m.Bytes != 123 {
 					t.Errorf("bytes = %d", m.Bytes)
 				}
 			}},
 		{name: "phase done straight from planned", setup: inFlight, cmd: phase("m1", record.PhaseDone, 1), want: record.ErrBadTransition},
-		{name: "phase done from shipped", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseShipped, 1)), cmd: phase("m1", record.PhaseDone, 1), want: record.ErrBadTransition},
-		{name: "phase backwards", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseFrozen, 1)), cmd: phase("m1", record.PhasePrecopy, 1), want: record.ErrBadTransition},
+		{name: "phase done from shipped", setup: append(append([]any{}, inFlight...), phase("m1", record.PhaseShipped, 1)), cmd: phase("m1", record.PhaseDone, 1), want: record.ErrBadTransition},
+		{name: "phase backwards", setup: append(append([]any{}, inFlight...), phase("m1", record.PhaseFrozen, 1)), cmd: phase("m1", record.PhasePrecopy, 1), want: record.ErrBadTransition},
 		{name: "phase repeated", setup: inFlight, cmd: phase("m1", record.PhasePlanned, 1), want: record.ErrBadTransition},
 		{name: "phase bogus", setup: inFlight, cmd: phase("m1", "teleported", 1), want: record.ErrBadTransition},
 		{name: "phase after done", setup: done, cmd: phase("m1", record.PhaseAborted, 1), want: record.ErrBadTransition},
-		{name: "phase after abort", setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseAborted, 1)), cmd: phase("m1", record.PhasePrecopy, 1), want: record.ErrBadTransition},
+		{name: "phase after abort", setup: append(append([]any{}, inFlight...), phase("m1", record.PhaseAborted, 1)), cmd: phase("m1", record.PhasePrecopy, 1), want: record.ErrBadTransition},
 		{name: "phase with stale epoch", setup: inFlight, cmd: phase("m1", record.PhasePrecopy, 0), want: record.ErrStaleEpoch},
 		{name: "phase of unknown migration", cmd: phase("nope", record.PhasePrecopy, 0), want: record.ErrUnknownMigration},
 		{
 			name:  "done moves the workload and the owner copies, bumps epochs, clears replicas",
-			setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseRestored, 1)),
+			setup: append(append([]any{}, inFlight...), phase("m1", record.PhaseRestored, 1)),
 			cmd:   phase("m1", record.PhaseDone, 1),
-			check: func(t *testing.T, tb *Table) {
+			check: func(t *testing.T, tb *shmowner.Table) {
 				if w := wantWorkload(t, tb, "w1"); w.Node != "node-b" || w.State != record.WorkloadRunning {
 					t.Errorf("workload = %+v", w)
 				}
@@ -327,9 +329,9 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:  "abort puts the workload back to running on the source",
-			setup: append(append([]cmd{}, inFlight...), phase("m1", record.PhaseShipped, 1)),
-			cmd:   cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "m1", Phase: record.PhaseAborted, Epoch: 1, At: 9, Error: "restore failed"}},
-			check: func(t *testing.T, tb *Table) {
+			setup: append(append([]any{}, inFlight...), phase("m1", record.PhaseShipped, 1)),
+			cmd:   shmowner.SetMigrationPhaseRequest{ID: "m1", Phase: record.PhaseAborted, Epoch: 1, At: 9, Error: "restore failed"},
+			check: func(t *testing.T, tb *shmowner.Table) {
 				if w := wantWorkload(t, tb, "w1"); w.Node != "node-a" || w.State != record.WorkloadRunning {
 					t.Errorf("workload = %+v", w)
 				}
@@ -345,9 +347,9 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name:  "abort of a workload that exited keeps it exited",
-			setup: append(append([]cmd{}, inFlight...), cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited, ExitStatus: 9}}),
+			setup: append(append([]any{}, inFlight...), shmowner.SetWorkloadStateRequest{ID: "w1", State: record.WorkloadExited, ExitStatus: 9}),
 			cmd:   phase("m1", record.PhaseAborted, 1),
-			check: func(t *testing.T, tb *Table) {
+			check: func(t *testing.T, tb *shmowner.Table) {
 				if w := wantWorkload(t, tb, "w1"); w.State != record.WorkloadExited || w.ExitStatus != 9 {
 					t.Errorf("workload = %+v", w)
 				}
@@ -356,13 +358,13 @@ func TestApply(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := NewFSM()
-			mustApply(t, f, base()...)
-			mustApply(t, f, tc.setup...)
+			f := shmowner.NewFSM()
+			shmownertest.MustApply(t, f, base()...)
+			shmownertest.MustApply(t, f, tc.setup...)
 			before := tableJSON(t, f.Table())
-			err := applyCmd(t, f, tc.cmd)
+			err := shmownertest.Apply(t, f, tc.cmd)
 			if !errIs(err, tc.want) {
-				t.Fatalf("apply %s: got %v, want %v", tc.cmd.t, err, tc.want)
+				t.Fatalf("apply %T: got %v, want %v", tc.cmd, err, tc.want)
 			}
 			if err != nil {
 				if after := tableJSON(t, f.Table()); after != before {
@@ -380,28 +382,22 @@ func TestApply(t *testing.T) {
 }
 
 func TestApplyDoneClearsReplicas(t *testing.T) {
-	f := NewFSM()
-	mustApply(t, f, base()...)
-	mustApply(t, f, plan("m1", "w1", "node-b", 1))
+	f := shmowner.NewFSM()
+	shmownertest.MustApply(t, f, base()...)
+	shmownertest.MustApply(t, f, plan("m1", "w1", "node-b", 1))
 	// No command sets replicas yet (the DSM milestone will); plant one directly.
-	id := record.SegmentID{Group: "grp-1", Shmid: 0}
-	s := f.t.segments[id]
-	s.Replicas = []string{"node-b", "node-c"}
-	f.t.segments[id] = s
-	mustApply(t, f, walk("m1", 1)...)
+	shmowner.SetReplicas(f, record.SegmentID{Group: "grp-1", Shmid: 0}, []string{"node-b", "node-c"})
+	shmownertest.MustApply(t, f, walk("m1", 1)...)
 	if got := wantSegment(t, f.Table(), "grp-1", 0); got.Replicas != nil || got.Owner != "node-b" || got.Epoch != 2 {
 		t.Errorf("segment = %+v", got)
 	}
 }
 
 func TestSetSegmentsKeepsReplicas(t *testing.T) {
-	f := NewFSM()
-	mustApply(t, f, base()...)
-	id := record.SegmentID{Group: "grp-1", Shmid: 0}
-	s := f.t.segments[id]
-	s.Replicas = []string{"node-b"}
-	f.t.segments[id] = s
-	mustApply(t, f, segs("node-a", "grp-1", 0, 1, 2))
+	f := shmowner.NewFSM()
+	shmownertest.MustApply(t, f, base()...)
+	shmowner.SetReplicas(f, record.SegmentID{Group: "grp-1", Shmid: 0}, []string{"node-b"})
+	shmownertest.MustApply(t, f, segs("node-a", "grp-1", 0, 1, 2))
 	if got := wantSegment(t, f.Table(), "grp-1", 0); !slices.Equal(got.Replicas, []string{"node-b"}) {
 		t.Errorf("segment = %+v", got)
 	}
@@ -426,13 +422,22 @@ func TestPhaseTransitions(t *testing.T) {
 	}
 }
 
+func mustEncode(t testing.TB, typ shmowner.MessageType, body any) []byte {
+	t.Helper()
+	b, err := shmowner.Encode(typ, body)
+	if err != nil {
+		t.Fatalf("encode %s: %v", typ, err)
+	}
+	return b
+}
+
 func TestApplyUnknownAndUndecodable(t *testing.T) {
 	log := func(data []byte) *raft.Log { return &raft.Log{Type: raft.LogCommand, Data: data} }
 	t.Run("unknown type with the ignore flag is skipped", func(t *testing.T) {
-		f := NewFSM()
-		mustApply(t, f, base()...)
+		f := shmowner.NewFSM()
+		shmownertest.MustApply(t, f, base()...)
 		before := tableJSON(t, f.Table())
-		for _, typ := range []MessageType{IgnoreUnknownFlag, IgnoreUnknownFlag | 1, IgnoreUnknownFlag | 77} {
+		for _, typ := range []shmowner.MessageType{shmowner.IgnoreUnknownFlag, shmowner.IgnoreUnknownFlag | 1, shmowner.IgnoreUnknownFlag | 77} {
 			var resp any
 			if p := panics(func() { resp = f.Apply(log(mustEncode(t, typ, map[string]int{"x": 1}))) }); p != nil {
 				t.Fatalf("type %d panicked: %v", typ, p)
@@ -451,12 +456,12 @@ func TestApplyUnknownAndUndecodable(t *testing.T) {
 	}{
 		{"unknown type without the flag panics", "unknown message type 77", mustEncode(t, 77, struct{}{})},
 		{"type 0 panics", "unknown message type 0", mustEncode(t, 0, struct{}{})},
-		{"undecodable body panics", "decode RegisterNode", append([]byte{byte(RegisterNodeType)}, "{not json"...)},
-		{"body of the wrong shape panics", "decode PlanMigration", append([]byte{byte(PlanMigrationType)}, `{"epoch":"one"}`...)},
+		{"undecodable body panics", "decode RegisterNode", append([]byte{byte(shmowner.RegisterNodeType)}, "{not json"...)},
+		{"body of the wrong shape panics", "decode PlanMigration", append([]byte{byte(shmowner.PlanMigrationType)}, `{"epoch":"one"}`...)},
 		{"empty entry panics", "empty log entry", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := NewFSM()
+			f := shmowner.NewFSM()
 			p := panics(func() { f.Apply(log(tc.data)) })
 			if p == nil {
 				t.Fatal("did not panic")
@@ -469,20 +474,20 @@ func TestApplyUnknownAndUndecodable(t *testing.T) {
 }
 
 func TestEncode(t *testing.T) {
-	b, err := Encode(RemoveNodeType, RemoveNodeRequest{ID: "n"})
+	b, err := shmowner.Encode(shmowner.RemoveNodeType, shmowner.RemoveNodeRequest{ID: "n"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := "\x02" + `{"id":"n"}`; string(b) != want {
 		t.Errorf("Encode = %q, want %q", b, want)
 	}
-	if _, err := Encode(RemoveNodeType, func() {}); err == nil {
+	if _, err := shmowner.Encode(shmowner.RemoveNodeType, func() {}); err == nil {
 		t.Error("Encode of a func did not fail")
 	}
-	if s := SetMigrationPhaseType.String(); s != "SetMigrationPhase" {
+	if s := shmowner.SetMigrationPhaseType.String(); s != "SetMigrationPhase" {
 		t.Errorf("String = %q", s)
 	}
-	if s := MessageType(200).String(); s != "MessageType(200)" {
+	if s := shmowner.MessageType(200).String(); s != "MessageType(200)" {
 		t.Errorf("String = %q", s)
 	}
 }
@@ -497,13 +502,13 @@ func TestDeterminism(t *testing.T) {
 		plan("mig-y", "wl-1", "node-a", 3),      // same node
 		phase("mig-4", record.PhaseRestored, 7), // stale epoch
 		upsertWL("wl-9", "node-z", "grp-9"),     // unknown node
-		cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "wl-3"}},
+		shmowner.RemoveWorkloadRequest{ID: "wl-3"},
 	)
 	run := func() (string, []string) {
-		f := NewFSM()
+		f := shmowner.NewFSM()
 		var resps []string
 		for _, c := range cmds {
-			resps = append(resps, fmt.Sprint(applyCmd(t, f, c)))
+			resps = append(resps, fmt.Sprint(shmownertest.Apply(t, f, c)))
 		}
 		return tableJSON(t, f.Table()), resps
 	}
@@ -520,14 +525,14 @@ func TestDeterminism(t *testing.T) {
 }
 
 func TestTableCopies(t *testing.T) {
-	f := NewFSM()
-	mustApply(t, f, base()...)
+	f := shmowner.NewFSM()
+	shmownertest.MustApply(t, f, base()...)
 	tb := f.Table()
 	w := wantWorkload(t, tb, "w1")
 	w.Pids[0] = -1
 	tb.Workloads()[0].Pids[0] = -1
 	tb.Segments()[0].Epoch = 99
-	tb.workloads["w1"] = record.Workload{}
+	shmowner.PutWorkload(tb, "w1", record.Workload{})
 	if got := wantWorkload(t, f.Table(), "w1"); got.Pids[0] != 100 {
 		t.Errorf("FSM table shares memory with a copy: %+v", got)
 	}

@@ -1,4 +1,4 @@
-package shmowner
+package shmowner_test
 
 import (
 	"encoding/json"
@@ -6,48 +6,9 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 )
-
-// cmd is one command of a test scenario.
-type cmd struct {
-	t    MessageType
-	body any
-}
-
-func mustEncode(t testing.TB, typ MessageType, body any) []byte {
-	t.Helper()
-	b, err := Encode(typ, body)
-	if err != nil {
-		t.Fatalf("encode %s: %v", typ, err)
-	}
-	return b
-}
-
-// applyCmd applies one command to f and returns its response as an error.
-func applyCmd(t testing.TB, f *FSM, c cmd) error {
-	t.Helper()
-	resp := f.Apply(&raft.Log{Index: 1, Term: 1, Type: raft.LogCommand, Data: mustEncode(t, c.t, c.body)})
-	if resp == nil {
-		return nil
-	}
-	err, ok := resp.(error)
-	if !ok {
-		t.Fatalf("apply %s: response %T %v is neither nil nor an error", c.t, resp, resp)
-	}
-	return err
-}
-
-// mustApply applies commands that must all succeed.
-func mustApply(t testing.TB, f *FSM, cmds ...cmd) {
-	t.Helper()
-	for i, c := range cmds {
-		if err := applyCmd(t, f, c); err != nil {
-			t.Fatalf("command %d (%s %+v): %v", i, c.t, c.body, err)
-		}
-	}
-}
 
 // panics runs fn and returns the recovered panic value, nil if it did not panic.
 func panics(fn func()) (v any) {
@@ -56,7 +17,7 @@ func panics(fn func()) (v any) {
 	return nil
 }
 
-func tableJSON(t testing.TB, tb *Table) string {
+func tableJSON(t testing.TB, tb *shmowner.Table) string {
 	t.Helper()
 	b, err := json.Marshal(tb)
 	if err != nil {
@@ -72,78 +33,78 @@ func errIs(got, want error) bool {
 	return errors.Is(got, want)
 }
 
-// Shorthands for commands.
-func regNode(id string) cmd {
-	return cmd{RegisterNodeType, RegisterNodeRequest{ID: id, RaftAddr: id + ":7000", APIAddr: id + ":7001"}}
+// Shorthands for requests.
+func regNode(id string) shmowner.RegisterNodeRequest {
+	return shmowner.RegisterNodeRequest{ID: id, RaftAddr: id + ":7000", APIAddr: id + ":7001"}
 }
 
-func nodeState(id string, s record.NodeState) cmd {
-	return cmd{SetNodeStateType, SetNodeStateRequest{ID: id, State: s}}
+func nodeState(id string, s record.NodeState) shmowner.SetNodeStateRequest {
+	return shmowner.SetNodeStateRequest{ID: id, State: s}
 }
 
-func upsertWL(id, node, group string) cmd {
-	return cmd{UpsertWorkloadType, UpsertWorkloadRequest{Workload: record.Workload{
+func upsertWL(id, node, group string) shmowner.UpsertWorkloadRequest {
+	return shmowner.UpsertWorkloadRequest{Workload: record.Workload{
 		ID: id, Name: "name-" + id, Node: node, InitPid: 100, Pids: []int{100, 101}, Group: group,
-	}}}
+	}}
 }
 
-func segs(node, group string, shmids ...int) cmd {
-	r := SetSegmentsRequest{Node: node, Group: group}
+func segs(node, group string, shmids ...int) shmowner.SetSegmentsRequest {
+	r := shmowner.SetSegmentsRequest{Node: node, Group: group}
 	for _, id := range shmids {
-		r.Segments = append(r.Segments, SegmentInfo{Shmid: id, Key: uint32(0x1000 + id), Size: 4096 * uint64(id+1), Mode: 0o600})
+		r.Segments = append(r.Segments, shmowner.SegmentInfo{Shmid: id, Key: uint32(0x1000 + id), Size: 4096 * uint64(id+1), Mode: 0o600})
 	}
-	return cmd{SetSegmentsType, r}
+	return r
 }
 
-func plan(id, wl, target string, epoch uint64) cmd {
-	return cmd{PlanMigrationType, PlanMigrationRequest{ID: id, Workload: wl, Target: target, Epoch: epoch, At: 1_000}}
+func plan(id, wl, target string, epoch uint64) shmowner.PlanMigrationRequest {
+	return shmowner.PlanMigrationRequest{ID: id, Workload: wl, Target: target, Epoch: epoch, At: 1_000}
 }
 
-func phase(id string, p record.Phase, epoch uint64) cmd {
-	return cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: id, Phase: p, Epoch: epoch, At: 2_000}}
+func phase(id string, p record.Phase, epoch uint64) shmowner.SetMigrationPhaseRequest {
+	return shmowner.SetMigrationPhaseRequest{ID: id, Phase: p, Epoch: epoch, At: 2_000}
 }
 
 // walk moves migration id through every phase from precopy to done.
-func walk(id string, epoch uint64) []cmd {
-	return []cmd{
+func walk(id string, epoch uint64) []any {
+	return []any{
 		phase(id, record.PhasePrecopy, epoch), phase(id, record.PhaseFrozen, epoch), phase(id, record.PhaseShipped, epoch),
 		phase(id, record.PhaseRestored, epoch), phase(id, record.PhaseDone, epoch),
 	}
 }
 
-// scenario is a command sequence that exercises every table: used by the round trip,
-// determinism and golden snapshot tests. Every command succeeds.
-func scenario() []cmd {
-	cmds := []cmd{regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"), nodeState("node-d", record.NodeDraining)}
+// scenario is a request sequence that exercises every table: used by the round trip,
+// determinism and golden snapshot tests. Every request succeeds.
+func scenario() []any {
+	reqs := []any{regNode("node-a"), regNode("node-b"), regNode("node-c"), regNode("node-d"), nodeState("node-d", record.NodeDraining)}
 	for i, n := range []string{"node-a", "node-b", "node-c", "node-d"} {
-		cmds = append(cmds, cmd{ReportLoadType, ReportLoadRequest{ID: n, At: int64(1_700_000_000_000_000_000 + i), Load: record.LoadVector{
+		reqs = append(reqs, shmowner.ReportLoadRequest{ID: n, At: int64(1_700_000_000_000_000_000 + i), Load: record.LoadVector{
 			CPU: 0.25 * float64(i), RunQueue: float64(i) + 0.5, MemFreeBytes: 1 << 30, MemTotalBytes: 4 << 30, Workloads: i,
-		}}})
+		}})
 	}
 	for i := range 6 {
 		wl := fmt.Sprintf("wl-%d", i)
 		grp := fmt.Sprintf("grp-%d", i/2) // two workloads per group
-		cmds = append(cmds, upsertWL(wl, "node-a", grp))
+		reqs = append(reqs, upsertWL(wl, "node-a", grp))
 	}
-	cmds = append(cmds,
+	reqs = append(reqs,
 		segs("node-a", "grp-0", 0, 1, 2),
 		segs("node-a", "grp-1", 7),
 		// wl-0 moves to node-b and back: grp-0 ends at epoch 3, owned by node-a.
 		plan("mig-1", "wl-0", "node-b", 1))
-	cmds = append(cmds, walk("mig-1", 1)...)
-	cmds = append(cmds, plan("mig-2", "wl-0", "node-a", 2))
-	cmds = append(cmds, walk("mig-2", 2)...)
-	cmds = append(cmds,
+	reqs = append(reqs, walk("mig-1", 1)...)
+	reqs = append(reqs, plan("mig-2", "wl-0", "node-a", 2))
+	reqs = append(reqs, walk("mig-2", 2)...)
+	reqs = append(reqs,
 		// wl-2 (grp-1) is aborted after pre-copy.
 		plan("mig-3", "wl-2", "node-c", 1),
 		phase("mig-3", record.PhasePrecopy, 1),
-		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-3", Phase: record.PhaseAborted, Epoch: 1, At: 3_000, Error: "criu restore: exit status 1"}},
+		shmowner.SetMigrationPhaseRequest{ID: "mig-3", Phase: record.PhaseAborted, Epoch: 1, At: 3_000, Error: "criu restore: exit status 1"},
 		// wl-4 (grp-2, no segments, epoch 0) is in flight, shipped.
 		plan("mig-4", "wl-4", "node-c", 0),
-		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseFrozen, Epoch: 0, At: 4_000, Bytes: 1 << 20}},
-		cmd{SetMigrationPhaseType, SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseShipped, Epoch: 0, At: 5_000, Bytes: 3 << 20}},
-		cmd{SetWorkloadStateType, SetWorkloadStateRequest{ID: "wl-5", State: record.WorkloadExited, ExitStatus: 3}},
+		shmowner.SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseFrozen, Epoch: 0, At: 4_000, Bytes: 1 << 20},
+		shmowner.SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseShipped, Epoch: 0, At: 5_000, Bytes: 3 << 20},
+		shmowner.SetWorkloadStateRequest{ID: "wl-5", State: record.WorkloadExited, ExitStatus: 3},
 		segs("node-a", "grp-0", 1, 2, 3), // shmid 0 gone, 3 new at epoch 1
 	)
-	return cmds
+	return reqs
 }

@@ -1,4 +1,4 @@
-package shmowner
+package shmowner_test
 
 import (
 	"bytes"
@@ -13,7 +13,9 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/snapshot-v1.json from the scenario")
@@ -38,14 +40,14 @@ func (s *memSink) Cancel() error { s.cancelled = true; return nil }
 
 var _ raft.SnapshotSink = (*memSink)(nil)
 
-func scenarioFSM(t *testing.T) *FSM {
+func scenarioFSM(t *testing.T) *shmowner.FSM {
 	t.Helper()
-	f := NewFSM()
-	mustApply(t, f, scenario()...)
+	f := shmowner.NewFSM()
+	shmownertest.MustApply(t, f, scenario()...)
 	return f
 }
 
-func persist(t *testing.T, f *FSM) *memSink {
+func persist(t *testing.T, f *shmowner.FSM) *memSink {
 	t.Helper()
 	snap, err := f.Snapshot()
 	if err != nil {
@@ -69,8 +71,8 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 		t.Errorf("snapshot does not start with its version: %.40s", sink.String())
 	}
 
-	g := NewFSM()
-	mustApply(t, g, regNode("leftover")) // Restore replaces everything
+	g := shmowner.NewFSM()
+	shmownertest.MustApply(t, g, regNode("leftover")) // Restore replaces everything
 	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
@@ -79,8 +81,8 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 		t.Errorf("restored table differs:\nwant %s\ngot  %s", tableJSON(t, want), tableJSON(t, got))
 	}
 	// The restored FSM goes on applying like the original.
-	for _, x := range []*FSM{f, g} {
-		mustApply(t, x, phase("mig-4", record.PhaseRestored, 0), phase("mig-4", record.PhaseDone, 0))
+	for _, x := range []*shmowner.FSM{f, g} {
+		shmownertest.MustApply(t, x, phase("mig-4", record.PhaseRestored, 0), phase("mig-4", record.PhaseDone, 0))
 	}
 	if a, b := tableJSON(t, f.Table()), tableJSON(t, g.Table()); a != b {
 		t.Errorf("after more entries:\n%s\n%s", a, b)
@@ -94,7 +96,7 @@ func TestSnapshotIsAPointInTimeCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := tableJSON(t, f.Table())
-	mustApply(t, f, regNode("node-late"), cmd{RemoveWorkloadType, RemoveWorkloadRequest{ID: "wl-5"}})
+	shmownertest.MustApply(t, f, regNode("node-late"), shmowner.RemoveWorkloadRequest{ID: "wl-5"})
 	sink := &memSink{}
 	if err := snap.Persist(sink); err != nil {
 		t.Fatal(err)
@@ -147,9 +149,7 @@ func TestGoldenSnapshot(t *testing.T) {
 	sf := scenarioFSM(t)
 	// No command sets replicas yet; plant some so that the field is in the golden file.
 	id := record.SegmentID{Group: "grp-1", Shmid: 7}
-	seg := sf.t.segments[id]
-	seg.Replicas = []string{"node-b", "node-c"}
-	sf.t.segments[id] = seg
+	shmowner.SetReplicas(sf, id, []string{"node-b", "node-c"})
 	want := sf.Table()
 	if *update {
 		b, err := json.MarshalIndent(want, "", "  ")
@@ -164,7 +164,7 @@ func TestGoldenSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v (run with -update to create it)", err)
 	}
-	f := NewFSM()
+	f := shmowner.NewFSM()
 	if err := f.Restore(io.NopCloser(bytes.NewReader(golden))); err != nil {
 		t.Fatalf("restore golden: %v", err)
 	}

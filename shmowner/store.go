@@ -56,7 +56,7 @@ type StoreConfig struct {
 type Store struct {
 	raft         *raft.Raft
 	fsm          *FSM
-	bolt         *raftboltdb.BoltStore
+	logs         *guardedStore // bbolt: raft's log and stable store
 	trans        raft.Transport
 	ownTrans     bool
 	bootstrapped bool
@@ -88,7 +88,7 @@ func Open(cfg StoreConfig) (*Store, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			s.closeParts()
+			s.Close()
 		}
 	}()
 
@@ -96,7 +96,7 @@ func Open(cfg StoreConfig) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: bolt: %w", err)
 	}
-	s.bolt = bolt
+	s.logs = &guardedStore{s: bolt}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, logger.Named("snapshot"))
 	if err != nil {
 		return nil, fmt.Errorf("open store: snapshots: %w", err)
@@ -109,7 +109,7 @@ func Open(cfg StoreConfig) (*Store, error) {
 		s.trans, s.ownTrans = t, true
 	}
 
-	existing, err := raft.HasExistingState(bolt, bolt, snaps)
+	existing, err := raft.HasExistingState(s.logs, s.logs, snaps)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -117,12 +117,12 @@ func Open(cfg StoreConfig) (*Store, error) {
 		conf := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: rc.LocalID, Address: s.trans.LocalAddr(),
 		}}}
-		if err := raft.BootstrapCluster(rc, bolt, bolt, snaps, s.trans, conf); err != nil {
+		if err := raft.BootstrapCluster(rc, s.logs, s.logs, snaps, s.trans, conf); err != nil {
 			return nil, fmt.Errorf("open store: bootstrap: %w", err)
 		}
 		s.bootstrapped = true
 	}
-	r, err := raft.NewRaft(rc, s.fsm, bolt, bolt, snaps, s.trans)
+	r, err := raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.trans)
 	if err != nil {
 		return nil, fmt.Errorf("open store: raft: %w", err)
 	}
@@ -279,13 +279,13 @@ func (s *Store) WaitApplied(ctx context.Context, i uint64) bool {
 	if !wait(func() bool { return s.raft.AppliedIndex() >= i }) {
 		return false
 	}
-	first, err := s.bolt.FirstIndex()
-	if err != nil {
+	var first uint64
+	if err := s.logs.ifOpen(func(b boltStore) (err error) { first, err = b.FirstIndex(); return err }); err != nil {
 		return false
 	}
 	for k := i; k >= first && k > 0; k-- {
 		var l raft.Log
-		if err := s.bolt.GetLog(k, &l); err != nil {
+		if err := s.logs.ifOpen(func(b boltStore) error { return b.GetLog(k, &l) }); err != nil {
 			break // compacted into a snapshot: restored before raft passed it
 		}
 		if l.Type == raft.LogCommand {
@@ -298,34 +298,29 @@ func (s *Store) WaitApplied(ctx context.Context, i uint64) bool {
 // Stats returns raft's statistics.
 func (s *Store) Stats() map[string]string { return s.raft.Stats() }
 
-// Close shuts raft down, then closes the transport (if Open made it) and bbolt.
-// It is safe to call more than once.
+// Close stops this node in consul's order: the transport Open made first (no new RPC
+// comes in), then raft (Shutdown waits for raft's goroutines), then bbolt. A Transport
+// passed in StoreConfig is left to its owner, though raft's Shutdown closes any
+// transport with a Close method once its goroutines stopped. Either way a heartbeat a
+// transport goroutine was already handling can outlive Shutdown (hashicorp/raft#717);
+// guardedStore keeps it off the closed bbolt. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		var errs []error
+		if c, ok := s.trans.(raft.WithClose); ok && s.ownTrans {
+			errs = append(errs, c.Close())
+		}
 		if s.raft != nil {
 			if err := s.raft.Shutdown().Error(); err != nil {
-				s.closeErr = fmt.Errorf("close store: raft shutdown: %w", err)
+				errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 			}
 		}
-		if err := s.closeParts(); err != nil && s.closeErr == nil {
-			s.closeErr = err
+		if s.logs != nil {
+			errs = append(errs, s.logs.Close())
+		}
+		if err := errors.Join(errs...); err != nil {
+			s.closeErr = fmt.Errorf("close store: %w", err)
 		}
 	})
 	return s.closeErr
-}
-
-func (s *Store) closeParts() error {
-	var errs []error
-	if s.ownTrans {
-		if c, ok := s.trans.(raft.WithClose); ok {
-			errs = append(errs, c.Close())
-		}
-	}
-	if s.bolt != nil {
-		errs = append(errs, s.bolt.Close())
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("close store: %w", err)
-	}
-	return nil
 }

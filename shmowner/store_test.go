@@ -1,21 +1,28 @@
-package shmowner
+package shmowner_test
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/migshm/migshm/internal/wait"
+	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // testRaftConfig is RaftConfig with timeouts low enough for a test cluster.
 func testRaftConfig(id string) *raft.Config {
-	c := RaftConfig(id)
+	c := shmowner.RaftConfig(id)
 	c.HeartbeatTimeout = 150 * time.Millisecond
 	c.ElectionTimeout = 150 * time.Millisecond
 	c.LeaderLeaseTimeout = 100 * time.Millisecond
@@ -23,9 +30,9 @@ func testRaftConfig(id string) *raft.Config {
 	return c
 }
 
-func openTestStore(t *testing.T, id, dir, bind string, bootstrap bool) *Store {
+func openTestStore(t *testing.T, id, dir, bind string, bootstrap bool) *shmowner.Store {
 	t.Helper()
-	s, err := Open(StoreConfig{
+	s, err := shmowner.Open(shmowner.StoreConfig{
 		NodeID: id, Dir: dir, BindAddr: bind, Bootstrap: bootstrap,
 		Logger: hclog.NewNullLogger(), Raft: testRaftConfig(id),
 	})
@@ -44,34 +51,44 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 }
 
 // leaderOf waits until exactly one of stores leads and every store agrees on it.
-func leaderOf(t *testing.T, stores ...*Store) *Store {
+func leaderOf(t *testing.T, stores ...*shmowner.Store) *shmowner.Store {
 	t.Helper()
-	var leader *Store
-	waitFor(t, 10*time.Second, "a leader all agree on", func() bool {
+	var leader *shmowner.Store
+	wait.For(t, 10*time.Second, "a leader all agree on", func() (bool, string) {
+		var seen []string
 		leader = nil
+		leaders := 0
 		for _, s := range stores {
+			addr, id := s.Leader()
+			seen = append(seen, fmt.Sprintf("%s: %s, leader %s %q", s.Addr(), s.Raft().State(), addr, id))
 			if s.IsLeader() {
-				if leader != nil {
-					return false
-				}
 				leader = s
+				leaders++
 			}
 		}
-		if leader == nil {
-			return false
+		if leaders != 1 {
+			return false, strings.Join(seen, "; ")
 		}
 		for _, s := range stores {
 			if addr, id := s.Leader(); addr != leader.Addr() || id == "" {
-				return false
+				return false, strings.Join(seen, "; ")
 			}
 		}
-		return true
+		return true, ""
 	})
 	return leader
 }
 
+// waitLeader waits until s, a one-node cluster, leads.
+func waitLeader(t *testing.T, s *shmowner.Store, d time.Duration) {
+	t.Helper()
+	wait.For(t, d, "leadership", func() (bool, string) {
+		return s.IsLeader(), s.Raft().State().String()
+	})
+}
+
 func TestOpenRejectsMissingConfig(t *testing.T) {
-	if _, err := Open(StoreConfig{Dir: t.TempDir()}); !errors.Is(err, record.ErrInvalid) {
+	if _, err := shmowner.Open(shmowner.StoreConfig{Dir: t.TempDir()}); !errors.Is(err, record.ErrInvalid) {
 		t.Errorf("Open without node id: %v", err)
 	}
 }
@@ -85,25 +102,25 @@ func TestStoreSingleNode(t *testing.T) {
 	if err := s.WaitLeader(ctxTimeout(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "leadership", s.IsLeader)
+	waitLeader(t, s, 5*time.Second)
 	ctx := ctxTimeout(t, 5*time.Second)
 	if err := s.Barrier(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
+	if _, err := s.Apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
 		t.Fatal(err)
 	}
 	// A rule violation comes back as the error, with its sentinel.
-	_, err := s.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m", Workload: "nope", Target: "solo"})
+	_, err := s.Apply(ctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: "m", Workload: "nope", Target: "solo"})
 	if !errors.Is(err, record.ErrUnknownWorkload) {
 		t.Fatalf("apply: %v, want ErrUnknownWorkload", err)
 	}
-	if _, err := s.Apply(ctx, ReportLoadType, make(chan int)); err == nil {
+	if _, err := s.Apply(ctx, shmowner.ReportLoadType, make(chan int)); err == nil {
 		t.Error("apply of an unencodable body succeeded")
 	}
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := s.Apply(cancelled, RegisterNodeType, RegisterNodeRequest{ID: "x"}); !errors.Is(err, context.Canceled) {
+	if _, err := s.Apply(cancelled, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "x"}); !errors.Is(err, context.Canceled) {
 		t.Errorf("apply with cancelled ctx: %v", err)
 	}
 	if st := s.Stats(); st["state"] != "Leader" {
@@ -124,16 +141,16 @@ func TestStoreSingleNode(t *testing.T) {
 	if s2.Bootstrapped() {
 		t.Error("store with existing state bootstrapped again")
 	}
-	waitFor(t, 10*time.Second, "the table to come back", func() bool {
+	wait.For(t, 10*time.Second, "the table to come back", func() (bool, string) {
 		_, ok := s2.Table().Node("solo")
-		return ok
+		return ok, tableJSON(t, s2.Table())
 	})
 }
 
 func TestStoreCluster(t *testing.T) {
 	ids := []string{"n0", "n1", "n2"}
 	dirs := make([]string, len(ids))
-	stores := make([]*Store, len(ids))
+	stores := make([]*shmowner.Store, len(ids))
 	for i, id := range ids {
 		dirs[i] = filepath.Join(t.TempDir(), id)
 		stores[i] = openTestStore(t, id, dirs[i], "127.0.0.1:0", i == 0)
@@ -162,7 +179,7 @@ func TestStoreCluster(t *testing.T) {
 
 	ctx := ctxTimeout(t, 30*time.Second)
 	for i, id := range ids {
-		if _, err := leader.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: id, RaftAddr: stores[i].Addr()}); err != nil {
+		if _, err := leader.Apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: id, RaftAddr: stores[i].Addr()}); err != nil {
 			t.Fatalf("register %s: %v", id, err)
 		}
 	}
@@ -171,11 +188,12 @@ func TestStoreCluster(t *testing.T) {
 		segs("n0", "grp-1", 0, 1),
 		plan("m1", "w1", "n1", 1),
 	)
-	converged := func(stores []*Store, want string) {
+	converged := func(stores []*shmowner.Store, want string) {
 		t.Helper()
 		for _, s := range stores {
-			waitFor(t, 10*time.Second, fmt.Sprintf("%s to converge", s.Addr()), func() bool {
-				return tableJSON(t, s.Table()) == want
+			wait.For(t, 10*time.Second, fmt.Sprintf("%s to converge", s.Addr()), func() (bool, string) {
+				got := tableJSON(t, s.Table())
+				return got == want, got
 			})
 		}
 	}
@@ -186,7 +204,7 @@ func TestStoreCluster(t *testing.T) {
 
 	// A follower refuses writes with ErrNotLeader.
 	for _, f := range stores[1:] {
-		if _, err := f.Apply(ctx, ReportLoadType, ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, record.ErrNotLeader) {
+		if _, err := f.Apply(ctx, shmowner.ReportLoadType, shmowner.ReportLoadRequest{ID: "n1", At: 1}); !errors.Is(err, record.ErrNotLeader) {
 			t.Fatalf("apply on follower: %v, want ErrNotLeader", err)
 		}
 	}
@@ -201,7 +219,7 @@ func TestStoreCluster(t *testing.T) {
 	mustStore(t, leader, phase("m1", record.PhasePrecopy, 1), phase("m1", record.PhaseFrozen, 1), phase("m1", record.PhaseShipped, 1),
 		phase("m1", record.PhaseRestored, 1), phase("m1", record.PhaseDone, 1))
 	// Fencing survives the change of leader: the old epoch is refused.
-	if _, err := leader.Apply(ctx, PlanMigrationType, PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, record.ErrStaleEpoch) {
+	if _, err := leader.Apply(ctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: "m2", Workload: "w1", Target: "n2", Epoch: 1}); !errors.Is(err, record.ErrStaleEpoch) {
 		t.Fatalf("plan with the old epoch: %v, want ErrStaleEpoch", err)
 	}
 	converged(rest, tableJSON(t, leader.Table()))
@@ -236,20 +254,21 @@ func TestStoreCluster(t *testing.T) {
 	if err := leader.Remove(victim); err != nil {
 		t.Fatalf("remove %s: %v", victim, err)
 	}
-	mustStore(t, leader, cmd{ReportLoadType, ReportLoadRequest{ID: "n2", At: 99, Load: record.LoadVector{CPU: 0.5}}})
+	mustStore(t, leader, shmowner.ReportLoadRequest{ID: "n2", At: 99, Load: record.LoadVector{CPU: 0.5}})
 	if n, _ := leader.Table().Node("n2"); n.LoadAt != 99 {
 		t.Errorf("n2 = %+v", n)
 	}
 }
 
-// mustStore applies commands through s that must all succeed.
-func mustStore(t *testing.T, s *Store, cmds ...cmd) {
+// mustStore applies requests through s that must all succeed.
+func mustStore(t *testing.T, s *shmowner.Store, reqs ...any) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, c := range cmds {
-		if _, err := s.Apply(ctx, c.t, c.body); err != nil {
-			t.Fatalf("apply %s: %v", c.t, err)
+	for _, req := range reqs {
+		typ := shmownertest.Type(t, req)
+		if _, err := s.Apply(ctx, typ, req); err != nil {
+			t.Fatalf("apply %s: %v", typ, err)
 		}
 	}
 }
@@ -259,13 +278,13 @@ func mustStore(t *testing.T, s *Store, cmds ...cmd) {
 // bootstrap configuration), and gives up when ctx ends before an index is reached.
 func TestWaitApplied(t *testing.T) {
 	s := openTestStore(t, "solo", t.TempDir(), "127.0.0.1:0", true)
-	waitFor(t, 10*time.Second, "leadership", s.IsLeader)
+	waitLeader(t, s, 10*time.Second)
 	// Only the configuration and the leader's no-op so far: no command at all.
 	if !s.WaitApplied(ctxTimeout(t, 5*time.Second), s.Raft().LastIndex()) {
 		t.Fatal("WaitApplied of a log without commands did not return true")
 	}
 	ctx := ctxTimeout(t, 5*time.Second)
-	if _, err := s.Apply(ctx, RegisterNodeType, RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
+	if _, err := s.Apply(ctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: "solo", RaftAddr: s.Addr()}); err != nil {
 		t.Fatal(err)
 	}
 	last := s.Raft().LastIndex()
@@ -279,5 +298,113 @@ func TestWaitApplied(t *testing.T) {
 	defer cancel()
 	if s.WaitApplied(short, last+1000) {
 		t.Fatal("WaitApplied of an index far beyond the log returned true")
+	}
+}
+
+// heartbeatTrap is an in-memory transport that gives the test raft's heartbeat handler
+// and holds a heartbeat inside raft, past raft's shutdown check, until released.
+type heartbeatTrap struct {
+	raft.Transport
+	mu      sync.Mutex
+	handler func(raft.RPC)
+	once    sync.Once
+	entered chan struct{} // closed when a heartbeat reached the hold
+	release chan struct{}
+}
+
+func (h *heartbeatTrap) SetHeartbeatHandler(cb func(raft.RPC)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.handler = cb
+}
+
+// EncodePeer is the first call appendEntries makes once processHeartbeat passed its
+// shutdown check (it builds the response's header): a heartbeat waits here.
+func (h *heartbeatTrap) EncodePeer(id raft.ServerID, addr raft.ServerAddress) []byte {
+	if calledFrom("(*Raft).processHeartbeat") {
+		h.once.Do(func() { close(h.entered) })
+		<-h.release
+	}
+	return h.Transport.EncodePeer(id, addr)
+}
+
+// calledFrom reports whether a function whose name ends in fn is on the stack.
+func calledFrom(fn string) bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		if strings.HasSuffix(f.Function, fn) {
+			return true
+		}
+		if !more {
+			return false
+		}
+	}
+}
+
+// TestHeartbeatAfterClose reproduces hashicorp/raft#717 deterministically: a heartbeat
+// that passed raft's shutdown check before Close reaches the stable store (to save the
+// leader's newer term) after Close shut raft down and closed bbolt. Raft panics on any
+// error from the store, which would crash the process; the guard ends the heartbeat's
+// goroutine instead: no panic, the term is not on disk, the leader is not told success.
+func TestHeartbeatAfterClose(t *testing.T) {
+	dir := t.TempDir()
+	_, inmem := raft.NewInmemTransport("")
+	trap := &heartbeatTrap{Transport: inmem, entered: make(chan struct{}), release: make(chan struct{})}
+	s, err := shmowner.Open(shmowner.StoreConfig{NodeID: "n1", Dir: dir, Transport: trap,
+		Logger: hclog.NewNullLogger(), Raft: testRaftConfig("n1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	trap.mu.Lock()
+	heartbeat := trap.handler
+	trap.mu.Unlock()
+	if heartbeat == nil {
+		t.Fatal("raft set no heartbeat handler")
+	}
+
+	respCh := make(chan raft.RPCResponse, 1)
+	returned := false
+	done := make(chan struct{})
+	go func() { // as the transport's connection handler does
+		defer close(done)
+		heartbeat(raft.RPC{RespChan: respCh, Command: &raft.AppendEntriesRequest{
+			RPCHeader: raft.RPCHeader{ID: []byte("n0"), Addr: []byte("n0:7000")}, Term: 99}})
+		returned = true
+	}()
+	select {
+	case <-trap.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the heartbeat did not reach appendEntries")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	close(trap.release) // the heartbeat goes on to setCurrentTerm(99) on a closed store
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the heartbeat is still running")
+	}
+	if returned {
+		t.Error("the heartbeat handler returned: raft went on after a write the store refused")
+	}
+	select {
+	case r := <-respCh:
+		if resp, ok := r.Response.(*raft.AppendEntriesResponse); !ok || resp.Success || resp.Term == 99 {
+			t.Errorf("answer to the leader %+v, want failure with the old term", r.Response)
+		}
+	default:
+		t.Error("appendEntries' deferred answer did not run")
+	}
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bolt.Close()
+	if term, err := bolt.GetUint64([]byte("CurrentTerm")); err == nil && term == 99 {
+		t.Error("the term of a heartbeat handled after Close is on disk")
 	}
 }

@@ -152,8 +152,8 @@ func (c *Cluster) ApplyForwarded(ctx context.Context, req api.ApplyRequest) erro
 	if !json.Valid(req.Body) {
 		return fmt.Errorf("apply %s: body is not JSON: %w", t, api.ErrBadRequest)
 	}
-	if err := checkDecodes(t, req.Body); err != nil {
-		return err
+	if err := shmowner.CheckCommand(t, req.Body); err != nil {
+		return fmt.Errorf("apply: %v: %w", err, api.ErrBadRequest)
 	}
 	return c.ApplyHere(ctx, t, req.Body)
 }
@@ -164,19 +164,6 @@ func (c *Cluster) ApplyForwarded(ctx context.Context, req api.ApplyRequest) erro
 func (c *Cluster) ApplyHere(ctx context.Context, t shmowner.MessageType, body any) error {
 	_, err := c.store.Apply(ctx, t, body)
 	return err
-}
-
-// checkDecodes makes sure t is a known command and body decodes into its request type,
-// as the FSM will decode it.
-func checkDecodes(t shmowner.MessageType, body []byte) error {
-	v := shmowner.NewRequest(t)
-	if v == nil {
-		return fmt.Errorf("apply: unknown command type %d: %w", uint8(t), api.ErrBadRequest)
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("apply %s: %v: %w", t, err, api.ErrBadRequest)
-	}
-	return nil
 }
 
 // IsLeader reports whether this node leads the cluster.

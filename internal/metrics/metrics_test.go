@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -36,45 +36,23 @@ func staticSource(t *shmowner.Table, stats map[string]string) fakeMetricsSource 
 	}
 }
 
-// tcmd is one table command for metricsTable.
-type tcmd struct {
-	typ  shmowner.MessageType
-	body any
+func regNodeCmd(id string) any {
+	return shmowner.RegisterNodeRequest{ID: id, RaftAddr: id + ":7420", APIAddr: id + ":7421"}
 }
 
-// metricsTable builds a table the way Raft does: commands applied to a shmowner FSM.
-func metricsTable(t *testing.T, cmds ...tcmd) *shmowner.Table {
-	t.Helper()
-	f := shmowner.NewFSM()
-	for i, c := range cmds {
-		b, err := shmowner.Encode(c.typ, c.body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp := f.Apply(&raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: b}); resp != nil {
-			t.Fatalf("command %d: apply %s %+v: %v", i, c.typ, c.body, resp)
-		}
-	}
-	return f.Table()
+func wlCmd(id, node string) any {
+	return shmowner.UpsertWorkloadRequest{Workload: record.Workload{
+		ID: id, Name: "name-" + id, Node: node, InitPid: 100, Pids: []int{100}, Group: "grp-" + id}}
 }
 
-func regNodeCmd(id string) tcmd {
-	return tcmd{shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: id, RaftAddr: id + ":7420", APIAddr: id + ":7421"}}
-}
-
-func wlCmd(id, node string) tcmd {
-	return tcmd{shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: record.Workload{
-		ID: id, Name: "name-" + id, Node: node, InitPid: 100, Pids: []int{100}, Group: "grp-" + id}}}
-}
-
-func phaseCmd(id string, p record.Phase, st *record.MigrationStats) tcmd {
-	return tcmd{shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{ID: id, Phase: p, At: 2_000, Stats: st}}
+func phaseCmd(id string, p record.Phase, st *record.MigrationStats) any {
+	return shmowner.SetMigrationPhaseRequest{ID: id, Phase: p, At: 2_000, Stats: st}
 }
 
 // migrationCmds plans migration id of workload wl to target (epoch 0: the test workloads
 // have no segments) and moves it through phases.
-func migrationCmds(id, wl, target, reason string, phases ...record.Phase) []tcmd {
-	cmds := []tcmd{{shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{ID: id, Workload: wl, Target: target, At: 1_000, Reason: reason}}}
+func migrationCmds(id, wl, target, reason string, phases ...record.Phase) []any {
+	cmds := []any{shmowner.PlanMigrationRequest{ID: id, Workload: wl, Target: target, At: 1_000, Reason: reason}}
 	for _, p := range phases {
 		cmds = append(cmds, phaseCmd(id, p, nil))
 	}
@@ -92,21 +70,21 @@ func ms(n float64) int64 { return int64(n * 1e6) }
 //	on n1: w5 running with load, w6 running without load (arrived from n2), w7 exited
 func metricsScenario(t *testing.T) *shmowner.Table {
 	t.Helper()
-	cmds := []tcmd{regNodeCmd("n1"), regNodeCmd("n2"), regNodeCmd("n3"), regNodeCmd("n4"),
-		{shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "n3", State: record.NodeDraining}},
-		{shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: "n4", State: record.NodeDown}},
+	cmds := []any{regNodeCmd("n1"), regNodeCmd("n2"), regNodeCmd("n3"), regNodeCmd("n4"),
+		shmowner.SetNodeStateRequest{ID: "n3", State: record.NodeDraining},
+		shmowner.SetNodeStateRequest{ID: "n4", State: record.NodeDown},
 	}
 	for _, w := range []string{"w1", "w2", "w3", "w4", "w5", "w7"} {
 		cmds = append(cmds, wlCmd(w, "n1"))
 	}
 	cmds = append(cmds, wlCmd("w6", "n2"))
-	cmds = append(cmds, tcmd{shmowner.ReportLoadType, shmowner.ReportLoadRequest{ID: "n1", At: 10,
+	cmds = append(cmds, shmowner.ReportLoadRequest{ID: "n1", At: 10,
 		Load: record.LoadVector{CPU: 0.375, Cores: 4, MemFreeBytes: 3 << 30, MemTotalBytes: 8 << 30, Workloads: 6},
 		Workloads: map[string]record.WorkloadLoad{
 			"w5": {CPU: 1.5, MemBytes: 64 << 20},
 			"w7": {CPU: 0.5, MemBytes: 1 << 20},
-		}}})
-	cmds = append(cmds, tcmd{shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{ID: "w7", State: record.WorkloadExited}})
+		}})
+	cmds = append(cmds, shmowner.SetWorkloadStateRequest{ID: "w7", State: record.WorkloadExited})
 
 	// m1: user, done, with every figure.
 	cmds = append(cmds, migrationCmds("m1", "w1", "n2", "", toDone[:3]...)...)
@@ -116,9 +94,9 @@ func metricsScenario(t *testing.T) *shmowner.Table {
 	}))
 	// m2: balancer, done; its figures come after the commit (SetMigrationStats).
 	cmds = append(cmds, migrationCmds("m2", "w2", "n2", "balancer: cpu: n1 at 0.9", toDone...)...)
-	cmds = append(cmds, tcmd{shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: "m2",
+	cmds = append(cmds, shmowner.SetMigrationStatsRequest{ID: "m2",
 		Stats: record.MigrationStats{PrecopyBytes: 2000, FinalBytes: 200,
-			FrozenNS: ms(750), DumpNS: ms(1500), ShipNS: ms(3000), RestoreNS: ms(750), TotalNS: ms(20000)}}})
+			FrozenNS: ms(750), DumpNS: ms(1500), ShipNS: ms(3000), RestoreNS: ms(750), TotalNS: ms(20000)}})
 	// m3: user, aborted after pre-copy: its bytes count, its durations do not.
 	cmds = append(cmds, migrationCmds("m3", "w3", "n2", "", record.PhasePrecopy)...)
 	cmds = append(cmds, phaseCmd("m3", record.PhaseAborted, &record.MigrationStats{PrecopyBytes: 500, DumpNS: ms(100)}))
@@ -126,9 +104,9 @@ func metricsScenario(t *testing.T) *shmowner.Table {
 	cmds = append(cmds, migrationCmds("m4", "w4", "n2", "balancer: drain n1", record.PhasePrecopy)...)
 	// m5: n2's, done: not this node's.
 	cmds = append(cmds, migrationCmds("m5", "w6", "n1", "", toDone...)...)
-	cmds = append(cmds, tcmd{shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: "m5",
-		Stats: record.MigrationStats{PrecopyBytes: 7777, FinalBytes: 777, FrozenNS: ms(9000), DumpNS: ms(9000), TotalNS: ms(9000)}}})
-	return metricsTable(t, cmds...)
+	cmds = append(cmds, shmowner.SetMigrationStatsRequest{ID: "m5",
+		Stats: record.MigrationStats{PrecopyBytes: 7777, FinalBytes: 777, FrozenNS: ms(9000), DumpNS: ms(9000), TotalNS: ms(9000)}})
+	return shmownertest.Table(t, cmds...)
 }
 
 var followerStats = map[string]string{

@@ -4,29 +4,16 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
-func twoNodes(t *testing.T) *shmowner.Table {
-	t.Helper()
-	f := shmowner.NewFSM()
-	for i, id := range []string{"n1", "n2"} {
-		b, err := shmowner.Encode(shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{ID: id, RaftAddr: id + ":1", APIAddr: id + ":2"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp := f.Apply(&raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: b}); resp != nil {
-			t.Fatal(resp)
-		}
-	}
-	return f.Table()
-}
-
 func TestValidate(t *testing.T) {
-	table := twoNodes(t)
+	table := shmownertest.Table(t,
+		shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "n1:1", APIAddr: "n1:2"},
+		shmowner.RegisterNodeRequest{ID: "n2", RaftAddr: "n2:1", APIAddr: "n2:2"})
 	running := record.Workload{ID: "w1", Name: "db1", Node: "n1", State: record.WorkloadRunning}
 	for _, tt := range []struct {
 		name string

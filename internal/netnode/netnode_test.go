@@ -3,11 +3,14 @@ package netnode
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/migshm/migshm/internal/wait"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -166,17 +169,10 @@ func TestDownRemovesEverything(t *testing.T) {
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- sleeper.Wait() }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		pids, _ := exec.Command("ip", "netns", "pids", p+"-n1").Output()
-		if len(strings.TrimSpace(string(pids))) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("sleep did not appear in node 1's netns")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.For(t, 10*time.Second, "sleep to appear in node 1's netns", func() (bool, string) {
+		pids, err := exec.Command("ip", "netns", "pids", p+"-n1").Output()
+		return len(strings.TrimSpace(string(pids))) > 0, fmt.Sprintf("pids %q, err %v", pids, err)
+	})
 
 	out = script(t, "down", "--prefix", p)
 	for _, want := range []string{"removed netns " + p + "-sw", "removed netns " + p + "-n1", "removed netns " + p + "-n2"} {

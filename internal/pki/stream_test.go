@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner"
 )
 
@@ -182,11 +183,12 @@ func (r *recordingStream) dialErrors(addr string) []error {
 	return append([]error(nil), r.errs[raft.ServerAddress(addr)]...)
 }
 
+// testRaftConfig is RaftConfig with a short commit timeout. The leader keeps raft's
+// default lease (500 ms) and heartbeat and election timeouts (1 s): TestRaftOverTLS
+// needs n0 to stay the leader, and under -race, TLS and a busy machine a 100 ms lease
+// made it step down in about one run in four ("leadership lost while committing log").
 func testRaftConfig(id string) *raft.Config {
 	c := shmowner.RaftConfig(id)
-	c.HeartbeatTimeout = 150 * time.Millisecond
-	c.ElectionTimeout = 150 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
 	c.CommitTimeout = 10 * time.Millisecond
 	return c
 }
@@ -204,17 +206,6 @@ func openStore(t *testing.T, id string, trans raft.Transport, bootstrap bool) *s
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestRaftOverTLS(t *testing.T) {
@@ -237,7 +228,9 @@ func TestRaftOverTLS(t *testing.T) {
 		stores[i] = openStore(t, id, trans, i == 0)
 	}
 	leader := stores[0]
-	waitFor(t, 10*time.Second, "n0 to lead", leader.IsLeader)
+	wait.For(t, 10*time.Second, "n0 to lead", func() (bool, string) {
+		return leader.IsLeader(), leader.Raft().State().String()
+	})
 	for i := 1; i < len(ids); i++ {
 		if err := leader.Join(ids[i], stores[i].Addr()); err != nil {
 			t.Fatalf("join %s: %v", ids[i], err)
@@ -250,9 +243,10 @@ func TestRaftOverTLS(t *testing.T) {
 		t.Fatalf("register n1: %v", err)
 	}
 	for i, s := range stores {
-		waitFor(t, 10*time.Second, ids[i]+" to see n1 in its table", func() bool {
+		wait.For(t, 10*time.Second, ids[i]+" to see n1 in its table", func() (bool, string) {
 			n := s.Table().Nodes()
-			return len(n) == 1 && n[0].ID == reg.ID && n[0].RaftAddr == reg.RaftAddr && n[0].APIAddr == reg.APIAddr
+			return len(n) == 1 && n[0].ID == reg.ID && n[0].RaftAddr == reg.RaftAddr && n[0].APIAddr == reg.APIAddr,
+				fmt.Sprintf("nodes %+v", n)
 		})
 	}
 
@@ -263,8 +257,8 @@ func TestRaftOverTLS(t *testing.T) {
 	if err := leader.Join("evil", foreign.Addr()); err != nil {
 		t.Fatalf("join evil: %v", err) // a 3-of-4 quorum commits the change without it
 	}
-	waitFor(t, 5*time.Second, "the leader to fail dialling evil", func() bool {
-		return len(rec.dialErrors(foreign.Addr())) > 0
+	wait.For(t, 5*time.Second, "the leader to fail dialling evil", func() (bool, string) {
+		return len(rec.dialErrors(foreign.Addr())) > 0, "no failed dial"
 	})
 	for _, err := range rec.dialErrors(foreign.Addr()) {
 		var cve *tls.CertificateVerificationError
@@ -285,5 +279,8 @@ func TestRaftOverTLS(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	waitFor(t, 5*time.Second, "n2 to see both nodes", func() bool { return len(stores[2].Table().Nodes()) == 2 })
+	wait.For(t, 5*time.Second, "n2 to see both nodes", func() (bool, string) {
+		n := stores[2].Table().Nodes()
+		return len(n) == 2, fmt.Sprintf("nodes %+v", n)
+	})
 }

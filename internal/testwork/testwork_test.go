@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/migshm/migshm/internal/wait"
 )
 
 const waitTimeout = 15 * time.Second
@@ -115,24 +117,26 @@ func (p *proc) exited() bool {
 // returns its submatches. It fails if the process exits first or on timeout.
 func (p *proc) waitLine(re *regexp.Regexp, n int) []string {
 	p.t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
-		out, _ := p.output()
+	var match []string
+	wait.For(p.t, waitTimeout, fmt.Sprintf("line #%d matching %q", n, re), func() (bool, string) {
+		exited := p.exited() // before reading, so that an exit cannot hide the last lines
+		out, errOut := p.output()
 		seen := 0
 		for _, line := range strings.Split(out, "\n") {
 			if m := re.FindStringSubmatch(line); m != nil {
 				if seen++; seen == n {
-					return m
+					match = m
+					return true, ""
 				}
 			}
 		}
-		if p.exited() || time.Now().After(deadline) {
-			out, errOut := p.output()
-			p.t.Fatalf("no line #%d matching %q (exited=%v, wait=%v)\nstdout:\n%s\nstderr:\n%s",
-				n, re, p.exited(), p.waitErr, out, errOut)
+		state := fmt.Sprintf("still running\nstdout:\n%s\nstderr:\n%s", out, errOut)
+		if exited { // waitErr is set before done is closed
+			p.t.Fatalf("no line #%d matching %q: exited, wait=%v\nstdout:\n%s\nstderr:\n%s", n, re, p.waitErr, out, errOut)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false, state
+	})
+	return match
 }
 
 // waitExit waits for the process to exit and returns its exit code (-1 if it
@@ -275,8 +279,7 @@ func TestShmCounter(t *testing.T) {
 	// The total must keep growing and always equal the sum of the slots.
 	var prev int64 = -1
 	for i := 0; i < 5; i++ {
-		deadline := time.Now().Add(waitTimeout)
-		for {
+		wait.For(t, waitTimeout, fmt.Sprintf("the total to grow past %d", prev), func() (bool, string) {
 			out, code := inNS(t, p.pid(), bins.ShmCounter, "check")
 			m := reCheck.FindStringSubmatch(strings.TrimSpace(out))
 			if code != 0 || m == nil || m[4] != "1" || m[3] != "3" {
@@ -286,15 +289,12 @@ func TestShmCounter(t *testing.T) {
 				t.Fatalf("check #%d: total %s != sum %s", i, m[1], m[2])
 			}
 			total := atoi(t, m[1])
-			if total > prev {
-				prev = total
-				break
+			if total <= prev {
+				return false, fmt.Sprintf("total stuck at %d", total)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("total stuck at %d", total)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			prev = total
+			return true, ""
+		})
 	}
 
 	segs, out := shmsum(t, bins, p.pid())
@@ -325,20 +325,18 @@ func TestShmCounterWorkerDeath(t *testing.T) {
 	p.waitLine(reCounter, 1)
 	childrenFile := fmt.Sprintf("/proc/%d/task/%d/children", p.pid(), p.pid())
 	var worker int
-	deadline := time.Now().Add(waitTimeout)
-	for worker == 0 {
+	wait.For(t, waitTimeout, "shmcounter to fork its workers", func() (bool, string) {
 		b, err := os.ReadFile(childrenFile)
 		if err != nil {
 			t.Skipf("skipping: cannot read %s: %v", childrenFile, err)
 		}
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			worker = int(atoi(t, f[0]))
-		} else if time.Now().After(deadline) {
-			t.Fatal("shmcounter forked no workers")
-		} else {
-			time.Sleep(5 * time.Millisecond)
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return false, "no children"
 		}
-	}
+		worker = int(atoi(t, f[0]))
+		return true, ""
+	})
 	if err := syscall.Kill(worker, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -402,17 +400,10 @@ func TestShmWriterPauseResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitLine(reResumed, 1)
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	wait.For(t, waitTimeout, "the segments to change after SIGUSR2", func() (bool, string) {
 		_, c := shmsum(t, bins, p.pid())
-		if c != a {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("segments did not change after SIGUSR2:\n%s", c)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return c != a, "\n" + c
+	})
 	if p.exited() {
 		t.Fatalf("shmwriter exited: %v", p.waitErr)
 	}

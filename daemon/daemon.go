@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -165,7 +164,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	if err != nil {
 		return fmt.Errorf("raft-addr: %w", err)
 	}
-	sl, err := pki.Listen(cfg.RaftAddr, raftAdv, tc)
+	sl, err := cluster.ListenRaft(cfg.RaftAddr, raftAdv, tc)
 	if err != nil {
 		return fmt.Errorf("listen for raft on %s: %w", cfg.RaftAddr, err)
 	}
@@ -173,7 +172,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	if lvl, _ := parseLevel(cfg.LogLevel); lvl < slog.LevelWarn && lvl >= slog.LevelInfo {
 		hlog.SetLevel(hclog.Warn) // raft's info lines are noise for operators
 	}
-	trans := pki.NewTransport(sl, hlog.Named("transport"))
+	trans := cluster.NewTransport(sl, hlog.Named("transport"))
 	store, err := shmowner.Open(shmowner.StoreConfig{
 		NodeID: cfg.NodeID, Dir: filepath.Join(cfg.DataDir, "raft"), Bootstrap: cfg.Bootstrap,
 		Transport: trans, Logger: hlog,
@@ -190,7 +189,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	})
 
 	// Peer API: HTTPS with client certificates from the cluster CA only.
-	pln, err := tls.Listen("tcp", cfg.PeerAddr, tc.ServerTLS())
+	pln, err := pki.Listener(cfg.PeerAddr, tc)
 	if err != nil {
 		return fmt.Errorf("listen for peers on %s: %w", cfg.PeerAddr, err)
 	}

@@ -1,7 +1,8 @@
 // Package cluster is a node's view of the Raft cluster, over the replicated table
 // (shmowner.Store): writes that reach the leader from any node, reads that catch up
-// with the leader first, membership (joining, removal, who leads), and the events of
-// Raft the leader acts on. Besides shmowner it is the only importer of hashicorp/raft.
+// with the leader first, membership (joining, removal, who leads), the events of Raft
+// the leader acts on, and Raft's transport over mutual TLS (transport.go). Besides
+// shmowner it is the only importer of hashicorp/raft.
 package cluster
 
 import (

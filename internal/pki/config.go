@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"time"
@@ -161,4 +162,17 @@ func PeerName(cs tls.ConnectionState) string {
 		return ""
 	}
 	return cs.VerifiedChains[0][0].Subject.CommonName
+}
+
+// Listener listens on bind for the peer API: every connection is a ServerTLS one (the
+// handshake runs on first use; net/http bounds it with the server's timeouts).
+func Listener(bind string, cfg *Config) (net.Listener, error) {
+	if cfg == nil {
+		return nil, errors.New("TLS listener: no TLS configuration")
+	}
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", bind, err)
+	}
+	return tls.NewListener(ln, cfg.ServerTLS()), nil
 }

@@ -1,7 +1,7 @@
 // Package pki owns the mutual TLS of migshm's peer traffic: the cluster's own CA and the
 // node certificates it issues (`migshm tls init`, `migshm tls node`), loading and checking
 // a node's files (Load), the server and client tls.Configs every peer connection uses,
-// and the raft stream layer over TLS (Listen, NewTransport).
+// and the peer API's listener. Raft's stream layer over TLS is internal/cluster's.
 //
 // Trust model (consul's verify_incoming + verify_outgoing without verify_server_hostname):
 // a peer is a cluster node if and only if it holds a certificate issued by the cluster's

@@ -1,4 +1,4 @@
-package pki
+package cluster
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/internal/pki"
 )
 
 // HandshakeTimeout bounds the TLS handshake of a connection the stream layer accepts (a
@@ -29,10 +30,10 @@ type StreamLayer struct {
 
 var _ raft.StreamLayer = (*StreamLayer)(nil)
 
-// Listen listens for raft peers on bind ("0.0.0.0:7420", "127.0.0.1:0"). advertise is
+// ListenRaft listens for raft peers on bind ("0.0.0.0:7420", "127.0.0.1:0"). advertise is
 // the address other nodes dial (Addr, and so the node's raft address); "" means the bound
 // address, which must then not be unspecified (0.0.0.0 or ::).
-func Listen(bind, advertise string, cfg *Config) (*StreamLayer, error) {
+func ListenRaft(bind, advertise string, cfg *pki.Config) (*StreamLayer, error) {
 	if cfg == nil {
 		return nil, errors.New("raft TLS listener: no TLS configuration")
 	}
@@ -141,17 +142,4 @@ func NewTransport(sl *StreamLayer, logger hclog.Logger) *raft.NetworkTransport {
 		Timeout: 10 * time.Second,
 		Logger:  logger,
 	})
-}
-
-// Listener listens on bind for the peer API: every connection is a ServerTLS one (the
-// handshake runs on first use; net/http bounds it with the server's timeouts).
-func Listener(bind string, cfg *Config) (net.Listener, error) {
-	if cfg == nil {
-		return nil, errors.New("TLS listener: no TLS configuration")
-	}
-	ln, err := net.Listen("tcp", bind)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", bind, err)
-	}
-	return tls.NewListener(ln, cfg.ServerTLS()), nil
 }

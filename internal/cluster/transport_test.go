@@ -1,4 +1,4 @@
-package pki
+package cluster
 
 import (
 	"context"
@@ -16,13 +16,39 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner"
 )
 
-func listen(t *testing.T, cfg *Config) *StreamLayer {
+// newCA creates a cluster CA in a fresh directory and returns the directory.
+func newCA(t *testing.T) string {
 	t.Helper()
-	sl, err := Listen("127.0.0.1:0", "", cfg)
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := pki.InitCA(dir, pki.CAOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// nodeTLS issues node name a certificate of the CA in caDir and loads its TLS
+// configuration.
+func nodeTLS(t *testing.T, caDir, name string, opts pki.NodeOptions) *pki.Config {
+	t.Helper()
+	dir, err := pki.IssueNode(caDir, name, opts)
+	if err == nil {
+		var c *pki.Config
+		if c, err = pki.Load(filepath.Join(dir, pki.CACertFile), filepath.Join(dir, pki.NodeCertFile), filepath.Join(dir, pki.NodeKeyFile)); err == nil {
+			return c
+		}
+	}
+	t.Fatal(err)
+	return nil
+}
+
+func listen(t *testing.T, cfg *pki.Config) *StreamLayer {
+	t.Helper()
+	sl, err := ListenRaft("127.0.0.1:0", "", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +57,7 @@ func listen(t *testing.T, cfg *Config) *StreamLayer {
 }
 
 func TestListen(t *testing.T) {
-	cfg := mustLoad(t, newNode(t, newCA(t), "n1", NodeOptions{}))
+	cfg := nodeTLS(t, newCA(t), "n1", pki.NodeOptions{})
 	for _, tt := range []struct {
 		bind, advertise string
 		want            string // Addr(); "127.0.0.1:*" for the bound port
@@ -48,7 +74,7 @@ func TestListen(t *testing.T) {
 		{bind: "127.0.0.1:99999", err: "raft listen on 127.0.0.1:99999"},
 	} {
 		t.Run(tt.bind+" "+tt.advertise, func(t *testing.T) {
-			sl, err := Listen(tt.bind, tt.advertise, cfg)
+			sl, err := ListenRaft(tt.bind, tt.advertise, cfg)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("got %v, want an error containing %q", err, tt.err)
@@ -72,16 +98,16 @@ func TestListen(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Listen("127.0.0.1:0", "", nil); err == nil {
+	if _, err := ListenRaft("127.0.0.1:0", "", nil); err == nil {
 		t.Error("Listen without a Config succeeded")
 	}
 }
 
 func TestStreamLayerDial(t *testing.T) {
 	caDir := newCA(t)
-	a := listen(t, mustLoad(t, newNode(t, caDir, "n1", NodeOptions{})))
-	b := listen(t, mustLoad(t, newNode(t, caDir, "n2", NodeOptions{})))
-	foreign := listen(t, mustLoad(t, newNode(t, newCA(t), "n3", NodeOptions{})))
+	a := listen(t, nodeTLS(t, caDir, "n1", pki.NodeOptions{}))
+	b := listen(t, nodeTLS(t, caDir, "n2", pki.NodeOptions{}))
+	foreign := listen(t, nodeTLS(t, newCA(t), "n3", pki.NodeOptions{}))
 
 	// Same CA: the connection works and the accepting side knows who called. As raft's
 	// transport does, the accepting side reads at once, which runs its handshake.
@@ -100,7 +126,7 @@ func TestStreamLayerDial(t *testing.T) {
 		defer c.Close()
 		buf := make([]byte, 4)
 		_, err = io.ReadFull(c, buf)
-		done <- accepted{string(buf), PeerName(c.(interface{ ConnectionState() tls.ConnectionState }).ConnectionState()), err}
+		done <- accepted{string(buf), pki.PeerName(c.(interface{ ConnectionState() tls.ConnectionState }).ConnectionState()), err}
 	}()
 	c, err := a.Dial(raft.ServerAddress(b.Addr().String()), 5*time.Second)
 	if err != nil {
@@ -130,7 +156,7 @@ func TestStreamLayerDial(t *testing.T) {
 }
 
 func TestStreamLayerHandshakeTimeout(t *testing.T) {
-	sl := listen(t, mustLoad(t, newNode(t, newCA(t), "n1", NodeOptions{})))
+	sl := listen(t, nodeTLS(t, newCA(t), "n1", pki.NodeOptions{}))
 	sl.handshakeTimeout = 100 * time.Millisecond
 	raw, err := net.Dial("tcp", sl.Addr().String())
 	if err != nil {
@@ -214,7 +240,7 @@ func TestRaftOverTLS(t *testing.T) {
 	stores := make([]*shmowner.Store, len(ids))
 	var rec *recordingStream
 	for i, id := range ids {
-		sl := listen(t, mustLoad(t, newNode(t, caDir, id, NodeOptions{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})))
+		sl := listen(t, nodeTLS(t, caDir, id, pki.NodeOptions{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}))
 		var trans raft.Transport
 		if i == 0 {
 			// The leader's transport is NewTransport's, with the dials recorded.
@@ -252,7 +278,7 @@ func TestRaftOverTLS(t *testing.T) {
 
 	// A node of another CA that the leader is told to add never gets the table: the
 	// leader's dials to it fail with a certificate verification error.
-	fsl := listen(t, mustLoad(t, newNode(t, newCA(t), "evil", NodeOptions{})))
+	fsl := listen(t, nodeTLS(t, newCA(t), "evil", pki.NodeOptions{}))
 	foreign := openStore(t, "evil", NewTransport(fsl, hclog.NewNullLogger()), false)
 	if err := leader.Join("evil", foreign.Addr()); err != nil {
 		t.Fatalf("join evil: %v", err) // a 3-of-4 quorum commits the change without it

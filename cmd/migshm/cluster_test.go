@@ -4,64 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner/record"
 )
-
-// apiCall is one request the fake daemon received.
-type apiCall struct {
-	Method, Path string
-	Query        url.Values
-	Body         string
-}
-
-// fakeDaemon is a canned local API on a unix socket: the CLI talks to it as to migshmd.
-type fakeDaemon struct {
-	sock       string
-	nodes      []api.Node
-	workloads  []api.Workload
-	migrations []api.Migration // as the daemon lists them: sorted by id
-	status     api.Status
-	balance    api.BalanceReport // GET /v1/balance answers it; POST /v1/balance starts its moves
-	last       api.BalanceReport // GET /v1/balance/last
-
-	mu    sync.Mutex
-	calls []apiCall
-	// listWorkloads, if set, answers GET /v1/workloads instead of workloads; n counts
-	// those requests, from 1.
-	listWorkloads func(n int) []api.Workload
-	workloadLists int
-}
-
-func (f *fakeDaemon) record(r *http.Request) string {
-	b, _ := io.ReadAll(r.Body)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, apiCall{Method: r.Method, Path: r.URL.Path, Query: r.URL.Query(), Body: string(b)})
-	return string(b)
-}
-
-// takeCalls returns the requests received since the last call.
-func (f *fakeDaemon) takeCalls() []apiCall {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	c := f.calls
-	f.calls = nil
-	return c
-}
 
 var (
 	fakeStatus = api.Status{
@@ -102,174 +56,11 @@ func fakeTable() (nodes []api.Node, workloads []api.Workload) {
 	return nodes, workloads
 }
 
-// wireErr writes an API error in the daemon's wire format.
-func wireErr(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
-}
-
-func reply(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
-}
-
 // strict decodes a request body as the daemon does: unknown fields are errors.
 func strict(body string, v any) error {
 	dec := json.NewDecoder(strings.NewReader(body))
 	dec.DisallowUnknownFields()
 	return dec.Decode(v)
-}
-
-func newFakeDaemon(t *testing.T) *fakeDaemon {
-	t.Helper()
-	f := &fakeDaemon{sock: filepath.Join(t.TempDir(), "migshmd.sock")}
-	f.nodes, f.workloads = fakeTable()
-	f.migrations = fakeMigrations()
-	f.status = fakeStatus
-	f.balance = fakeBalance(time.Now())
-	f.last = f.balance
-	unknown := func(w http.ResponseWriter, ref string) {
-		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+ref+"\" (see `migshm ps`)")
-	}
-	known := func(ref string) (api.Workload, bool) {
-		for _, wl := range f.workloads {
-			if wl.Name == ref || wl.ID == ref {
-				return wl, true
-			}
-		}
-		return api.Workload{}, false
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.status) })
-	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		reply(w, f.nodes)
-	})
-	mux.HandleFunc("GET /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.workloadLists++
-		if f.listWorkloads != nil {
-			reply(w, f.listWorkloads(f.workloadLists))
-			return
-		}
-		reply(w, f.workloads)
-	})
-	mux.HandleFunc("GET /v1/segments", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, fakeSegments) })
-	mux.HandleFunc("POST /v1/workloads", func(w http.ResponseWriter, r *http.Request) {
-		var req api.RunRequest
-		if err := strict(f.record(r), &req); err != nil {
-			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
-			return
-		}
-		if req.Name == "taken" {
-			wireErr(w, http.StatusConflict, "exists", `run: a workload named "taken" exists`)
-			return
-		}
-		wl := api.Workload{ID: "w0000000a", Name: req.Name, Node: "n1", InitPid: 777, Pids: []int{777},
-			Group: req.Group, State: record.WorkloadRunning, Args: req.Args}
-		if wl.Name == "" {
-			wl.Name = filepath.Base(req.Args[0]) + "-0000"
-		}
-		if wl.Group == "" {
-			wl.Group = wl.ID
-		}
-		reply(w, wl)
-	})
-	mux.HandleFunc("POST /v1/workloads/{ref}/stop", func(w http.ResponseWriter, r *http.Request) {
-		var req api.StopRequest
-		if err := strict(f.record(r), &req); err != nil {
-			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
-			return
-		}
-		wl, ok := known(r.PathValue("ref"))
-		if !ok {
-			unknown(w, r.PathValue("ref"))
-			return
-		}
-		if wl.State == record.WorkloadExited {
-			wireErr(w, http.StatusConflict, "not_running", "stop "+wl.Name+": it already exited with status 3")
-			return
-		}
-		wl.State, wl.ExitStatus = record.WorkloadExited, 143
-		reply(w, wl)
-	})
-	mux.HandleFunc("DELETE /v1/workloads/{ref}", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r)
-		wl, ok := known(r.PathValue("ref"))
-		switch {
-		case !ok:
-			unknown(w, r.PathValue("ref"))
-		case wl.State != record.WorkloadExited:
-			wireErr(w, http.StatusConflict, "still_running", "workload "+wl.Name+" is running; stop it first")
-		default:
-			reply(w, struct{}{})
-		}
-	})
-	mux.HandleFunc("GET /v1/workloads/{ref}/logs", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r)
-		if _, ok := known(r.PathValue("ref")); !ok {
-			unknown(w, r.PathValue("ref"))
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.WriteString(w, "line one\nline two\n")
-	})
-	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
-		var req api.LeaveRequest
-		if err := strict(f.record(r), &req); err != nil {
-			wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
-			return
-		}
-		if req.Node == "" {
-			req.Node = "n1"
-		}
-		if req.Node == "n1" && !req.Force {
-			wireErr(w, http.StatusConflict, "still_running", "node n1 still runs 2 workload(s) [api db1]: stop or move them first, or use --force")
-			return
-		}
-		reply(w, api.LeaveResult{Node: req.Node})
-	})
-	mux.HandleFunc("GET /v1/migrations", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.migrations) })
-	mux.HandleFunc("POST /v1/migrations", f.handleMove)
-	mux.HandleFunc("POST /v1/migrations/check", f.handleCheck)
-	mux.HandleFunc("POST /v1/nodes/{id}/drain", f.handleDrain(record.NodeDraining))
-	mux.HandleFunc("POST /v1/nodes/{id}/undrain", f.handleDrain(record.NodeActive))
-	mux.HandleFunc("POST /v1/workloads/{ref}/pin", f.handlePin(true))
-	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", f.handlePin(false))
-	mux.HandleFunc("GET /v1/balance", func(w http.ResponseWriter, r *http.Request) { f.record(r); reply(w, f.balance) })
-	mux.HandleFunc("POST /v1/balance", f.handleBalance)
-	mux.HandleFunc("GET /v1/balance/last", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		reply(w, f.last)
-	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r)
-		t.Errorf("unexpected request %s %s", r.Method, r.URL)
-		http.NotFound(w, r)
-	})
-
-	ln, err := net.Listen("unix", f.sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	return f
 }
 
 // cli runs migshm against the fake daemon.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -83,31 +82,6 @@ var (
 	}
 )
 
-// handleMove answers POST /v1/migrations like the daemon: a refusal as a JSON error, or
-// the workload's script as NDJSON.
-func (f *fakeDaemon) handleMove(w http.ResponseWriter, r *http.Request) {
-	var req api.MoveRequest
-	if err := strict(f.record(r), &req); err != nil {
-		wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
-		return
-	}
-	script, ok := moveScripts[req.Workload]
-	switch {
-	case req.Workload == "web":
-		wireErr(w, http.StatusConflict, "not_running", "move: workload web exited (status 3); there is nothing to move")
-		return
-	case !ok:
-		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+req.Workload+"\" (see `migshm ps`)")
-		return
-	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(w)
-	for _, ev := range script {
-		_ = enc.Encode(ev)
-		w.(http.Flusher).Flush()
-	}
-}
-
 var (
 	reportOK = api.CheckReport{Workload: "w00000001", Name: "db1", Source: "n1", Target: "n3", OK: true, Processes: 3,
 		Segments: 2, MemoryBytes: 1288 << 20, TargetFree: 6 << 30, Problems: []api.Problem{}}
@@ -126,27 +100,13 @@ var (
 	}}
 )
 
-// handleCheck answers POST /v1/migrations/check.
-func (f *fakeDaemon) handleCheck(w http.ResponseWriter, r *http.Request) {
-	var req api.CheckRequest
-	if err := strict(f.record(r), &req); err != nil {
-		wireErr(w, http.StatusBadRequest, "bad_request", err.Error())
-		return
-	}
-	switch req {
-	case api.CheckRequest{Workload: "db1", Target: "n3"}:
-		reply(w, reportOK)
-	case api.CheckRequest{Workload: "api", Target: "n2"}:
-		reply(w, reportTwo)
-	case api.CheckRequest{Workload: "db1", Target: "n4"}:
-		reply(w, reportUnreachable)
-	case api.CheckRequest{Workload: "4242", Target: "n2"}:
-		reply(w, reportOne)
-	case api.CheckRequest{Workload: "db1", Target: "n9"}:
-		wireErr(w, http.StatusNotFound, "unknown_node", `no node "n9" (see `+"`migshm nodes`)")
-	default:
-		wireErr(w, http.StatusNotFound, "unknown_workload", `no workload "`+req.Workload+"\" (see `migshm ps`)")
-	}
+// checkReports are the daemon's checks, by workload and target: a target not listed is
+// no node.
+var checkReports = map[[2]string]api.CheckReport{
+	{"db1", "n3"}: reportOK,
+	{"api", "n2"}: reportTwo,
+	{"db1", "n4"}: reportUnreachable,
+	{"db1", "n2"}: reportOne, // asked for as 4242, the pid of its init
 }
 
 func TestCLIMove(t *testing.T) {

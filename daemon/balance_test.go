@@ -220,8 +220,8 @@ func checkIntact(t *testing.T, c *cluster, bins testwork.Bins, via *tnode, write
 		if w.State != record.WorkloadRunning {
 			t.Fatalf("%s is %s (exit %d)", name, w.State, w.ExitStatus)
 		}
-		if n := c.nodeOfPid(w.InitPid); n != w.Node {
-			t.Errorf("%s: table says %s, its init %d runs on %s", name, w.Node, w.InitPid, n)
+		if n, err := c.nodeOfPid(w.InitPid); err != nil || n != w.Node {
+			t.Errorf("%s: table says %s, its init %d runs on %q (%v)", name, w.Node, w.InitPid, n, err)
 		}
 		segs, err := via.c.Segments(context.Background())
 		if err != nil {

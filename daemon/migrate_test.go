@@ -137,25 +137,25 @@ func procStateOf(pid int) (string, error) {
 	return s[i+2 : i+3], nil
 }
 
-// nodeOfPid returns the id of the node whose netns pid lives in.
-func (c *cluster) nodeOfPid(pid int) string {
-	c.t.Helper()
+// nodeOfPid returns the id of the node whose netns pid lives in; an error if pid is
+// gone (a copy a migration just removed).
+func (c *cluster) nodeOfPid(pid int) (string, error) {
 	link, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
-		c.t.Fatalf("netns of pid %d: %v", pid, err)
+		return "", fmt.Errorf("netns of pid %d: %w", pid, err)
 	}
 	for _, nd := range c.nodes {
 		if l, err := os.Readlink(nd.net.NetNSPath); err == nil && l == link {
-			return nd.id
+			return nd.id, nil
 		}
 		var a, b os.FileInfo
 		a, _ = os.Stat(fmt.Sprintf("/proc/%d/ns/net", pid))
 		b, _ = os.Stat(nd.net.NetNSPath)
 		if a != nil && b != nil && os.SameFile(a, b) {
-			return nd.id
+			return nd.id, nil
 		}
 	}
-	return "?" + link
+	return "?" + link, nil
 }
 
 // waitSettled waits until the workload's last migration is terminal, it runs on one
@@ -185,8 +185,9 @@ func (c *cluster) waitSettled(via *tnode, name, comm string) api.Workload {
 		if w.State != record.WorkloadRunning || running != 1 || stopped != 0 {
 			return false, fmt.Sprintf("state %s on %s, %d running and %d stopped copies", w.State, w.Node, running, stopped)
 		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", w.InitPid)); err != nil || c.nodeOfPid(w.InitPid) != w.Node {
-			return false, fmt.Sprintf("table says init %d on %s", w.InitPid, w.Node)
+		// The table may still name the source's init for a moment after the commit.
+		if node, err := c.nodeOfPid(w.InitPid); err != nil || node != w.Node {
+			return false, fmt.Sprintf("table says init %d on %s; it is on %q (%v)", w.InitPid, w.Node, node, err)
 		}
 		return true, ""
 	})

@@ -103,18 +103,18 @@ func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed
 		} else if !gone(err) {
 			return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
 		}
-		maps, err := v.maps(p.Pid)
+		maps, err := v.fileMaps(p.Pid)
 		if err != nil {
 			return nil, err
 		}
 		seen := map[string]bool{}
 		for _, m := range maps {
-			if seen[m.path] {
+			if seen[m.Path] {
 				continue
 			}
-			seen[m.path] = true
-			if err := add(m.path, NeedMap, v.path(p.Pid, "map_files", m.addrs), true); err != nil {
-				return nil, fmt.Errorf("pid %d: mapping %s: %w", p.Pid, m.addrs, err)
+			seen[m.Path] = true
+			if err := add(m.Path, NeedMap, v.mapFile(p.Pid, m), true); err != nil {
+				return nil, fmt.Errorf("pid %d: mapping %x-%x: %w", p.Pid, m.Start, m.End, err)
 			}
 		}
 		fds, err := v.fds(p.Pid)

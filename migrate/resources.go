@@ -11,13 +11,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/migshm/migshm/internal/nsutil"
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/workload"
 )
 
@@ -128,31 +128,29 @@ func (v procView) fds(pid int) ([]fdLink, error) {
 	return out, nil
 }
 
-// mapping is one file-backed line of /proc/PID/maps.
-type mapping struct {
-	addrs string // "start-end", the name of its map_files entry
-	path  string // as the kernel shows it, " (deleted)" included
-}
-
-// maps lists the mappings of pid that name a file (path starting with "/"), in address
-// order. A process that is gone has none.
-func (v procView) maps(pid int) ([]mapping, error) {
-	f, err := os.Open(v.path(pid, "maps"))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
-	}
-	defer f.Close()
-	ms, err := parseMapFiles(f)
-	if gone(err) {
+// fileMaps lists the mappings of pid that name a file (path starting with "/"), in
+// address order. A process that is gone has none.
+func (v procView) fileMaps(pid int) ([]procfs.Mapping, error) {
+	all, err := procfs.ReadMaps(v.root, pid)
+	if errors.Is(err, procfs.ErrNoProcess) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, readErr(pid, "maps", err)
+		return nil, err
 	}
-	return ms, nil
+	var out []procfs.Mapping
+	for _, m := range all {
+		if strings.HasPrefix(m.Path, "/") {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// mapFile is the path of a mapping's entry in /proc/PID/map_files, named by its bounds
+// in hex without padding (maps pads them to eight digits).
+func (v procView) mapFile(pid int, m procfs.Mapping) string {
+	return v.path(pid, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End))
 }
 
 // readErr reports a failed read of an opened /proc file.
@@ -166,47 +164,20 @@ func gone(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
 }
 
-// parseMapFiles returns the mappings of a maps listing whose path is absolute.
-func parseMapFiles(r io.Reader) ([]mapping, error) {
-	var out []mapping
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		// address perms offset dev inode path: the path is what follows the fifth field
-		// (it may contain spaces).
-		rest := line
-		var addrs string
-		for i := 0; i < 5; i++ {
-			rest = strings.TrimLeft(rest, " ")
-			j := strings.IndexByte(rest, ' ')
-			if j < 0 {
-				rest = ""
-				break
-			}
-			if i == 0 {
-				addrs = rest[:j]
-			}
-			rest = rest[j:]
-		}
-		path := strings.TrimLeft(rest, " ")
-		if strings.HasPrefix(path, "/") {
-			out = append(out, mapping{addrs: addrs, path: path})
-		}
-	}
-	return out, sc.Err()
-}
-
 const deletedSuffix = " (deleted)"
 
-var sysvMapRE = regexp.MustCompile(`^/SYSV[0-9a-fA-F]{8} \(deleted\)$`)
+// isSysV reports whether a path names a SysV shm segment (see procfs.SysVKey).
+func isSysV(path string) bool {
+	_, ok := procfs.SysVKey(path)
+	return ok
+}
 
 // kernelObject reports whether a path of /proc/PID/maps or fd names memory the kernel
 // made rather than a file anybody could reopen: SysV segments, memfds, shared anonymous
 // memory, AIO rings, anonymous huge pages. CRIU carries all of these itself.
 func kernelObject(path string) bool {
 	switch {
-	case sysvMapRE.MatchString(path),
+	case isSysV(path),
 		strings.HasPrefix(path, "/memfd:"),
 		path == "/dev/zero"+deletedSuffix,
 		path == "/[aio]"+deletedSuffix,
@@ -499,17 +470,17 @@ func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
 				}
 			}
 		}
-		maps, err := v.maps(p.Pid)
+		maps, err := v.fileMaps(p.Pid)
 		if err != nil {
 			return nil, err
 		}
 		seen := map[string]bool{}
 		for _, m := range maps {
-			if seen[m.path] {
+			if seen[m.Path] {
 				continue
 			}
-			seen[m.path] = true
-			if err := checkFile(v, found, p, -1, v.path(p.Pid, "map_files", m.addrs), m.path); err != nil {
+			seen[m.Path] = true
+			if err := checkFile(v, found, p, -1, v.mapFile(p.Pid, m), m.Path); err != nil {
 				return nil, err
 			}
 		}
@@ -615,37 +586,14 @@ func anonMemory(v procView, tree *workload.Tree) (uint64, error) {
 	return total, nil
 }
 
-// anon returns the anonymous resident bytes of pid: smaps_rollup "Anonymous:", or status
-// "RssAnon:" on kernels without smaps_rollup. A process that is gone has none.
+// anon returns the anonymous resident bytes of pid (procfs.ReadAnon). A process that
+// is gone has none.
 func (v procView) anon(pid int) (uint64, error) {
-	b, err := os.ReadFile(v.path(pid, "smaps_rollup"))
-	key := "Anonymous:"
-	if errors.Is(err, fs.ErrNotExist) {
-		b, err = os.ReadFile(v.path(pid, "status"))
-		key = "RssAnon:"
-	}
-	if gone(err) {
+	n, err := procfs.ReadAnon(v.root, pid)
+	if errors.Is(err, procfs.ErrNoProcess) {
 		return 0, nil
 	}
-	if err != nil {
-		return 0, fmt.Errorf("pid %d: memory: %w", pid, err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, key)
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("pid %d: bad line %q", pid, line)
-		}
-		kb, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("pid %d: bad line %q", pid, line)
-		}
-		return kb * 1024, nil
-	}
-	return 0, nil // a zombie or a kernel thread: no memory of its own
+	return n, err
 }
 
 // segments lists the SysV segments of the IPC namespace pid lives in: the calling thread

@@ -43,6 +43,9 @@ func (m Mapping) SysV() (shmid int, key uint32, ok bool) {
 
 const deletedSuffix = " (deleted)"
 
+// pageSize divides every mapping's bounds: 4096 is the smallest page size of Linux.
+const pageSize = 4096
+
 // SysVKey reports whether path, as /proc/PID/maps or an fd link shows it, names a SysV
 // shm segment: the kernel calls the file behind every segment "SYSV" and its key in
 // eight hex digits, and it is never linked anywhere, so always " (deleted)".
@@ -91,7 +94,7 @@ func parseMapping(line string) (Mapping, error) {
 	lo, hi, ok := strings.Cut(f[0], "-")
 	start, err1 := strconv.ParseUint(lo, 16, 64)
 	end, err2 := strconv.ParseUint(hi, 16, 64)
-	if !ok || errors.Join(err1, err2) != nil || end < start {
+	if !ok || errors.Join(err1, err2) != nil || end < start || start%pageSize != 0 || end%pageSize != 0 {
 		return Mapping{}, fmt.Errorf("bad address range %q in %q", f[0], line)
 	}
 	if len(f[1]) != 4 || !strings.ContainsRune("sp", rune(f[1][3])) {

@@ -238,6 +238,7 @@ func TestParseMapsErrors(t *testing.T) {
 		"7f4a28200000-7f4a28a00000 rwxq 00000000 00:00 0",  // neither shared nor private
 		"7f4a28a00000-7f4a28200000 rw-p 00000000 00:00 0",  // end before start
 		"zz-7f4a28a00000 rw-p 00000000 00:00 0",            // not hex
+		"7f4a28200001-7f4a28a00000 rw-p 00000000 00:00 0",  // not page aligned
 		"7f4a28200000-7f4a28a00000 rw-p 0000zz00 00:00 0",  // offset
 		"7f4a28200000-7f4a28a00000 rw-p 00000000 0000 0",   // dev
 		"7f4a28200000-7f4a28a00000 rw-p 00000000 00:00 -1", // inode
@@ -252,7 +253,7 @@ func TestParseMapsErrors(t *testing.T) {
 		t.Errorf("badinode.maps: got %v, want a bad inode error", err)
 	}
 	boom := errors.New("boom")
-	r := io.MultiReader(strings.NewReader("7f00-7f01 rw-s 00000000 00:01 3 /SYSV00000001 (deleted)\n"), errReader{boom})
+	r := io.MultiReader(strings.NewReader("7f000-80000 rw-s 00000000 00:01 3 /SYSV00000001 (deleted)\n"), errReader{boom})
 	if _, err := ParseMaps(r); !errors.Is(err, boom) {
 		t.Errorf("got %v, want the reader's error", err)
 	}

@@ -46,6 +46,15 @@ func NeededFiles(procRoot string, tree *workload.Tree, skipDirs ...string) ([]Fi
 }
 
 func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed, error) {
+	procs, err := v.readTree(tree)
+	if err != nil {
+		return nil, err
+	}
+	return needs(v, procs, skipDirs)
+}
+
+// needs lists the files procs reopen by path (see NeededFiles), deduplicated and sorted.
+func needs(v procView, procs []procFiles, skipDirs []string) ([]FileNeed, error) {
 	var skip []string
 	for _, d := range skipDirs {
 		if d == "" {
@@ -95,53 +104,37 @@ func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed
 		}
 		return nil
 	}
-	for _, p := range tree.Procs {
-		if exe, err := os.Readlink(v.path(p.Pid, "exe")); err == nil {
-			if err := add(exe, NeedExe, v.path(p.Pid, "exe"), true); err != nil {
-				return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
-			}
-		} else if !gone(err) {
-			return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
-		}
-		maps, err := v.fileMaps(p.Pid)
-		if err != nil {
-			return nil, err
-		}
-		seen := map[string]bool{}
-		for _, m := range maps {
-			if seen[m.Path] {
-				continue
-			}
-			seen[m.Path] = true
-			if err := add(m.Path, NeedMap, v.mapFile(p.Pid, m), true); err != nil {
-				return nil, fmt.Errorf("pid %d: mapping %x-%x: %w", p.Pid, m.Start, m.End, err)
+	for _, pf := range procs {
+		pid := pf.proc.Pid
+		if pf.exe != "" {
+			if err := add(pf.exe, NeedExe, v.path(pid, "exe"), true); err != nil {
+				return nil, fmt.Errorf("pid %d: exe: %w", pid, err)
 			}
 		}
-		fds, err := v.fds(p.Pid)
-		if err != nil {
-			return nil, err
+		for _, m := range pf.maps {
+			if err := add(m.Path, NeedMap, v.mapFile(pid, m), true); err != nil {
+				return nil, fmt.Errorf("pid %d: mapping %x-%x: %w", pid, m.Start, m.End, err)
+			}
 		}
-		for _, fd := range fds {
+		for _, fd := range pf.fds {
 			if !strings.HasPrefix(fd.link, "/") {
 				continue
 			}
-			flags, err := v.fdFlags(p.Pid, fd.fd)
+			flags, err := v.fdFlags(pid, fd.fd)
 			if gone(err) {
 				continue
 			}
 			if err != nil {
 				return nil, err
 			}
-			if err := add(fd.link, NeedFd, v.path(p.Pid, "fd", strconv.Itoa(fd.fd)), sizeChecked(flags)); err != nil {
-				return nil, fmt.Errorf("pid %d: fd %d: %w", p.Pid, fd.fd, err)
+			if err := add(fd.link, NeedFd, v.path(pid, "fd", strconv.Itoa(fd.fd)), sizeChecked(flags)); err != nil {
+				return nil, fmt.Errorf("pid %d: fd %d: %w", pid, fd.fd, err)
 			}
 		}
-		if cwd, err := os.Readlink(v.path(p.Pid, "cwd")); err == nil {
-			if err := add(cwd, NeedCwd, v.path(p.Pid, "cwd"), true); err != nil {
-				return nil, fmt.Errorf("pid %d: cwd: %w", p.Pid, err)
+		if pf.cwd != "" {
+			if err := add(pf.cwd, NeedCwd, v.path(pid, "cwd"), true); err != nil {
+				return nil, fmt.Errorf("pid %d: cwd: %w", pid, err)
 			}
-		} else if !gone(err) {
-			return nil, fmt.Errorf("pid %d: cwd: %w", p.Pid, err)
 		}
 	}
 	out := make([]FileNeed, 0, len(byPath))

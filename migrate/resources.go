@@ -10,13 +10,10 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 
-	"github.com/migshm/migshm/internal/nsutil"
 	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/workload"
 )
@@ -63,105 +60,12 @@ func CheckResources(procRoot string, tree *workload.Tree) ([]Blocker, error) {
 	return checkResources(newProcView(procRoot), tree)
 }
 
-// procView reads the parts of a proc file system the pre-move checks need.
-type procView struct {
-	root string
-	// stat describes the file that a /proc magic link (procPath: .../fd/N, exe, cwd,
-	// map_files/A-B) points to; target is what readlink says of it. Fixture tests
-	// replace it: a fixture's links point nowhere.
-	stat func(procPath, target string) (fs.FileInfo, error)
-}
-
-func newProcView(root string) procView {
-	if root == "" {
-		root = "/proc"
-	}
-	return procView{root: root, stat: statMagicLink}
-}
-
-// statMagicLink stats through a /proc link, which reaches the open file even when it
-// was deleted or lives in another mount namespace. map_files needs CAP_SYS_ADMIN; without
-// it the target path is the best there is.
-func statMagicLink(procPath, target string) (fs.FileInfo, error) {
-	info, err := os.Stat(procPath)
-	if errors.Is(err, fs.ErrPermission) && strings.HasPrefix(target, "/") {
-		return os.Stat(strings.TrimSuffix(target, deletedSuffix))
-	}
-	return info, err
-}
-
-func (v procView) path(pid int, elem ...string) string {
-	return filepath.Join(append([]string{v.root, strconv.Itoa(pid)}, elem...)...)
-}
-
-// fdLink is one open file descriptor.
-type fdLink struct {
-	fd   int
-	link string
-}
-
-// fds lists the open file descriptors of pid by number. A process that is gone has none.
-func (v procView) fds(pid int) ([]fdLink, error) {
-	ents, err := os.ReadDir(v.path(pid, "fd"))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("pid %d: list open files: %w", pid, err)
-	}
-	out := make([]fdLink, 0, len(ents))
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		link, err := os.Readlink(v.path(pid, "fd", e.Name()))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // closed meanwhile
-		}
-		if err != nil {
-			return nil, fmt.Errorf("pid %d: fd %d: %w", pid, n, err)
-		}
-		out = append(out, fdLink{fd: n, link: link})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].fd < out[j].fd })
-	return out, nil
-}
-
-// fileMaps lists the mappings of pid that name a file (path starting with "/"), in
-// address order. A process that is gone has none.
-func (v procView) fileMaps(pid int) ([]procfs.Mapping, error) {
-	all, err := procfs.ReadMaps(v.root, pid)
-	if errors.Is(err, procfs.ErrNoProcess) {
-		return nil, nil
-	}
+func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
+	procs, err := v.readTree(tree)
 	if err != nil {
 		return nil, err
 	}
-	var out []procfs.Mapping
-	for _, m := range all {
-		if strings.HasPrefix(m.Path, "/") {
-			out = append(out, m)
-		}
-	}
-	return out, nil
-}
-
-// mapFile is the path of a mapping's entry in /proc/PID/map_files, named by its bounds
-// in hex without padding (maps pads them to eight digits).
-func (v procView) mapFile(pid int, m procfs.Mapping) string {
-	return v.path(pid, "map_files", fmt.Sprintf("%x-%x", m.Start, m.End))
-}
-
-// readErr reports a failed read of an opened /proc file.
-func readErr(pid int, file string, err error) error {
-	return fmt.Errorf("pid %d: %s: %w", pid, file, err)
-}
-
-// gone reports whether err means the process no longer exists: its /proc directory is
-// missing, or it was reaped after a file of it was opened (ESRCH on read).
-func gone(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
+	return blockers(v, procs)
 }
 
 const deletedSuffix = " (deleted)"
@@ -405,17 +309,16 @@ const (
 	fixProcFile       = "it is recorded by the host pid, which the restored tree does not have, so CRIU cannot reopen it on the target: close it"
 )
 
-func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
+// blockers returns what cannot move among the open files and mappings of procs (nil if
+// nothing), in pid order.
+func blockers(v procView, procs []procFiles) ([]Blocker, error) {
 	found := &findings{byKey: map[string]*finding{}}
 	// TCP tables by network namespace: every process of a workload normally shares one.
 	tcpByNS := map[string]map[uint64]tcpSocket{}
-	for _, p := range tree.Procs {
-		fds, err := v.fds(p.Pid)
-		if err != nil {
-			return nil, err
-		}
+	for _, pf := range procs {
+		p := pf.proc
 		var tcp map[uint64]tcpSocket
-		for _, fd := range fds {
+		for _, fd := range pf.fds {
 			link := fd.link
 			switch {
 			case strings.HasPrefix(link, "socket:["):
@@ -470,16 +373,7 @@ func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
 				}
 			}
 		}
-		maps, err := v.fileMaps(p.Pid)
-		if err != nil {
-			return nil, err
-		}
-		seen := map[string]bool{}
-		for _, m := range maps {
-			if seen[m.Path] {
-				continue
-			}
-			seen[m.Path] = true
+		for _, m := range pf.maps {
 			if err := checkFile(v, found, p, -1, v.mapFile(p.Pid, m), m.Path); err != nil {
 				return nil, err
 			}
@@ -550,67 +444,4 @@ func checkFile(v procView, found *findings, p workload.Proc, fd int, procPath, p
 		found.add("file "+path, p, fd, BlockerDeletedFile, strings.TrimSpace(fmt.Sprintf("%s the deleted file %s %s", verb, name, obj)), fixDeleted)
 	}
 	return nil
-}
-
-// TreeMemory estimates what the target must hold for the tree: the anonymous resident
-// memory of every process (smaps_rollup "Anonymous:") plus the size of every SysV
-// segment of the tree's IPC namespace, attached or not, each once. Memory shared
-// copy-on-write between processes is counted once per process, so it errs high.
-func TreeMemory(procRoot string, tree *workload.Tree) (uint64, error) {
-	v := newProcView(procRoot)
-	anon, err := anonMemory(v, tree)
-	if err != nil {
-		return 0, err
-	}
-	segs, err := v.segments(tree.Init.Pid)
-	if err != nil {
-		return 0, err
-	}
-	total := anon
-	for _, s := range segs {
-		total += s.Size
-	}
-	return total, nil
-}
-
-// anonMemory sums the anonymous resident memory of the tree's processes.
-func anonMemory(v procView, tree *workload.Tree) (uint64, error) {
-	var total uint64
-	for _, p := range tree.Procs {
-		n, err := v.anon(p.Pid)
-		if err != nil {
-			return 0, err
-		}
-		total += n
-	}
-	return total, nil
-}
-
-// anon returns the anonymous resident bytes of pid (procfs.ReadAnon). A process that
-// is gone has none.
-func (v procView) anon(pid int) (uint64, error) {
-	n, err := procfs.ReadAnon(v.root, pid)
-	if errors.Is(err, procfs.ErrNoProcess) {
-		return 0, nil
-	}
-	return n, err
-}
-
-// segments lists the SysV segments of the IPC namespace pid lives in: the calling thread
-// enters it and reads sysvipc/shm, which shows the reader's namespace.
-func (v procView) segments(pid int) ([]workload.Segment, error) {
-	var segs []workload.Segment
-	err := nsutil.Do(nsutil.IPC, v.path(pid, "ns", "ipc"), func() error {
-		f, err := os.Open(filepath.Join(v.root, "sysvipc", "shm"))
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		segs, err = workload.ParseSysVShm(f)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list segments of pid %d: %w", pid, err)
-	}
-	return segs, nil
 }

@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
@@ -226,4 +228,81 @@ func procOf(tree *workload.Tree, comm string) workload.Proc {
 		}
 	}
 	return workload.Proc{}
+}
+
+// TestInspectEqualsSeparateChecksLive: on a live workload that holds a connection, a
+// deleted file, a log and children, Inspect says what CheckResources, TreeMemory and
+// NeededFiles say.
+func TestInspectEqualsSeparateChecksLive(t *testing.T) {
+	testenv.RequireRoot(t)
+	bins := testwork.Build(t)
+	l := listen(t, "tcp4", "127.0.0.1:0")
+	dir := t.TempDir()
+	scratch, log := filepath.Join(dir, "scratch"), filepath.Join(dir, "app.log")
+	w := startWorkload(t, "", "bash", "-c", fmt.Sprintf(
+		"exec 3<>/dev/tcp/127.0.0.1/%s 6<>%s 7>>%s; rm %s; %s --workers 2 & sleep 1000 & echo ready; wait",
+		port(l), scratch, log, scratch, bins.ShmCounter))
+	waitOutput(t, w.stdout, "ready")
+	tree := waitTree(t, w.proc.Pid, map[string]int{"bash": 1, "shmcounter": 3, "sleep": 1})
+	skip := filepath.Dir(w.stdout)
+
+	in, err := migrate.Inspect("/proc", tree, skip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blockers, err := migrate.CheckResources("/proc", tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := migrate.TreeMemory("/proc", tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := migrate.NeededFiles("/proc", tree, skip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs, err := workload.Segments(w.proc.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range in.Blockers {
+		t.Logf("blocker %s: %s", b.Reason, b.Detail)
+	}
+	if len(in.Blockers) != 2 || !reflect.DeepEqual(in.Blockers, blockers) {
+		t.Errorf("blockers %+v\nCheckResources says %+v (want the connection and the deleted file)", in.Blockers, blockers)
+	}
+	if !reflect.DeepEqual(in.Files, files) {
+		t.Errorf("files %+v\nNeededFiles says %+v", in.Files, files)
+	}
+	if in.MemoryBytes != mem || !reflect.DeepEqual(in.Segments, segs) || len(segs) != 1 {
+		t.Errorf("memory %d, segments %+v; TreeMemory says %d, Segments %+v", in.MemoryBytes, in.Segments, mem, segs)
+	}
+}
+
+// waitTree waits until the workload of init runs the given numbers of processes by
+// command name (the init and the others not counted) and returns its tree.
+func waitTree(t *testing.T, init int, comms map[string]int) *workload.Tree {
+	t.Helper()
+	var tree *workload.Tree
+	waitFor(t, fmt.Sprintf("processes %v in the tree of %d", comms, init), 10*time.Second, func() error {
+		all, _, err := workload.ReadAll("/proc")
+		if err != nil {
+			return err
+		}
+		if tree, err = workload.FindTree(all, init); err != nil {
+			return err
+		}
+		got := map[string]int{}
+		for _, p := range tree.Procs {
+			if _, ok := comms[p.Comm]; ok {
+				got[p.Comm]++
+			}
+		}
+		if !reflect.DeepEqual(got, comms) {
+			return fmt.Errorf("processes %v", got)
+		}
+		return nil
+	})
+	return tree
 }

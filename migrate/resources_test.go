@@ -70,6 +70,9 @@ var fxFiles = map[string]fakeInfo{
 	"/":                                   {mode: fxDir},
 }
 
+// fxSegments are the segments of every fixture's IPC namespace.
+var fxSegments = []workload.Segment{{Key: 0x4d494753, Shmid: 3, Size: 1 << 20}, {Shmid: 5, Size: 64 << 10}}
+
 // fxView reads the fixture proc tree testdata/NAME.
 func fxView(t *testing.T, name string) procView {
 	t.Helper()
@@ -84,6 +87,7 @@ func fxView(t *testing.T, name string) procView {
 			info.name = filepath.Base(target)
 			return info, nil
 		},
+		segments: func(int) ([]workload.Segment, error) { return fxSegments, nil },
 	}
 }
 

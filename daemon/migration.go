@@ -179,30 +179,20 @@ func (m *migrator) check(ctx context.Context, w record.Workload, target string) 
 		return rep, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	rep.Processes = len(tree.Procs)
-	if segs, err := workload.Segments(l.rec.InitPid); err == nil {
-		rep.Segments = len(segs)
-	}
-	blockers, err := migrate.CheckResources("/proc", tree)
-	if err != nil {
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
-	}
-	for _, b := range blockers {
-		add(b.Reason, "%s", b.Detail)
-	}
-	mem, err := migrate.TreeMemory("/proc", tree)
-	if err != nil {
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
-	}
-	// The target holds the images (in tmpfs) and the restored memory at once.
-	mem *= 2
-	rep.MemoryBytes = mem
 	// The daemon ships the workload's own files (logs) itself; everything else the tree
 	// reopens by path must already be on the target.
-	files, err := migrate.NeededFiles("/proc", tree, filepath.Join(m.d.cfg.WorkloadDir, w.ID))
+	in, err := migrate.Inspect("/proc", tree, filepath.Join(m.d.cfg.WorkloadDir, w.ID))
 	if err != nil {
 		return rep, fmt.Errorf("check %s: %w", w.Name, err)
 	}
-	req := targetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: files}
+	rep.Segments = len(in.Segments)
+	for _, b := range in.Blockers {
+		add(b.Reason, "%s", b.Detail)
+	}
+	// The target holds the images (in tmpfs) and the restored memory at once.
+	mem := in.MemoryBytes * 2
+	rep.MemoryBytes = mem
+	req := targetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: in.Files}
 	if req.CPUInfo, err = m.cpuInfo(ctx); err != nil {
 		add("criu-source", "CRIU cannot describe this node's CPU: %v", err)
 	}

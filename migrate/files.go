@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/migshm/migshm/workload"
 )
 
 // FileNeed is a file the restored tree reopens by path on the target.
@@ -36,24 +34,11 @@ const (
 
 var needRank = map[string]int{NeedExe: 0, NeedMap: 1, NeedFd: 2, NeedCwd: 3}
 
-// NeededFiles lists, deduplicated by path and sorted, the exe of every process, its
-// file-backed mappings (not SysV, not memfd, not [anon] names), regular files and
-// directories open as fds, and cwds, all from procRoot. Files under skipDirs (the daemon
+// needs lists, deduplicated by path and sorted, what procs reopen by path: the exe of
+// every process, its file-backed mappings (not SysV, not memfd, not [anon] names),
+// regular files and directories open as fds, and cwds. Files under skipDirs (the daemon
 // ships those itself: the workload's log dir, the init copy) are left out, and so are
-// deleted files and files under /proc/<pid> (CheckResources reports those).
-func NeededFiles(procRoot string, tree *workload.Tree, skipDirs ...string) ([]FileNeed, error) {
-	return neededFiles(newProcView(procRoot), tree, skipDirs)
-}
-
-func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed, error) {
-	procs, err := v.readTree(tree)
-	if err != nil {
-		return nil, err
-	}
-	return needs(v, procs, skipDirs)
-}
-
-// needs lists the files procs reopen by path (see NeededFiles), deduplicated and sorted.
+// deleted files and files under /proc/<pid> (blockers reports those).
 func needs(v procView, procs []procFiles, skipDirs []string) ([]FileNeed, error) {
 	var skip []string
 	for _, d := range skipDirs {

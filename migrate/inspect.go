@@ -16,24 +16,28 @@ import (
 	"github.com/migshm/migshm/workload"
 )
 
-// Inspection is what the /proc files of a tree's processes say about moving it: what
-// the three checks CheckResources, TreeMemory and NeededFiles would say, and the
-// segments of its IPC namespace.
+// Inspection is what the /proc files of a tree's processes say about moving it.
 type Inspection struct {
-	// Blockers are the resources that cannot move (nil if none): see CheckResources.
+	// Blockers are the resources CRIU cannot carry to another node (nil if none), in
+	// pid order. A resource shared by several processes (an inherited socket or
+	// terminal) is reported once, by its lowest pid, naming the others.
 	Blockers []Blocker
 	// MemoryBytes is what the target must hold for the tree: see TreeMemory.
 	MemoryBytes uint64
 	// Segments are the SysV segments of the tree's IPC namespace, attached or not.
 	Segments []workload.Segment
-	// Files are the files the restored tree reopens by path: see NeededFiles.
+	// Files are what the restored tree reopens by path, so the target must have them,
+	// deduplicated by path and sorted: the exe of every process, its file-backed
+	// mappings (not SysV, not memfd, not [anon] names), regular files and directories
+	// open as fds, and cwds. Deleted files and files under /proc/<pid> are left out
+	// (they are Blockers).
 	Files []FileNeed
 }
 
 // Inspect reads the /proc files of every process of tree under procRoot (normally
 // "/proc") once, and the segments of the tree's IPC namespace once, and returns what
-// the daemon's check needs of them; skipDirs are left out of Files as NeededFiles
-// leaves them out. It reads only.
+// they say about moving it. Files under skipDirs are left out of Files: the daemon ships
+// those itself (the workload's log dir, the init copy). It reads only.
 func Inspect(procRoot string, tree *workload.Tree, skipDirs ...string) (Inspection, error) {
 	return inspect(newProcView(procRoot), tree, skipDirs)
 }

@@ -52,22 +52,6 @@ const (
 	BlockerProcFile = "proc-file"
 )
 
-// CheckResources reads /proc under procRoot for every process of tree and returns what
-// cannot move (nil if nothing), in pid order. It reads only. A resource shared by
-// several processes (an inherited socket or terminal) is reported once, by its lowest
-// pid, naming the others.
-func CheckResources(procRoot string, tree *workload.Tree) ([]Blocker, error) {
-	return checkResources(newProcView(procRoot), tree)
-}
-
-func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
-	procs, err := v.readTree(tree)
-	if err != nil {
-		return nil, err
-	}
-	return blockers(v, procs)
-}
-
 const deletedSuffix = " (deleted)"
 
 // isSysV reports whether a path names a SysV shm segment (see procfs.SysVKey).
@@ -310,7 +294,8 @@ const (
 )
 
 // blockers returns what cannot move among the open files and mappings of procs (nil if
-// nothing), in pid order.
+// nothing), in pid order. A resource shared by several processes (an inherited socket
+// or terminal) is reported once, by its lowest pid, naming the others.
 func blockers(v procView, procs []procFiles) ([]Blocker, error) {
 	found := &findings{byKey: map[string]*finding{}}
 	// TCP tables by network namespace: every process of a workload normally shares one.

@@ -31,19 +31,15 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blockers, err := migrate.CheckResources("/proc", tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if blockers != nil {
-		t.Fatalf("shmcounter is blocked by %+v", blockers)
-	}
-
 	logDir := filepath.Dir(w.stdout)
-	needs, err := migrate.NeededFiles("/proc", tree, logDir)
+	in, err := migrate.Inspect("/proc", tree, logDir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if in.Blockers != nil {
+		t.Fatalf("shmcounter is blocked by %+v", in.Blockers)
+	}
+	needs := in.Files
 	byPath := map[string]migrate.FileNeed{}
 	for _, n := range needs {
 		t.Logf("%-5s %10d %v %s", n.Kind, n.Size, n.Dir, n.Path)
@@ -78,12 +74,12 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	}
 
 	// Without the skip, the logs are needed, but their size is not (append-only).
-	all, err := migrate.NeededFiles("/proc", tree)
+	all, err := migrate.Inspect("/proc", tree)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logs int
-	for _, n := range all {
+	for _, n := range all.Files {
 		if strings.HasPrefix(n.Path, logDir+"/") {
 			logs++
 			if n.Kind != "fd" || n.Size != -1 {
@@ -196,10 +192,11 @@ func TestResourcesThatBlock(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			blockers, err := migrate.CheckResources("/proc", tree)
+			in, err := migrate.Inspect("/proc", tree)
 			if err != nil {
 				t.Fatal(err)
 			}
+			blockers := in.Blockers
 			for _, b := range blockers {
 				t.Logf("%s: %s", b.Reason, b.Detail)
 			}
@@ -230,10 +227,10 @@ func procOf(tree *workload.Tree, comm string) workload.Proc {
 	return workload.Proc{}
 }
 
-// TestInspectEqualsSeparateChecksLive: on a live workload that holds a connection, a
-// deleted file, a log and children, Inspect says what CheckResources, TreeMemory and
-// NeededFiles say.
-func TestInspectEqualsSeparateChecksLive(t *testing.T) {
+// TestInspectLive: on a live workload that holds a connection, a deleted file, a log
+// and children, Inspect finds the two blockers, the files, the tree's memory as
+// TreeMemory measures it and the segments of its IPC namespace.
+func TestInspectLive(t *testing.T) {
 	testenv.RequireRoot(t)
 	bins := testwork.Build(t)
 	l := listen(t, "tcp4", "127.0.0.1:0")
@@ -250,30 +247,40 @@ func TestInspectEqualsSeparateChecksLive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blockers, err := migrate.CheckResources("/proc", tree)
-	if err != nil {
-		t.Fatal(err)
+	var reasons []string
+	for _, b := range in.Blockers {
+		t.Logf("blocker %s: %s", b.Reason, b.Detail)
+		reasons = append(reasons, b.Reason)
+	}
+	if want := []string{migrate.BlockerTCPEstablished, migrate.BlockerDeletedFile}; !reflect.DeepEqual(reasons, want) {
+		t.Errorf("blockers %v, want %v", reasons, want)
+	}
+	byPath := map[string]migrate.FileNeed{}
+	for _, n := range in.Files {
+		byPath[n.Path] = n
+		if strings.HasPrefix(n.Path, skip+"/") {
+			t.Errorf("need for %s, under the skipped %s", n.Path, skip)
+		}
+	}
+	for _, exe := range []string{bins.ShmCounter, "/usr/bin/sleep", "/usr/bin/bash"} {
+		real, err := filepath.EvalSymlinks(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, ok := byPath[real]; !ok || n.Kind != migrate.NeedExe {
+			t.Errorf("no exe need for %s: %+v", real, n)
+		}
+	}
+	if n, ok := byPath[log]; !ok || n.Kind != migrate.NeedFd || n.Size != -1 {
+		t.Errorf("need for the log %s: %+v, want fd of unchecked size", log, n)
 	}
 	mem, err := migrate.TreeMemory("/proc", tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := migrate.NeededFiles("/proc", tree, skip)
 	if err != nil {
 		t.Fatal(err)
 	}
 	segs, err := workload.Segments(w.proc.Pid)
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, b := range in.Blockers {
-		t.Logf("blocker %s: %s", b.Reason, b.Detail)
-	}
-	if len(in.Blockers) != 2 || !reflect.DeepEqual(in.Blockers, blockers) {
-		t.Errorf("blockers %+v\nCheckResources says %+v (want the connection and the deleted file)", in.Blockers, blockers)
-	}
-	if !reflect.DeepEqual(in.Files, files) {
-		t.Errorf("files %+v\nNeededFiles says %+v", in.Files, files)
 	}
 	if in.MemoryBytes != mem || !reflect.DeepEqual(in.Segments, segs) || len(segs) != 1 {
 		t.Errorf("memory %d, segments %+v; TreeMemory says %d, Segments %+v", in.MemoryBytes, in.Segments, mem, segs)

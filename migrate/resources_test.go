@@ -157,10 +157,11 @@ func TestCheckResourcesFixtures(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := checkResources(fxView(t, tc.fx), fxTree(tc.procs...))
+			in, err := inspect(fxView(t, tc.fx), fxTree(tc.procs...), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			got := in.Blockers
 			if len(tc.want) == 0 {
 				if got != nil {
 					t.Fatalf("got blockers %+v, want nil", got)

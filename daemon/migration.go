@@ -46,8 +46,6 @@ import (
 
 // Defaults of a move.
 const (
-	defaultMaxDowntime = 300 * time.Millisecond
-	defaultMaxRounds   = 8
 	// stepTimeout bounds one request to the target outside the frozen window.
 	stepTimeout = 30 * time.Second
 	// frozenTimeout bounds the dump; after it, shipping and restoring get
@@ -567,18 +565,11 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 	if err := s.phase(ctx, record.PhasePrecopy); err != nil {
 		return err
 	}
-	maxDown := time.Duration(s.req.MaxDowntimeMS) * time.Millisecond
-	if maxDown <= 0 {
-		maxDown = defaultMaxDowntime
-	}
-	maxRounds := s.req.MaxRounds
-	if maxRounds <= 0 {
-		maxRounds = defaultMaxRounds
-	}
+	policy := migrate.PrecopyPolicy{MaxDowntime: time.Duration(s.req.MaxDowntimeMS) * time.Millisecond, MaxRounds: s.req.MaxRounds}
 	initPid := s.l.rec.InitPid
 	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(initPid) })
 	var rate float64 // best bytes/s seen on the wire
-	var prevChanged int64 = -1
+	var prevChanged int64
 	for round := 1; ; round++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -599,14 +590,9 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 			DurationNS: int64(st.Duration), RateBPS: r}})
 		s.log.Info("pre-copy round", "round", round, "pages", st.Pages, "changed", st.Changed,
 			"sent_bytes", st.SentBytes, "took", st.Duration)
-		remaining := float64(st.Changed * migrate.PageSize)
-		switch {
-		case round > 1 && rate > 0 && remaining/rate <= maxDown.Seconds():
-			return nil // converged
-		case round >= maxRounds:
+		if why, last := policy.Last(migrate.PrecopyRound{Round: round, Changed: st.Changed, PrevChanged: prevChanged, Rate: rate}); last {
+			s.log.Info("pre-copy done", "rounds", round, "why", why)
 			return nil
-		case prevChanged >= 0 && st.Changed*10 >= prevChanged*9:
-			return nil // not converging: the workload dirties as fast as we copy
 		}
 		prevChanged = st.Changed
 	}

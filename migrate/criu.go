@@ -48,21 +48,11 @@ func FindCRIU(path string) (string, error) {
 	return path, nil
 }
 
-// Checkpointer is what the rest of migshm needs of CRIU. CRIU implements it; unit tests
-// use fakes.
-type Checkpointer interface {
-	Check(ctx context.Context) (*Capabilities, error)
-	Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error)
-	Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error)
-}
-
 // CRIU runs CRIU through go-criu's swrk RPC, with a fresh criu process per operation.
 type CRIU struct {
 	// Path is the criu binary (see FindCRIU).
 	Path string
 }
-
-var _ Checkpointer = (*CRIU)(nil)
 
 // Capabilities is what CRIU itself says works on this machine.
 type Capabilities struct {

@@ -71,12 +71,6 @@ type migrator struct {
 	resolved map[string]bool // migrations recovery has settled here
 
 	faults faults
-
-	capsMu  sync.Mutex
-	caps    *migrate.Capabilities
-	capsErr error
-	capsAt  time.Time
-	cpuinfo []byte
 }
 
 func newMigrator(d *Daemon) *migrator {
@@ -89,36 +83,6 @@ func newMigrationID() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return "m" + hex.EncodeToString(b[:])
-}
-
-// criuCaps returns what CRIU says works here, cached for a minute (`criu check` takes
-// about a second).
-func (m *migrator) criuCaps(ctx context.Context) (*migrate.Capabilities, error) {
-	m.capsMu.Lock()
-	defer m.capsMu.Unlock()
-	if time.Since(m.capsAt) < time.Minute && (m.caps != nil || m.capsErr != nil) {
-		return m.caps, m.capsErr
-	}
-	path, err := migrate.FindCRIU(m.d.cfg.CRIU)
-	if err == nil {
-		m.criu.Path = path
-		m.caps, err = m.criu.Check(ctx)
-	}
-	m.capsErr, m.capsAt = err, time.Now()
-	return m.caps, err
-}
-
-func (m *migrator) cpuInfo(ctx context.Context) ([]byte, error) {
-	m.capsMu.Lock()
-	defer m.capsMu.Unlock()
-	if m.cpuinfo != nil {
-		return m.cpuinfo, nil
-	}
-	b, err := m.criu.CPUInfoDump(ctx)
-	if err == nil {
-		m.cpuinfo = b
-	}
-	return b, err
 }
 
 // ---- check ----------------------------------------------------------------------------
@@ -164,7 +128,7 @@ func (m *migrator) check(ctx context.Context, w record.Workload, target string) 
 	if l == nil || l.isExited() {
 		return rep, fmt.Errorf("workload %s is not running on %s: %w", w.Name, m.d.cfg.NodeID, ErrNotRunning)
 	}
-	if _, err := m.criuCaps(ctx); err != nil {
+	if _, err := m.criu.CachedCheck(ctx); err != nil {
 		add("criu-source", "CRIU does not work on %s: %v", m.d.cfg.NodeID, err)
 	}
 	tree, err := migrate.Preflight{}.Check(l.rec.InitPid)
@@ -191,7 +155,7 @@ func (m *migrator) check(ctx context.Context, w record.Workload, target string) 
 	mem := in.MemoryBytes * 2
 	rep.MemoryBytes = mem
 	req := targetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: in.Files}
-	if req.CPUInfo, err = m.cpuInfo(ctx); err != nil {
+	if req.CPUInfo, err = m.criu.CPUInfo(ctx); err != nil {
 		add("criu-source", "CRIU cannot describe this node's CPU: %v", err)
 	}
 	var res targetCheckResult
@@ -217,7 +181,7 @@ func (d *Daemon) handlePeerTargetCheck(r *http.Request) (any, error) {
 	add := func(reason, format string, args ...any) {
 		res.Problems = append(res.Problems, Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
 	}
-	if _, err := m.criuCaps(r.Context()); err != nil {
+	if _, err := m.criu.CachedCheck(r.Context()); err != nil {
 		add("criu-target", "CRIU does not work on %s: %v", d.cfg.NodeID, err)
 	} else if len(req.CPUInfo) > 0 {
 		if err := m.criu.CPUInfoCheck(r.Context(), req.CPUInfo); errors.Is(err, migrate.ErrCPUIncompatible) {

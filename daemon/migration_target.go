@@ -301,7 +301,7 @@ func (d *Daemon) handlePeerRestore(r *http.Request) (any, error) {
 	if t.proc != nil {
 		return nil, fmt.Errorf("migration %s is already restored here: %w", id, record.ErrExists)
 	}
-	if _, err := m.criuCaps(r.Context()); err != nil {
+	if _, err := m.criu.CachedCheck(r.Context()); err != nil {
 		return nil, err
 	}
 	start := time.Now()

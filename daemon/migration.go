@@ -48,11 +48,6 @@ import (
 const (
 	// stepTimeout bounds one request to the target outside the frozen window.
 	stepTimeout = 30 * time.Second
-	// frozenTimeout bounds the dump; after it, shipping and restoring get
-	// frozenTimeout plus the time the images take at slowLink: past that (a cut
-	// link, a hung target) the move aborts and the source resumes.
-	frozenTimeout = 30 * time.Second
-	slowLink      = 20 << 20 // bytes per second
 	// settleTimeout bounds how long the source tries to learn or set a migration's fate
 	// before it leaves the record to recovery.
 	settleTimeout = 2 * time.Minute
@@ -595,7 +590,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	if err := s.phase(ctx, record.PhaseFrozen); err != nil {
 		return err
 	}
-	fctx, cancel := context.WithTimeout(ctx, frozenTimeout)
+	fctx, cancel := context.WithTimeout(ctx, migrate.DumpTimeout)
 	defer cancel()
 	images := filepath.Join(s.dir, "images")
 	s.frozen = true
@@ -614,7 +609,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	s.stats.DumpNS = int64(time.Since(t0))
 	s.stats.WorkloadBytes = uint64(dump.ImageBytes)
 	cancel()
-	fctx, cancel = context.WithTimeout(ctx, frozenTimeout+time.Duration(dump.ImageBytes/slowLink)*time.Second)
+	fctx, cancel = context.WithTimeout(ctx, migrate.FreezeBudget(dump.ImageBytes))
 	defer cancel()
 	digests, err := workload.QuickDigestSegments(s.l.rec.InitPid)
 	if err != nil {
@@ -630,7 +625,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	var wire atomic.Int64
 	pr, pw := io.Pipe()
 	go func() {
-		opts := migrate.StreamOptions{Paged: isPagesImage}
+		opts := migrate.StreamOptions{Paged: migrate.PagesImage}
 		if s.pc != nil {
 			opts.Held = s.pc.Held
 		}
@@ -739,7 +734,7 @@ func (s *sourceRun) fail(cause error) error {
 		s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
 	}
 	if s.frozen {
-		if err := migrate.Resume("/proc", s.l.rec.InitPid, 10*time.Second); err != nil {
+		if err := migrate.ResumeTree(s.l.rec.InitPid); err != nil {
 			s.log.Error("resume the source tree after an abort", "err", err)
 		}
 	}
@@ -818,11 +813,6 @@ func (s *sourceRun) shipFiles(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// isPagesImage names CRIU's page data files, which travel page by page.
-func isPagesImage(name string) bool {
-	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
 }
 
 // treePids returns the host pids of the workload tree rooted at initPid.

@@ -401,7 +401,7 @@ func (m *migrator) resumeTarget(id string) error {
 	if err := m.d.sup.adopt(rec, t.proc); err != nil {
 		return fmt.Errorf("adopt the restored tree of migration %s: %w", id, err)
 	}
-	if err := migrate.Resume("/proc", rec.InitPid, 10*time.Second); err != nil {
+	if err := migrate.ResumeTree(rec.InitPid); err != nil {
 		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
 	}
 	m.log.Info("moved workload runs here", "migration", id, "workload", rec.Name, "pid", rec.InitPid)
@@ -556,7 +556,7 @@ func (m *migrator) recoverSource(ctx context.Context, table *shmowner.Table, id 
 	switch phase {
 	case record.PhaseAborted:
 		if alive {
-			if err := migrate.Resume("/proc", rec.InitPid, 10*time.Second); err != nil {
+			if err := migrate.ResumeTree(rec.InitPid); err != nil {
 				m.log.Error("resume the workload after an aborted migration", "migration", id, "err", err)
 				w.Close()
 				return

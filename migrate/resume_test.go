@@ -106,6 +106,26 @@ func TestResumeStoppedTree(t *testing.T) {
 	}
 }
 
+// TestResumeTree: ResumeTree is Resume in /proc with the default timeout.
+func TestResumeTree(t *testing.T) {
+	cmd, kids := startStoppable(t)
+	all := append([]int{cmd.Process.Pid}, kids...)
+	for _, pid := range all {
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		waitState(t, pid, stopped, "stopped")
+	}
+	if err := migrate.ResumeTree(cmd.Process.Pid); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	for _, pid := range all {
+		if st, err := procState(pid); err != nil || !running(st) {
+			t.Errorf("pid %d is in state %q (%v) after ResumeTree returned", pid, st, err)
+		}
+	}
+}
+
 // TestResumeOnlyTheTree: Resume continues the tree below the given pid and nothing else.
 func TestResumeOnlyTheTree(t *testing.T) {
 	_, kids := startStoppable(t)

@@ -559,19 +559,11 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 
 // precopyRound streams one round of pages to the target.
 func (s *sourceRun) precopyRound(ctx context.Context) (migrate.RoundStats, error) {
-	pr, pw := io.Pipe()
-	var st migrate.RoundStats
-	var rerr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		st, rerr = s.pc.Round(ctx, pw)
-		pw.CloseWithError(rerr)
-	}()
+	body := s.pc.NewRoundReader(ctx)
 	var ack pagesResult
-	err := s.m.d.peerStream(ctx, s.target.APIAddr, "/peer/v1/migrations/"+s.id+"/pages", pr, &ack)
-	pr.CloseWithError(errors.New("request ended"))
-	<-done
+	err := s.m.d.peerStream(ctx, s.target.APIAddr, "/peer/v1/migrations/"+s.id+"/pages", body, &ack)
+	body.Close()
+	st, rerr := body.Result()
 	// The target's answer says why first: a sender's write error is mostly the
 	// consequence of the target giving up on the request (a full disk, say).
 	if err != nil {

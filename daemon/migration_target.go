@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
@@ -103,7 +104,7 @@ func (m *migrator) saveJournal(j journal) error {
 	if j.Role == roleSource {
 		path = m.sourceJournalPath(j.ID)
 	}
-	return workload.WriteFileSync(path, mustJSON(j))
+	return atomicfile.Write(path, mustJSON(j), 0o600)
 }
 
 // incoming checks that the caller is the source of migration id with this node as its

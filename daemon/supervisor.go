@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
@@ -267,7 +268,7 @@ func (s *supervisor) follow(l *localWL) {
 			status, at = ex.Status, ex.At
 		} else if status >= 0 {
 			// The init was killed before it could record the status; keep what wait saw.
-			_ = writeFileAtomic(s.path(l.rec.ID, exitFile), mustJSON(workload.ExitRecord{Status: status, At: at}))
+			_ = atomicfile.Write(s.path(l.rec.ID, exitFile), mustJSON(workload.ExitRecord{Status: status, At: at}), 0o600)
 		}
 		l.watch.Close()
 		s.mu.Lock()
@@ -292,14 +293,6 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func newID() string {
@@ -393,7 +386,7 @@ func (s *supervisor) start(ctx context.Context, req RunRequest) (Workload, error
 	}
 	rec := localRecord{ID: id, Name: req.Name, Group: group, Node: s.d.cfg.NodeID, Args: req.Args,
 		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}
-	if err := writeFileAtomic(filepath.Join(wdir, recordFile), mustJSON(rec)); err != nil {
+	if err := atomicfile.Write(filepath.Join(wdir, recordFile), mustJSON(rec), 0o600); err != nil {
 		watch.Close()
 		return fail(fmt.Errorf("run: save record: %w", err))
 	}
@@ -539,7 +532,7 @@ func (s *supervisor) adopt(rec localRecord, proc *workload.Process) error {
 	// A leftover exit record (the source's copy never wrote one; an old one would make
 	// a restart think the workload ended) goes.
 	_ = os.Remove(s.path(rec.ID, exitFile))
-	if err := writeFileAtomic(s.path(rec.ID, recordFile), mustJSON(rec)); err != nil {
+	if err := atomicfile.Write(s.path(rec.ID, recordFile), mustJSON(rec), 0o600); err != nil {
 		watch.Close()
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/internal/procfs"
 	"golang.org/x/sys/unix"
 )
@@ -19,36 +20,14 @@ type ExitRecord struct {
 	At     int64 `json:"at"`     // unix nanos
 }
 
-// writeExitStatus records status atomically (temp file, fsync, rename) so a reader never
+// writeExitStatus records status atomically and durably (atomicfile) so a reader never
 // sees half a record.
 func writeExitStatus(path string, status int) error {
 	b, err := json.Marshal(ExitRecord{Status: status, At: time.Now().UnixNano()})
 	if err != nil {
 		return err
 	}
-	return WriteFileSync(path, b)
-}
-
-// WriteFileSync writes b to path atomically and durably: a private temporary file next
-// to it, fsync, rename. A reader sees the old content or the new, never half of it.
-func WriteFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 // ErrNoExitRecord is returned by ReadExitStatus when the init left no record (it was

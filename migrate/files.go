@@ -74,7 +74,7 @@ func needs(v procView, procs []procFiles, skipDirs []string) ([]FileNeed, error)
 				n.Size = -1
 			}
 		default:
-			return nil // devices, sockets, fifos: CheckResources judges those
+			return nil // devices, sockets, fifos: blockers judges those
 		}
 		old, ok := byPath[path]
 		if !ok {

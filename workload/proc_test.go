@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/migshm/migshm/internal/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // The fixture proc tree testdata/proc/tree1 holds:
@@ -250,19 +252,21 @@ func TestProcReadAllExitedAndGarbage(t *testing.T) {
 	})
 }
 
-// A process whose namespaces the reader may not see is reported hidden. Root reads
-// through any mode bits, so this needs an unprivileged run.
+// A process whose namespaces the reader may not see is reported hidden. The read runs
+// on a thread without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so that root, too, obeys
+// the mode bits of the fixture (as the kernel makes it obey the ptrace checks on a
+// non-dumpable process's ns links): the test runs as root and unprivileged alike.
 func TestProcReadAllHidden(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root is not denied by mode bits; run unprivileged to cover hidden processes")
-	}
 	root := fxCopyTree(t, fxTree1)
 	ns := filepath.Join(root, "4002", "ns")
 	if err := os.Chmod(ns, 0); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.Chmod(ns, 0o755) })
-	procs, hidden, err := ReadAll(root)
+	var procs []Proc
+	var hidden []int
+	var err error
+	withoutDAC(t, func() { procs, hidden, err = ReadAll(root) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +275,35 @@ func TestProcReadAllHidden(t *testing.T) {
 	}
 	if want := []int{4002}; !reflect.DeepEqual(hidden, want) {
 		t.Errorf("hidden %v, want %v", hidden, want)
+	}
+}
+
+// withoutDAC runs fn on an OS thread of its own whose effective capabilities lack
+// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (capabilities belong to a thread). The
+// thread is never given back: it ends with fn's goroutine, and its capabilities with it.
+func withoutDAC(t *testing.T, fn func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the runtime ends the thread with us
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("capget: %w", err)
+			return
+		}
+		for _, c := range []uint{unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH} {
+			data[c/32].Effective &^= 1 << (c % 32)
+		}
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("capset: %w", err)
+			return
+		}
+		fn()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("drop the DAC capabilities: %v", err)
 	}
 }
 

@@ -291,50 +291,6 @@ func TestCPUSampler(t *testing.T) {
 	}
 }
 
-const meminfoFixture = `MemTotal:       16318412 kB
-MemFree:         1422128 kB
-MemAvailable:   12000000 kB
-Buffers:          512340 kB
-Cached:          9876543 kB
-SwapCached:            0 kB
-HugePages_Total:       0
-Hugepagesize:       2048 kB
-Bogus line without colon
-Weird:
-`
-
-func TestReadMeminfo(t *testing.T) {
-	dir := t.TempDir()
-	for _, tt := range []struct {
-		name, text   string
-		avail, total uint64
-		err          bool
-	}{
-		{"full", meminfoFixture, 12000000 * 1024, 16318412 * 1024, false},
-		{"no MemAvailable", "MemTotal: 1000 kB\nMemFree: 10 kB\n", 0, 1000 * 1024, false},
-		{"no MemTotal", "MemFree: 10 kB\nMemAvailable: 20 kB\n", 0, 0, true},
-		{"empty", "", 0, 0, true},
-		{"garbage total", "MemTotal: lots kB\n", 0, 0, true},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			p := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_"))
-			if err := os.WriteFile(p, []byte(tt.text), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			avail, total, err := readMeminfo(p)
-			if (err != nil) != tt.err || avail != tt.avail || total != tt.total {
-				t.Errorf("readMeminfo = %d, %d, %v; want %d, %d, error %v", avail, total, err, tt.avail, tt.total, tt.err)
-			}
-		})
-	}
-	if _, _, err := readMeminfo(filepath.Join(dir, "missing")); err == nil {
-		t.Error("missing file: no error")
-	}
-	if avail, total, err := readMeminfo("/proc/meminfo"); err != nil || total == 0 || avail > total {
-		t.Errorf("/proc/meminfo: %d %d %v", avail, total, err)
-	}
-}
-
 func TestReadJSON(t *testing.T) {
 	for _, tt := range []struct {
 		name, body string

@@ -63,7 +63,8 @@ func (c *CRIU) CPUInfoCheck(ctx context.Context, img []byte) error {
 // removed with the directory, so the error names only the log's file name.
 func (c *CRIU) cpuinfo(ctx context.Context, op string, before, after func(dir string) error) error {
 	opName := "cpuinfo " + op
-	if _, err := FindCRIU(c.Path); err != nil {
+	path, err := FindCRIU(c.Path)
+	if err != nil {
 		return &CRIUError{Op: opName, Err: err}
 	}
 	dir, err := os.MkdirTemp("", "migshm-cpuinfo-")
@@ -76,7 +77,7 @@ func (c *CRIU) cpuinfo(ctx context.Context, op string, before, after func(dir st
 	}
 	logName := "cpuinfo-" + op + ".log"
 	// The default log level (2) logs errors and warnings only: exactly the tail wanted.
-	out, err := exec.CommandContext(ctx, c.Path, "cpuinfo", op, "-D", dir, "-o", logName).CombinedOutput()
+	out, err := exec.CommandContext(ctx, path, "cpuinfo", op, "-D", dir, "-o", logName).CombinedOutput()
 	if err == nil {
 		if err := after(dir); err != nil {
 			return &CRIUError{Op: opName, Err: err}

@@ -48,21 +48,15 @@ func FindCRIU(path string) (string, error) {
 	return path, nil
 }
 
-// Checkpointer is what the rest of migshm needs of CRIU. CRIU implements it; unit tests
-// use fakes.
-type Checkpointer interface {
-	Check(ctx context.Context) (*Capabilities, error)
-	Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error)
-	Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error)
-}
-
-// CRIU runs CRIU through go-criu's swrk RPC, with a fresh criu process per operation.
+// CRIU runs CRIU through go-criu's swrk RPC, with a fresh criu process per operation,
+// and remembers what CRIU said of this machine (CachedCheck, CPUInfo). A CRIU must not be
+// copied once used.
 type CRIU struct {
-	// Path is the criu binary (see FindCRIU).
+	// Path is the criu binary; empty means FindCRIU's default.
 	Path string
-}
 
-var _ Checkpointer = (*CRIU)(nil)
+	cache criuCache
+}
 
 // Capabilities is what CRIU itself says works on this machine.
 type Capabilities struct {
@@ -304,11 +298,12 @@ func (c *CRIU) run(ctx context.Context, netns string, op func(*criu.Criu) error)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, err := FindCRIU(c.Path); err != nil {
+	path, err := FindCRIU(c.Path)
+	if err != nil {
 		return err
 	}
 	cr := criu.MakeCriu()
-	cr.SetCriuPath(c.Path)
+	cr.SetCriuPath(path)
 	// go-criu starts `criu swrk` from the calling goroutine, so it inherits the thread's
 	// network namespace.
 	return nsutil.Do(nsutil.Net, netns, func() error { return op(cr) })

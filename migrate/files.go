@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/migshm/migshm/workload"
 )
 
 // FileNeed is a file the restored tree reopens by path on the target.
@@ -36,16 +34,12 @@ const (
 
 var needRank = map[string]int{NeedExe: 0, NeedMap: 1, NeedFd: 2, NeedCwd: 3}
 
-// NeededFiles lists, deduplicated by path and sorted, the exe of every process, its
-// file-backed mappings (not SysV, not memfd, not [anon] names), regular files and
-// directories open as fds, and cwds, all from procRoot. Files under skipDirs (the daemon
+// needs lists, deduplicated by path and sorted, what procs reopen by path: the exe of
+// every process, its file-backed mappings (not SysV, not memfd, not [anon] names),
+// regular files and directories open as fds, and cwds. Files under skipDirs (the daemon
 // ships those itself: the workload's log dir, the init copy) are left out, and so are
-// deleted files and files under /proc/<pid> (CheckResources reports those).
-func NeededFiles(procRoot string, tree *workload.Tree, skipDirs ...string) ([]FileNeed, error) {
-	return neededFiles(newProcView(procRoot), tree, skipDirs)
-}
-
-func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed, error) {
+// deleted files and files under /proc/<pid> (blockers reports those).
+func needs(v procView, procs []procFiles, skipDirs []string) ([]FileNeed, error) {
 	var skip []string
 	for _, d := range skipDirs {
 		if d == "" {
@@ -80,7 +74,7 @@ func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed
 				n.Size = -1
 			}
 		default:
-			return nil // devices, sockets, fifos: CheckResources judges those
+			return nil // devices, sockets, fifos: blockers judges those
 		}
 		old, ok := byPath[path]
 		if !ok {
@@ -95,53 +89,37 @@ func neededFiles(v procView, tree *workload.Tree, skipDirs []string) ([]FileNeed
 		}
 		return nil
 	}
-	for _, p := range tree.Procs {
-		if exe, err := os.Readlink(v.path(p.Pid, "exe")); err == nil {
-			if err := add(exe, NeedExe, v.path(p.Pid, "exe"), true); err != nil {
-				return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
-			}
-		} else if !gone(err) {
-			return nil, fmt.Errorf("pid %d: exe: %w", p.Pid, err)
-		}
-		maps, err := v.maps(p.Pid)
-		if err != nil {
-			return nil, err
-		}
-		seen := map[string]bool{}
-		for _, m := range maps {
-			if seen[m.path] {
-				continue
-			}
-			seen[m.path] = true
-			if err := add(m.path, NeedMap, v.path(p.Pid, "map_files", m.addrs), true); err != nil {
-				return nil, fmt.Errorf("pid %d: mapping %s: %w", p.Pid, m.addrs, err)
+	for _, pf := range procs {
+		pid := pf.proc.Pid
+		if pf.exe != "" {
+			if err := add(pf.exe, NeedExe, v.path(pid, "exe"), true); err != nil {
+				return nil, fmt.Errorf("pid %d: exe: %w", pid, err)
 			}
 		}
-		fds, err := v.fds(p.Pid)
-		if err != nil {
-			return nil, err
+		for _, m := range pf.maps {
+			if err := add(m.Path, NeedMap, v.mapFile(pid, m), true); err != nil {
+				return nil, fmt.Errorf("pid %d: mapping %x-%x: %w", pid, m.Start, m.End, err)
+			}
 		}
-		for _, fd := range fds {
+		for _, fd := range pf.fds {
 			if !strings.HasPrefix(fd.link, "/") {
 				continue
 			}
-			flags, err := v.fdFlags(p.Pid, fd.fd)
+			flags, err := v.fdFlags(pid, fd.fd)
 			if gone(err) {
 				continue
 			}
 			if err != nil {
 				return nil, err
 			}
-			if err := add(fd.link, NeedFd, v.path(p.Pid, "fd", strconv.Itoa(fd.fd)), sizeChecked(flags)); err != nil {
-				return nil, fmt.Errorf("pid %d: fd %d: %w", p.Pid, fd.fd, err)
+			if err := add(fd.link, NeedFd, v.path(pid, "fd", strconv.Itoa(fd.fd)), sizeChecked(flags)); err != nil {
+				return nil, fmt.Errorf("pid %d: fd %d: %w", pid, fd.fd, err)
 			}
 		}
-		if cwd, err := os.Readlink(v.path(p.Pid, "cwd")); err == nil {
-			if err := add(cwd, NeedCwd, v.path(p.Pid, "cwd"), true); err != nil {
-				return nil, fmt.Errorf("pid %d: cwd: %w", p.Pid, err)
+		if pf.cwd != "" {
+			if err := add(pf.cwd, NeedCwd, v.path(pid, "cwd"), true); err != nil {
+				return nil, fmt.Errorf("pid %d: cwd: %w", pid, err)
 			}
-		} else if !gone(err) {
-			return nil, fmt.Errorf("pid %d: cwd: %w", p.Pid, err)
 		}
 	}
 	out := make([]FileNeed, 0, len(byPath))

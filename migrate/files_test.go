@@ -44,10 +44,11 @@ func TestNeededFilesFixture(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := neededFiles(fxView(t, "proc-files"), tree, tc.skip)
+			in, err := inspect(fxView(t, "proc-files"), tree, tc.skip)
 			if err != nil {
 				t.Fatal(err)
 			}
+			got := in.Files
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got\n%s\nwant\n%s", fmtNeeds(got), fmtNeeds(tc.want))
 			}

@@ -110,12 +110,11 @@ type StreamOptions struct {
 	// its sha256. A stream with references and no Have is refused.
 	Have func(name string, sha256 [32]byte) (path string, ok bool)
 
-	// Paged, if set, names the files WriteImages sends page by page: CRIU's page data
-	// (pages-*.img, raw pages, a multiple of 4096 bytes; CRIU 4.1 writes SysV shm
-	// contents there too). Each page whose hash Held reports, and every zero page,
-	// travels as its 16-byte hash only; the others travel as they are. A short last
-	// page (a file that is not a multiple of 4096 bytes) always travels as it is. Skip
-	// is not asked about paged files.
+	// Paged, if set, names the files WriteImages sends page by page: PagesImage, CRIU's
+	// page data (raw pages; CRIU 4.1 writes SysV shm contents there too). Each page
+	// whose hash Held reports, and every zero page, travels as its 16-byte hash only;
+	// the others travel as they are. A short last page (a file that is not a multiple
+	// of 4096 bytes) always travels as it is. Skip is not asked about paged files.
 	Paged func(name string) bool
 	// Held reports whether the receiver holds a page (a pre-copy round that the
 	// receiver acknowledged sent it): Precopier.Held. nil means none but the zero page.
@@ -126,6 +125,13 @@ type StreamOptions struct {
 	Pages interface {
 		Get(h PageHash, dst []byte) bool
 	}
+}
+
+// PagesImage reports whether name is one of CRIU's page data files (pages-N.img): raw
+// pages, a multiple of 4096 bytes, holding the dumped private memory and, with CRIU 4.1,
+// the contents of SysV shm segments too.
+func PagesImage(name string) bool {
+	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
 }
 
 // StreamStats counts what an image stream carried. Files and Bytes are the files whose

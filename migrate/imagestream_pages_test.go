@@ -26,10 +26,6 @@ func fxPagedData(seed uint64, n, tail int) []byte {
 	return data
 }
 
-func isPages(name string) bool {
-	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
-}
-
 // fxHeld makes the receiver hold pct% of the non-zero whole pages of data: it returns
 // the sender's Held, a store holding exactly those pages, and how many pages (zero
 // pages included) will travel as hashes.
@@ -83,9 +79,9 @@ func TestPagedImageStreamRoundTrip(t *testing.T) {
 			src := fxImageDir(t, files)
 			held, store, refs := fxHeld(t, paged, tc.pct)
 			refs += 1 // the zero page of pages-3.img
-			wopts := StreamOptions{ChunkSize: tc.chunk, Paged: isPages, Held: held,
+			wopts := StreamOptions{ChunkSize: tc.chunk, Paged: PagesImage, Held: held,
 				Skip: func(name string, _ [32]byte) bool {
-					if isPages(name) {
+					if PagesImage(name) {
 						t.Errorf("Skip asked about paged file %s", name)
 					}
 					return false
@@ -149,11 +145,21 @@ func fxStreamLen(files []fxImage, chunk int, opts StreamOptions) int {
 	return n
 }
 
+func TestPagesImage(t *testing.T) {
+	for name, want := range map[string]bool{
+		"pages-1.img": true, "pages-12.img": true, "pagemap-1.img": false, "core-1.img": false, "pages-1.img.tmp": false,
+	} {
+		if got := PagesImage(name); got != want {
+			t.Errorf("PagesImage(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
 // Paged set and no file paged: the stream is byte for byte the one older senders wrote.
 func TestPagedImageStreamOldFormat(t *testing.T) {
 	files := []fxImage{{name: "core-1.img", data: fxRandom(510, 5000)}, {name: "mm-1.img", data: fxRandom(511, 9000)}}
 	src := fxImageDir(t, files)
-	stream := fxEncode(t, src, StreamOptions{ChunkSize: 4096, Paged: isPages, Held: func(PageHash) bool { return true }})
+	stream := fxEncode(t, src, StreamOptions{ChunkSize: 4096, Paged: PagesImage, Held: func(PageHash) bool { return true }})
 	if !bytes.Equal(stream, fxCraft(4096, files)) {
 		t.Fatal("a stream without paged files differs from the version 1 format")
 	}
@@ -206,7 +212,7 @@ func TestPagedImageStreamCorrupt(t *testing.T) {
 	}
 	files := []fxImage{{name: "pages-1.img", data: data}}
 	const chunk = 4 * PageSize
-	stream := fxEncode(t, fxImageDir(t, files), StreamOptions{ChunkSize: chunk, Paged: isPages,
+	stream := fxEncode(t, fxImageDir(t, files), StreamOptions{ChunkSize: chunk, Paged: PagesImage,
 		Held: func(h PageHash) bool { return held[h] }})
 	chunks, digest := fxPagedLayout(stream, headerLen, "pages-1.img", len(data), 4)
 	if len(chunks) != 3 || digest+shaLen+trailerLen != len(stream) {
@@ -339,7 +345,7 @@ func TestPagedImageStreamPipe(t *testing.T) {
 	files := []fxImage{{name: "core-1.img", data: fxRandom(541, 700)}, {name: "pages-1.img", data: data}}
 	src := fxImageDir(t, files)
 	held, store, refs := fxHeld(t, data, 50)
-	wopts := StreamOptions{Paged: isPages, Held: held}
+	wopts := StreamOptions{Paged: PagesImage, Held: held}
 
 	t.Run("ok", func(t *testing.T) {
 		dst := filepath.Join(t.TempDir(), "images")
@@ -445,7 +451,7 @@ func BenchmarkPagedImageStream(b *testing.B) {
 			}
 		}
 		variants = append(variants, variant{name: fmt.Sprintf("paged-held-%d%%", pct),
-			wopts: StreamOptions{Paged: isPages, Held: func(h PageHash) bool { return set[h] }},
+			wopts: StreamOptions{Paged: PagesImage, Held: func(h PageHash) bool { return set[h] }},
 			ropts: StreamOptions{Pages: store}})
 	}
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/internal/netnode"
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/migrate"
@@ -100,6 +101,17 @@ func counterCheck(t *testing.T, bins testwork.Bins, pid int) uint64 {
 	return total
 }
 
+// counterTotal reads the shared counter's total in the workload's IPC namespace without
+// taking its mutex, as a stopped tree may hold it.
+func counterTotal(t *testing.T, pid int) uint64 {
+	t.Helper()
+	total, err := testwork.CounterTotal(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return total
+}
+
 func segmentSums(t *testing.T, bins testwork.Bins, pid int) string {
 	t.Helper()
 	out, err := inIPC(pid, bins.ShmSum)
@@ -110,16 +122,11 @@ func segmentSums(t *testing.T, bins testwork.Bins, pid int) string {
 }
 
 func procState(pid int) (string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procfs.ReadStat("/proc", pid)
 	if err != nil {
 		return "", err
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+3 > len(s) {
-		return "", fmt.Errorf("bad stat %q", s)
-	}
-	return s[i+2 : i+3], nil
+	return string(st.State), nil
 }
 
 func netnsID(t *testing.T, path string) uint64 {
@@ -321,9 +328,11 @@ func TestRestoreLeftStopped(t *testing.T) {
 			return nil
 		})
 	}
-	stopped := counterCheck(t, bins, res.Pid)
+	// Read without the counter's mutex: a worker stopped inside its critical section
+	// holds it (and `shmcounter check` would wait for it in vain).
+	stopped := counterTotal(t, res.Pid)
 	time.Sleep(200 * time.Millisecond) // a running tree counts hundreds in this time
-	if n := counterCheck(t, bins, res.Pid); n != stopped {
+	if n := counterTotal(t, res.Pid); n != stopped {
 		t.Fatalf("the stopped tree counted from %d to %d", stopped, n)
 	}
 	for _, p := range tree.Procs {

@@ -1,7 +1,6 @@
 package migrate
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -14,10 +13,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/migshm/migshm/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -215,7 +214,8 @@ func (r *round) process(pid int) error {
 	if err == nil || errors.As(err, &we) || errors.Is(err, r.ctx.Err()) {
 		return err
 	}
-	if errors.Is(err, errProcessGone) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+	if errors.Is(err, errProcessGone) || errors.Is(err, procfs.ErrNoProcess) || errors.Is(err, fs.ErrNotExist) ||
+		errors.Is(err, unix.ESRCH) {
 		return nil
 	}
 	if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
@@ -225,12 +225,7 @@ func (r *round) process(pid int) error {
 }
 
 func (r *round) readProcess(pid int, dir string) error {
-	f, err := os.Open(filepath.Join(dir, "maps"))
-	if err != nil {
-		return err
-	}
-	vmas, err := parseMaps(f)
-	f.Close()
+	maps, err := procfs.ReadMaps(r.p.procRoot, pid)
 	if err != nil {
 		return err
 	}
@@ -245,16 +240,17 @@ func (r *round) readProcess(pid int, dir string) error {
 			pagemap.Close()
 		}
 	}()
-	for _, v := range vmas {
+	for _, v := range maps {
 		if err := r.ctx.Err(); err != nil {
 			return err
 		}
+		shmid, _, sysv := v.SysV()
 		switch {
-		case v.shmid >= 0:
-			if err := r.readShm(mem, v); err != nil {
+		case sysv:
+			if err := r.readShm(mem, v, shmid); err != nil {
 				return err
 			}
-		case v.private && v.writable:
+		case v.Private() && v.Writable():
 			if pagemap == nil {
 				if pagemap, err = os.Open(filepath.Join(dir, "pagemap")); err != nil {
 					return err
@@ -270,10 +266,10 @@ func (r *round) readProcess(pid int, dir string) error {
 
 // readShm reads a SysV segment's mapping in full, unless this round read that part of
 // the segment already (through another process, or another attachment).
-func (r *round) readShm(mem *os.File, v vma) error {
-	id := uint64(v.shmid)
-	lo := v.offset / PageSize
-	hi := lo + (v.end-v.start)/PageSize
+func (r *round) readShm(mem *os.File, v procfs.Mapping, shmid int) error {
+	id := uint64(shmid)
+	lo := v.Offset / PageSize
+	hi := lo + (v.End-v.Start)/PageSize
 	for _, s := range r.shmRead[id] {
 		if s[0] <= lo && hi <= s[1] {
 			return nil
@@ -282,9 +278,9 @@ func (r *round) readShm(mem *os.File, v vma) error {
 	r.shmRead[id] = append(r.shmRead[id], [2]uint64{lo, hi})
 	key := placeKey{shm: true, id: id}
 	prev := r.p.prev[key]
-	for addr := v.start; addr < v.end; addr += readWindow {
-		n := min(readWindowPages, int((v.end-addr)/PageSize))
-		first := lo + (addr-v.start)/PageSize
+	for addr := v.Start; addr < v.End; addr += readWindow {
+		n := min(readWindowPages, int((v.End-addr)/PageSize))
+		first := lo + (addr-v.Start)/PageSize
 		if done, err := r.readRun(mem, key, prev, addr, first, n); err != nil || done {
 			return err
 		}
@@ -294,11 +290,11 @@ func (r *round) readShm(mem *os.File, v vma) error {
 
 // readPrivate reads the pages of a private mapping that CRIU would dump: present or
 // swapped, and not a file page nobody wrote to.
-func (r *round) readPrivate(pid int, mem, pagemap *os.File, v vma) error {
+func (r *round) readPrivate(pid int, mem, pagemap *os.File, v procfs.Mapping) error {
 	key := placeKey{id: uint64(pid)}
 	prev := r.p.prev[key]
-	for addr := v.start; addr < v.end; addr += readWindow {
-		n := min(readWindowPages, int((v.end-addr)/PageSize))
+	for addr := v.Start; addr < v.End; addr += readWindow {
+		n := min(readWindowPages, int((v.End-addr)/PageSize))
 		pm := r.p.pm[:n*8]
 		got, err := unix.Pread(int(pagemap.Fd()), pm, int64(addr/PageSize*8))
 		if err != nil {
@@ -390,59 +386,6 @@ func lookup(runs []pageRun, pn uint64) (PageHash, bool) {
 		return runs[i].hashes[pn-runs[i].first], true
 	}
 	return PageHash{}, false
-}
-
-// vma is a line of /proc/PID/maps, as far as pre-copy cares.
-type vma struct {
-	start, end uint64
-	offset     uint64
-	private    bool
-	writable   bool
-	shmid      int // a SysV shm attachment: the segment's id (the inode column); else -1
-}
-
-// parseMaps parses a /proc/PID/maps listing.
-func parseMaps(r io.Reader) ([]vma, error) {
-	var out []vma
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		// address perms offset dev inode [path]
-		f := strings.SplitN(line, " ", 6)
-		if len(f) < 5 {
-			return nil, fmt.Errorf("maps: bad line %q", line)
-		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		offset, err3 := strconv.ParseUint(f[2], 16, 64)
-		inode, err4 := strconv.ParseUint(f[4], 10, 64)
-		if !ok || errors.Join(err1, err2, err3, err4) != nil || len(f[1]) != 4 || end < start ||
-			start%PageSize != 0 || end%PageSize != 0 {
-			return nil, fmt.Errorf("maps: bad line %q", line)
-		}
-		v := vma{start: start, end: end, offset: offset, private: f[1][3] == 'p', writable: f[1][1] == 'w', shmid: -1}
-		if len(f) == 6 && !v.private && isSysVName(strings.TrimLeft(f[5], " ")) && inode <= 1<<31 {
-			v.shmid = int(inode)
-		}
-		out = append(out, v)
-	}
-	return out, sc.Err()
-}
-
-// isSysVName reports whether a maps path is a SysV shm segment's: "/SYSV%08x (deleted)".
-func isSysVName(path string) bool {
-	key, ok := strings.CutPrefix(path, "/SYSV")
-	if !ok {
-		return false
-	}
-	key, ok = strings.CutSuffix(key, " (deleted)")
-	if !ok || len(key) != 8 {
-		return false
-	}
-	_, err := strconv.ParseUint(key, 16, 32)
-	return err == nil
 }
 
 // writeError is a failed write of the stream: never mistaken for a process that went

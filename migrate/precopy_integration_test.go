@@ -25,12 +25,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// pcIsPagesImage names CRIU's page data files: private memory and, with CRIU 4.1, the
-// contents of SysV shm segments too.
-func pcIsPagesImage(name string) bool {
-	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
-}
-
 // pcChild starts shmbench as a plain child of the test (no namespaces, no root needed;
 // no segment, which would outlive it in the host IPC namespace) and waits until it has
 // filled its private memory. It is killed at the end of the test.
@@ -247,7 +241,7 @@ func TestPrecopyThenPagedImages(t *testing.T) {
 	for _, name := range names {
 		path := filepath.Join(images, name)
 		switch {
-		case pcIsPagesImage(name):
+		case migrate.PagesImage(name):
 			if pcSHA256(t, path) == segs[0].Digest {
 				holder = name
 			}
@@ -275,7 +269,7 @@ func TestPrecopyThenPagedImages(t *testing.T) {
 	t0 := time.Now()
 	go func() {
 		defer close(done)
-		wst, werr = migrate.WriteImages(ctx, pw, images, migrate.StreamOptions{Paged: pcIsPagesImage, Held: p.Held})
+		wst, werr = migrate.WriteImages(ctx, pw, images, migrate.StreamOptions{Paged: migrate.PagesImage, Held: p.Held})
 		pw.CloseWithError(werr)
 	}()
 	rst, rerr := migrate.ReadImages(ctx, pr, recv, migrate.StreamOptions{Pages: store})
@@ -327,7 +321,7 @@ func pcImages(t *testing.T, dir string) ([]string, int64) {
 	var pages int64
 	for _, e := range entries {
 		names = append(names, e.Name())
-		if pcIsPagesImage(e.Name()) {
+		if migrate.PagesImage(e.Name()) {
 			info, err := e.Info()
 			if err != nil {
 				t.Fatal(err)

@@ -222,60 +222,6 @@ func TestReadPagesCancelAndStore(t *testing.T) {
 	}
 }
 
-func TestParseMaps(t *testing.T) {
-	const maps = `5610f2f7c000-5610f2f7d000 r--p 00000000 fe:00 9978145                    /tmp/explore/shmbench
-5610f2f80000-5610f2f81000 rw-p 00003000 fe:00 9978145                    /tmp/explore/shmbench
-5610f5f78000-5610f5f99000 rw-p 00000000 00:00 0                          [heap]
-7f4a28200000-7f4a28a00000 rw-s 00000000 00:01 0                          /SYSV4d494755 (deleted)
-7f4a28a00000-7f4a29200000 rw-p 00000000 00:00 0 
-7f4a29200000-7f4a29300000 r--s 00000000 00:01 32769                      /SYSV00000000 (deleted)
-7f4a29300000-7f4a29301000 rw-s 00000000 00:05 12                         /SYSV4d494755
-7f4a29301000-7f4a29302000 rw-s 00000000 00:05 13                         /dev/shm/SYSV4d494755 (deleted)
-7f4a29302000-7f4a29303000 rw-p 00000000 00:01 14                         /SYSV4d494755 (deleted)
-7ffda3c54000-7ffda3c75000 rw-p 00000000 00:00 0                          [stack]
-7ffda3dd7000-7ffda3ddd000 r--p 00000000 00:00 0                          [vvar]
-ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
-`
-	got, err := parseMaps(strings.NewReader(maps))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []vma{
-		{start: 0x5610f2f7c000, end: 0x5610f2f7d000, private: true, shmid: -1},
-		{start: 0x5610f2f80000, end: 0x5610f2f81000, offset: 0x3000, private: true, writable: true, shmid: -1},
-		{start: 0x5610f5f78000, end: 0x5610f5f99000, private: true, writable: true, shmid: -1},
-		{start: 0x7f4a28200000, end: 0x7f4a28a00000, writable: true, shmid: 0},
-		{start: 0x7f4a28a00000, end: 0x7f4a29200000, private: true, writable: true, shmid: -1},
-		{start: 0x7f4a29200000, end: 0x7f4a29300000, shmid: 32769},
-		{start: 0x7f4a29300000, end: 0x7f4a29301000, writable: true, shmid: -1}, // not deleted: a real file
-		{start: 0x7f4a29301000, end: 0x7f4a29302000, writable: true, shmid: -1},
-		{start: 0x7f4a29302000, end: 0x7f4a29303000, private: true, writable: true, shmid: -1},
-		{start: 0x7ffda3c54000, end: 0x7ffda3c75000, private: true, writable: true, shmid: -1},
-		{start: 0x7ffda3dd7000, end: 0x7ffda3ddd000, private: true, shmid: -1},
-		{start: 0xffffffffff600000, end: 0xffffffffff601000, private: true, shmid: -1},
-	}
-	if len(got) != len(want) {
-		t.Fatalf("got %d mappings, want %d: %+v", len(got), len(want), got)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("line %d: got %+v, want %+v", i+1, got[i], want[i])
-		}
-	}
-	for _, bad := range []string{
-		"7f4a28200000 rw-p 00000000 00:00 0",
-		"7f4a28200000-7f4a28a00000 rw-p",
-		"7f4a28200000-7f4a28a00000 rwxpq 00000000 00:00 0",
-		"7f4a28a00000-7f4a28200000 rw-p 00000000 00:00 0",
-		"7f4a28200001-7f4a28a00000 rw-p 00000000 00:00 0",
-		"zz-7f4a28a00000 rw-p 00000000 00:00 0",
-	} {
-		if _, err := parseMaps(strings.NewReader(bad + "\n")); err == nil {
-			t.Errorf("%q parsed", bad)
-		}
-	}
-}
-
 // fxProc is a process of a fixture /proc: its maps, its memory by address, and its
 // pagemap entries by page address (pages not listed have none: not present).
 type fxProc struct {

@@ -10,14 +10,11 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 
-	"github.com/migshm/migshm/internal/nsutil"
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/workload"
 )
 
@@ -55,158 +52,20 @@ const (
 	BlockerProcFile = "proc-file"
 )
 
-// CheckResources reads /proc under procRoot for every process of tree and returns what
-// cannot move (nil if nothing), in pid order. It reads only. A resource shared by
-// several processes (an inherited socket or terminal) is reported once, by its lowest
-// pid, naming the others.
-func CheckResources(procRoot string, tree *workload.Tree) ([]Blocker, error) {
-	return checkResources(newProcView(procRoot), tree)
-}
-
-// procView reads the parts of a proc file system the pre-move checks need.
-type procView struct {
-	root string
-	// stat describes the file that a /proc magic link (procPath: .../fd/N, exe, cwd,
-	// map_files/A-B) points to; target is what readlink says of it. Fixture tests
-	// replace it: a fixture's links point nowhere.
-	stat func(procPath, target string) (fs.FileInfo, error)
-}
-
-func newProcView(root string) procView {
-	if root == "" {
-		root = "/proc"
-	}
-	return procView{root: root, stat: statMagicLink}
-}
-
-// statMagicLink stats through a /proc link, which reaches the open file even when it
-// was deleted or lives in another mount namespace. map_files needs CAP_SYS_ADMIN; without
-// it the target path is the best there is.
-func statMagicLink(procPath, target string) (fs.FileInfo, error) {
-	info, err := os.Stat(procPath)
-	if errors.Is(err, fs.ErrPermission) && strings.HasPrefix(target, "/") {
-		return os.Stat(strings.TrimSuffix(target, deletedSuffix))
-	}
-	return info, err
-}
-
-func (v procView) path(pid int, elem ...string) string {
-	return filepath.Join(append([]string{v.root, strconv.Itoa(pid)}, elem...)...)
-}
-
-// fdLink is one open file descriptor.
-type fdLink struct {
-	fd   int
-	link string
-}
-
-// fds lists the open file descriptors of pid by number. A process that is gone has none.
-func (v procView) fds(pid int) ([]fdLink, error) {
-	ents, err := os.ReadDir(v.path(pid, "fd"))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("pid %d: list open files: %w", pid, err)
-	}
-	out := make([]fdLink, 0, len(ents))
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		link, err := os.Readlink(v.path(pid, "fd", e.Name()))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // closed meanwhile
-		}
-		if err != nil {
-			return nil, fmt.Errorf("pid %d: fd %d: %w", pid, n, err)
-		}
-		out = append(out, fdLink{fd: n, link: link})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].fd < out[j].fd })
-	return out, nil
-}
-
-// mapping is one file-backed line of /proc/PID/maps.
-type mapping struct {
-	addrs string // "start-end", the name of its map_files entry
-	path  string // as the kernel shows it, " (deleted)" included
-}
-
-// maps lists the mappings of pid that name a file (path starting with "/"), in address
-// order. A process that is gone has none.
-func (v procView) maps(pid int) ([]mapping, error) {
-	f, err := os.Open(v.path(pid, "maps"))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("pid %d: %w", pid, err)
-	}
-	defer f.Close()
-	ms, err := parseMapFiles(f)
-	if gone(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, readErr(pid, "maps", err)
-	}
-	return ms, nil
-}
-
-// readErr reports a failed read of an opened /proc file.
-func readErr(pid int, file string, err error) error {
-	return fmt.Errorf("pid %d: %s: %w", pid, file, err)
-}
-
-// gone reports whether err means the process no longer exists: its /proc directory is
-// missing, or it was reaped after a file of it was opened (ESRCH on read).
-func gone(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
-}
-
-// parseMapFiles returns the mappings of a maps listing whose path is absolute.
-func parseMapFiles(r io.Reader) ([]mapping, error) {
-	var out []mapping
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		// address perms offset dev inode path: the path is what follows the fifth field
-		// (it may contain spaces).
-		rest := line
-		var addrs string
-		for i := 0; i < 5; i++ {
-			rest = strings.TrimLeft(rest, " ")
-			j := strings.IndexByte(rest, ' ')
-			if j < 0 {
-				rest = ""
-				break
-			}
-			if i == 0 {
-				addrs = rest[:j]
-			}
-			rest = rest[j:]
-		}
-		path := strings.TrimLeft(rest, " ")
-		if strings.HasPrefix(path, "/") {
-			out = append(out, mapping{addrs: addrs, path: path})
-		}
-	}
-	return out, sc.Err()
-}
-
 const deletedSuffix = " (deleted)"
 
-var sysvMapRE = regexp.MustCompile(`^/SYSV[0-9a-fA-F]{8} \(deleted\)$`)
+// isSysV reports whether a path names a SysV shm segment (see procfs.SysVKey).
+func isSysV(path string) bool {
+	_, ok := procfs.SysVKey(path)
+	return ok
+}
 
 // kernelObject reports whether a path of /proc/PID/maps or fd names memory the kernel
 // made rather than a file anybody could reopen: SysV segments, memfds, shared anonymous
 // memory, AIO rings, anonymous huge pages. CRIU carries all of these itself.
 func kernelObject(path string) bool {
 	switch {
-	case sysvMapRE.MatchString(path),
+	case isSysV(path),
 		strings.HasPrefix(path, "/memfd:"),
 		path == "/dev/zero"+deletedSuffix,
 		path == "/[aio]"+deletedSuffix,
@@ -434,17 +293,17 @@ const (
 	fixProcFile       = "it is recorded by the host pid, which the restored tree does not have, so CRIU cannot reopen it on the target: close it"
 )
 
-func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
+// blockers returns what cannot move among the open files and mappings of procs (nil if
+// nothing), in pid order. A resource shared by several processes (an inherited socket
+// or terminal) is reported once, by its lowest pid, naming the others.
+func blockers(v procView, procs []procFiles) ([]Blocker, error) {
 	found := &findings{byKey: map[string]*finding{}}
 	// TCP tables by network namespace: every process of a workload normally shares one.
 	tcpByNS := map[string]map[uint64]tcpSocket{}
-	for _, p := range tree.Procs {
-		fds, err := v.fds(p.Pid)
-		if err != nil {
-			return nil, err
-		}
+	for _, pf := range procs {
+		p := pf.proc
 		var tcp map[uint64]tcpSocket
-		for _, fd := range fds {
+		for _, fd := range pf.fds {
 			link := fd.link
 			switch {
 			case strings.HasPrefix(link, "socket:["):
@@ -499,17 +358,8 @@ func checkResources(v procView, tree *workload.Tree) ([]Blocker, error) {
 				}
 			}
 		}
-		maps, err := v.maps(p.Pid)
-		if err != nil {
-			return nil, err
-		}
-		seen := map[string]bool{}
-		for _, m := range maps {
-			if seen[m.path] {
-				continue
-			}
-			seen[m.path] = true
-			if err := checkFile(v, found, p, -1, v.path(p.Pid, "map_files", m.addrs), m.path); err != nil {
+		for _, m := range pf.maps {
+			if err := checkFile(v, found, p, -1, v.mapFile(p.Pid, m), m.Path); err != nil {
 				return nil, err
 			}
 		}
@@ -579,90 +429,4 @@ func checkFile(v procView, found *findings, p workload.Proc, fd int, procPath, p
 		found.add("file "+path, p, fd, BlockerDeletedFile, strings.TrimSpace(fmt.Sprintf("%s the deleted file %s %s", verb, name, obj)), fixDeleted)
 	}
 	return nil
-}
-
-// TreeMemory estimates what the target must hold for the tree: the anonymous resident
-// memory of every process (smaps_rollup "Anonymous:") plus the size of every SysV
-// segment of the tree's IPC namespace, attached or not, each once. Memory shared
-// copy-on-write between processes is counted once per process, so it errs high.
-func TreeMemory(procRoot string, tree *workload.Tree) (uint64, error) {
-	v := newProcView(procRoot)
-	anon, err := anonMemory(v, tree)
-	if err != nil {
-		return 0, err
-	}
-	segs, err := v.segments(tree.Init.Pid)
-	if err != nil {
-		return 0, err
-	}
-	total := anon
-	for _, s := range segs {
-		total += s.Size
-	}
-	return total, nil
-}
-
-// anonMemory sums the anonymous resident memory of the tree's processes.
-func anonMemory(v procView, tree *workload.Tree) (uint64, error) {
-	var total uint64
-	for _, p := range tree.Procs {
-		n, err := v.anon(p.Pid)
-		if err != nil {
-			return 0, err
-		}
-		total += n
-	}
-	return total, nil
-}
-
-// anon returns the anonymous resident bytes of pid: smaps_rollup "Anonymous:", or status
-// "RssAnon:" on kernels without smaps_rollup. A process that is gone has none.
-func (v procView) anon(pid int) (uint64, error) {
-	b, err := os.ReadFile(v.path(pid, "smaps_rollup"))
-	key := "Anonymous:"
-	if errors.Is(err, fs.ErrNotExist) {
-		b, err = os.ReadFile(v.path(pid, "status"))
-		key = "RssAnon:"
-	}
-	if gone(err) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("pid %d: memory: %w", pid, err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, key)
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("pid %d: bad line %q", pid, line)
-		}
-		kb, err := strconv.ParseUint(f[0], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("pid %d: bad line %q", pid, line)
-		}
-		return kb * 1024, nil
-	}
-	return 0, nil // a zombie or a kernel thread: no memory of its own
-}
-
-// segments lists the SysV segments of the IPC namespace pid lives in: the calling thread
-// enters it and reads sysvipc/shm, which shows the reader's namespace.
-func (v procView) segments(pid int) ([]workload.Segment, error) {
-	var segs []workload.Segment
-	err := nsutil.Do(nsutil.IPC, v.path(pid, "ns", "ipc"), func() error {
-		f, err := os.Open(filepath.Join(v.root, "sysvipc", "shm"))
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		segs, err = workload.ParseSysVShm(f)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list segments of pid %d: %w", pid, err)
-	}
-	return segs, nil
 }

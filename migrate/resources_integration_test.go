@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
@@ -29,19 +31,15 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blockers, err := migrate.CheckResources("/proc", tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if blockers != nil {
-		t.Fatalf("shmcounter is blocked by %+v", blockers)
-	}
-
 	logDir := filepath.Dir(w.stdout)
-	needs, err := migrate.NeededFiles("/proc", tree, logDir)
+	in, err := migrate.Inspect("/proc", tree, logDir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if in.Blockers != nil {
+		t.Fatalf("shmcounter is blocked by %+v", in.Blockers)
+	}
+	needs := in.Files
 	byPath := map[string]migrate.FileNeed{}
 	for _, n := range needs {
 		t.Logf("%-5s %10d %v %s", n.Kind, n.Size, n.Dir, n.Path)
@@ -76,12 +74,12 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	}
 
 	// Without the skip, the logs are needed, but their size is not (append-only).
-	all, err := migrate.NeededFiles("/proc", tree)
+	all, err := migrate.Inspect("/proc", tree)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logs int
-	for _, n := range all {
+	for _, n := range all.Files {
 		if strings.HasPrefix(n.Path, logDir+"/") {
 			logs++
 			if n.Kind != "fd" || n.Size != -1 {
@@ -134,7 +132,8 @@ func listen(t *testing.T, network, addr string) net.Listener {
 	t.Helper()
 	l, err := net.Listen(network, addr)
 	if err != nil {
-		t.Skipf("no %s loopback here: %v", network, err)
+		// tcp6 needs IPv6 on lo: not booted with ipv6.disable=1, net.ipv6.conf.lo.disable_ipv6=0.
+		testenv.Unavailable(t, "no %s loopback here: %v", network, err)
 	}
 	t.Cleanup(func() { l.Close() })
 	go func() {
@@ -194,10 +193,11 @@ func TestResourcesThatBlock(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			blockers, err := migrate.CheckResources("/proc", tree)
+			in, err := migrate.Inspect("/proc", tree)
 			if err != nil {
 				t.Fatal(err)
 			}
+			blockers := in.Blockers
 			for _, b := range blockers {
 				t.Logf("%s: %s", b.Reason, b.Detail)
 			}
@@ -226,4 +226,91 @@ func procOf(tree *workload.Tree, comm string) workload.Proc {
 		}
 	}
 	return workload.Proc{}
+}
+
+// TestInspectLive: on a live workload that holds a connection, a deleted file, a log
+// and children, Inspect finds the two blockers, the files, the tree's memory as
+// TreeMemory measures it and the segments of its IPC namespace.
+func TestInspectLive(t *testing.T) {
+	testenv.RequireRoot(t)
+	bins := testwork.Build(t)
+	l := listen(t, "tcp4", "127.0.0.1:0")
+	dir := t.TempDir()
+	scratch, log := filepath.Join(dir, "scratch"), filepath.Join(dir, "app.log")
+	w := startWorkload(t, "", "bash", "-c", fmt.Sprintf(
+		"exec 3<>/dev/tcp/127.0.0.1/%s 6<>%s 7>>%s; rm %s; %s --workers 2 & sleep 1000 & echo ready; wait",
+		port(l), scratch, log, scratch, bins.ShmCounter))
+	waitOutput(t, w.stdout, "ready")
+	tree := waitTree(t, w.proc.Pid, map[string]int{"bash": 1, "shmcounter": 3, "sleep": 1})
+	skip := filepath.Dir(w.stdout)
+
+	in, err := migrate.Inspect("/proc", tree, skip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, b := range in.Blockers {
+		t.Logf("blocker %s: %s", b.Reason, b.Detail)
+		reasons = append(reasons, b.Reason)
+	}
+	if want := []string{migrate.BlockerTCPEstablished, migrate.BlockerDeletedFile}; !reflect.DeepEqual(reasons, want) {
+		t.Errorf("blockers %v, want %v", reasons, want)
+	}
+	byPath := map[string]migrate.FileNeed{}
+	for _, n := range in.Files {
+		byPath[n.Path] = n
+		if strings.HasPrefix(n.Path, skip+"/") {
+			t.Errorf("need for %s, under the skipped %s", n.Path, skip)
+		}
+	}
+	for _, exe := range []string{bins.ShmCounter, "/usr/bin/sleep", "/usr/bin/bash"} {
+		real, err := filepath.EvalSymlinks(exe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, ok := byPath[real]; !ok || n.Kind != migrate.NeedExe {
+			t.Errorf("no exe need for %s: %+v", real, n)
+		}
+	}
+	if n, ok := byPath[log]; !ok || n.Kind != migrate.NeedFd || n.Size != -1 {
+		t.Errorf("need for the log %s: %+v, want fd of unchecked size", log, n)
+	}
+	mem, err := migrate.TreeMemory("/proc", tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs, err := workload.Segments(w.proc.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.MemoryBytes != mem || !reflect.DeepEqual(in.Segments, segs) || len(segs) != 1 {
+		t.Errorf("memory %d, segments %+v; TreeMemory says %d, Segments %+v", in.MemoryBytes, in.Segments, mem, segs)
+	}
+}
+
+// waitTree waits until the workload of init runs the given numbers of processes by
+// command name (the init and the others not counted) and returns its tree.
+func waitTree(t *testing.T, init int, comms map[string]int) *workload.Tree {
+	t.Helper()
+	var tree *workload.Tree
+	waitFor(t, fmt.Sprintf("processes %v in the tree of %d", comms, init), 10*time.Second, func() error {
+		all, _, err := workload.ReadAll("/proc")
+		if err != nil {
+			return err
+		}
+		if tree, err = workload.FindTree(all, init); err != nil {
+			return err
+		}
+		got := map[string]int{}
+		for _, p := range tree.Procs {
+			if _, ok := comms[p.Comm]; ok {
+				got[p.Comm]++
+			}
+		}
+		if !reflect.DeepEqual(got, comms) {
+			return fmt.Errorf("processes %v", got)
+		}
+		return nil
+	})
+	return tree
 }

@@ -3,6 +3,7 @@ package migrate
 import (
 	"io/fs"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -69,6 +70,9 @@ var fxFiles = map[string]fakeInfo{
 	"/":                                   {mode: fxDir},
 }
 
+// fxSegments are the segments of every fixture's IPC namespace.
+var fxSegments = []workload.Segment{{Key: 0x4d494753, Shmid: 3, Size: 1 << 20}, {Shmid: 5, Size: 64 << 10}}
+
 // fxView reads the fixture proc tree testdata/NAME.
 func fxView(t *testing.T, name string) procView {
 	t.Helper()
@@ -83,6 +87,7 @@ func fxView(t *testing.T, name string) procView {
 			info.name = filepath.Base(target)
 			return info, nil
 		},
+		segments: func(int) ([]workload.Segment, error) { return fxSegments, nil },
 	}
 }
 
@@ -152,10 +157,11 @@ func TestCheckResourcesFixtures(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := checkResources(fxView(t, tc.fx), fxTree(tc.procs...))
+			in, err := inspect(fxView(t, tc.fx), fxTree(tc.procs...), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			got := in.Blockers
 			if len(tc.want) == 0 {
 				if got != nil {
 					t.Fatalf("got blockers %+v, want nil", got)
@@ -233,25 +239,45 @@ func TestParseTCPRejectsGarbage(t *testing.T) {
 	}
 }
 
-func TestParseMapFiles(t *testing.T) {
+// TestFileMaps: the mappings that name a file, with their map_files entries (bounds
+// in hex without the padding maps shows).
+func TestFileMaps(t *testing.T) {
 	in := `55d0c8a00000-55d0c8a01000 r--p 00000000 08:01 1311                       /opt/app/bin/server
 7f0000000000-7f0000001000 rw-s 00000000 00:01 3                          /SYSV4d494753 (deleted)
 7f0000002000-7f0000003000 rw-p 00000000 00:00 0
 7f0000004000-7f0000005000 rw-p 00000000 00:00 0                          [anon:my region]
 7f0000006000-7f0000007000 r--p 00000000 08:01 99                         /data/a file with spaces.db
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+00400000-00401000 r-xp 00000000 08:01 7                                  /opt/static/bin/old
 `
-	got, err := parseMapFiles(strings.NewReader(in))
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "42"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "42", "maps"), []byte(in), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v := newProcView(root)
+	got, err := v.fileMaps(42)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []mapping{
-		{addrs: "55d0c8a00000-55d0c8a01000", path: "/opt/app/bin/server"},
-		{addrs: "7f0000000000-7f0000001000", path: "/SYSV4d494753 (deleted)"},
-		{addrs: "7f0000006000-7f0000007000", path: "/data/a file with spaces.db"},
+	type mapping struct{ mapFile, path string }
+	var files []mapping
+	for _, m := range got {
+		files = append(files, mapping{strings.TrimPrefix(v.mapFile(42, m), root+"/42/map_files/"), m.Path})
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %+v\nwant %+v", got, want)
+	want := []mapping{
+		{"55d0c8a00000-55d0c8a01000", "/opt/app/bin/server"},
+		{"7f0000000000-7f0000001000", "/SYSV4d494753 (deleted)"},
+		{"7f0000006000-7f0000007000", "/data/a file with spaces.db"},
+		{"400000-401000", "/opt/static/bin/old"},
+	}
+	if !reflect.DeepEqual(files, want) {
+		t.Fatalf("got %+v\nwant %+v", files, want)
+	}
+	if ms, err := v.fileMaps(43); err != nil || ms != nil {
+		t.Errorf("a process that is gone: %+v, %v; want none", ms, err)
 	}
 }
 
@@ -286,27 +312,5 @@ func TestAnonMemoryFixture(t *testing.T) {
 	// 4103 and the vanished 4999 nothing.
 	if want := uint64(1024+20480+512) * 1024; got != want {
 		t.Fatalf("anonymous memory %d, want %d", got, want)
-	}
-}
-
-func TestParseStat(t *testing.T) {
-	cases := []struct {
-		in   string
-		want statProc
-	}{
-		{"4242 (sleep) S 4241 4242 4242 0 -1", statProc{pid: 4242, ppid: 4241, comm: "sleep", state: "S"}},
-		{"7 (a (b) c) T 1 7 7 0", statProc{pid: 7, ppid: 1, comm: "a (b) c", state: "T"}},
-		{"8 (x) y) t 2 8", statProc{pid: 8, ppid: 2, comm: "x) y", state: "t"}},
-	}
-	for _, tc := range cases {
-		got, err := parseStat(tc.in)
-		if err != nil || got != tc.want {
-			t.Errorf("parseStat(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
-		}
-	}
-	for _, bad := range []string{"", "12 sleep S 1", "x (a) S 1", "12 (a) S", "12 (a) S x"} {
-		if _, err := parseStat(bad); err == nil {
-			t.Errorf("parseStat(%q) did not fail", bad)
-		}
 	}
 }

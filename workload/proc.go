@@ -1,21 +1,19 @@
 package workload
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
-	"syscall"
+
+	"github.com/migshm/migshm/internal/procfs"
 )
 
-// ErrNoProcess is returned when a pid does not name a live process.
-var ErrNoProcess = errors.New("no such process")
+// ErrNoProcess is returned when a pid does not name a live process. It is
+// procfs.ErrNoProcess: errors of either package match it.
+var ErrNoProcess = procfs.ErrNoProcess
 
 // Proc is what the /proc readers learn about one process.
 type Proc struct {
@@ -42,43 +40,26 @@ func (p Proc) String() string { return fmt.Sprintf("%d (%s)", p.Pid, p.Comm) }
 func ReadProc(procRoot string, pid int) (Proc, error) {
 	dir := filepath.Join(procRoot, strconv.Itoa(pid))
 	p := Proc{Pid: pid}
-	f, err := os.Open(filepath.Join(dir, "status"))
+	st, err := procfs.ReadStatus(procRoot, pid)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return p, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
-		}
 		return p, err
 	}
-	err = parseStatus(f, &p)
-	f.Close()
-	if err != nil {
-		return p, readErr(pid, "status", err)
+	if len(st.NSpid) == 0 {
+		return p, fmt.Errorf("pid %d: status: no NSpid line (kernel older than 4.1?)", pid)
 	}
+	p.Comm, p.PPid, p.NSpid = st.Name, st.PPid, st.NSpid
 	if p.PidNS, err = os.Readlink(filepath.Join(dir, "ns", "pid")); err != nil {
 		return p, nsErr(pid, err)
 	}
 	if p.IPCNS, err = os.Readlink(filepath.Join(dir, "ns", "ipc")); err != nil {
 		return p, nsErr(pid, err)
 	}
-	m, err := os.Open(filepath.Join(dir, "maps"))
+	maps, err := procfs.ReadMaps(procRoot, pid)
 	if err != nil {
-		return p, nsErr(pid, err)
+		return p, err
 	}
-	p.SysV, err = ParseSysVMaps(m)
-	m.Close()
-	if err != nil {
-		return p, readErr(pid, "maps", err)
-	}
+	p.SysV = attachments(maps)
 	return p, nil
-}
-
-// readErr reports a failed read of an opened /proc file. Reading a file of a process
-// that was reaped after the open fails with ESRCH: that process is gone, not broken.
-func readErr(pid int, file string, err error) error {
-	if errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("pid %d: %s: %w (%w)", pid, file, ErrNoProcess, err)
-	}
-	return fmt.Errorf("pid %d: %s: %w", pid, file, err)
 }
 
 func nsErr(pid int, err error) error {
@@ -88,94 +69,27 @@ func nsErr(pid int, err error) error {
 	return fmt.Errorf("pid %d: %w", pid, err)
 }
 
-func parseStatus(r io.Reader, p *Proc) error {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimSpace(v)
-		switch k {
-		case "Name":
-			p.Comm = v
-		case "PPid":
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return fmt.Errorf("bad PPid %q", v)
-			}
-			p.PPid = n
-		case "NSpid":
-			for _, f := range strings.Fields(v) {
-				n, err := strconv.Atoi(f)
-				if err != nil {
-					return fmt.Errorf("bad NSpid %q", v)
-				}
-				p.NSpid = append(p.NSpid, n)
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	if len(p.NSpid) == 0 {
-		return errors.New("no NSpid line (kernel older than 4.1?)")
-	}
-	return nil
-}
-
-// ParseSysVMaps returns the SysV shm segments in a /proc/PID/maps listing. The kernel
-// shows them as mappings of "/SYSV<key in hex>" whose inode column is the shmid; one
-// segment attached twice is listed once.
-func ParseSysVMaps(r io.Reader) ([]Attachment, error) {
+// attachments returns the SysV shm segments attached in a process's mappings, in
+// address order; one segment attached twice is listed once.
+func attachments(maps []procfs.Mapping) []Attachment {
 	var out []Attachment
 	seen := map[int]bool{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		// address perms offset dev inode path [(deleted)]
-		if len(f) < 6 || !strings.HasPrefix(f[5], "/SYSV") {
-			continue
-		}
-		key, err := strconv.ParseUint(strings.TrimPrefix(f[5], "/SYSV"), 16, 32)
-		if err != nil {
-			continue // a real file that happens to be called /SYSV...
-		}
-		id, err := strconv.Atoi(f[4])
-		if err != nil {
-			return nil, fmt.Errorf("bad inode %q in %q", f[4], sc.Text())
-		}
-		if seen[id] {
+	for _, m := range maps {
+		id, key, ok := m.SysV()
+		if !ok || seen[id] {
 			continue
 		}
 		seen[id] = true
-		out = append(out, Attachment{Shmid: id, Key: uint32(key)})
+		out = append(out, Attachment{Shmid: id, Key: key})
 	}
-	return out, sc.Err()
-}
-
-// ListPids returns every process id under procRoot, ascending.
-func ListPids(procRoot string) ([]int, error) {
-	ents, err := os.ReadDir(procRoot)
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range ents {
-		if n, err := strconv.Atoi(e.Name()); err == nil && n > 0 {
-			pids = append(pids, n)
-		}
-	}
-	sort.Ints(pids)
-	return pids, nil
+	return out
 }
 
 // ReadAll reads every process under procRoot. Processes that exit while it reads are
 // left out; processes the kernel does not let even root inspect (a sandbox's own
 // non-dumpable PID 1, say) are left out and their pids returned as hidden.
 func ReadAll(procRoot string) (procs []Proc, hidden []int, err error) {
-	pids, err := ListPids(procRoot)
+	pids, err := procfs.ListPids(procRoot)
 	if err != nil {
 		return nil, nil, err
 	}

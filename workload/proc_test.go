@@ -3,14 +3,16 @@ package workload
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
-	"syscall"
 	"testing"
+
+	"github.com/migshm/migshm/internal/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // The fixture proc tree testdata/proc/tree1 holds:
@@ -44,7 +46,8 @@ func fxOpenFixture(t *testing.T, path string) *os.File {
 	return f
 }
 
-func TestParseSysVMaps(t *testing.T) {
+// TestSysVAttachments: the segments of a maps listing (procfs parses it).
+func TestSysVAttachments(t *testing.T) {
 	tests := []struct {
 		file string
 		want []Attachment
@@ -58,66 +61,12 @@ func TestParseSysVMaps(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			got, err := ParseSysVMaps(fxOpenFixture(t, filepath.Join("testdata/proc/maps", tt.file)))
+			maps, err := procfs.ParseMaps(fxOpenFixture(t, filepath.Join("testdata/proc/maps", tt.file)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(got, tt.want) {
+			if got := attachments(maps); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestParseSysVMapsErrors(t *testing.T) {
-	t.Run("bad inode", func(t *testing.T) {
-		_, err := ParseSysVMaps(fxOpenFixture(t, "testdata/proc/maps/badinode.maps"))
-		if err == nil || !strings.Contains(err.Error(), `bad inode "x9"`) {
-			t.Fatalf("got %v, want a bad inode error", err)
-		}
-	})
-	t.Run("read error", func(t *testing.T) {
-		boom := errors.New("boom")
-		r := io.MultiReader(strings.NewReader("7f00-7f01 rw-s 00000000 00:01 3 /SYSV00000001 (deleted)\n"),
-			fxIotestErrReader{boom})
-		_, err := ParseSysVMaps(r)
-		if !errors.Is(err, boom) {
-			t.Fatalf("got %v, want the reader's error", err)
-		}
-	})
-}
-
-type fxIotestErrReader struct{ err error }
-
-func (r fxIotestErrReader) Read([]byte) (int, error) { return 0, r.err }
-
-func TestParseStatus(t *testing.T) {
-	tests := []struct {
-		file    string
-		want    Proc
-		wantErr string // substring of the error; empty means success
-	}{
-		{file: "nested.status", want: Proc{Comm: "shmcounter", PPid: 4200, NSpid: []int{4242, 7}}},
-		{file: "host.status", want: Proc{Comm: "sleep", PPid: 1, NSpid: []int{100}}},
-		{file: "bad.status", wantErr: "bad NSpid"},
-		{file: "badppid.status", wantErr: `bad PPid "nope"`},
-		{file: "old.status", wantErr: "no NSpid line"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.file, func(t *testing.T) {
-			var p Proc
-			err := parseStatus(fxOpenFixture(t, filepath.Join("testdata/proc/status", tt.file)), &p)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(p, tt.want) {
-				t.Errorf("got %+v, want %+v", p, tt.want)
 			}
 		})
 	}
@@ -230,22 +179,6 @@ func TestProcReadErrors(t *testing.T) {
 	})
 }
 
-// A process reaped after its status or maps file was opened fails the read with ESRCH.
-func TestProcReadReaped(t *testing.T) {
-	reaped := &fs.PathError{Op: "read", Path: "/proc/42/status", Err: syscall.ESRCH}
-	if err := readErr(42, "status", reaped); !errors.Is(err, ErrNoProcess) || !errors.Is(err, syscall.ESRCH) {
-		t.Errorf("readErr(ESRCH) = %v, want it to wrap ErrNoProcess and ESRCH", err)
-	}
-	other := &fs.PathError{Op: "read", Path: "/proc/42/maps", Err: syscall.EIO}
-	err := readErr(42, "maps", other)
-	if errors.Is(err, ErrNoProcess) || !errors.Is(err, syscall.EIO) {
-		t.Errorf("readErr(EIO) = %v, want EIO and not ErrNoProcess", err)
-	}
-	if !strings.HasPrefix(err.Error(), "pid 42: maps: ") {
-		t.Errorf("readErr(EIO) = %q, want it to name pid and file", err)
-	}
-}
-
 func fxMustRemoveAll(t *testing.T, path string) {
 	t.Helper()
 	if err := os.RemoveAll(path); err != nil {
@@ -270,19 +203,6 @@ func fxPidsOf(ps []Proc) []int {
 		out = append(out, p.Pid)
 	}
 	return out
-}
-
-func TestListPids(t *testing.T) {
-	got, err := ListPids(fxTree1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := []int{1, 4000, 4001, 4002, 5000}; !reflect.DeepEqual(got, want) {
-		t.Errorf("got %v, want %v (uptime is not a pid)", got, want)
-	}
-	if _, err := ListPids(filepath.Join(t.TempDir(), "nope")); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("missing proc root: got %v, want ErrNotExist", err)
-	}
 }
 
 func TestProcReadAll(t *testing.T) {
@@ -332,19 +252,21 @@ func TestProcReadAllExitedAndGarbage(t *testing.T) {
 	})
 }
 
-// A process whose namespaces the reader may not see is reported hidden. Root reads
-// through any mode bits, so this needs an unprivileged run.
+// A process whose namespaces the reader may not see is reported hidden. The read runs
+// on a thread without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so that root, too, obeys
+// the mode bits of the fixture (as the kernel makes it obey the ptrace checks on a
+// non-dumpable process's ns links): the test runs as root and unprivileged alike.
 func TestProcReadAllHidden(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root is not denied by mode bits; run unprivileged to cover hidden processes")
-	}
 	root := fxCopyTree(t, fxTree1)
 	ns := filepath.Join(root, "4002", "ns")
 	if err := os.Chmod(ns, 0); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.Chmod(ns, 0o755) })
-	procs, hidden, err := ReadAll(root)
+	var procs []Proc
+	var hidden []int
+	var err error
+	withoutDAC(t, func() { procs, hidden, err = ReadAll(root) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,6 +275,35 @@ func TestProcReadAllHidden(t *testing.T) {
 	}
 	if want := []int{4002}; !reflect.DeepEqual(hidden, want) {
 		t.Errorf("hidden %v, want %v", hidden, want)
+	}
+}
+
+// withoutDAC runs fn on an OS thread of its own whose effective capabilities lack
+// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (capabilities belong to a thread). The
+// thread is never given back: it ends with fn's goroutine, and its capabilities with it.
+func withoutDAC(t *testing.T, fn func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the runtime ends the thread with us
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("capget: %w", err)
+			return
+		}
+		for _, c := range []uint{unix.CAP_DAC_OVERRIDE, unix.CAP_DAC_READ_SEARCH} {
+			data[c/32].Effective &^= 1 << (c % 32)
+		}
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			errc <- fmt.Errorf("capset: %w", err)
+			return
+		}
+		fn()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("drop the DAC capabilities: %v", err)
 	}
 }
 
@@ -558,18 +509,6 @@ func TestTreeSegments(t *testing.T) {
 func TestProcString(t *testing.T) {
 	if got := (Proc{Pid: 4001, Comm: "shmcounter"}).String(); got != "4001 (shmcounter)" {
 		t.Errorf("got %q", got)
-	}
-}
-
-func TestParseStartTime(t *testing.T) {
-	// comm with a space and a parenthesis; starttime is field 22.
-	stat := "4242 (a b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1234 56 18446744073709551615"
-	got, err := parseStartTime(stat)
-	if err != nil || got != 987654 {
-		t.Fatalf("parseStartTime = %d, %v; want 987654", got, err)
-	}
-	if _, err := parseStartTime("4242 (x) S 1"); err == nil {
-		t.Fatal("short stat: no error")
 	}
 }
 

@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/migshm/migshm/internal/atomicfile"
+	"github.com/migshm/migshm/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,36 +20,14 @@ type ExitRecord struct {
 	At     int64 `json:"at"`     // unix nanos
 }
 
-// writeExitStatus records status atomically (temp file, fsync, rename) so a reader never
+// writeExitStatus records status atomically and durably (atomicfile) so a reader never
 // sees half a record.
 func writeExitStatus(path string, status int) error {
 	b, err := json.Marshal(ExitRecord{Status: status, At: time.Now().UnixNano()})
 	if err != nil {
 		return err
 	}
-	return WriteFileSync(path, b)
-}
-
-// WriteFileSync writes b to path atomically and durably: a private temporary file next
-// to it, fsync, rename. A reader sees the old content or the new, never half of it.
-func WriteFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 // ErrNoExitRecord is returned by ReadExitStatus when the init left no record (it was
@@ -77,28 +54,8 @@ func ReadExitStatus(path string) (ExitRecord, error) {
 // of /proc/PID/stat). A pid together with its start time names one process for good:
 // a recycled pid has a later start time.
 func StartTime(procRoot string, pid int) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return parseStartTime(string(b))
-}
-
-func parseStartTime(stat string) (uint64, error) {
-	// comm (field 2) may contain spaces and parentheses: fields after it follow the last ')'.
-	i := strings.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("parse stat: no ')' in %q", stat)
-	}
-	f := strings.Fields(stat[i+1:])
-	// f[0] is field 3 (state), so field 22 is f[19].
-	if len(f) < 20 {
-		return 0, fmt.Errorf("parse stat: %d fields after comm, want >= 20", len(f))
-	}
-	return strconv.ParseUint(f[19], 10, 64)
+	st, err := procfs.ReadStat(procRoot, pid)
+	return st.StartTime, err
 }
 
 // Watch follows a process that is not (or no longer) this process's child, such as the

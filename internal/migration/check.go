@@ -7,11 +7,10 @@ import (
 	"strings"
 
 	"github.com/migshm/migshm/api"
-	"github.com/migshm/migshm/internal/supervisor"
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
-	"github.com/migshm/migshm/workload"
 )
 
 // Validate refuses what is wrong with a move request before anything runs: a missing
@@ -70,7 +69,7 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 	if !running {
 		return rep, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
 	}
-	if _, err := e.criuCaps(ctx); err != nil {
+	if _, err := e.criu.CachedCheck(ctx); err != nil {
 		add("criu-source", "CRIU does not work on %s: %v", e.self, err)
 	}
 	tree, err := migrate.Preflight{}.Check(rec.InitPid)
@@ -83,31 +82,21 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 		return rep, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	rep.Processes = len(tree.Procs)
-	if segs, err := workload.Segments(rec.InitPid); err == nil {
-		rep.Segments = len(segs)
-	}
-	blockers, err := migrate.CheckResources("/proc", tree)
+	// The engine ships the workload's own files (logs) itself; everything else the tree
+	// reopens by path must already be on the target.
+	in, err := migrate.Inspect("/proc", tree, e.wl.Dir(w.ID))
 	if err != nil {
 		return rep, fmt.Errorf("check %s: %w", w.Name, err)
 	}
-	for _, b := range blockers {
+	rep.Segments = len(in.Segments)
+	for _, b := range in.Blockers {
 		add(b.Reason, "%s", b.Detail)
 	}
-	mem, err := migrate.TreeMemory("/proc", tree)
-	if err != nil {
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
-	}
 	// The target holds the images (in tmpfs) and the restored memory at once.
-	mem *= 2
+	mem := in.MemoryBytes * 2
 	rep.MemoryBytes = mem
-	// The daemon ships the workload's own files (logs) itself; everything else the tree
-	// reopens by path must already be on the target.
-	files, err := migrate.NeededFiles("/proc", tree, e.wl.Dir(w.ID))
-	if err != nil {
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
-	}
-	req := TargetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: files}
-	if req.CPUInfo, err = e.cpuInfo(ctx); err != nil {
+	req := TargetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: in.Files}
+	if req.CPUInfo, err = e.criu.CPUInfo(ctx); err != nil {
 		add("criu-source", "CRIU cannot describe this node's CPU: %v", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, stepTimeout)
@@ -128,7 +117,7 @@ func (e *Engine) CheckTarget(ctx context.Context, req TargetCheckRequest) (Targe
 	add := func(reason, format string, args ...any) {
 		res.Problems = append(res.Problems, api.Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
 	}
-	if _, err := e.criuCaps(ctx); err != nil {
+	if _, err := e.criu.CachedCheck(ctx); err != nil {
 		add("criu-target", "CRIU does not work on %s: %v", e.self, err)
 	} else if len(req.CPUInfo) > 0 {
 		if err := e.criu.CPUInfoCheck(ctx, req.CPUInfo); errors.Is(err, migrate.ErrCPUIncompatible) {
@@ -137,10 +126,11 @@ func (e *Engine) CheckTarget(ctx context.Context, req TargetCheckRequest) (Targe
 			add("criu-target", "CRIU on %s cannot compare the CPUs: %v", e.self, err)
 		}
 	}
-	free, _, err := supervisor.ReadMeminfo("/proc/meminfo")
+	mi, err := procfs.ReadMeminfo("/proc/meminfo")
 	if err != nil {
 		return res, err
 	}
+	free := mi.MemAvailable
 	res.FreeBytes = free
 	// Keep a margin: the images and the pre-copied pages live in tmpfs next to the
 	// restored memory for a while.

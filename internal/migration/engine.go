@@ -32,7 +32,6 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
@@ -83,7 +82,7 @@ type Engine struct {
 	wl    Workloads
 	peers Peers
 	log   *slog.Logger
-	criu  *migrate.CRIU
+	criu  *migrate.CRIU // its checks are cached (CachedCheck, CPUInfo)
 
 	// ctx is the migrations' own: they do not end with the request that started them,
 	// only when the daemon stops (Close).
@@ -94,12 +93,6 @@ type Engine struct {
 	mu      sync.Mutex
 	driving map[string]string       // workload id -> migration id this process drives as source
 	targets map[string]*targetState // migration id -> this node's target side
-
-	capsMu  sync.Mutex
-	caps    *migrate.Capabilities
-	capsErr error
-	capsAt  time.Time
-	cpuinfo []byte
 }
 
 // New returns the engine of the node table.Self().
@@ -130,34 +123,4 @@ func newMigrationID() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return "m" + hex.EncodeToString(b[:])
-}
-
-// criuCaps returns what CRIU says works here, cached for a minute (`criu check` takes
-// about a second).
-func (e *Engine) criuCaps(ctx context.Context) (*migrate.Capabilities, error) {
-	e.capsMu.Lock()
-	defer e.capsMu.Unlock()
-	if time.Since(e.capsAt) < time.Minute && (e.caps != nil || e.capsErr != nil) {
-		return e.caps, e.capsErr
-	}
-	path, err := migrate.FindCRIU(e.cfg.CRIU)
-	if err == nil {
-		e.criu.Path = path
-		e.caps, err = e.criu.Check(ctx)
-	}
-	e.capsErr, e.capsAt = err, time.Now()
-	return e.caps, err
-}
-
-func (e *Engine) cpuInfo(ctx context.Context) ([]byte, error) {
-	e.capsMu.Lock()
-	defer e.capsMu.Unlock()
-	if e.cpuinfo != nil {
-		return e.cpuinfo, nil
-	}
-	b, err := e.criu.CPUInfoDump(ctx)
-	if err == nil {
-		e.cpuinfo = b
-	}
-	return b, err
 }

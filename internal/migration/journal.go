@@ -6,8 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/internal/supervisor"
-	"github.com/migshm/migshm/workload"
 )
 
 // journalDir (under the data dir) keeps one file per migration this node takes part
@@ -55,7 +55,7 @@ func (e *Engine) saveJournal(j journal) error {
 	if err != nil {
 		return err
 	}
-	return workload.WriteFileSync(path, b)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 func readJournal(path string) (journal, error) {

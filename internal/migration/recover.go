@@ -111,7 +111,7 @@ func (e *Engine) recoverSource(ctx context.Context, table *shmowner.Table, id st
 	switch phase {
 	case record.PhaseAborted:
 		if alive {
-			if err := migrate.Resume("/proc", rec.InitPid, 10*time.Second); err != nil {
+			if err := migrate.ResumeTree(rec.InitPid); err != nil {
 				e.log.Error("resume the workload after an aborted migration", "migration", id, "err", err)
 				w.Close()
 				return

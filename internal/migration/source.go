@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/migshm/migshm/api"
@@ -21,17 +18,11 @@ import (
 	"github.com/migshm/migshm/workload"
 )
 
-// Defaults of a move.
+// Time limits of a move. The frozen window's are migrate's (DumpTimeout, FreezeBudget):
+// past them (a cut link, a hung target) the move aborts and the source resumes.
 const (
-	defaultMaxDowntime = 300 * time.Millisecond
-	defaultMaxRounds   = 8
 	// stepTimeout bounds one request to the target outside the frozen window.
 	stepTimeout = 30 * time.Second
-	// frozenTimeout bounds the dump; after it, shipping and restoring get
-	// frozenTimeout plus the time the images take at slowLink: past that (a cut
-	// link, a hung target) the move aborts and the source resumes.
-	frozenTimeout = 30 * time.Second
-	slowLink      = 20 << 20 // bytes per second
 	// settleTimeout bounds how long the source tries to learn or set a migration's fate
 	// before it leaves the record to recovery.
 	settleTimeout = 2 * time.Minute
@@ -215,18 +206,11 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 	if err := s.phase(ctx, record.PhasePrecopy); err != nil {
 		return err
 	}
-	maxDown := time.Duration(s.req.MaxDowntimeMS) * time.Millisecond
-	if maxDown <= 0 {
-		maxDown = defaultMaxDowntime
-	}
-	maxRounds := s.req.MaxRounds
-	if maxRounds <= 0 {
-		maxRounds = defaultMaxRounds
-	}
+	policy := migrate.PrecopyPolicy{MaxDowntime: time.Duration(s.req.MaxDowntimeMS) * time.Millisecond, MaxRounds: s.req.MaxRounds}
 	initPid := s.rec.InitPid
 	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(initPid) })
 	var rate float64 // best bytes/s seen on the wire
-	var prevChanged int64 = -1
+	var prevChanged int64
 	for round := 1; ; round++ {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -247,14 +231,9 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 			DurationNS: int64(st.Duration), RateBPS: r}})
 		s.log.Info("pre-copy round", "round", round, "pages", st.Pages, "changed", st.Changed,
 			"sent_bytes", st.SentBytes, "took", st.Duration)
-		remaining := float64(st.Changed * migrate.PageSize)
-		switch {
-		case round > 1 && rate > 0 && remaining/rate <= maxDown.Seconds():
-			return nil // converged
-		case round >= maxRounds:
+		if why, last := policy.Last(migrate.PrecopyRound{Round: round, Changed: st.Changed, PrevChanged: prevChanged, Rate: rate}); last {
+			s.log.Info("pre-copy done", "rounds", round, "why", why)
 			return nil
-		case prevChanged >= 0 && st.Changed*10 >= prevChanged*9:
-			return nil // not converging: the workload dirties as fast as we copy
 		}
 		prevChanged = st.Changed
 	}
@@ -262,18 +241,10 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 
 // precopyRound streams one round of pages to the target.
 func (s *sourceRun) precopyRound(ctx context.Context) (migrate.RoundStats, error) {
-	pr, pw := io.Pipe()
-	var st migrate.RoundStats
-	var rerr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		st, rerr = s.pc.Round(ctx, pw)
-		pw.CloseWithError(rerr)
-	}()
-	_, err := s.remote.Pages(ctx, s.id, pr)
-	pr.CloseWithError(errors.New("request ended"))
-	<-done
+	body := s.pc.NewRoundReader(ctx)
+	_, err := s.remote.Pages(ctx, s.id, body)
+	body.Close()
+	st, rerr := body.Result()
 	// The target's answer says why first: a sender's write error is mostly the
 	// consequence of the target giving up on the request (a full disk, say).
 	if err != nil {
@@ -292,7 +263,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	if err := s.phase(ctx, record.PhaseFrozen); err != nil {
 		return err
 	}
-	fctx, cancel := context.WithTimeout(ctx, frozenTimeout)
+	fctx, cancel := context.WithTimeout(ctx, migrate.DumpTimeout)
 	defer cancel()
 	images := filepath.Join(s.dir, "images")
 	s.frozen = true
@@ -311,7 +282,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	s.stats.DumpNS = int64(time.Since(t0))
 	s.stats.WorkloadBytes = uint64(dump.ImageBytes)
 	cancel()
-	fctx, cancel = context.WithTimeout(ctx, frozenTimeout+time.Duration(dump.ImageBytes/slowLink)*time.Second)
+	fctx, cancel = context.WithTimeout(ctx, migrate.FreezeBudget(dump.ImageBytes))
 	defer cancel()
 	digests, err := workload.QuickDigestSegments(s.rec.InitPid)
 	if err != nil {
@@ -324,19 +295,14 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 			return err
 		}
 	}
-	var wire atomic.Int64
-	pr, pw := io.Pipe()
-	go func() {
-		opts := migrate.StreamOptions{Paged: isPagesImage}
-		if s.pc != nil {
-			opts.Held = s.pc.Held
-		}
-		_, err := migrate.WriteImages(fctx, countingWriter{pw, &wire}, images, opts)
-		pw.CloseWithError(err)
-	}()
-	_, err = s.remote.Images(fctx, s.id, faults.Stream(pr))
-	pr.CloseWithError(errors.New("request ended"))
-	s.stats.FinalBytes += uint64(wire.Load())
+	opts := migrate.StreamOptions{Paged: migrate.PagesImage}
+	if s.pc != nil {
+		opts.Held = s.pc.Held
+	}
+	body := migrate.NewImageReader(fctx, images, opts)
+	_, err = s.remote.Images(fctx, s.id, faults.Stream(body))
+	body.Close()
+	s.stats.FinalBytes += uint64(body.Bytes())
 	if err != nil {
 		return fmt.Errorf("ship images: %w", err)
 	}
@@ -429,7 +395,7 @@ func (s *sourceRun) fail(cause error) error {
 		s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
 	}
 	if s.frozen {
-		if err := migrate.Resume("/proc", s.rec.InitPid, 10*time.Second); err != nil {
+		if err := migrate.ResumeTree(s.rec.InitPid); err != nil {
 			s.log.Error("resume the source tree after an abort", "err", err)
 		}
 	}
@@ -503,11 +469,6 @@ func (s *sourceRun) shipFiles(ctx context.Context) error {
 	return nil
 }
 
-// isPagesImage names CRIU's page data files, which travel page by page.
-func isPagesImage(name string) bool {
-	return strings.HasPrefix(name, "pages-") && strings.HasSuffix(name, ".img")
-}
-
 // treePids returns the host pids of the workload tree rooted at initPid.
 func treePids(initPid int) ([]int, error) {
 	procs, _, err := workload.ReadAll("/proc")
@@ -519,15 +480,4 @@ func treePids(initPid int) ([]int, error) {
 		return nil, err
 	}
 	return tree.Pids(), nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
-	return n, err
 }

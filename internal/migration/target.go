@@ -217,7 +217,7 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 	if t.proc != nil {
 		return RestoreResult{}, fmt.Errorf("migration %s is already restored here: %w", id, record.ErrExists)
 	}
-	if _, err := e.criuCaps(ctx); err != nil {
+	if _, err := e.criu.CachedCheck(ctx); err != nil {
 		return RestoreResult{}, err
 	}
 	start := time.Now()
@@ -312,7 +312,7 @@ func (e *Engine) resumeTarget(id string) error {
 	if err := e.wl.Adopt(rec, t.proc); err != nil {
 		return fmt.Errorf("adopt the restored tree of migration %s: %w", id, err)
 	}
-	if err := migrate.Resume("/proc", rec.InitPid, 10*time.Second); err != nil {
+	if err := migrate.ResumeTree(rec.InitPid); err != nil {
 		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
 	}
 	e.log.Info("moved workload runs here", "migration", id, "workload", rec.Name, "pid", rec.InitPid)

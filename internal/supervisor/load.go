@@ -1,15 +1,11 @@
 package supervisor
 
 import (
-	"bufio"
-	"fmt"
 	"math"
-	"os"
 	"runtime"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
@@ -51,12 +47,13 @@ func (c *cpuSampler) sample(procRoot string, workloads map[string][]int, now tim
 		var used uint64
 		seen := false
 		for _, pid := range pids {
-			ticks, state, err := readCPU(procRoot, pid)
+			st, err := procfs.ReadStat(procRoot, pid)
 			if err != nil {
 				continue
 			}
+			ticks := st.CPUTicks()
 			cur[pid] = ticks
-			if state == 'R' {
+			if st.State == 'R' {
 				out.running++
 			}
 			if prev, ok := c.last[pid]; ok {
@@ -74,63 +71,6 @@ func (c *cpuSampler) sample(procRoot string, workloads map[string][]int, now tim
 	}
 	c.last, c.lastAt = cur, now
 	return out
-}
-
-// readCPU returns utime+stime (fields 14 and 15 of /proc/PID/stat) and the state.
-func readCPU(procRoot string, pid int) (uint64, byte, error) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, 0, fmt.Errorf("pid %d: bad stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, 0, fmt.Errorf("pid %d: short stat", pid)
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, 0, fmt.Errorf("pid %d: bad cpu times", pid)
-	}
-	return ut + st, f[0][0], nil
-}
-
-// ReadMeminfo returns MemAvailable and MemTotal in bytes.
-func ReadMeminfo(path string) (avail, total uint64, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		fs := strings.Fields(v)
-		if len(fs) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(fs[0], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch k {
-		case "MemAvailable":
-			avail = n * 1024
-		case "MemTotal":
-			total = n * 1024
-		}
-	}
-	if total == 0 {
-		return 0, 0, fmt.Errorf("%s: no MemTotal", path)
-	}
-	return avail, total, sc.Err()
 }
 
 // Load measures this node's load and its workloads' loads. CPU: what the
@@ -175,7 +115,8 @@ func (s *Supervisor) Load(now time.Time) (record.LoadVector, map[string]record.W
 		lv.MemTotalBytes, lv.MemBudgetBytes = budget, budget
 		lv.MemFreeBytes = budget - min(mem, budget)
 	} else {
-		lv.MemFreeBytes, lv.MemTotalBytes, _ = ReadMeminfo("/proc/meminfo")
+		mi, _ := procfs.ReadMeminfo("/proc/meminfo")
+		lv.MemFreeBytes, lv.MemTotalBytes = mi.MemAvailable, mi.MemTotal
 	}
 	return lv, loads
 }

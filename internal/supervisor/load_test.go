@@ -5,7 +5,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -24,41 +23,6 @@ func writeStat(t *testing.T, root string, pid int, text string) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "stat"), []byte(text), 0o644); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestReadCPU(t *testing.T) {
-	root := t.TempDir()
-	writeStat(t, root, 10, procStat(10, "my (weird) proc) x", 'R', 250, 50))
-	writeStat(t, root, 11, procStat(11, "plain", 'S', 0, 7))
-	writeStat(t, root, 12, "12 (no close paren S 1 2 3\n")
-	writeStat(t, root, 13, "13 (short) S 1 2 3\n")
-	writeStat(t, root, 14, "14 (x) S 1 14 14 0 -1 0 0 0 0 0 abc 5 0\n")
-	writeStat(t, root, 15, "")
-
-	for _, tt := range []struct {
-		pid   int
-		ticks uint64
-		state byte
-		err   bool
-	}{
-		{10, 300, 'R', false},
-		{11, 7, 'S', false},
-		{12, 0, 0, true},
-		{13, 0, 0, true},
-		{14, 0, 0, true},
-		{15, 0, 0, true},
-		{16, 0, 0, true}, // no such pid
-	} {
-		ticks, state, err := readCPU(root, tt.pid)
-		if (err != nil) != tt.err || ticks != tt.ticks || state != tt.state {
-			t.Errorf("readCPU(%d) = %d %q %v; want %d %q, error %v", tt.pid, ticks, state, err, tt.ticks, tt.state, tt.err)
-		}
-	}
-
-	// The real thing: this process.
-	if ticks, state, err := readCPU("/proc", os.Getpid()); err != nil || state == 0 {
-		t.Errorf("readCPU(/proc, self) = %d %q %v", ticks, state, err)
 	}
 }
 
@@ -105,47 +69,3 @@ func TestCPUSampler(t *testing.T) {
 		t.Fatalf("zero interval: %+v", got)
 	}
 }
-
-func TestReadMeminfo(t *testing.T) {
-	dir := t.TempDir()
-	for _, tt := range []struct {
-		name, text   string
-		avail, total uint64
-		err          bool
-	}{
-		{"full", meminfoFixture, 12000000 * 1024, 16318412 * 1024, false},
-		{"no MemAvailable", "MemTotal: 1000 kB\nMemFree: 10 kB\n", 0, 1000 * 1024, false},
-		{"no MemTotal", "MemFree: 10 kB\nMemAvailable: 20 kB\n", 0, 0, true},
-		{"empty", "", 0, 0, true},
-		{"garbage total", "MemTotal: lots kB\n", 0, 0, true},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			p := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_"))
-			if err := os.WriteFile(p, []byte(tt.text), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			avail, total, err := ReadMeminfo(p)
-			if (err != nil) != tt.err || avail != tt.avail || total != tt.total {
-				t.Errorf("readMeminfo = %d, %d, %v; want %d, %d, error %v", avail, total, err, tt.avail, tt.total, tt.err)
-			}
-		})
-	}
-	if _, _, err := ReadMeminfo(filepath.Join(dir, "missing")); err == nil {
-		t.Error("missing file: no error")
-	}
-	if avail, total, err := ReadMeminfo("/proc/meminfo"); err != nil || total == 0 || avail > total {
-		t.Errorf("/proc/meminfo: %d %d %v", avail, total, err)
-	}
-}
-
-const meminfoFixture = `MemTotal:       16318412 kB
-MemFree:         1422128 kB
-MemAvailable:   12000000 kB
-Buffers:          512340 kB
-Cached:          9876543 kB
-SwapCached:            0 kB
-HugePages_Total:       0
-Hugepagesize:       2048 kB
-Bogus line without colon
-Weird:
-`

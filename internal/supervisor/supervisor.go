@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
@@ -157,7 +158,7 @@ func installInit(dir string) (string, error) {
 		return "", err
 	}
 	if st, err := os.Stat(path); err == nil && st.Size() == selfInfo.Size() {
-		return path, nil // written whole (temp file, fsync, rename) by an earlier start
+		return path, nil // written whole (atomicfile) by an earlier start
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
@@ -165,28 +166,8 @@ func installInit(dir string) (string, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(dir, ".init-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, f); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Chmod(0o700); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return "", err
+	if err := atomicfile.WriteFrom(path, f, 0o700); err != nil {
+		return "", fmt.Errorf("install the init: %w", err)
 	}
 	return path, nil
 }
@@ -295,7 +276,7 @@ func (s *Supervisor) follow(l *localWL) {
 			status, at = ex.Status, ex.At
 		} else if status >= 0 {
 			// The init was killed before it could record the status; keep what wait saw.
-			_ = writeFileAtomic(s.path(l.rec.ID, exitFile), mustJSON(workload.ExitRecord{Status: status, At: at}))
+			_ = atomicfile.Write(s.path(l.rec.ID, exitFile), mustJSON(workload.ExitRecord{Status: status, At: at}), 0o600)
 		}
 		l.watch.Close()
 		s.mu.Lock()
@@ -320,14 +301,6 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func newID() string {
@@ -421,7 +394,7 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	}
 	rec := Record{ID: id, Name: req.Name, Group: group, Node: s.cfg.Self, Args: req.Args,
 		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}
-	if err := writeFileAtomic(filepath.Join(wdir, recordFile), mustJSON(rec)); err != nil {
+	if err := atomicfile.Write(filepath.Join(wdir, recordFile), mustJSON(rec), 0o600); err != nil {
 		watch.Close()
 		return fail(fmt.Errorf("run: save record: %w", err))
 	}
@@ -586,7 +559,7 @@ func (s *Supervisor) Adopt(rec Record, proc *workload.Process) error {
 	// A leftover exit record (the source's copy never wrote one; an old one would make
 	// a restart think the workload ended) goes.
 	_ = os.Remove(s.path(rec.ID, exitFile))
-	if err := writeFileAtomic(s.path(rec.ID, recordFile), mustJSON(rec)); err != nil {
+	if err := atomicfile.Write(s.path(rec.ID, recordFile), mustJSON(rec), 0o600); err != nil {
 		watch.Close()
 		return err
 	}

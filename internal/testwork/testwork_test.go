@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/internal/wait"
 )
 
@@ -316,6 +317,81 @@ func TestShmCounter(t *testing.T) {
 	if err := syscall.Kill(-p.pid(), 0); !errors.Is(err, syscall.ESRCH) {
 		t.Fatalf("workers still alive after the parent exited (kill -0: %v)", err)
 	}
+}
+
+// TestCounterTotal: CounterTotal reads the total without the mutex: of a stopped tree
+// (which may hold the mutex) it reads the same total twice; once the tree runs again
+// the total grows, and CounterCheck, which takes the mutex, agrees with it.
+func TestCounterTotal(t *testing.T) {
+	needRoot(t)
+	bins := Build(t)
+	p := startInNewIPC(t, bins.ShmCounter, "--workers", "3")
+	p.waitLine(reCounter, 1)
+	if err := syscall.Kill(-p.pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// Stopped once every process of the group is (state T).
+	deadline := time.Now().Add(waitTimeout)
+	for !groupStopped(t, p.pid()) {
+		if time.Now().After(deadline) {
+			t.Fatal("shmcounter did not stop")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopped, err := CounterTotal(p.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // a running counter counts dozens in this time
+	if again, err := CounterTotal(p.pid()); err != nil || again != stopped {
+		t.Fatalf("the stopped counter read %d, then %d (%v)", stopped, again, err)
+	}
+	if err := syscall.Kill(-p.pid(), syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, err := CounterTotal(p.pid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > stopped+10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("total stuck at %d after SIGCONT", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	checked, err := bins.CounterCheck(p.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now, err := CounterTotal(p.pid()); err != nil || now < checked {
+		t.Fatalf("CounterTotal %d (%v) after CounterCheck said %d", now, err, checked)
+	}
+	if _, err := CounterTotal(os.Getpid()); err == nil {
+		t.Error("CounterTotal found a counter in this test's IPC namespace")
+	}
+}
+
+// groupStopped reports whether every process of process group pgid is stopped.
+func groupStopped(t *testing.T, pgid int) bool {
+	t.Helper()
+	pids, err := procfs.ListPids("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, pid := range pids {
+		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+			continue
+		}
+		if st, err := procfs.ReadStat("/proc", pid); err == nil && st.State != 'T' {
+			return false
+		}
+		found = true
+	}
+	return found
 }
 
 func TestShmCounterWorkerDeath(t *testing.T) {

@@ -32,7 +32,10 @@ var (
 	ErrMigrationFailed = errors.New("migration failed")
 )
 
-var apiCodes = []struct {
+// codes maps every sentinel, the API's and the table's, to a stable wire code and an
+// HTTP status, so that peers and the CLI carry errors across the wire and map them back
+// (errors.Is keeps working).
+var codes = []struct {
 	code   string
 	err    error
 	status int
@@ -46,29 +49,30 @@ var apiCodes = []struct {
 	{"not_ready", ErrNotReady, http.StatusServiceUnavailable},
 	{"not_movable", ErrNotMovable, http.StatusConflict},
 	{"migration_failed", ErrMigrationFailed, http.StatusBadGateway},
+
+	{"not_leader", record.ErrNotLeader, http.StatusServiceUnavailable},
+	{"unknown_node", record.ErrUnknownNode, http.StatusNotFound},
+	{"unknown_workload", record.ErrUnknownWorkload, http.StatusNotFound},
+	{"unknown_migration", record.ErrUnknownMigration, http.StatusNotFound},
+	{"stale_epoch", record.ErrStaleEpoch, http.StatusConflict},
+	{"migration_in_flight", record.ErrMigrationInFlight, http.StatusConflict},
+	{"bad_transition", record.ErrBadTransition, http.StatusConflict},
+	{"same_node", record.ErrSameNode, http.StatusConflict},
+	{"node_not_active", record.ErrNodeNotActive, http.StatusConflict},
+	{"not_owner", record.ErrNotOwner, http.StatusConflict},
+	{"exists", record.ErrExists, http.StatusConflict},
+	{"invalid", record.ErrInvalid, http.StatusBadRequest},
 }
 
 // Code returns the wire code and HTTP status of err: the code of the sentinel it wraps,
 // or "internal" (500) for an error that wraps none.
 func Code(err error) (string, int) {
-	for _, c := range apiCodes {
+	for _, c := range codes {
 		if errors.Is(err, c.err) {
 			return c.code, c.status
 		}
 	}
-	code := record.ErrorCode(err)
-	switch code {
-	case "":
-		return "internal", http.StatusInternalServerError
-	case "unknown_node", "unknown_workload", "unknown_migration":
-		return code, http.StatusNotFound
-	case "not_leader":
-		return code, http.StatusServiceUnavailable
-	case "invalid":
-		return code, http.StatusBadRequest
-	default:
-		return code, http.StatusConflict
-	}
+	return "internal", http.StatusInternalServerError
 }
 
 // Error is the JSON form of a failed call: the body of every error answer is
@@ -89,15 +93,16 @@ func NewError(err error) Error {
 	return Error{Code: code, Message: err.Error()}
 }
 
-// Err rebuilds an error received over the wire: its message is the original text and
-// errors.Is matches the sentinel its code names (none for an unknown code).
+// Err rebuilds an error received over the wire: its message is the original text (the
+// sentinel's if it is empty) and errors.Is matches the sentinel its code names (none for
+// an unknown code).
 func (e Error) Err() error {
-	for _, c := range apiCodes {
+	for _, c := range codes {
 		if c.code == e.Code {
 			return &codedError{msg: e.Message, err: c.err}
 		}
 	}
-	return record.ErrorFromCode(e.Code, e.Message)
+	return errors.New(e.Message)
 }
 
 type codedError struct {

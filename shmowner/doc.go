@@ -8,7 +8,7 @@
 // CheckCommand tells whether an entry would decode). Apply is deterministic: it reads no clock (times travel in the
 // commands), does no I/O and never lets map iteration order reach its output. A rule
 // violation (stale epoch, unknown node, migration already in flight, ...) is the
-// ApplyFuture's response, an error wrapping one of the sentinels in errors.go; an entry
+// ApplyFuture's response, an error wrapping one of the sentinels of package record; an entry
 // that cannot be decoded panics, so that replicas never diverge. Keys are cluster-wide ids,
 // never a node-local shmid or pid: a segment is named by SegmentID{Group, Shmid}, where
 // Group is the id of the IPC namespace the segment lives in.

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/hashicorp/raft"
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/shmowner/shmownertest"
@@ -370,7 +371,7 @@ func TestApply(t *testing.T) {
 				if after := tableJSON(t, f.Table()); after != before {
 					t.Errorf("rejected command changed the table:\nbefore %s\nafter  %s", before, after)
 				}
-				if record.ErrorCode(err) == "" {
+				if code, _ := api.Code(err); code == "internal" {
 					t.Errorf("error %v has no wire code", err)
 				}
 			}

@@ -2,8 +2,9 @@ package record
 
 import "errors"
 
-// Sentinels. Apply wraps them with context (errors.Is works on the ApplyFuture's
-// response); Store translates raft's leadership errors into ErrNotLeader.
+// Sentinels of the table's rules. Apply wraps them with context (errors.Is works on the
+// ApplyFuture's response); Store translates raft's leadership errors into ErrNotLeader.
+// Their wire codes are api's.
 var (
 	// ErrNotLeader: the write was sent to a node that is not (or no longer) the leader.
 	ErrNotLeader = errors.New("not the raft leader")
@@ -30,58 +31,3 @@ var (
 	// ErrInvalid: the command is well formed but its content is not (empty id, unknown state).
 	ErrInvalid = errors.New("invalid command")
 )
-
-// codes maps every sentinel to a stable wire code, so that peers and the CLI can carry
-// rule violations across the wire and map them back (errors.Is keeps working).
-var codes = []struct {
-	code string
-	err  error
-}{
-	{"not_leader", ErrNotLeader},
-	{"unknown_node", ErrUnknownNode},
-	{"unknown_workload", ErrUnknownWorkload},
-	{"unknown_migration", ErrUnknownMigration},
-	{"stale_epoch", ErrStaleEpoch},
-	{"migration_in_flight", ErrMigrationInFlight},
-	{"bad_transition", ErrBadTransition},
-	{"same_node", ErrSameNode},
-	{"node_not_active", ErrNodeNotActive},
-	{"not_owner", ErrNotOwner},
-	{"exists", ErrExists},
-	{"invalid", ErrInvalid},
-}
-
-// ErrorCode returns the wire code of the sentinel err wraps, or "" if none.
-func ErrorCode(err error) string {
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			return c.code
-		}
-	}
-	return ""
-}
-
-// ErrorFromCode rebuilds an error received over the wire: msg is the original text and
-// the result wraps the sentinel named by code (or none for an unknown code).
-func ErrorFromCode(code, msg string) error {
-	for _, c := range codes {
-		if c.code == code {
-			return &wireError{msg: msg, err: c.err}
-		}
-	}
-	return errors.New(msg)
-}
-
-type wireError struct {
-	msg string
-	err error
-}
-
-func (e *wireError) Error() string {
-	if e.msg == "" {
-		return e.err.Error()
-	}
-	return e.msg
-}
-
-func (e *wireError) Unwrap() error { return e.err }

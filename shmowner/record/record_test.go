@@ -2,7 +2,6 @@ package record
 
 import (
 	"errors"
-	"fmt"
 	"testing"
 )
 
@@ -19,25 +18,5 @@ func TestSegmentID(t *testing.T) {
 		if _, err := ParseSegmentID(bad); !errors.Is(err, ErrInvalid) {
 			t.Errorf("ParseSegmentID(%q) = %v, want ErrInvalid", bad, err)
 		}
-	}
-}
-
-func TestErrorCodes(t *testing.T) {
-	for _, c := range codes {
-		wrapped := fmt.Errorf("plan migration m1: %w", c.err)
-		code := ErrorCode(wrapped)
-		if code != c.code {
-			t.Errorf("ErrorCode(%v) = %q, want %q", wrapped, code, c.code)
-		}
-		back := ErrorFromCode(code, wrapped.Error())
-		if !errors.Is(back, c.err) || back.Error() != wrapped.Error() {
-			t.Errorf("ErrorFromCode(%q) = %v, not %v", code, back, c.err)
-		}
-	}
-	if ErrorCode(errors.New("x")) != "" {
-		t.Error("plain error has a code")
-	}
-	if err := ErrorFromCode("martian", "boom"); err.Error() != "boom" || ErrorCode(err) != "" {
-		t.Errorf("unknown code: %v", err)
 	}
 }

@@ -1,10 +1,13 @@
 package migrate_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -16,6 +19,7 @@ import (
 	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/workload"
 )
@@ -55,26 +59,10 @@ func killAndReap(p *workload.Process) {
 	_, _ = p.Wait()
 }
 
-// waitFor polls fn until it returns nil or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %v", d, what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func waitOutput(t *testing.T, path, substr string) string {
 	t.Helper()
 	var out string
-	waitFor(t, fmt.Sprintf("%q in %s", substr, path), 10*time.Second, func() error {
+	wait.Until(t, 10*time.Second, fmt.Sprintf("%q in %s", substr, path), func() error {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return err
@@ -164,7 +152,7 @@ func TestMoveSharedCounterBetweenNodes(t *testing.T) {
 		t.Fatalf("tree attaches %d segments, want 1: %v", len(segs), segs)
 	}
 	// Let the workers make progress, so the move carries a non-trivial state.
-	waitFor(t, "counter progress on node 1", 10*time.Second, func() error {
+	wait.Until(t, 10*time.Second, "counter progress on node 1", func() error {
 		if n := counterCheck(t, bins, w.proc.Pid); n < first+50 {
 			return fmt.Errorf("total %d", n)
 		}
@@ -183,7 +171,7 @@ func TestMoveSharedCounterBetweenNodes(t *testing.T) {
 	// CRIU detaches with SIGSTOP queued: the state reads T once the signal is taken,
 	// and no user code runs in between.
 	for _, p := range tree.Procs {
-		waitFor(t, fmt.Sprintf("%v to be stopped after the dump", p), 5*time.Second, func() error {
+		wait.Until(t, 5*time.Second, fmt.Sprintf("%v to be stopped after the dump", p), func() error {
 			if st, err := procState(p.Pid); err != nil || st != "T" {
 				return fmt.Errorf("state %q (%v)", st, err)
 			}
@@ -233,7 +221,7 @@ func TestMoveSharedCounterBetweenNodes(t *testing.T) {
 	// Only now, with the copy on node 2 restored, the stopped source goes.
 	killAndReap(w.proc)
 	for _, p := range tree.Procs {
-		waitFor(t, fmt.Sprintf("source process %v to be gone", p), 5*time.Second, func() error {
+		wait.Until(t, 5*time.Second, fmt.Sprintf("source process %v to be gone", p), func() error {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", p.Pid)); err == nil {
 				return errors.New("still there")
 			}
@@ -258,7 +246,7 @@ func TestMoveSharedCounterBetweenNodes(t *testing.T) {
 		t.Fatalf("restored tree reuses the source IPC namespace %s", tree.Init.IPCNS)
 	}
 	atMove := counterCheck(t, bins, res.Pid)
-	waitFor(t, "counter progress on node 2", 10*time.Second, func() error {
+	wait.Until(t, 10*time.Second, "counter progress on node 2", func() error {
 		if n := counterCheck(t, bins, res.Pid); n < atMove+50 {
 			return fmt.Errorf("total %d, was %d after the restore", n, atMove)
 		}
@@ -321,7 +309,7 @@ func TestRestoreLeftStopped(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range tree.Procs {
-		waitFor(t, fmt.Sprintf("%v to be stopped", p), 5*time.Second, func() error {
+		wait.Until(t, 5*time.Second, fmt.Sprintf("%v to be stopped", p), func() error {
 			if st, err := procState(p.Pid); err != nil || st != "T" {
 				return fmt.Errorf("state %q (%v)", st, err)
 			}
@@ -340,10 +328,131 @@ func TestRestoreLeftStopped(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "counter progress after SIGCONT", 10*time.Second, func() error {
+	wait.Until(t, 10*time.Second, "counter progress after SIGCONT", func() error {
 		if n := counterCheck(t, bins, res.Pid); n < stopped+50 {
 			return fmt.Errorf("total %d, was %d", n, stopped)
 		}
 		return nil
 	})
+}
+
+// shmcounterMagic starts shmcounter's segment ("GMSMCNT1", see testdata/shmcounter.c).
+const shmcounterMagic = 0x31544e434d534d47
+
+// corruptShmImage flips one byte of the shared counter's segment inside the images: the
+// pages file whose first page starts with the segment's magic.
+func corruptShmImage(t *testing.T, images string) string {
+	t.Helper()
+	magic := binary.LittleEndian.AppendUint64(nil, shmcounterMagic)
+	files, _ := filepath.Glob(filepath.Join(images, "pages-*.img"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off+len(magic) <= len(b); off += 4096 {
+			if bytes.Equal(b[off:off+len(magic)], magic) {
+				b[off+2048] ^= 0x5a
+				if err := os.WriteFile(f, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+		}
+	}
+	t.Fatalf("no pages image in %s holds the shared counter's segment", images)
+	return ""
+}
+
+// TestCorruptImageAbortsRestoreAndSourceResumes: a byte flipped in the segment's image is
+// caught before the restored tree runs; CRIU removes the half-restored tree (and with it
+// its IPC namespace and segments) and the stopped source resumes intact. The workload
+// ends up running on exactly one node.
+func TestCorruptImageAbortsRestoreAndSourceResumes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		digest func(int) ([]workload.Segment, error)
+	}{{"sha256", workload.DigestSegments}, {"xxh3", workload.QuickDigestSegments}} {
+		t.Run(tc.name, func(t *testing.T) { corruptImageAborts(t, tc.digest) })
+	}
+}
+
+func corruptImageAborts(t *testing.T, digestSegments func(int) ([]workload.Segment, error)) {
+	c := testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	nodes := netnode.Up(t, 2)
+	ctx := context.Background()
+
+	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", "3")
+	waitOutput(t, w.stdout, "shmcounter ready")
+	counterCheck(t, bins, w.proc.Pid)
+	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := filepath.Join(t.TempDir(), "images")
+	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: w.proc.Pid, ImagesDir: images, LeaveStopped: true, NetNS: nodes[0].NetNSPath}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	digests, err := digestSegments(w.proc.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("corrupted %s", corruptShmImage(t, images))
+
+	var restoredPid int
+	verify := migrate.VerifySegments(digests)
+	_, err = c.Restore(ctx, migrate.RestoreOptions{
+		ImagesDir: images, WorkDir: t.TempDir(), NetNS: nodes[1].NetNSPath,
+		BeforeResume: func(pid int) error { restoredPid = pid; return verify(pid) },
+	})
+	if !errors.Is(err, migrate.ErrSegmentMismatch) {
+		t.Fatalf("restore of a corrupted image: got %v, want ErrSegmentMismatch", err)
+	}
+	var ce *migrate.CRIUError
+	if !errors.As(err, &ce) || ce.Op != "restore" {
+		t.Fatalf("want a *CRIUError for the restore, got %T: %v", err, err)
+	}
+	t.Logf("refused: %v", err)
+	if restoredPid <= 0 {
+		t.Fatal("the restore never reached the check before resume")
+	}
+	// The half-restored tree is gone from node 2, and nothing else runs there.
+	wait.Until(t, 10*time.Second, "the half-restored tree to be removed", func() error {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", restoredPid)); err == nil {
+			return fmt.Errorf("restored pid %d still exists", restoredPid)
+		}
+		out, err := exec.Command("ip", "netns", "pids", nodes[1].NetNS).Output()
+		if err != nil {
+			return err
+		}
+		if s := strings.TrimSpace(string(out)); s != "" {
+			return fmt.Errorf("processes left in node 2: %s", s)
+		}
+		return nil
+	})
+
+	// Abort: resume the source where it stopped.
+	before := segmentSums(t, bins, w.proc.Pid)
+	if err := tree.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range tree.Procs {
+		wait.Until(t, 5*time.Second, fmt.Sprintf("%v to run again", p), func() error {
+			if st, err := procState(p.Pid); err != nil || st == "T" {
+				return fmt.Errorf("state %q (%v)", st, err)
+			}
+			return nil
+		})
+	}
+	atResume := counterCheck(t, bins, w.proc.Pid)
+	wait.Until(t, 10*time.Second, "the source to keep counting", func() error {
+		if n := counterCheck(t, bins, w.proc.Pid); n < atResume+50 {
+			return fmt.Errorf("total %d", n)
+		}
+		return nil
+	})
+	if after := segmentSums(t, bins, w.proc.Pid); after == before {
+		t.Fatalf("segment did not change after resuming the source; is it running?\n%s", after)
+	}
 }

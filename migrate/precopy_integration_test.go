@@ -20,6 +20,7 @@ import (
 
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
@@ -47,17 +48,11 @@ func pcChild(tb testing.TB, privateMiB int) *exec.Cmd {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	wait.For(tb, 30*time.Second, "shmbench to be ready", func() (bool, string) {
 		b, _ := os.ReadFile(out)
-		if bytes.Contains(b, []byte("shmbench ready")) {
-			return cmd
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("shmbench not ready after 30s; output: %q", b)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return bytes.Contains(b, []byte("shmbench ready")), fmt.Sprintf("output %q", b)
+	})
+	return cmd
 }
 
 // pcLargestAnon returns the largest private writable anonymous mapping of pid.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
@@ -50,7 +51,7 @@ func startStoppable(t *testing.T) (*exec.Cmd, []int) {
 		_ = cmd.Wait()
 	})
 	var kids []int
-	waitFor(t, "the shell's two sleeping children", 5*time.Second, func() error {
+	wait.Until(t, 5*time.Second, "the shell's two sleeping children", func() error {
 		if kids = childrenOf(t, cmd.Process.Pid); len(kids) != 2 {
 			return fmt.Errorf("children %v", kids)
 		}
@@ -67,7 +68,7 @@ func startStoppable(t *testing.T) (*exec.Cmd, []int) {
 
 func waitState(t *testing.T, pid int, want func(string) bool, what string) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("pid %d to be %s", pid, what), 5*time.Second, func() error {
+	wait.Until(t, 5*time.Second, fmt.Sprintf("pid %d to be %s", pid, what), func() error {
 		st, err := procState(pid)
 		if err != nil || !want(st) {
 			return fmt.Errorf("state %q (%v)", st, err)
@@ -215,7 +216,7 @@ func TestResumeAfterCRIUDump(t *testing.T) {
 			t.Errorf("%v is in state %q (%v) after Resume", p, st, err)
 		}
 	}
-	waitFor(t, "the counter to grow after Resume", 10*time.Second, func() error {
+	wait.Until(t, 10*time.Second, "the counter to grow after Resume", func() error {
 		if n := counterCheck(t, bins, w.proc.Pid); n < before+50 {
 			return fmt.Errorf("total %d, was %d before the dump", n, before)
 		}

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/migshm/migshm/internal/wait"
 )
 
 // fxStreamFiles is an images directory of about 6 MiB: many chunks, so a writer is
@@ -27,14 +30,13 @@ func fxStreamFiles(t *testing.T) (string, []fxImage) {
 // waitGoroutines waits until no more goroutines run than before (the writer is gone).
 func waitGoroutines(t *testing.T, before int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
+	wait.For(t, 5*time.Second, "the writer's goroutine to end", func() (bool, string) {
+		if n := runtime.NumGoroutine(); n > before {
 			buf := make([]byte, 1<<16)
-			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+			return false, fmt.Sprintf("%d goroutines, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return true, ""
+	})
 }
 
 // TestImageReader: read to its end, the reader gives what WriteImages writes, counts

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/internal/testenv"
+	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
 )
@@ -22,17 +23,12 @@ func TestMain(m *testing.M) {
 
 func waitFile(t *testing.T, path, substr string) string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, _ := os.ReadFile(path)
-		if strings.Contains(string(b), substr) {
-			return string(b)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q in %s after 10s; it has %q", substr, path, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	var b []byte
+	wait.For(t, 10*time.Second, fmt.Sprintf("%q in %s", substr, path), func() (bool, string) {
+		b, _ = os.ReadFile(path)
+		return strings.Contains(string(b), substr), fmt.Sprintf("it has %q", b)
+	})
+	return string(b)
 }
 
 func readlink(t *testing.T, path string) string {
@@ -143,8 +139,7 @@ while :; do sleep 0.05; done`
 	}
 
 	// The orphan exits after 0.2 s: the init reaps it, so no zombie stays in the tree.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.For(t, 5*time.Second, "the orphan to be reaped", func() (bool, string) {
 		all, _, err := workload.ReadAll("/proc")
 		if err != nil {
 			t.Fatal(err)
@@ -153,26 +148,17 @@ while :; do sleep 0.05; done`
 		if err != nil {
 			t.Fatal(err)
 		}
-		zombies := 0
+		zombies, sleeps := 0, 0
 		for _, q := range tree.Procs {
 			if b, _ := os.ReadFile("/proc/" + strconv.Itoa(q.Pid) + "/stat"); strings.Contains(string(b), ") Z ") {
 				zombies++
 			}
-		}
-		sleeps := 0
-		for _, q := range tree.Procs {
 			if q.Comm == "sleep" && q.PPid == p.Pid {
 				sleeps++
 			}
 		}
-		if zombies == 0 && sleeps == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("orphan not reaped: %d zombies, %d adopted sleeps left in %v", zombies, sleeps, tree.Procs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return zombies == 0 && sleeps == 0, fmt.Sprintf("%d zombies, %d adopted sleeps left in %v", zombies, sleeps, tree.Procs)
+	})
 
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -331,13 +331,7 @@ func TestCounterTotal(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Stopped once every process of the group is (state T).
-	deadline := time.Now().Add(waitTimeout)
-	for !groupStopped(t, p.pid()) {
-		if time.Now().After(deadline) {
-			t.Fatal("shmcounter did not stop")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.For(t, waitTimeout, "shmcounter to stop", func() (bool, string) { return groupStopped(t, p.pid()), "" })
 	stopped, err := CounterTotal(p.pid())
 	if err != nil {
 		t.Fatal(err)
@@ -349,19 +343,13 @@ func TestCounterTotal(t *testing.T) {
 	if err := syscall.Kill(-p.pid(), syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	for {
+	wait.For(t, waitTimeout, "the total to grow after SIGCONT", func() (bool, string) {
 		n, err := CounterTotal(p.pid())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n > stopped+10 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("total stuck at %d after SIGCONT", n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return n > stopped+10, fmt.Sprintf("total %d", n)
+	})
 	checked, err := bins.CounterCheck(p.pid())
 	if err != nil {
 		t.Fatal(err)

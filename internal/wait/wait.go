@@ -42,3 +42,15 @@ func For(tb testing.TB, maxWait time.Duration, what string, cond func() (bool, s
 		poll = min(2*poll, maxPoll)
 	}
 }
+
+// Until is For with a condition that returns nil once it holds, and otherwise an error
+// saying what it saw.
+func Until(tb testing.TB, maxWait time.Duration, what string, cond func() error) {
+	tb.Helper()
+	For(tb, maxWait, what, func() (bool, string) {
+		if err := cond(); err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+}

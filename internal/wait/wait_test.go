@@ -54,3 +54,30 @@ func TestFor(t *testing.T) {
 		t.Errorf("failure without a last state: %q", msg)
 	}
 }
+
+func TestUntil(t *testing.T) {
+	calls := 0
+	tb := &fatalTB{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wait.Until(tb, 50*time.Millisecond, "the thing", func() error {
+			calls++
+			return fmt.Errorf("count %d", calls)
+		})
+	}()
+	<-done
+	if want := fmt.Sprintf("timed out after 50ms waiting for the thing; last seen: count %d", calls); tb.msg != want {
+		t.Errorf("failure %q, want %q", tb.msg, want)
+	}
+	calls = 0
+	wait.Until(t, time.Minute, "the third call", func() error {
+		if calls++; calls < 3 {
+			return fmt.Errorf("call %d", calls)
+		}
+		return nil
+	})
+	if calls != 3 {
+		t.Errorf("%d calls, want 3", calls)
+	}
+}

@@ -69,7 +69,16 @@ func TestMetricsServer(t *testing.T) {
 		t.Fatalf("draining an unknown node: %v, want ErrUnknownNode", err)
 	}
 
-	body := get(t, "http://"+d.metricsAddr+"/metrics")
+	resp, err := http.Get("http://" + d.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s %v", resp.Status, err)
+	}
+	body := string(b)
 	for _, w := range []string{
 		`migshm_raft_state{state="leader"} 1`,
 		`migshm_raft_last_contact_seconds 0`,
@@ -89,21 +98,4 @@ func TestMetricsServer(t *testing.T) {
 	if err := d2.serveMetrics(); err == nil || !strings.Contains(err.Error(), "metrics-addr") {
 		t.Errorf("second daemon on %s: %v, want an error naming metrics-addr", d.metricsAddr, err)
 	}
-}
-
-func get(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %s", url, resp.Status, b)
-	}
-	return string(b)
 }

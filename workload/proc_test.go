@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -36,16 +37,6 @@ const (
 	fxPrivShmid  = 5
 )
 
-func fxOpenFixture(t *testing.T, path string) *os.File {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
-}
-
 // TestSysVAttachments: the segments of a maps listing (procfs parses it).
 func TestSysVAttachments(t *testing.T) {
 	tests := []struct {
@@ -61,7 +52,11 @@ func TestSysVAttachments(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
-			maps, err := procfs.ParseMaps(fxOpenFixture(t, filepath.Join("testdata/proc/maps", tt.file)))
+			b, err := os.ReadFile(filepath.Join("testdata/proc/maps", tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			maps, err := procfs.ParseMaps(bytes.NewReader(b))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -21,29 +21,26 @@ import (
 	"github.com/migshm/migshm/shmowner"
 )
 
-// newCA creates a cluster CA in a fresh directory and returns the directory.
-func newCA(t *testing.T) string {
+// newCA makes a cluster CA in a fresh directory and returns what issues node
+// certificates of it, with their TLS configurations loaded.
+func newCA(t *testing.T) func(name string, opts pki.NodeOptions) *pki.Config {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "ca")
-	if err := pki.InitCA(dir, pki.CAOptions{}); err != nil {
+	caDir := filepath.Join(t.TempDir(), "ca")
+	if err := pki.InitCA(caDir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return dir
-}
-
-// nodeTLS issues node name a certificate of the CA in caDir and loads its TLS
-// configuration.
-func nodeTLS(t *testing.T, caDir, name string, opts pki.NodeOptions) *pki.Config {
-	t.Helper()
-	dir, err := pki.IssueNode(caDir, name, opts)
-	if err == nil {
-		var c *pki.Config
-		if c, err = pki.Load(filepath.Join(dir, pki.CACertFile), filepath.Join(dir, pki.NodeCertFile), filepath.Join(dir, pki.NodeKeyFile)); err == nil {
-			return c
+	return func(name string, opts pki.NodeOptions) *pki.Config {
+		t.Helper()
+		dir, err := pki.IssueNode(caDir, name, opts)
+		if err != nil {
+			t.Fatal(err)
 		}
+		c, err := pki.Load(filepath.Join(dir, pki.CACertFile), filepath.Join(dir, pki.NodeCertFile), filepath.Join(dir, pki.NodeKeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	t.Fatal(err)
-	return nil
 }
 
 func listen(t *testing.T, cfg *pki.Config) *StreamLayer {
@@ -57,7 +54,7 @@ func listen(t *testing.T, cfg *pki.Config) *StreamLayer {
 }
 
 func TestListen(t *testing.T) {
-	cfg := nodeTLS(t, newCA(t), "n1", pki.NodeOptions{})
+	cfg := newCA(t)("n1", pki.NodeOptions{})
 	for _, tt := range []struct {
 		bind, advertise string
 		want            string // Addr(); "127.0.0.1:*" for the bound port
@@ -104,10 +101,10 @@ func TestListen(t *testing.T) {
 }
 
 func TestStreamLayerDial(t *testing.T) {
-	caDir := newCA(t)
-	a := listen(t, nodeTLS(t, caDir, "n1", pki.NodeOptions{}))
-	b := listen(t, nodeTLS(t, caDir, "n2", pki.NodeOptions{}))
-	foreign := listen(t, nodeTLS(t, newCA(t), "n3", pki.NodeOptions{}))
+	issue := newCA(t)
+	a := listen(t, issue("n1", pki.NodeOptions{}))
+	b := listen(t, issue("n2", pki.NodeOptions{}))
+	foreign := listen(t, newCA(t)("n3", pki.NodeOptions{}))
 
 	// Same CA: the connection works and the accepting side knows who called. As raft's
 	// transport does, the accepting side reads at once, which runs its handshake.
@@ -156,7 +153,7 @@ func TestStreamLayerDial(t *testing.T) {
 }
 
 func TestStreamLayerHandshakeTimeout(t *testing.T) {
-	sl := listen(t, nodeTLS(t, newCA(t), "n1", pki.NodeOptions{}))
+	sl := listen(t, newCA(t)("n1", pki.NodeOptions{}))
 	sl.handshakeTimeout = 100 * time.Millisecond
 	raw, err := net.Dial("tcp", sl.Addr().String())
 	if err != nil {
@@ -235,12 +232,12 @@ func openStore(t *testing.T, id string, trans raft.Transport, bootstrap bool) *s
 }
 
 func TestRaftOverTLS(t *testing.T) {
-	caDir := newCA(t)
+	issue := newCA(t)
 	ids := []string{"n0", "n1", "n2"}
 	stores := make([]*shmowner.Store, len(ids))
 	var rec *recordingStream
 	for i, id := range ids {
-		sl := listen(t, nodeTLS(t, caDir, id, pki.NodeOptions{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}))
+		sl := listen(t, issue(id, pki.NodeOptions{IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}))
 		var trans raft.Transport
 		if i == 0 {
 			// The leader's transport is NewTransport's, with the dials recorded.
@@ -278,7 +275,7 @@ func TestRaftOverTLS(t *testing.T) {
 
 	// A node of another CA that the leader is told to add never gets the table: the
 	// leader's dials to it fail with a certificate verification error.
-	fsl := listen(t, nodeTLS(t, newCA(t), "evil", pki.NodeOptions{}))
+	fsl := listen(t, newCA(t)("evil", pki.NodeOptions{}))
 	foreign := openStore(t, "evil", NewTransport(fsl, hclog.NewNullLogger()), false)
 	if err := leader.Join("evil", foreign.Addr()); err != nil {
 		t.Fatalf("join evil: %v", err) // a 3-of-4 quorum commits the change without it

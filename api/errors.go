@@ -87,12 +87,6 @@ type ErrorBody struct {
 	Error Error `json:"error"`
 }
 
-// NewError returns the wire form of err.
-func NewError(err error) Error {
-	code, _ := Code(err)
-	return Error{Code: code, Message: err.Error()}
-}
-
 // Err rebuilds an error received over the wire: its message is the original text (the
 // sentinel's if it is empty) and errors.Is matches the sentinel its code names (none for
 // an unknown code).

@@ -83,8 +83,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := d.open(&cleanups); err != nil {
 		return err
 	}
-	d.log.Info("migshmd up", "version", Version, "raft", d.cluster.Status().RaftAddr, "peer_api", d.cluster.Status().APIAddr,
-		"socket", d.cfg.Socket, "bootstrapped", d.cluster.Store().Bootstrapped())
+	st := d.cluster.Status()
+	d.log.Info("migshmd up", "version", Version, "raft", st.RaftAddr, "peer_api", st.APIAddr, "socket", d.cfg.Socket)
 	close(d.ready)
 	if err := sdNotify("READY=1\nSTATUS=serving"); err != nil {
 		d.log.Warn("sd_notify READY failed", "err", err)
@@ -180,6 +180,9 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	if err != nil {
 		_ = trans.Close()
 		return err
+	}
+	if store.Bootstrapped() {
+		d.log.Info("bootstrapped a new cluster", "raft", string(trans.LocalAddr()))
 	}
 	*cleanups = append(*cleanups, func() {
 		if err := store.Close(); err != nil {

@@ -55,9 +55,6 @@ func New(cfg Config) *Cluster {
 // Self returns this node's id.
 func (c *Cluster) Self() string { return c.cfg.Self }
 
-// Store returns the replicated table's store (metrics read its statistics).
-func (c *Cluster) Store() *shmowner.Store { return c.store }
-
 // Table returns this node's copy of the table, possibly behind the leader's.
 func (c *Cluster) Table() *shmowner.Table { return c.store.Table() }
 
@@ -84,7 +81,7 @@ func (c *Cluster) CatchUp(ctx context.Context) bool {
 		return c.store.WaitApplied(ctx, c.store.Raft().LastIndex())
 	}
 	addr := c.LeaderAPI()
-	for addr == "" && c.LeaderID() != "" && ctx.Err() == nil {
+	for addr == "" && c.leaderID() != "" && ctx.Err() == nil {
 		// A leader is known but not yet in this node's table: a node that just restarted
 		// replays the log once it hears from the leader. Give it a moment.
 		time.Sleep(5 * time.Millisecond)
@@ -170,8 +167,8 @@ func (c *Cluster) ApplyHere(ctx context.Context, t shmowner.MessageType, body an
 // IsLeader reports whether this node leads the cluster.
 func (c *Cluster) IsLeader() bool { return c.store.IsLeader() }
 
-// LeaderID returns the leader's node id, "" if none is known.
-func (c *Cluster) LeaderID() string {
+// leaderID returns the leader's node id, "" if none is known.
+func (c *Cluster) leaderID() string {
 	_, id := c.store.Leader()
 	return id
 }
@@ -179,15 +176,12 @@ func (c *Cluster) LeaderID() string {
 // LeaderAPI returns the leader's peer API address, "" if this node leads or none is
 // known.
 func (c *Cluster) LeaderAPI() string {
-	id := c.LeaderID()
+	id := c.leaderID()
 	if id == "" || id == c.cfg.Self {
 		return ""
 	}
 	return c.NodeAPI(id)
 }
-
-// WaitLeader waits until the cluster has a known leader or ctx ends.
-func (c *Cluster) WaitLeader(ctx context.Context) error { return c.store.WaitLeader(ctx) }
 
 // Barrier waits until this leader applied every entry committed before it.
 func (c *Cluster) Barrier(ctx context.Context) error { return c.store.Barrier(ctx) }
@@ -242,9 +236,6 @@ func (c *Cluster) Status() api.Status {
 	}
 	return s
 }
-
-// Stats returns Raft's statistics (hashicorp/raft's Stats keys).
-func (c *Cluster) Stats() map[string]string { return c.store.Stats() }
 
 // Term returns the current Raft term, as Raft's statistics say it.
 func (c *Cluster) Term() string { return c.store.Stats()["term"] }

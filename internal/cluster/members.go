@@ -24,7 +24,7 @@ func (c *Cluster) Membership(ctx context.Context, join []string, bootstrap bool)
 		c.joinErr = err
 		c.mu.Unlock()
 		if err == nil {
-			c.log.Info("member of the cluster", "leader", c.LeaderID())
+			c.log.Info("member of the cluster", "leader", c.leaderID())
 			return
 		}
 		// The first attempts race the cluster's own start (no leader elected yet).

@@ -48,7 +48,7 @@ func callerUID(ctx context.Context) int {
 func (s *server) rootOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if uid := callerUID(r.Context()); uid != 0 {
-			WriteError(w, s.Log, fmt.Errorf("the local API is root only (caller uid %d): %w", uid, api.ErrForbidden))
+			writeError(w, s.Log, fmt.Errorf("the local API is root only (caller uid %d): %w", uid, api.ErrForbidden))
 			return
 		}
 		h.ServeHTTP(w, r)
@@ -68,7 +68,7 @@ func caller(r *http.Request) string {
 func (s *server) peersOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if caller(r) == "" {
-			WriteError(w, s.Log, fmt.Errorf("peer API needs a client certificate: %w", api.ErrForbidden))
+			writeError(w, s.Log, fmt.Errorf("peer API needs a client certificate: %w", api.ErrForbidden))
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -469,7 +469,7 @@ func moveStream(t *testing.T, events []api.MoveEvent, cut string) http.HandlerFu
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req api.MoveRequest
 		if err := readJSON(r, &req); err != nil {
-			WriteError(w, discardLog(), err)
+			writeError(w, discardLog(), err)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
@@ -549,7 +549,7 @@ func TestClientMove(t *testing.T) {
 			var req api.MoveRequest
 			b, _ := io.ReadAll(r.Body)
 			if err := readJSON(httptest.NewRequest("POST", "/", bytes.NewReader(b)), &req); err != nil {
-				WriteError(w, discardLog(), err)
+				writeError(w, discardLog(), err)
 				return
 			}
 			mu.Lock()
@@ -771,7 +771,7 @@ func TestClientBalancer(t *testing.T) {
 				b, _ := io.ReadAll(r.Body)
 				var body struct{}
 				if err := readJSON(httptest.NewRequest("POST", "/", bytes.NewReader(b)), &body); err != nil {
-					WriteError(w, discardLog(), err)
+					writeError(w, discardLog(), err)
 					return
 				}
 				r.Body = io.NopCloser(bytes.NewReader(b))

@@ -109,17 +109,17 @@ func TestSentinelListsComplete(t *testing.T) {
 }
 
 // roundTrip sends err over a real unix socket as the daemon and its clients do: the
-// handler answers it with WriteError, an api.Client receives it. It returns the code and
+// handler answers it with writeError, an api.Client receives it. It returns the code and
 // HTTP status that went over the wire and the error the client made of them.
 func roundTrip(t *testing.T, err error) (code string, status int, back error) {
 	t.Helper()
 	sock := serveUnix(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := httptest.NewRecorder()
-		WriteError(rec, discardLog(), err)
+		writeError(rec, discardLog(), err)
 		status = rec.Code
 		var body api.ErrorBody
 		if jerr := json.Unmarshal(rec.Body.Bytes(), &body); jerr != nil {
-			t.Errorf("WriteError wrote %q: %v", rec.Body, jerr)
+			t.Errorf("writeError wrote %q: %v", rec.Body, jerr)
 		}
 		code = body.Error.Code
 		w.Header().Set("Content-Type", rec.Header().Get("Content-Type"))
@@ -217,7 +217,7 @@ func TestWriteError(t *testing.T) {
 			var logBuf bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&logBuf, nil))
 			rec := httptest.NewRecorder()
-			WriteError(rec, log, tt.err)
+			writeError(rec, log, tt.err)
 			if rec.Code != tt.status || rec.Header().Get("Content-Type") != "application/json" {
 				t.Errorf("status %d content type %q", rec.Code, rec.Header().Get("Content-Type"))
 			}

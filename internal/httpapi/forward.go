@@ -60,7 +60,7 @@ func (s *server) nodeOf(r *http.Request, w api.Workload) (string, error) {
 func (s *server) relay(w http.ResponseWriter, r *http.Request, addr, method, path string, in any) {
 	resp, err := s.Peers.Forward(addr).Open(r.Context(), method, path, in)
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	defer resp.Body.Close()

@@ -33,9 +33,9 @@ func readJSON(r *http.Request, v any) error {
 	return nil
 }
 
-// WriteError answers err with its wire code and HTTP status; an error that wraps no
+// writeError answers err with its wire code and HTTP status; an error that wraps no
 // sentinel is an internal error, logged here.
-func WriteError(w http.ResponseWriter, log *slog.Logger, err error) {
+func writeError(w http.ResponseWriter, log *slog.Logger, err error) {
 	code, status := api.Code(err)
 	if status == http.StatusInternalServerError {
 		log.Error("request failed", "err", err)
@@ -49,7 +49,7 @@ func (s *server) handle(fn func(r *http.Request) (any, error)) http.HandlerFunc 
 	return func(w http.ResponseWriter, r *http.Request) {
 		v, err := fn(r)
 		if err != nil {
-			WriteError(w, s.Log, err)
+			writeError(w, s.Log, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, v)

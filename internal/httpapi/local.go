@@ -128,7 +128,7 @@ func (s *server) remove(r *http.Request) (any, error) {
 func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	wl, err := s.Service.Workload(r.Context(), r.PathValue("ref"))
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	q := r.URL.Query()
@@ -137,13 +137,13 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 		stream = "stdout"
 	}
 	if stream != "stdout" && stream != "stderr" {
-		WriteError(w, s.Log, fmt.Errorf("stream %q: want stdout or stderr: %w", stream, api.ErrBadRequest))
+		writeError(w, s.Log, fmt.Errorf("stream %q: want stdout or stderr: %w", stream, api.ErrBadRequest))
 		return
 	}
 	tail, _ := strconv.Atoi(q.Get("tail"))
 	addr, err := s.nodeOf(r, wl)
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	if addr != "" {
@@ -152,7 +152,7 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	}
 	lg, err := s.Service.OpenLog(r.Context(), wl, stream, tail)
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -192,7 +192,7 @@ func (s *server) check(r *http.Request) (any, error) {
 func (s *server) move(w http.ResponseWriter, r *http.Request) {
 	req, err := decode[api.MoveRequest](r)
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	wl, err := s.Service.Workload(r.Context(), req.Workload)
@@ -200,12 +200,12 @@ func (s *server) move(w http.ResponseWriter, r *http.Request) {
 		err = s.Service.ValidateMove(r.Context(), wl, req)
 	}
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	addr, err := s.nodeOf(r, wl)
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	if addr != "" {
@@ -232,7 +232,7 @@ func (s *server) move(w http.ResponseWriter, r *http.Request) {
 		}
 	})
 	if err != nil {
-		WriteError(w, s.Log, err)
+		writeError(w, s.Log, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")

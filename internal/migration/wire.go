@@ -91,8 +91,8 @@ type Remote interface {
 // clientRemote is a Remote over a peer API client.
 type clientRemote struct{ c *api.Client }
 
-// NewRemote returns the Remote that calls the peer API through c.
-func NewRemote(c *api.Client) Remote { return clientRemote{c} }
+// newRemote returns the Remote that calls the peer API through c.
+func newRemote(c *api.Client) Remote { return clientRemote{c} }
 
 func path(pattern, id string) string { return strings.Replace(pattern, "{id}", url.PathEscape(id), 1) }
 
@@ -138,4 +138,4 @@ func OverPeers(p *peer.Peers) Peers { return peerTargets{p} }
 
 type peerTargets struct{ p *peer.Peers }
 
-func (t peerTargets) Target(addr string) Remote { return NewRemote(t.p.Client(addr)) }
+func (t peerTargets) Target(addr string) Remote { return newRemote(t.p.Client(addr)) }

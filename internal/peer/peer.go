@@ -48,6 +48,3 @@ func (p *Peers) Forward(addr string) *api.Client {
 
 // ForwardedBy returns the id of the node that relayed r, "" if r was not relayed.
 func ForwardedBy(r *http.Request) string { return r.Header.Get(ForwardedHeader) }
-
-// Close drops the idle connections to peers.
-func (p *Peers) Close() { p.tr.CloseIdleConnections() }

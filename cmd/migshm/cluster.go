@@ -4,34 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/migshm/migshm/api"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 )
-
-// socketFlag picks the node the CLI talks to. Flags are built afresh for every app:
-// urfave/cli stores parsed values in them.
-func socketFlag() cli.Flag {
-	return &cli.StringFlag{Name: "socket", Usage: "local API socket of the node to talk to",
-		EnvVars: []string{"MIGSHM_SOCKET"}, Value: api.DefaultSocket}
-}
-
-func client(c *cli.Context) *api.Client { return api.NewClient(c.String("socket")) }
-
-// apiContext bounds one API call; long operations pass their own.
-func apiContext(c *cli.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.Context, 30*time.Second)
-}
-
-func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
 
 func ago(nanos int64) string {
 	if nanos == 0 {

@@ -137,11 +137,7 @@ func checkCommand() *cli.Command {
 			"Examples:\n  migshm check 4242\n  migshm check --json 4242\n" +
 			"  migshm check db1 n2\n  migshm check db1 n2 --json",
 		Flags: []cli.Flag{jsonFlag()},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			switch len(args) {
 			case 1:
 				return checkLocal(c, args[0])
@@ -149,7 +145,7 @@ func checkCommand() *cli.Command {
 				return checkMove(c, args[0], args[1])
 			}
 			return fmt.Errorf("check needs one PID, or a WORKLOAD and a NODE (got %d arguments); see `migshm check --help`", len(args))
-		},
+		}),
 	}
 }
 

@@ -288,11 +288,7 @@ func stopCommand() *cli.Command {
 			"of one of its processes. It may run on any node.\n\n" +
 			"Examples:\n  migshm stop db1\n  migshm stop --timeout 30s w3f2a",
 		Flags: []cli.Flag{jsonFlag(), &cli.DurationFlag{Name: "timeout", Usage: "grace period before SIGKILL (default: the node's stop-timeout)"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return errors.New("give one workload: `migshm stop WORKLOAD` (see `migshm ps`)")
 			}
@@ -307,7 +303,7 @@ func stopCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "stopped %s on %s: exit status %d\n", wl.Name, wl.Node, wl.ExitStatus)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -317,11 +313,7 @@ func rmCommand() *cli.Command {
 		Usage:       "forget an exited workload: its record and its log files",
 		ArgsUsage:   "WORKLOAD",
 		Description: "Examples:\n  migshm rm db1",
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return errors.New("give one workload: `migshm rm WORKLOAD` (see `migshm ps --all`)")
 			}
@@ -332,7 +324,7 @@ func rmCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "removed %s\n", args[0])
 			return nil
-		},
+		}),
 	}
 }
 
@@ -348,11 +340,7 @@ func logsCommand() *cli.Command {
 			&cli.BoolFlag{Name: "stderr", Usage: "print stderr instead of stdout"},
 			&cli.IntFlag{Name: "tail", Usage: "start with the last N lines (0: all)"},
 		},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return errors.New("give one workload: `migshm logs WORKLOAD` (see `migshm ps`)")
 			}
@@ -363,7 +351,7 @@ func logsCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
 			defer stop()
 			return client(c).Logs(ctx, args[0], stream, c.Bool("follow"), c.Int("tail"), c.App.Writer)
-		},
+		}),
 	}
 }
 
@@ -377,11 +365,7 @@ func leaveCommand() *cli.Command {
 			"daemon; to join again, clear its data dir's raft/ and start it with --join.\n\n" +
 			"Examples:\n  migshm --socket /run/migshmd/migshmd.sock leave\n  migshm leave node3",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Usage: "leave even though workloads run there"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) > 1 {
 				return errors.New("give at most one node: `migshm leave [NODE]`")
 			}
@@ -400,6 +384,6 @@ func leaveCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "node %s left the cluster; stop its daemon now\n", res.Node)
 			return nil
-		},
+		}),
 	}
 }

@@ -73,6 +73,19 @@ func interspersedArgs(c *cli.Context) ([]string, error) {
 	return args, nil
 }
 
+// withArgs makes a command's action of one that takes its positional arguments, with the
+// flags among them applied (interspersedArgs); it does not run it when they asked for
+// help, which is then shown.
+func withArgs(action func(c *cli.Context, args []string) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		args, err := interspersedArgs(c)
+		if err != nil || args == nil {
+			return err
+		}
+		return action(c, args)
+	}
+}
+
 func jsonFlag() cli.Flag { return &cli.BoolFlag{Name: "json", Usage: "print the result as JSON"} }
 
 func printJSON(w io.Writer, v any) error {

@@ -46,11 +46,7 @@ func moveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-precopy", Usage: "no pre-copy: freeze, dump and ship everything at once (longest downtime, fewest bytes)"},
 			&cli.BoolFlag{Name: "json", Usage: "print each event as one line of JSON as it happens"},
 		},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 2 {
 				return fmt.Errorf("give a workload and a target node: `migshm move WORKLOAD NODE` (got %d arguments; see `migshm ps` and `migshm nodes`)", len(args))
 			}
@@ -89,7 +85,7 @@ func moveCommand() *cli.Command {
 				defer cancel()
 				return workloadNames(ctx, cl)
 			})
-		},
+		}),
 	}
 }
 
@@ -309,11 +305,7 @@ func migrationsCommand() *cli.Command {
 			"it whole).\n\n" +
 			"Examples:\n  migshm migrations\n  migshm migrations --all --json",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include every finished migration"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 0 {
 				return fmt.Errorf("migrations takes no arguments (got %q)", args)
 			}
@@ -359,7 +351,7 @@ func migrationsCommand() *cli.Command {
 				fmt.Fprintf(c.App.Writer, "(%d older finished migrations not shown; --all shows them)\n", hidden)
 			}
 			return nil
-		},
+		}),
 	}
 }
 

@@ -46,7 +46,7 @@ func tlsCommand() *cli.Command {
 					dirFlag,
 					&cli.BoolFlag{Name: "force", Usage: "replace an existing CA (every node must then get a new certificate)"},
 				},
-				Action: tlsInit,
+				Action: withArgs(tlsInit),
 			},
 			{
 				Name:      "node",
@@ -68,17 +68,13 @@ func tlsCommand() *cli.Command {
 					&cli.StringFlag{Name: "out", Usage: "directory to write the node's files to", DefaultText: "DIR/NAME"},
 					&cli.IntFlag{Name: "days", Value: 730, Usage: "validity of the certificate in days (at most the CA's)"},
 				},
-				Action: tlsNode,
+				Action: withArgs(tlsNode),
 			},
 		},
 	}
 }
 
-func tlsInit(c *cli.Context) error {
-	args, err := interspersedArgs(c)
-	if err != nil || args == nil {
-		return err
-	}
+func tlsInit(c *cli.Context, args []string) error {
 	if len(args) != 0 {
 		return fmt.Errorf("tls init takes no arguments (got %q); see `migshm tls init --help`", args)
 	}
@@ -105,11 +101,7 @@ func tlsInit(c *cli.Context) error {
 	return nil
 }
 
-func tlsNode(c *cli.Context) error {
-	args, err := interspersedArgs(c)
-	if err != nil || args == nil {
-		return err
-	}
+func tlsNode(c *cli.Context, args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("tls node needs exactly one NAME (got %d arguments); see `migshm tls node --help`", len(args))
 	}

@@ -296,17 +296,12 @@ func undrainCommand() *cli.Command {
 			if len(args) != 1 {
 				return fmt.Errorf("give one node: `migshm undrain NODE` (got %d arguments; see `migshm nodes`)", len(args))
 			}
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			n, err := client(c).Undrain(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, n)
-			}
-			fmt.Fprintf(c.App.Writer, "%s is %s: it takes new workloads\n", n.ID, n.State)
-			return nil
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Node, error) {
+				return cl.Undrain(ctx, args[0])
+			}, func(w io.Writer, n api.Node) error {
+				fmt.Fprintf(w, "%s is %s: it takes new workloads\n", n.ID, n.State)
+				return nil
+			})
 		}),
 	}
 }
@@ -346,26 +341,19 @@ func pinAction(pin bool) cli.ActionFunc {
 		if len(args) != 1 {
 			return fmt.Errorf("give one workload: `migshm %s WORKLOAD` (see `migshm ps`)", c.Command.Name)
 		}
-		ctx, cancel := apiContext(c)
-		defer cancel()
-		cl := client(c)
-		call := cl.Unpin
-		if pin {
-			call = cl.Pin
-		}
-		wl, err := call(ctx, args[0])
-		if err != nil {
-			return err
-		}
-		if c.Bool("json") {
-			return printJSON(c.App.Writer, wl)
-		}
-		if pin {
-			fmt.Fprintf(c.App.Writer, "pinned %s to %s\n", wl.Name, wl.Node)
-		} else {
-			fmt.Fprintf(c.App.Writer, "unpinned %s: the balancer may move it off %s\n", wl.Name, wl.Node)
-		}
-		return nil
+		return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Workload, error) {
+			if pin {
+				return cl.Pin(ctx, args[0])
+			}
+			return cl.Unpin(ctx, args[0])
+		}, func(w io.Writer, wl api.Workload) error {
+			if pin {
+				fmt.Fprintf(w, "pinned %s to %s\n", wl.Name, wl.Node)
+			} else {
+				fmt.Fprintf(w, "unpinned %s: the balancer may move it off %s\n", wl.Name, wl.Node)
+			}
+			return nil
+		})
 	})
 }
 
@@ -386,16 +374,9 @@ func balanceCommand() *cli.Command {
 			if len(args) != 0 {
 				return fmt.Errorf("balance takes no arguments (got %q); see `migshm balance --help`", args)
 			}
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			r, err := client(c).Balance(ctx, c.Bool("dry-run"))
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, r)
-			}
-			return printBalance(c.App.Writer, r)
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.BalanceReport, error) {
+				return cl.Balance(ctx, c.Bool("dry-run"))
+			}, printBalance)
 		}),
 	}
 }

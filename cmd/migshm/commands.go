@@ -95,3 +95,23 @@ func printJSON(w io.Writer, v any) error {
 }
 
 func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+// show prints v, what a command found or did: as JSON with --json, else with text.
+func show[T any](c *cli.Context, v T, text func(w io.Writer, v T) error) error {
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, v)
+	}
+	return text(c.App.Writer, v)
+}
+
+// callAndShow is the whole of a command that asks the daemon one thing once its
+// arguments are checked: call runs under apiContext, and show prints its answer.
+func callAndShow[T any](c *cli.Context, call func(ctx context.Context, cl *api.Client) (T, error), text func(w io.Writer, v T) error) error {
+	ctx, cancel := apiContext(c)
+	defer cancel()
+	v, err := call(ctx, client(c))
+	if err != nil {
+		return err
+	}
+	return show(c, v, text)
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,14 +34,6 @@ func newApp() *cli.App {
 			pinCommand(), unpinCommand(), balanceCommand(), doctorCommand(), tlsCommand(),
 		},
 	}
-}
-
-func jsonFlag() cli.Flag { return &cli.BoolFlag{Name: "json", Usage: "print the result as JSON"} }
-
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // doctorReport is what `migshm doctor` finds.
@@ -91,24 +82,8 @@ func doctorCommand() *cli.Command {
 				r.PipeMaxSize, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 			}
 			r.OK = len(r.Problems) == 0
-			if c.Bool("json") {
-				if err := printJSON(c.App.Writer, r); err != nil {
-					return err
-				}
-			} else {
-				w := c.App.Writer
-				fmt.Fprintf(w, "kernel         %s\n", r.Kernel)
-				fmt.Fprintf(w, "root           %v\n", r.Root)
-				fmt.Fprintf(w, "criu           %s %s\n", r.CRIU, r.CRIUVersion)
-				for _, f := range migrate.OptionalFeatures {
-					if v, ok := r.Features[f]; ok {
-						fmt.Fprintf(w, "  %-16s %s\n", f, map[bool]string{true: "yes", false: "no"}[v])
-					}
-				}
-				fmt.Fprintf(w, "pipe-max-size  %d\n", r.PipeMaxSize)
-				for _, p := range r.Problems {
-					fmt.Fprintf(w, "problem: %s\n", p)
-				}
+			if err := show(c, r, printDoctor); err != nil {
+				return err
 			}
 			if !r.OK {
 				return errors.New("this machine cannot move workloads yet; fix the problems above (scripts/setup does most of it)")
@@ -116,6 +91,23 @@ func doctorCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// printDoctor prints what `migshm doctor` found.
+func printDoctor(w io.Writer, r doctorReport) error {
+	fmt.Fprintf(w, "kernel         %s\n", r.Kernel)
+	fmt.Fprintf(w, "root           %v\n", r.Root)
+	fmt.Fprintf(w, "criu           %s %s\n", r.CRIU, r.CRIUVersion)
+	for _, f := range migrate.OptionalFeatures {
+		if v, ok := r.Features[f]; ok {
+			fmt.Fprintf(w, "  %-16s %s\n", f, map[bool]string{true: "yes", false: "no"}[v])
+		}
+	}
+	fmt.Fprintf(w, "pipe-max-size  %d\n", r.PipeMaxSize)
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "problem: %s\n", p)
+	}
+	return nil
 }
 
 // checkReport is what `migshm check` finds.
@@ -147,11 +139,7 @@ func checkCommand() *cli.Command {
 			"Examples:\n  migshm check 4242\n  migshm check --json 4242\n" +
 			"  migshm check db1 n2\n  migshm check db1 n2 --json",
 		Flags: []cli.Flag{jsonFlag()},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			switch len(args) {
 			case 1:
 				return checkLocal(c, args[0])
@@ -159,7 +147,7 @@ func checkCommand() *cli.Command {
 				return checkMove(c, args[0], args[1])
 			}
 			return fmt.Errorf("check needs one PID, or a WORKLOAD and a NODE (got %d arguments); see `migshm check --help`", len(args))
-		},
+		}),
 	}
 }
 
@@ -182,13 +170,18 @@ func checkLocal(c *cli.Context, arg string) error {
 	default:
 		return fmt.Errorf("check pid %d: %w", pid, err)
 	}
-	if c.Bool("json") {
-		if err := printJSON(c.App.Writer, r); err != nil {
-			return err
-		}
-	} else if r.Movable {
-		fmt.Fprintf(c.App.Writer, "pid %d: movable: workload init %d, %d processes, %d SysV segments attached\n",
-			pid, r.Init, len(r.Procs), len(r.Segments))
+	if err := show(c, r, printCheckLocal); err != nil {
+		return err
 	}
-	return err
+	return err // nil, or why the tree cannot move
+}
+
+// printCheckLocal prints a movable process tree; the error of `migshm check` says why one
+// is not.
+func printCheckLocal(w io.Writer, r checkReport) error {
+	if r.Movable {
+		fmt.Fprintf(w, "pid %d: movable: workload init %d, %d processes, %d SysV segments attached\n",
+			r.Pid, r.Init, len(r.Procs), len(r.Segments))
+	}
+	return nil
 }

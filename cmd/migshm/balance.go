@@ -50,11 +50,7 @@ func drainCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-wait", Usage: "set the node draining and return at once"},
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Minute, Usage: "how long to wait for the node to empty"},
 		},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("give one node: `migshm drain NODE` (got %d arguments; see `migshm nodes`)", len(args))
 			}
@@ -122,7 +118,7 @@ func drainCommand() *cli.Command {
 					n.ID, plural(len(dw.left), "workload"), timeout, dw.describeLeft(), n.ID, n.ID, n.ID), err: context.DeadlineExceeded}
 			}
 			return werr
-		},
+		}),
 	}
 }
 
@@ -296,26 +292,17 @@ func undrainCommand() *cli.Command {
 			"workloads to it. Workloads moved off it stay where they are.\n\n" +
 			"Examples:\n  migshm undrain n1\n  migshm undrain n1 --json",
 		Flags: []cli.Flag{jsonFlag()},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return fmt.Errorf("give one node: `migshm undrain NODE` (got %d arguments; see `migshm nodes`)", len(args))
 			}
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			n, err := client(c).Undrain(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, n)
-			}
-			fmt.Fprintf(c.App.Writer, "%s is %s: it takes new workloads\n", n.ID, n.State)
-			return nil
-		},
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Node, error) {
+				return cl.Undrain(ctx, args[0])
+			}, func(w io.Writer, n api.Node) error {
+				fmt.Fprintf(w, "%s is %s: it takes new workloads\n", n.ID, n.State)
+				return nil
+			})
+		}),
 	}
 }
 
@@ -331,7 +318,7 @@ func pinCommand() *cli.Command {
 			"`migshm ps` marks pinned workloads.\n\n" +
 			"Examples:\n  migshm pin db1\n  migshm pin db1 --json",
 		Flags:  []cli.Flag{jsonFlag()},
-		Action: func(c *cli.Context) error { return pinAction(c, true) },
+		Action: pinAction(true),
 	}
 }
 
@@ -344,38 +331,30 @@ func unpinCommand() *cli.Command {
 			"of one of its processes.\n\n" +
 			"Examples:\n  migshm unpin db1\n  migshm unpin db1 --json",
 		Flags:  []cli.Flag{jsonFlag()},
-		Action: func(c *cli.Context) error { return pinAction(c, false) },
+		Action: pinAction(false),
 	}
 }
 
-func pinAction(c *cli.Context, pin bool) error {
-	args, err := interspersedArgs(c)
-	if err != nil || args == nil {
-		return err
-	}
-	if len(args) != 1 {
-		return fmt.Errorf("give one workload: `migshm %s WORKLOAD` (see `migshm ps`)", c.Command.Name)
-	}
-	ctx, cancel := apiContext(c)
-	defer cancel()
-	cl := client(c)
-	call := cl.Unpin
-	if pin {
-		call = cl.Pin
-	}
-	wl, err := call(ctx, args[0])
-	if err != nil {
-		return err
-	}
-	if c.Bool("json") {
-		return printJSON(c.App.Writer, wl)
-	}
-	if pin {
-		fmt.Fprintf(c.App.Writer, "pinned %s to %s\n", wl.Name, wl.Node)
-	} else {
-		fmt.Fprintf(c.App.Writer, "unpinned %s: the balancer may move it off %s\n", wl.Name, wl.Node)
-	}
-	return nil
+// pinAction is the action of pin (pin true) and of unpin.
+func pinAction(pin bool) cli.ActionFunc {
+	return withArgs(func(c *cli.Context, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("give one workload: `migshm %s WORKLOAD` (see `migshm ps`)", c.Command.Name)
+		}
+		return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Workload, error) {
+			if pin {
+				return cl.Pin(ctx, args[0])
+			}
+			return cl.Unpin(ctx, args[0])
+		}, func(w io.Writer, wl api.Workload) error {
+			if pin {
+				fmt.Fprintf(w, "pinned %s to %s\n", wl.Name, wl.Node)
+			} else {
+				fmt.Fprintf(w, "unpinned %s: the balancer may move it off %s\n", wl.Name, wl.Node)
+			}
+			return nil
+		})
+	})
 }
 
 func balanceCommand() *cli.Command {
@@ -391,25 +370,14 @@ func balanceCommand() *cli.Command {
 			"cpu (balancing the load).\n\n" +
 			"Examples:\n  migshm balance --dry-run\n  migshm balance\n  migshm balance --dry-run --json",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "plan only: move nothing"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 0 {
 				return fmt.Errorf("balance takes no arguments (got %q); see `migshm balance --help`", args)
 			}
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			r, err := client(c).Balance(ctx, c.Bool("dry-run"))
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, r)
-			}
-			return printBalance(c.App.Writer, r)
-		},
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.BalanceReport, error) {
+				return cl.Balance(ctx, c.Bool("dry-run"))
+			}, printBalance)
+		}),
 	}
 }
 

@@ -60,10 +60,7 @@ func callPaths(calls []apiCall) []string {
 
 func TestCLIBalance(t *testing.T) {
 	f := newFakeDaemon(t)
-	out, err := f.cli(t, "balance", "--dry-run")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "balance", "--dry-run")
 	want := `NODE  STATE   CORES  CPU   LOAD  WORKLOADS  MEM FREE
 n1    active  4      3.20  0.80  4          2.0 GiB
 n2    active  2.5    0.25  0.10  1          6.0 GiB
@@ -88,17 +85,11 @@ left alone:
 		t.Errorf("calls %q, want only GET /v1/balance (a dry run moves nothing)", c)
 	}
 
-	out, err = f.cli(t, "balance", "--json", "-n")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "balance", "--json", "-n")
 	wantJSON(t, out, f.balance)
 	f.takeCalls()
 
-	out, err = f.cli(t, "balance")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "balance")
 	_, moves, ok := strings.Cut(out, "\nmoves:\n")
 	if !ok {
 		t.Fatalf("balance prints no moves:\n%s", out)
@@ -118,19 +109,13 @@ left alone:
 	}
 
 	f.balance.Moves, f.balance.Skipped = nil, nil
-	out, err = f.cli(t, "balance", "--dry-run")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "balance", "--dry-run")
 	if !strings.HasSuffix(out, "imbalance 0.350\nbalanced: nothing to move\n") {
 		t.Errorf("balance with no moves:\n%s", out)
 	}
 	f.takeCalls()
 
-	if _, err := f.cli(t, "balance", "now"); err == nil || !strings.Contains(err.Error(), "balance takes no arguments") {
-		t.Errorf("balance now: %v", err)
-	}
-	wantNoCalls(t, f)
+	f.wantRefused(t, []string{"balance", "now"}, "balance takes no arguments")
 }
 
 func TestCLIPin(t *testing.T) {
@@ -152,32 +137,23 @@ func TestCLIPin(t *testing.T) {
 		}
 	}
 
-	out, err := f.cli(t, "pin", "db1", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "pin", "db1", "--json")
 	want := f.workloads[0]
 	want.Pinned = true
 	wantJSON(t, out, want)
-	out, err = f.cli(t, "unpin", "--json", "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "unpin", "--json", "api")
 	want = f.workloads[2]
 	want.Pinned = false
 	wantJSON(t, out, want)
 	f.takeCalls()
 
-	out, err = f.cli(t, "pin", "nope")
+	out, err := f.cli(t, "pin", "nope")
 	if !errors.Is(err, record.ErrUnknownWorkload) || err.Error() != "no workload \"nope\" (see `migshm ps`)" || out != "" {
 		t.Errorf("pin nope: %q %v", out, err)
 	}
 	f.takeCalls()
 	for _, args := range [][]string{{"pin"}, {"unpin", "a", "b"}} {
-		if _, err := f.cli(t, args...); err == nil || !strings.Contains(err.Error(), "give one workload: `migshm "+args[0]+" WORKLOAD`") {
-			t.Errorf("migshm %q: %v", args, err)
-		}
-		wantNoCalls(t, f)
+		f.wantRefused(t, args, "give one workload: `migshm "+args[0]+" WORKLOAD`")
 	}
 }
 
@@ -215,10 +191,7 @@ func TestCLIDrain(t *testing.T) {
 		{Workload: "w00000002", Name: "web", Node: "n2", Reason: "elsewhere: not told"},
 		{Reason: "cap reached: not about n1"},
 	}}
-	out, err := f.cli(t, "drain", "n1")
-	if err != nil {
-		t.Fatalf("drain n1: %v\n%s", err, out)
-	}
+	out := f.mustCLI(t, "drain", "n1")
 	// The line repeats only when it changes; the balancer's reason is told once.
 	want := `n1 is draining: it takes no new workloads; waiting up to 10m0s for the balancer to move its workloads off
 n1: 2 workloads left; moving: db1 -> n2
@@ -249,10 +222,7 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 		f.mu.Lock()
 		f.workloadLists = 0
 		f.mu.Unlock()
-		out, err := f.cli(t, "drain", "n1", "--json")
-		if err != nil {
-			t.Fatal(err)
-		}
+		out := f.mustCLI(t, "drain", "n1", "--json")
 		f.takeCalls()
 		wantJSON(t, out, drainResult{Node: f.node("n1"), Workloads: []api.Workload{}})
 	})
@@ -275,10 +245,7 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 		if c := f.takeCalls(); len(c) != 1 || c[0].Path != "/v1/nodes/n1/undrain" || c[0].Body != "{}" {
 			t.Errorf("calls %+v", c)
 		}
-		out, err = f.cli(t, "undrain", "--json", "n2")
-		if err != nil {
-			t.Fatal(err)
-		}
+		out = f.mustCLI(t, "undrain", "--json", "n2")
 		f.takeCalls()
 		wantJSON(t, out, f.node("n2"))
 		if f.node("n2").State != record.NodeActive {
@@ -288,28 +255,24 @@ n1 drained: 0 workloads; ` + "`migshm undrain n1` to take new work\n"
 
 	t.Run("refused", func(t *testing.T) {
 		for _, tt := range []struct {
-			args  []string
-			msg   string
-			calls bool
+			args []string
+			msg  string
 		}{
-			{[]string{"drain"}, "give one node: `migshm drain NODE` (got 0 arguments", false},
-			{[]string{"drain", "n1", "n2"}, "give one node: `migshm drain NODE` (got 2 arguments", false},
-			{[]string{"undrain"}, "give one node: `migshm undrain NODE`", false},
-			{[]string{"drain", "n1", "--timeout", "0s"}, "--timeout 0s: give a positive duration (or --no-wait not to wait)", false},
-			{[]string{"drain", "n9"}, "no node \"n9\" (see `migshm nodes`)", true},
-			{[]string{"undrain", "n9"}, "no node \"n9\" (see `migshm nodes`)", true},
+			{[]string{"drain"}, "give one node: `migshm drain NODE` (got 0 arguments"},
+			{[]string{"drain", "n1", "n2"}, "give one node: `migshm drain NODE` (got 2 arguments"},
+			{[]string{"undrain"}, "give one node: `migshm undrain NODE`"},
+			{[]string{"drain", "n1", "--timeout", "0s"}, "--timeout 0s: give a positive duration (or --no-wait not to wait)"},
 		} {
-			_, err := f.cli(t, tt.args...)
-			if err == nil || !strings.Contains(err.Error(), tt.msg) {
-				t.Errorf("migshm %q: %v, want %q", tt.args, err, tt.msg)
+			f.wantRefused(t, tt.args, tt.msg)
+		}
+		// The daemon refuses a node it does not know.
+		const unknown = "no node \"n9\" (see `migshm nodes`)"
+		for _, args := range [][]string{{"drain", "n9"}, {"undrain", "n9"}} {
+			_, err := f.cli(t, args...)
+			if err == nil || !strings.Contains(err.Error(), unknown) || !errors.Is(err, record.ErrUnknownNode) {
+				t.Errorf("migshm %q: %v, want %q (ErrUnknownNode)", args, err, unknown)
 			}
-			if tt.calls {
-				if !errors.Is(err, record.ErrUnknownNode) {
-					t.Errorf("migshm %q: %v is not ErrUnknownNode", tt.args, err)
-				}
-				f.takeCalls()
-			}
-			wantNoCalls(t, f)
+			f.takeCalls()
 		}
 	})
 }
@@ -379,10 +342,7 @@ func TestCLIStatusBalancer(t *testing.T) {
 	rep.Moves = nil
 	f.last = &rep // the router puts the leader's last pass in the status
 
-	out, err := f.cli(t, "status")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "status")
 	_, bal, ok := strings.Cut(out, "\n\nbalancer:\n")
 	if !ok {
 		t.Fatalf("no balancer section in\n%s", out)
@@ -404,20 +364,14 @@ func TestCLIStatusBalancer(t *testing.T) {
 		{"w00000005", "n1", "n2", "memory", "error: w00000005 is moving already (m7)", "n1 has 2.0 GiB free < floor 3.0 GiB"},
 	})
 
-	out, err = f.cli(t, "status", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "status", "--json")
 	want := f.status
 	want.Balancer = &rep
 	wantJSON(t, out, want)
 
 	// A leader that never ran a pass, and does not balance on its own.
 	f.last = &api.BalanceReport{Leader: "n1", Threshold: 0.1}
-	out, err = f.cli(t, "status")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "status")
 	_, bal, _ = strings.Cut(out, "\n\nbalancer:\n")
 	wantRows(t, regexp.MustCompile(`(?m)^(\s*[a-z ]+):`).ReplaceAllString(bal, "$1"), [][]string{
 		{"auto", "off: drains only (`migshm balance` runs a full pass)"},

@@ -9,29 +9,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/migshm/migshm/api"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 )
-
-// socketFlag picks the node the CLI talks to. Flags are built afresh for every app:
-// urfave/cli stores parsed values in them.
-func socketFlag() cli.Flag {
-	return &cli.StringFlag{Name: "socket", Usage: "local API socket of the node to talk to",
-		EnvVars: []string{"MIGSHM_SOCKET"}, Value: api.DefaultSocket}
-}
-
-func client(c *cli.Context) *api.Client { return api.NewClient(c.String("socket")) }
-
-// apiContext bounds one API call; long operations pass their own.
-func apiContext(c *cli.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.Context, 30*time.Second)
-}
-
-func newTable(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
 
 func ago(nanos int64) string {
 	if nanos == 0 {
@@ -72,48 +55,46 @@ func statusCommand() *cli.Command {
 			"Examples:\n  migshm status\n  migshm --socket /run/migshm-cluster/migshm-n2.sock status --json",
 		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			s, err := client(c).Status(ctx)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, s)
-			}
-			w := newTable(c.App.Writer)
-			leader := s.Leader
-			if leader == "" {
-				leader = "none (no quorum?)"
-			}
-			fmt.Fprintf(w, "node:\t%s (%s)\n", s.Node, strings.ToLower(s.RaftState))
-			fmt.Fprintf(w, "raft address:\t%s\n", s.RaftAddr)
-			fmt.Fprintf(w, "peer api:\t%s\n", s.APIAddr)
-			fmt.Fprintf(w, "leader:\t%s\n", leader)
-			fmt.Fprintf(w, "term:\t%d\n", s.Term)
-			fmt.Fprintf(w, "commit index:\t%d (applied %d)\n", s.CommitIndex, s.AppliedIndex)
-			fmt.Fprintf(w, "workloads here:\t%d running\n", s.Workloads)
-			fmt.Fprintf(w, "daemon:\t%s, up %s\n", s.Version, s.Uptime)
-			if s.Error != "" {
-				fmt.Fprintf(w, "problem:\t%s\n", s.Error)
-			}
-			w.Flush()
-			fmt.Fprintln(c.App.Writer, "\nvoters:")
-			w = newTable(c.App.Writer)
-			fmt.Fprintln(w, "  ID\tADDRESS\tSUFFRAGE\tROLE")
-			for _, p := range s.Peers {
-				role := "follower"
-				if p.Leader {
-					role = "leader"
-				}
-				fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", p.ID, p.Address, p.Suffrage, role)
-			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			return printBalancer(c.App.Writer, s.Balancer)
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Status, error) {
+				return cl.Status(ctx)
+			}, printStatus)
 		},
 	}
+}
+
+// printStatus prints `migshm status`: the node, its voters and the leader's balancer.
+func printStatus(out io.Writer, s api.Status) error {
+	w := newTable(out)
+	leader := s.Leader
+	if leader == "" {
+		leader = "none (no quorum?)"
+	}
+	fmt.Fprintf(w, "node:\t%s (%s)\n", s.Node, strings.ToLower(s.RaftState))
+	fmt.Fprintf(w, "raft address:\t%s\n", s.RaftAddr)
+	fmt.Fprintf(w, "peer api:\t%s\n", s.APIAddr)
+	fmt.Fprintf(w, "leader:\t%s\n", leader)
+	fmt.Fprintf(w, "term:\t%d\n", s.Term)
+	fmt.Fprintf(w, "commit index:\t%d (applied %d)\n", s.CommitIndex, s.AppliedIndex)
+	fmt.Fprintf(w, "workloads here:\t%d running\n", s.Workloads)
+	fmt.Fprintf(w, "daemon:\t%s, up %s\n", s.Version, s.Uptime)
+	if s.Error != "" {
+		fmt.Fprintf(w, "problem:\t%s\n", s.Error)
+	}
+	w.Flush()
+	fmt.Fprintln(out, "\nvoters:")
+	w = newTable(out)
+	fmt.Fprintln(w, "  ID\tADDRESS\tSUFFRAGE\tROLE")
+	for _, p := range s.Peers {
+		role := "follower"
+		if p.Leader {
+			role = "leader"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", p.ID, p.Address, p.Suffrage, role)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	return printBalancer(out, s.Balancer)
 }
 
 func nodesCommand() *cli.Command {
@@ -126,24 +107,22 @@ func nodesCommand() *cli.Command {
 			"Examples:\n  migshm nodes\n  migshm nodes --json",
 		Flags: []cli.Flag{jsonFlag()},
 		Action: func(c *cli.Context) error {
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			nodes, err := client(c).Nodes(ctx)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, nodes)
-			}
-			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "NODE\tSTATE\tRAFT\tPEER API\tCORES\tCPU\tMEM FREE\tWORKLOADS\tREPORTED")
-			for _, n := range nodes {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%d\t%s\n", n.ID, n.State, n.RaftAddr, n.APIAddr,
-					cores(n.Load.Cores), 100*n.Load.CPU, human(n.Load.MemFreeBytes), n.Load.Workloads, ago(n.LoadAt))
-			}
-			return w.Flush()
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) ([]api.Node, error) {
+				return cl.Nodes(ctx)
+			}, printNodes)
 		},
 	}
+}
+
+// printNodes prints the table of `migshm nodes`.
+func printNodes(out io.Writer, nodes []api.Node) error {
+	w := newTable(out)
+	fmt.Fprintln(w, "NODE\tSTATE\tRAFT\tPEER API\tCORES\tCPU\tMEM FREE\tWORKLOADS\tREPORTED")
+	for _, n := range nodes {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%.0f%%\t%s\t%d\t%s\n", n.ID, n.State, n.RaftAddr, n.APIAddr,
+			cores(n.Load.Cores), 100*n.Load.CPU, human(n.Load.MemFreeBytes), n.Load.Workloads, ago(n.LoadAt))
+	}
+	return w.Flush()
 }
 
 func psCommand() *cli.Command {
@@ -172,33 +151,35 @@ func psCommand() *cli.Command {
 				}
 				ws = kept
 			}
-			if c.Bool("json") {
-				if ws == nil {
-					ws = []api.Workload{}
-				}
-				return printJSON(c.App.Writer, ws)
+			if ws == nil {
+				ws = []api.Workload{} // --json prints [], not null
 			}
-			sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
-			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tCPU\tMEM\tPIN\tGROUP\tSTARTED\tCOMMAND")
-			for _, wl := range ws {
-				state := string(wl.State)
-				cpu, mem := "-", "-"
-				if wl.State == "exited" {
-					state = fmt.Sprintf("exited(%d)", wl.ExitStatus)
-				} else if wl.Load != nil {
-					cpu, mem = fmt.Sprintf("%.2f", wl.Load.CPU), human(wl.Load.MemBytes)
-				}
-				pin := "-"
-				if wl.Pinned {
-					pin = "yes"
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
-					len(wl.Pids), cpu, mem, pin, wl.Group, ago(wl.StartedAt), strings.Join(wl.Args, " "))
-			}
-			return w.Flush()
+			return show(c, ws, printWorkloads)
 		},
 	}
+}
+
+// printWorkloads prints the table of `migshm ps`, by name.
+func printWorkloads(out io.Writer, ws []api.Workload) error {
+	sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
+	w := newTable(out)
+	fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tCPU\tMEM\tPIN\tGROUP\tSTARTED\tCOMMAND")
+	for _, wl := range ws {
+		state := string(wl.State)
+		cpu, mem := "-", "-"
+		if wl.State == "exited" {
+			state = fmt.Sprintf("exited(%d)", wl.ExitStatus)
+		} else if wl.Load != nil {
+			cpu, mem = fmt.Sprintf("%.2f", wl.Load.CPU), human(wl.Load.MemBytes)
+		}
+		pin := "-"
+		if wl.Pinned {
+			pin = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
+			len(wl.Pids), cpu, mem, pin, wl.Group, ago(wl.StartedAt), strings.Join(wl.Args, " "))
+	}
+	return w.Flush()
 }
 
 func segmentsCommand() *cli.Command {
@@ -212,32 +193,38 @@ func segmentsCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			ctx, cancel := apiContext(c)
 			defer cancel()
-			segs, err := client(c).Segments(ctx)
+			cl := client(c)
+			segs, err := cl.Segments(ctx)
 			if err != nil {
 				return err
 			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, segs)
-			}
-			ws, err := client(c).Workloads(ctx)
-			if err != nil {
-				return err
-			}
-			users := map[string][]string{}
-			for _, wl := range ws {
-				if wl.State != "exited" {
-					users[wl.Group] = append(users[wl.Group], wl.Name)
+			return show(c, segs, func(w io.Writer, segs []api.Segment) error {
+				ws, err := cl.Workloads(ctx) // the table names the workloads of each group
+				if err != nil {
+					return err
 				}
-			}
-			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "GROUP\tSHMID\tKEY\tSIZE\tMODE\tOWNER\tEPOCH\tWORKLOADS")
-			for _, s := range segs {
-				fmt.Fprintf(w, "%s\t%d\t0x%08x\t%s\t%04o\t%s\t%d\t%s\n", s.Group, s.Shmid, s.Key, human(s.Size),
-					s.Mode, s.Owner, s.Epoch, strings.Join(users[s.Group], ","))
-			}
-			return w.Flush()
+				return printSegments(w, segs, ws)
+			})
 		},
 	}
+}
+
+// printSegments prints the table of `migshm segments`, with the running workloads of ws
+// that use each segment.
+func printSegments(out io.Writer, segs []api.Segment, ws []api.Workload) error {
+	users := map[string][]string{}
+	for _, wl := range ws {
+		if wl.State != "exited" {
+			users[wl.Group] = append(users[wl.Group], wl.Name)
+		}
+	}
+	w := newTable(out)
+	fmt.Fprintln(w, "GROUP\tSHMID\tKEY\tSIZE\tMODE\tOWNER\tEPOCH\tWORKLOADS")
+	for _, s := range segs {
+		fmt.Fprintf(w, "%s\t%d\t0x%08x\t%s\t%04o\t%s\t%d\t%s\n", s.Group, s.Shmid, s.Key, human(s.Size),
+			s.Mode, s.Owner, s.Epoch, strings.Join(users[s.Group], ","))
+	}
+	return w.Flush()
 }
 
 func runCommand() *cli.Command {
@@ -281,18 +268,13 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			wl, err := client(c).Run(ctx, api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"),
-				Args: args, Env: c.StringSlice("env"), Dir: dir})
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, wl)
-			}
-			fmt.Fprintf(c.App.Writer, "started %s (id %s) on %s, init pid %d, ipc group %s\n", wl.Name, wl.ID, wl.Node, wl.InitPid, wl.Group)
-			return nil
+			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir}
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Workload, error) {
+				return cl.Run(ctx, req)
+			}, func(w io.Writer, wl api.Workload) error {
+				fmt.Fprintf(w, "started %s (id %s) on %s, init pid %d, ipc group %s\n", wl.Name, wl.ID, wl.Node, wl.InitPid, wl.Group)
+				return nil
+			})
 		},
 	}
 }
@@ -306,11 +288,7 @@ func stopCommand() *cli.Command {
 			"of one of its processes. It may run on any node.\n\n" +
 			"Examples:\n  migshm stop db1\n  migshm stop --timeout 30s w3f2a",
 		Flags: []cli.Flag{jsonFlag(), &cli.DurationFlag{Name: "timeout", Usage: "grace period before SIGKILL (default: the node's stop-timeout)"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return errors.New("give one workload: `migshm stop WORKLOAD` (see `migshm ps`)")
 			}
@@ -320,12 +298,11 @@ func stopCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, wl)
-			}
-			fmt.Fprintf(c.App.Writer, "stopped %s on %s: exit status %d\n", wl.Name, wl.Node, wl.ExitStatus)
-			return nil
-		},
+			return show(c, wl, func(w io.Writer, wl api.Workload) error {
+				fmt.Fprintf(w, "stopped %s on %s: exit status %d\n", wl.Name, wl.Node, wl.ExitStatus)
+				return nil
+			})
+		}),
 	}
 }
 
@@ -335,11 +312,7 @@ func rmCommand() *cli.Command {
 		Usage:       "forget an exited workload: its record and its log files",
 		ArgsUsage:   "WORKLOAD",
 		Description: "Examples:\n  migshm rm db1",
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return errors.New("give one workload: `migshm rm WORKLOAD` (see `migshm ps --all`)")
 			}
@@ -350,7 +323,7 @@ func rmCommand() *cli.Command {
 			}
 			fmt.Fprintf(c.App.Writer, "removed %s\n", args[0])
 			return nil
-		},
+		}),
 	}
 }
 
@@ -366,11 +339,7 @@ func logsCommand() *cli.Command {
 			&cli.BoolFlag{Name: "stderr", Usage: "print stderr instead of stdout"},
 			&cli.IntFlag{Name: "tail", Usage: "start with the last N lines (0: all)"},
 		},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {
 				return errors.New("give one workload: `migshm logs WORKLOAD` (see `migshm ps`)")
 			}
@@ -381,7 +350,7 @@ func logsCommand() *cli.Command {
 			ctx, stop := signal.NotifyContext(c.Context, unix.SIGINT, unix.SIGTERM)
 			defer stop()
 			return client(c).Logs(ctx, args[0], stream, c.Bool("follow"), c.Int("tail"), c.App.Writer)
-		},
+		}),
 	}
 }
 
@@ -395,11 +364,7 @@ func leaveCommand() *cli.Command {
 			"daemon; to join again, clear its data dir's raft/ and start it with --join.\n\n" +
 			"Examples:\n  migshm --socket /run/migshmd/migshmd.sock leave\n  migshm leave node3",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Usage: "leave even though workloads run there"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) > 1 {
 				return errors.New("give at most one node: `migshm leave [NODE]`")
 			}
@@ -407,17 +372,12 @@ func leaveCommand() *cli.Command {
 			if len(args) == 1 {
 				node = args[0]
 			}
-			ctx, cancel := apiContext(c)
-			defer cancel()
-			res, err := client(c).Leave(ctx, api.LeaveRequest{Node: node, Force: c.Bool("force")})
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, res)
-			}
-			fmt.Fprintf(c.App.Writer, "node %s left the cluster; stop its daemon now\n", res.Node)
-			return nil
-		},
+			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.LeaveResult, error) {
+				return cl.Leave(ctx, api.LeaveRequest{Node: node, Force: c.Bool("force")})
+			}, func(w io.Writer, res api.LeaveResult) error {
+				fmt.Fprintf(w, "node %s left the cluster; stop its daemon now\n", res.Node)
+				return nil
+			})
+		}),
 	}
 }

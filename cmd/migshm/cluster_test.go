@@ -69,6 +69,28 @@ func (f *fakeDaemon) cli(t *testing.T, args ...string) (string, error) {
 	return run(t, append([]string{"--socket", f.sock}, args...)...)
 }
 
+// mustCLI runs migshm against the fake daemon and returns its output; the test fails
+// there if migshm fails.
+func (f *fakeDaemon) mustCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := f.cli(t, args...)
+	if err != nil {
+		t.Fatalf("migshm %q: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+// wantRefused checks that migshm args fails with an error containing want, and sends
+// the daemon nothing.
+func (f *fakeDaemon) wantRefused(t *testing.T, args []string, want string) {
+	t.Helper()
+	_, err := f.cli(t, args...)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("migshm %q: %v, want an error containing %q", args, err, want)
+	}
+	wantNoCalls(t, f)
+}
+
 // tableRows splits table output into rows of columns (two or more spaces apart).
 func tableRows(out string) [][]string {
 	var rows [][]string
@@ -107,10 +129,7 @@ func wantJSON[T any](t *testing.T, out string, want T) {
 
 func TestCLIStatus(t *testing.T) {
 	f := newFakeDaemon(t)
-	out, err := f.cli(t, "status")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "status")
 	head, voters, ok := strings.Cut(out, "\nvoters:\n")
 	if !ok {
 		t.Fatalf("no voters in\n%s", out)
@@ -138,19 +157,13 @@ func TestCLIStatus(t *testing.T) {
 		t.Errorf("calls %+v", c)
 	}
 
-	out, err = f.cli(t, "status", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "status", "--json")
 	wantJSON(t, out, fakeStatus)
 }
 
 func TestCLINodes(t *testing.T) {
 	f := newFakeDaemon(t)
-	out, err := f.cli(t, "nodes")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "nodes")
 	rows := tableRows(out)
 	if len(rows) != 3 {
 		t.Fatalf("nodes:\n%s", out)
@@ -163,19 +176,13 @@ func TestCLINodes(t *testing.T) {
 	if !regexp.MustCompile(`^\d+s$`).MatchString(rows[1][8]) {
 		t.Errorf("REPORTED of a fresh report: %q", rows[1][8])
 	}
-	out, err = f.cli(t, "nodes", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "nodes", "--json")
 	wantJSON(t, out, f.nodes)
 }
 
 func TestCLIPs(t *testing.T) {
 	f := newFakeDaemon(t)
-	out, err := f.cli(t, "ps")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "ps")
 	rows := tableRows(out)
 	if len(rows) != 3 {
 		t.Fatalf("ps shows %d rows, want the header and the 2 running workloads:\n%s", len(rows), out)
@@ -189,10 +196,7 @@ func TestCLIPs(t *testing.T) {
 	})
 
 	for _, all := range []string{"--all", "-a"} {
-		out, err = f.cli(t, "ps", all)
-		if err != nil {
-			t.Fatal(err)
-		}
+		out = f.mustCLI(t, "ps", all)
 		wantRows(t, out, [][]string{
 			{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "STARTED", "COMMAND"},
 			{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "2m0s", "/usr/bin/api"},
@@ -201,24 +205,15 @@ func TestCLIPs(t *testing.T) {
 		})
 	}
 
-	out, err = f.cli(t, "ps", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "ps", "--json")
 	wantJSON(t, out, []api.Workload{f.workloads[0], f.workloads[2]})
-	out, err = f.cli(t, "ps", "--json", "--all")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "ps", "--json", "--all")
 	wantJSON(t, out, f.workloads)
 }
 
 func TestCLISegments(t *testing.T) {
 	f := newFakeDaemon(t)
-	out, err := f.cli(t, "segments")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "segments")
 	// WORKLOADS lists the running workloads of the group, in the order the daemon lists them;
 	// web has exited, so its group shows none.
 	wantRows(t, out, [][]string{
@@ -226,11 +221,24 @@ func TestCLISegments(t *testing.T) {
 		{"g1", "5", "0x00001234", "4.0 MiB", "0600", "n1", "2", "db1,api"},
 		{"w00000002", "0", "0x00000000", "4.0 KiB", "0640", "n2", "1"},
 	})
-	out, err = f.cli(t, "segments", "--json")
-	if err != nil {
+	out = f.mustCLI(t, "segments", "--json")
+	wantJSON(t, out, fakeSegments)
+}
+
+// runRequest runs `migshm run ...`, which must send the daemon one POST /v1/workloads,
+// and returns migshm's output and the request, decoded as the daemon does.
+func (f *fakeDaemon) runRequest(t *testing.T, args ...string) (string, api.RunRequest) {
+	t.Helper()
+	out := f.mustCLI(t, args...)
+	calls := f.takeCalls()
+	if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "/v1/workloads" {
+		t.Fatalf("migshm %q: calls %+v, want one POST /v1/workloads", args, calls)
+	}
+	var req api.RunRequest
+	if err := strict(calls[0].Body, &req); err != nil {
 		t.Fatal(err)
 	}
-	wantJSON(t, out, fakeSegments)
+	return out, req
 }
 
 func TestCLIRun(t *testing.T) {
@@ -250,11 +258,7 @@ func TestCLIRun(t *testing.T) {
 			{[]string{"run", "--env", "FOO", "--", "/bin/true"}, `--env "FOO": want KEY=VALUE`},
 			{[]string{"run", "--env", "A=1", "--env", "=x", "--", "/bin/true"}, `--env "=x": want KEY=VALUE`},
 		} {
-			_, err := f.cli(t, tt.args...)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("migshm %q: %v, want an error containing %q", tt.args, err, tt.want)
-			}
-			wantNoCalls(t, f)
+			f.wantRefused(t, tt.args, tt.want)
 		}
 	})
 
@@ -273,18 +277,7 @@ func TestCLIRun(t *testing.T) {
 			api.RunRequest{Name: "db2", Group: "g1", Args: []string{"/usr/bin/x"}, Env: []string{"A=B", "C=D=E"}, Dir: "/srv"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := f.cli(t, tt.args...)
-			if err != nil {
-				t.Fatalf("migshm %q: %v", tt.args, err)
-			}
-			calls := f.takeCalls()
-			if len(calls) != 1 || calls[0].Method != "POST" || calls[0].Path != "/v1/workloads" {
-				t.Fatalf("calls %+v", calls)
-			}
-			var got api.RunRequest
-			if err := strict(calls[0].Body, &got); err != nil {
-				t.Fatal(err)
-			}
+			out, got := f.runRequest(t, tt.args...)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("request %+v, want %+v", got, tt.want)
 			}
@@ -294,10 +287,7 @@ func TestCLIRun(t *testing.T) {
 		})
 	}
 
-	out, err := f.cli(t, "run", "--json", "--name", "j1", "--", "/bin/true")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "run", "--json", "--name", "j1", "--", "/bin/true")
 	f.takeCalls()
 	wantJSON(t, out, api.Workload{ID: "w0000000a", Name: "j1", Node: "n1", InitPid: 777, Pids: []int{777},
 		Group: "w0000000a", State: record.WorkloadRunning, Args: []string{"/bin/true"}})
@@ -311,17 +301,10 @@ func TestCLIRun(t *testing.T) {
 func TestCLIStop(t *testing.T) {
 	f := newFakeDaemon(t)
 	for _, args := range [][]string{{"stop"}, {"stop", "db1", "api"}} {
-		_, err := f.cli(t, args...)
-		if err == nil || !strings.Contains(err.Error(), "give one workload") {
-			t.Errorf("migshm %q: %v", args, err)
-		}
-		wantNoCalls(t, f)
+		f.wantRefused(t, args, "give one workload")
 	}
 
-	out, err := f.cli(t, "stop", "--timeout", "30s", "db1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "stop", "--timeout", "30s", "db1")
 	if out != "stopped db1 on n1: exit status 143\n" {
 		t.Errorf("output %q", out)
 	}
@@ -330,10 +313,7 @@ func TestCLIStop(t *testing.T) {
 		t.Errorf("calls %+v", calls)
 	}
 
-	out, err = f.cli(t, "stop", "--json", "api")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "stop", "--json", "api")
 	if calls := f.takeCalls(); len(calls) != 1 || calls[0].Body != `{}` {
 		t.Errorf("stop without --timeout sent %+v, want an empty request (the node's stop-timeout)", calls)
 	}
@@ -364,17 +344,7 @@ func TestCLIStop(t *testing.T) {
 // slice flag given in both forms, "Cannot use two forms of the same flag").
 func TestCLIRunEnvForms(t *testing.T) {
 	f := newFakeDaemon(t)
-	if _, err := f.cli(t, "run", "--env", "A=1", "--env", "B=2", "--", "/bin/true"); err != nil {
-		t.Fatal(err)
-	}
-	calls := f.takeCalls()
-	if len(calls) != 1 {
-		t.Fatalf("calls %+v", calls)
-	}
-	var req api.RunRequest
-	if err := strict(calls[0].Body, &req); err != nil {
-		t.Fatal(err)
-	}
+	_, req := f.runRequest(t, "run", "--env", "A=1", "--env", "B=2", "--", "/bin/true")
 	if strings.Join(req.Env, " ") != "A=1 B=2" {
 		t.Errorf("env sent %q, want A=1 B=2", req.Env)
 	}
@@ -392,17 +362,7 @@ func TestCLIRunRelativeDir(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.cli(t, "run", "--dir", "sub", "--", "/bin/true"); err != nil {
-		t.Fatal(err)
-	}
-	calls := f.takeCalls()
-	if len(calls) != 1 {
-		t.Fatalf("calls %+v", calls)
-	}
-	var req api.RunRequest
-	if err := strict(calls[0].Body, &req); err != nil {
-		t.Fatal(err)
-	}
+	_, req := f.runRequest(t, "run", "--dir", "sub", "--", "/bin/true")
 	if want := filepath.Join(cwd, "sub"); req.Dir != want {
 		t.Errorf("migshm run --dir sub sends dir %q, want %q", req.Dir, want)
 	}
@@ -449,10 +409,7 @@ func TestCLIRm(t *testing.T) {
 	}
 	f.takeCalls()
 	for _, args := range [][]string{{"rm"}, {"rm", "a", "b"}} {
-		if _, err := f.cli(t, args...); err == nil || !strings.Contains(err.Error(), "give one workload") {
-			t.Errorf("migshm %q: %v", args, err)
-		}
-		wantNoCalls(t, f)
+		f.wantRefused(t, args, "give one workload")
 	}
 }
 
@@ -479,10 +436,7 @@ func TestCLILogs(t *testing.T) {
 		t.Errorf("logs nope: %q %v", out, err)
 	}
 	f.takeCalls()
-	if _, err := f.cli(t, "logs"); err == nil || !strings.Contains(err.Error(), "give one workload") {
-		t.Errorf("logs without a workload: %v", err)
-	}
-	wantNoCalls(t, f)
+	f.wantRefused(t, []string{"logs"}, "give one workload")
 }
 
 func TestCLILeave(t *testing.T) {
@@ -501,18 +455,12 @@ func TestCLILeave(t *testing.T) {
 	if c := f.takeCalls(); len(c) != 1 || c[0].Body != `{"force":true}` {
 		t.Errorf("calls %+v", c)
 	}
-	out, err = f.cli(t, "leave", "--json", "n3")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "leave", "--json", "n3")
 	wantJSON(t, out, api.LeaveResult{Node: "n3"})
 	if c := f.takeCalls(); len(c) != 1 || c[0].Body != `{"node":"n3"}` {
 		t.Errorf("calls %+v", c)
 	}
-	if _, err := f.cli(t, "leave", "n2", "n3"); err == nil || !strings.Contains(err.Error(), "at most one node") {
-		t.Errorf("leave n2 n3: %v", err)
-	}
-	wantNoCalls(t, f)
+	f.wantRefused(t, []string{"leave", "n2", "n3"}, "at most one node")
 }
 
 func TestCLISocket(t *testing.T) {

@@ -46,11 +46,7 @@ func moveCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-precopy", Usage: "no pre-copy: freeze, dump and ship everything at once (longest downtime, fewest bytes)"},
 			&cli.BoolFlag{Name: "json", Usage: "print each event as one line of JSON as it happens"},
 		},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 2 {
 				return fmt.Errorf("give a workload and a target node: `migshm move WORKLOAD NODE` (got %d arguments; see `migshm ps` and `migshm nodes`)", len(args))
 			}
@@ -89,7 +85,7 @@ func moveCommand() *cli.Command {
 				defer cancel()
 				return workloadNames(ctx, cl)
 			})
-		},
+		}),
 	}
 }
 
@@ -309,11 +305,7 @@ func migrationsCommand() *cli.Command {
 			"it whole).\n\n" +
 			"Examples:\n  migshm migrations\n  migshm migrations --all --json",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include every finished migration"}},
-		Action: func(c *cli.Context) error {
-			args, err := interspersedArgs(c)
-			if err != nil || args == nil {
-				return err
-			}
+		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 0 {
 				return fmt.Errorf("migrations takes no arguments (got %q)", args)
 			}
@@ -331,36 +323,40 @@ func migrationsCommand() *cli.Command {
 			if !c.Bool("all") {
 				migs, hidden = recent(migs, recentMigrations)
 			}
-			if c.Bool("json") {
-				if migs == nil {
-					migs = []api.Migration{}
-				}
-				return printJSON(c.App.Writer, migs)
+			if migs == nil {
+				migs = []api.Migration{} // --json prints [], not null
 			}
-			names := workloadNames(ctx, cl)
-			w := newTable(c.App.Writer)
-			fmt.Fprintln(w, "ID\tWORKLOAD\tSOURCE\tTARGET\tBY\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tERROR")
-			for _, m := range migs {
-				wl := m.Workload
-				if n := names[m.Workload]; n != "" {
-					wl = n
-				}
-				down := "-"
-				if m.Stats != nil {
-					down = span(m.Stats.FrozenNS)
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, wl, m.Source, m.Target, movedBy(m.Reason),
-					m.Phase, ago(m.StartedAt), down, human(m.Bytes), truncate(oneLine(m.Error), 60))
-			}
-			if err := w.Flush(); err != nil {
-				return err
-			}
-			if hidden > 0 {
-				fmt.Fprintf(c.App.Writer, "(%d older finished migrations not shown; --all shows them)\n", hidden)
-			}
-			return nil
-		},
+			return show(c, migs, func(w io.Writer, migs []api.Migration) error {
+				return printMigrations(w, migs, workloadNames(ctx, cl), hidden)
+			})
+		}),
 	}
+}
+
+// printMigrations prints the table of `migshm migrations`, workloads by their names, and
+// how many finished migrations it leaves out.
+func printMigrations(out io.Writer, migs []api.Migration, names map[string]string, hidden int) error {
+	w := newTable(out)
+	fmt.Fprintln(w, "ID\tWORKLOAD\tSOURCE\tTARGET\tBY\tPHASE\tSTARTED\tDOWNTIME\tBYTES\tERROR")
+	for _, m := range migs {
+		wl := m.Workload
+		if n := names[m.Workload]; n != "" {
+			wl = n
+		}
+		down := "-"
+		if m.Stats != nil {
+			down = span(m.Stats.FrozenNS)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, wl, m.Source, m.Target, movedBy(m.Reason),
+			m.Phase, ago(m.StartedAt), down, human(m.Bytes), truncate(oneLine(m.Error), 60))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if hidden > 0 {
+		fmt.Fprintf(out, "(%d older finished migrations not shown; --all shows them)\n", hidden)
+	}
+	return nil
 }
 
 // movedBy says who asked for a migration, from its reason: "user" for none, else the
@@ -406,41 +402,8 @@ func checkMove(c *cli.Context, workload, target string) error {
 	if err != nil {
 		return err
 	}
-	if c.Bool("json") {
-		if err := printJSON(c.App.Writer, r); err != nil {
-			return err
-		}
-	} else {
-		name := r.Workload
-		if r.Name != "" && r.Name != r.Workload {
-			name = r.Name + " (" + r.Workload + ")"
-		}
-		w := newTable(c.App.Writer)
-		fmt.Fprintf(w, "workload:\t%s on %s\n", name, r.Source)
-		fmt.Fprintf(w, "target:\t%s\n", r.Target)
-		// A check that stops at its first problem (target not active, tree not movable)
-		// leaves the figures out.
-		if r.Processes > 0 {
-			fmt.Fprintf(w, "processes:\t%d\n", r.Processes)
-			fmt.Fprintf(w, "segments:\t%d SysV\n", r.Segments)
-		}
-		switch {
-		case r.MemoryBytes > 0 && r.TargetFree > 0:
-			fmt.Fprintf(w, "memory:\t%s needed, %s free on %s\n", human(r.MemoryBytes), human(r.TargetFree), r.Target)
-		case r.MemoryBytes > 0:
-			fmt.Fprintf(w, "memory:\t%s needed, free memory on %s unknown\n", human(r.MemoryBytes), r.Target)
-		}
-		if r.OK {
-			fmt.Fprintf(w, "result:\tmovable\n")
-		} else {
-			fmt.Fprintf(w, "result:\tcannot move\n")
-		}
-		for _, p := range r.Problems {
-			fmt.Fprintf(w, "problem:\t%s: %s\n", p.Reason, p.Detail)
-		}
-		if err := w.Flush(); err != nil {
-			return err
-		}
+	if err := show(c, r, printCheckReport); err != nil {
+		return err
 	}
 	if r.OK {
 		return nil
@@ -461,4 +424,36 @@ func checkMove(c *cli.Context, workload, target string) error {
 		msg = fmt.Sprintf("%s cannot move to %s: %d problems: %s (details above)", name, target, len(r.Problems), strings.Join(reasons, ", "))
 	}
 	return &wrapped{msg: msg, err: api.ErrNotMovable}
+}
+
+// printCheckReport prints the daemon's answer to `migshm check WORKLOAD NODE`.
+func printCheckReport(out io.Writer, r api.CheckReport) error {
+	name := r.Workload
+	if r.Name != "" && r.Name != r.Workload {
+		name = r.Name + " (" + r.Workload + ")"
+	}
+	w := newTable(out)
+	fmt.Fprintf(w, "workload:\t%s on %s\n", name, r.Source)
+	fmt.Fprintf(w, "target:\t%s\n", r.Target)
+	// A check that stops at its first problem (target not active, tree not movable)
+	// leaves the figures out.
+	if r.Processes > 0 {
+		fmt.Fprintf(w, "processes:\t%d\n", r.Processes)
+		fmt.Fprintf(w, "segments:\t%d SysV\n", r.Segments)
+	}
+	switch {
+	case r.MemoryBytes > 0 && r.TargetFree > 0:
+		fmt.Fprintf(w, "memory:\t%s needed, %s free on %s\n", human(r.MemoryBytes), human(r.TargetFree), r.Target)
+	case r.MemoryBytes > 0:
+		fmt.Fprintf(w, "memory:\t%s needed, free memory on %s unknown\n", human(r.MemoryBytes), r.Target)
+	}
+	if r.OK {
+		fmt.Fprintf(w, "result:\tmovable\n")
+	} else {
+		fmt.Fprintf(w, "result:\tcannot move\n")
+	}
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "problem:\t%s: %s\n", p.Reason, p.Detail)
+	}
+	return w.Flush()
 }

@@ -111,10 +111,7 @@ var checkReports = map[[2]string]api.CheckReport{
 
 func TestCLIMove(t *testing.T) {
 	f := newFakeDaemon(t)
-	out, err := f.cli(t, "move", "db1", "n2")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "move", "db1", "n2")
 	want := `migration m5f3a9c: planned (w00000001 db1 n1 -> n2)
 precopy
 precopy round 1: 131,072 pages, 512.0 MiB sent in 1.50s (341.3 MiB/s)
@@ -145,10 +142,7 @@ migration m5f3a9c: done, w00000001 (db1) moved from n1 to n2
 		t.Errorf("calls: %s", got)
 	}
 
-	out, err = f.cli(t, "move", "db1", "n2", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "move", "db1", "n2", "--json")
 	f.takeCalls()
 	wantEvents(t, out, moveScripts["db1"])
 }
@@ -187,9 +181,7 @@ func TestCLIMoveRequest(t *testing.T) {
 		{[]string{"move", "db1", "--no-precopy", "n2"}, `{"workload":"db1","target":"n2","no_precopy":true}`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			if _, err := f.cli(t, tt.args...); err != nil {
-				t.Fatal(err)
-			}
+			f.mustCLI(t, tt.args...)
 			calls := f.takeCalls()
 			if len(calls) == 0 || calls[0].Path != "/v1/migrations" || calls[0].Body != tt.body {
 				t.Errorf("first call %+v, want POST /v1/migrations %s", calls, tt.body)
@@ -212,11 +204,7 @@ func TestCLIMoveRequest(t *testing.T) {
 		{[]string{"move", "db1", "n2", "--bogus"}, "flag provided but not defined: --bogus"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			_, err := f.cli(t, tt.args...)
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("got %v, want an error containing %q", err, tt.want)
-			}
-			wantNoCalls(t, f)
+			f.wantRefused(t, tt.args, tt.want)
 		})
 	}
 }
@@ -341,10 +329,7 @@ func TestCLIMigrations(t *testing.T) {
 		return []string{fmt.Sprintf("m%02d", i), "db1", "n1", "n2", by, "done", fmt.Sprintf("%dm0s", 40-i), "84.3ms", "6.0 MiB"}
 	}
 
-	out, err := f.cli(t, "migrations")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := f.mustCLI(t, "migrations")
 	// Oldest first: the one in flight is older than the last 20, and shown all the same.
 	want := [][]string{header, moving}
 	for i := 2; i < 20; i++ {
@@ -353,10 +338,7 @@ func TestCLIMigrations(t *testing.T) {
 	want = append(want, aborted, removed, []string{"(2 older finished migrations not shown; --all shows them)"})
 	wantRows(t, out, want)
 
-	out, err = f.cli(t, "migrations", "--all")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "migrations", "--all")
 	want = [][]string{header, moving}
 	for i := range 20 {
 		want = append(want, done(i))
@@ -365,19 +347,13 @@ func TestCLIMigrations(t *testing.T) {
 
 	all := f.migrations
 	byAge := append([]api.Migration{all[22]}, all[:22]...)
-	out, err = f.cli(t, "migrations", "--json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "migrations", "--json")
 	wantJSON(t, out, append(byAge[:1:1], byAge[3:]...))
-	out, err = f.cli(t, "migrations", "--json", "-a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = f.mustCLI(t, "migrations", "--json", "-a")
 	wantJSON(t, out, byAge)
 
 	f.migrations = nil
-	out, err = f.cli(t, "migrations", "--json")
+	out, err := f.cli(t, "migrations", "--json")
 	if err != nil || out != "[]\n" {
 		t.Errorf("no migrations: %q %v", out, err)
 	}
@@ -386,10 +362,7 @@ func TestCLIMigrations(t *testing.T) {
 		t.Errorf("no migrations: %q %v", out, err)
 	}
 	f.takeCalls()
-	if _, err := f.cli(t, "migrations", "m1"); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
-		t.Errorf("migrations m1: %v", err)
-	}
-	wantNoCalls(t, f)
+	f.wantRefused(t, []string{"migrations", "m1"}, "takes no arguments")
 }
 
 func TestCLICheckMove(t *testing.T) {
@@ -466,11 +439,7 @@ problem:    target-unreachable: node n4 does not answer: dial tcp 10.0.0.14:7421
 	}
 
 	// One argument is the local /proc check; it never asks the daemon.
-	_, err := f.cli(t, "check", "1073741824", "--json")
-	if err == nil || !strings.Contains(err.Error(), "no process with pid 1073741824") {
-		t.Errorf("check of a missing pid: %v", err)
-	}
-	wantNoCalls(t, f)
+	f.wantRefused(t, []string{"check", "1073741824", "--json"}, "no process with pid 1073741824")
 }
 
 // TestCLIHelpHasExamples: every command the user runs shows examples in its help.

@@ -46,7 +46,7 @@ func tlsCommand() *cli.Command {
 					dirFlag,
 					&cli.BoolFlag{Name: "force", Usage: "replace an existing CA (every node must then get a new certificate)"},
 				},
-				Action: tlsInit,
+				Action: withArgs(tlsInit),
 			},
 			{
 				Name:      "node",
@@ -68,17 +68,13 @@ func tlsCommand() *cli.Command {
 					&cli.StringFlag{Name: "out", Usage: "directory to write the node's files to", DefaultText: "DIR/NAME"},
 					&cli.IntFlag{Name: "days", Value: 730, Usage: "validity of the certificate in days (at most the CA's)"},
 				},
-				Action: tlsNode,
+				Action: withArgs(tlsNode),
 			},
 		},
 	}
 }
 
-func tlsInit(c *cli.Context) error {
-	args, err := interspersedArgs(c)
-	if err != nil || args == nil {
-		return err
-	}
+func tlsInit(c *cli.Context, args []string) error {
 	if len(args) != 0 {
 		return fmt.Errorf("tls init takes no arguments (got %q); see `migshm tls init --help`", args)
 	}
@@ -105,11 +101,7 @@ func tlsInit(c *cli.Context) error {
 	return nil
 }
 
-func tlsNode(c *cli.Context) error {
-	args, err := interspersedArgs(c)
-	if err != nil || args == nil {
-		return err
-	}
+func tlsNode(c *cli.Context, args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("tls node needs exactly one NAME (got %d arguments); see `migshm tls node --help`", len(args))
 	}
@@ -147,46 +139,4 @@ func tlsNode(c *cli.Context) error {
 	fmt.Fprintf(w, "next: copy %s/{%s,%s,%s} to %s on node %s (keep %s mode 0600)\n",
 		out, pki.CACertFile, pki.NodeCertFile, pki.NodeKeyFile, nodeTLSDir, name, pki.NodeKeyFile)
 	return nil
-}
-
-// interspersedArgs returns the positional arguments of c after applying the flags that
-// follow them: urfave/cli v2 stops parsing flags at the first argument, and `migshm tls
-// node n1 --ip 10.0.0.11` should mean what it says. A nil slice (and nil error) means
-// help was shown and the command has nothing more to do.
-func interspersedArgs(c *cli.Context) ([]string, error) {
-	rest := c.Args().Slice()
-	args := []string{}
-	for len(rest) > 0 {
-		a := rest[0]
-		rest = rest[1:]
-		if a == "--" {
-			args = append(args, rest...)
-			break
-		}
-		if len(a) < 2 || a[0] != '-' {
-			args = append(args, a)
-			continue
-		}
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if slices.Contains(cli.HelpFlag.Names(), name) {
-			cli.HelpPrinter(c.App.Writer, cli.CommandHelpTemplate, c.Command)
-			return nil, nil
-		}
-		i := slices.IndexFunc(c.Command.Flags, func(f cli.Flag) bool { return slices.Contains(f.Names(), name) })
-		if i < 0 {
-			return nil, fmt.Errorf("flag provided but not defined: %s", a)
-		}
-		if _, isBool := c.Command.Flags[i].(*cli.BoolFlag); isBool && !hasValue {
-			value = "true"
-		} else if !hasValue {
-			if len(rest) == 0 {
-				return nil, fmt.Errorf("flag needs an argument: %s", a)
-			}
-			value, rest = rest[0], rest[1:]
-		}
-		if err := c.Set(name, value); err != nil {
-			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, a, err)
-		}
-	}
-	return args, nil
 }

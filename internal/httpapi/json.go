@@ -56,10 +56,16 @@ func (s *server) handle(fn func(r *http.Request) (any, error)) http.HandlerFunc 
 	}
 }
 
-// decode reads the JSON body of r into a new T.
-func decode[T any](r *http.Request) (T, error) {
-	var v T
-	return v, readJSON(r, &v)
+// withBody adapts a handler of a request with a JSON body of type T: the body is
+// decoded strictly (a bad_request otherwise) before fn runs.
+func withBody[T any](fn func(r *http.Request, req T) (any, error)) func(r *http.Request) (any, error) {
+	return func(r *http.Request) (any, error) {
+		var req T
+		if err := readJSON(r, &req); err != nil {
+			return nil, err
+		}
+		return fn(r, req)
+	}
 }
 
 // flushWriter flushes after every write, so a follower of a stream sees each piece at

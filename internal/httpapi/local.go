@@ -18,13 +18,9 @@ func Local(cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	s.userRoutes(mux)
 	// Starting a command is local only: no peer may make another node run a program.
-	mux.HandleFunc("POST /v1/workloads", s.handle(func(r *http.Request) (any, error) {
-		req, err := decode[api.RunRequest](r)
-		if err != nil {
-			return nil, err
-		}
+	mux.HandleFunc("POST /v1/workloads", s.handle(withBody(func(r *http.Request, req api.RunRequest) (any, error) {
 		return s.Service.Run(r.Context(), req)
-	}))
+	})))
 	return s.rootOnly(limitBody(mux))
 }
 
@@ -61,15 +57,15 @@ func (s *server) userRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/segments", s.handle(func(r *http.Request) (any, error) { return s.Service.Segments(r.Context(), fresh(r)), nil }))
 	mux.HandleFunc("GET /v1/migrations", s.handle(func(r *http.Request) (any, error) { return s.Service.Migrations(r.Context(), fresh(r)), nil }))
 	mux.HandleFunc("POST /v1/migrations", s.move)
-	mux.HandleFunc("POST /v1/migrations/check", s.handle(s.check))
-	mux.HandleFunc("POST /v1/workloads/{ref}/stop", s.handle(s.stop))
+	mux.HandleFunc("POST /v1/migrations/check", s.handle(withBody(s.check)))
+	mux.HandleFunc("POST /v1/workloads/{ref}/stop", s.handle(withBody(s.stop)))
 	mux.HandleFunc("DELETE /v1/workloads/{ref}", s.handle(s.remove))
 	mux.HandleFunc("GET /v1/workloads/{ref}/logs", s.logs)
 	mux.HandleFunc("POST /v1/workloads/{ref}/pin", s.handle(s.pin(true)))
 	mux.HandleFunc("POST /v1/workloads/{ref}/unpin", s.handle(s.pin(false)))
 	mux.HandleFunc("POST /v1/nodes/{id}/drain", s.handle(s.drain(true)))
 	mux.HandleFunc("POST /v1/nodes/{id}/undrain", s.handle(s.drain(false)))
-	mux.HandleFunc("POST /v1/leave", s.handle(s.leave))
+	mux.HandleFunc("POST /v1/leave", s.handle(withBody(s.leave)))
 	mux.HandleFunc("GET /v1/balance", s.handle(func(r *http.Request) (any, error) {
 		return s.onLeader(r, r.Method, r.URL.Path, nil, &api.BalanceReport{},
 			func() (any, error) { return s.Service.Balance(r.Context(), true) })
@@ -87,11 +83,7 @@ func (s *server) userRoutes(mux *http.ServeMux) {
 	}))
 }
 
-func (s *server) stop(r *http.Request) (any, error) {
-	req, err := decode[api.StopRequest](r)
-	if err != nil {
-		return nil, err
-	}
+func (s *server) stop(r *http.Request, req api.StopRequest) (any, error) {
 	w, err := s.Service.Workload(r.Context(), r.PathValue("ref"))
 	if err != nil {
 		return nil, err
@@ -160,11 +152,7 @@ func (s *server) logs(w http.ResponseWriter, r *http.Request) {
 	lg.Copy(r.Context(), newFlushWriter(w), q.Get("follow") == "true")
 }
 
-func (s *server) check(r *http.Request) (any, error) {
-	req, err := decode[api.CheckRequest](r)
-	if err != nil {
-		return nil, err
-	}
+func (s *server) check(r *http.Request, req api.CheckRequest) (any, error) {
 	w, err := s.Service.Workload(r.Context(), req.Workload)
 	if err != nil {
 		return nil, err
@@ -190,8 +178,8 @@ func (s *server) check(r *http.Request) (any, error) {
 // The migration does not depend on the caller: if the client goes away it goes on (see
 // `migshm migrations`).
 func (s *server) move(w http.ResponseWriter, r *http.Request) {
-	req, err := decode[api.MoveRequest](r)
-	if err != nil {
+	var req api.MoveRequest
+	if err := readJSON(r, &req); err != nil {
 		writeError(w, s.Log, err)
 		return
 	}
@@ -279,11 +267,7 @@ func (s *server) drain(drain bool) func(r *http.Request) (any, error) {
 
 // leave removes a node from the cluster, on the leader; Node "" names the node that
 // took the request.
-func (s *server) leave(r *http.Request) (any, error) {
-	req, err := decode[api.LeaveRequest](r)
-	if err != nil {
-		return nil, err
-	}
+func (s *server) leave(r *http.Request, req api.LeaveRequest) (any, error) {
 	if req.Node == "" {
 		req.Node = s.Cluster.Self()
 	}

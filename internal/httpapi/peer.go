@@ -17,24 +17,16 @@ func Peer(cfg Config) http.Handler {
 	s := &server{cfg}
 	mux := http.NewServeMux()
 	s.userRoutes(mux)
-	mux.Handle("POST /peer/v1/apply", s.handle(s.apply))
-	mux.Handle("POST /peer/v1/join", s.handle(s.join))
+	mux.Handle("POST /peer/v1/apply", s.handle(withBody(s.apply)))
+	mux.Handle("POST /peer/v1/join", s.handle(withBody(s.join)))
 
 	// The target side of migrations.
-	mux.Handle("POST "+migration.PathCheck, s.handle(func(r *http.Request) (any, error) {
-		req, err := decode[migration.TargetCheckRequest](r)
-		if err != nil {
-			return nil, err
-		}
+	mux.Handle("POST "+migration.PathCheck, s.handle(withBody(func(r *http.Request, req migration.TargetCheckRequest) (any, error) {
 		return s.Target.CheckTarget(r.Context(), req)
-	}))
-	mux.Handle("POST "+migration.PathPrepare, s.handle(func(r *http.Request) (any, error) {
-		req, err := decode[migration.PrepareRequest](r)
-		if err != nil {
-			return nil, err
-		}
+	})))
+	mux.Handle("POST "+migration.PathPrepare, s.handle(withBody(func(r *http.Request, req migration.PrepareRequest) (any, error) {
 		return s.Target.Prepare(r.Context(), caller(r), r.PathValue("id"), req)
-	}))
+	})))
 	mux.Handle("POST "+migration.PathPages, s.handle(func(r *http.Request) (any, error) {
 		return s.Target.Pages(r.Context(), caller(r), r.PathValue("id"), r.Body)
 	}))
@@ -44,13 +36,9 @@ func Peer(cfg Config) http.Handler {
 	mux.Handle("POST "+migration.PathImages, s.handle(func(r *http.Request) (any, error) {
 		return s.Target.Images(r.Context(), caller(r), r.PathValue("id"), r.Body)
 	}))
-	mux.Handle("POST "+migration.PathRestore, s.handle(func(r *http.Request) (any, error) {
-		req, err := decode[migration.RestoreRequest](r)
-		if err != nil {
-			return nil, err
-		}
+	mux.Handle("POST "+migration.PathRestore, s.handle(withBody(func(r *http.Request, req migration.RestoreRequest) (any, error) {
 		return s.Target.Restore(r.Context(), caller(r), r.PathValue("id"), req)
-	}))
+	})))
 	mux.Handle("POST "+migration.PathResume, s.handle(func(r *http.Request) (any, error) {
 		return struct{}{}, s.Target.Resume(r.Context(), caller(r), r.PathValue("id"))
 	}))
@@ -70,22 +58,14 @@ func Peer(cfg Config) http.Handler {
 
 // apply commits a command another node sent to the leader. Its senders mark it as
 // relayed, so a node that does not lead any more refuses it and the sender retries.
-func (s *server) apply(r *http.Request) (any, error) {
-	req, err := decode[api.ApplyRequest](r)
-	if err != nil {
-		return nil, err
-	}
+func (s *server) apply(r *http.Request, req api.ApplyRequest) (any, error) {
 	return s.onLeader(r, http.MethodPost, "/peer/v1/apply", req, nil,
 		func() (any, error) { return struct{}{}, s.Members.ApplyForwarded(r.Context(), req) })
 }
 
 // join adds a node to the cluster, on the leader. The first daemon to receive the
 // request checks that the joiner's certificate names the node it joins as.
-func (s *server) join(r *http.Request) (any, error) {
-	req, err := decode[api.JoinRequest](r)
-	if err != nil {
-		return nil, err
-	}
+func (s *server) join(r *http.Request, req api.JoinRequest) (any, error) {
 	if pki.ValidateName(req.ID) != nil || req.RaftAddr == "" || req.APIAddr == "" {
 		return nil, fmt.Errorf("join: need a valid id, raft_addr and api_addr: %w", api.ErrBadRequest)
 	}

@@ -32,6 +32,13 @@ type targetState struct {
 	proc  *workload.Process // the restored init while it is our child and not yet adopted
 }
 
+// pageStore returns the store of the pre-copied pages, nil once the images came.
+func (t *targetState) pageStore() *migrate.PageStore {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.store
+}
+
 // incoming checks that caller is the source of migration id with this node as its
 // target, and returns the migration's record.
 func (e *Engine) incoming(ctx context.Context, caller, id string) (record.Migration, error) {
@@ -130,9 +137,7 @@ func (e *Engine) Pages(ctx context.Context, caller, id string, pages io.Reader) 
 	if err != nil {
 		return PagesResult{}, err
 	}
-	t.mu.Lock()
-	store := t.store
-	t.mu.Unlock()
+	store := t.pageStore()
 	if store == nil {
 		return PagesResult{}, fmt.Errorf("migration %s: pre-copy pages after the images: %w", id, record.ErrBadTransition)
 	}
@@ -179,10 +184,7 @@ func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader
 	if err != nil {
 		return ImagesResult{}, err
 	}
-	t.mu.Lock()
-	store := t.store
-	t.mu.Unlock()
-	st, err := migrate.ReadImages(ctx, images, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: store})
+	st, err := migrate.ReadImages(ctx, images, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: t.pageStore()})
 	if err != nil {
 		return ImagesResult{}, fmt.Errorf("receive images: %w", err)
 	}

@@ -56,6 +56,12 @@ func (c *Client) Call(ctx context.Context, method, path string, in, out any) err
 	return c.decode(resp, method, path, out)
 }
 
+// call is Call with the answer decoded into a new T.
+func call[T any](ctx context.Context, c *Client, method, path string, in any) (T, error) {
+	var out T
+	return out, c.Call(ctx, method, path, in, &out)
+}
+
 // Upload POSTs body, a raw stream, and decodes the JSON answer into out (if not nil).
 func (c *Client) Upload(ctx context.Context, path string, body io.Reader, out any) error {
 	resp, err := c.send(ctx, http.MethodPost, path, "application/octet-stream", body)
@@ -139,38 +145,32 @@ func (c *Client) dialError(err error) error {
 
 // Status returns the node's view of itself and the cluster.
 func (c *Client) Status(ctx context.Context) (Status, error) {
-	var s Status
-	return s, c.Call(ctx, http.MethodGet, "/v1/status", nil, &s)
+	return call[Status](ctx, c, http.MethodGet, "/v1/status", nil)
 }
 
 // Nodes lists the nodes of the table.
 func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
-	var out []Node
-	return out, c.Call(ctx, http.MethodGet, "/v1/nodes", nil, &out)
+	return call[[]Node](ctx, c, http.MethodGet, "/v1/nodes", nil)
 }
 
 // Workloads lists the workloads of the table.
 func (c *Client) Workloads(ctx context.Context) ([]Workload, error) {
-	var out []Workload
-	return out, c.Call(ctx, http.MethodGet, "/v1/workloads", nil, &out)
+	return call[[]Workload](ctx, c, http.MethodGet, "/v1/workloads", nil)
 }
 
 // Segments lists the segments of the table.
 func (c *Client) Segments(ctx context.Context) ([]Segment, error) {
-	var out []Segment
-	return out, c.Call(ctx, http.MethodGet, "/v1/segments", nil, &out)
+	return call[[]Segment](ctx, c, http.MethodGet, "/v1/segments", nil)
 }
 
 // Run starts a workload on the node.
 func (c *Client) Run(ctx context.Context, r RunRequest) (Workload, error) {
-	var w Workload
-	return w, c.Call(ctx, http.MethodPost, "/v1/workloads", r, &w)
+	return call[Workload](ctx, c, http.MethodPost, "/v1/workloads", r)
 }
 
 // Stop stops a workload (id, name or host pid) wherever it runs.
 func (c *Client) Stop(ctx context.Context, ref string, r StopRequest) (Workload, error) {
-	var w Workload
-	return w, c.Call(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/stop", r, &w)
+	return call[Workload](ctx, c, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/stop", r)
 }
 
 // Remove deletes the record and files of an exited workload.
@@ -196,8 +196,7 @@ func (c *Client) Logs(ctx context.Context, ref, stream string, follow bool, tail
 
 // Leave removes a node (r.Node, or the node served) from the cluster.
 func (c *Client) Leave(ctx context.Context, r LeaveRequest) (LeaveResult, error) {
-	var out LeaveResult
-	return out, c.Call(ctx, http.MethodPost, "/v1/leave", r, &out)
+	return call[LeaveResult](ctx, c, http.MethodPost, "/v1/leave", r)
 }
 
 // Probe commits a no-op entry through the leader (forwarded if this node is not the
@@ -299,41 +298,35 @@ func (c *Client) moveCut(ctx context.Context, r MoveRequest, id, phase string, e
 
 // Check asks whether a workload can move to a node now, without moving it.
 func (c *Client) Check(ctx context.Context, r CheckRequest) (CheckReport, error) {
-	var out CheckReport
-	return out, c.Call(ctx, http.MethodPost, "/v1/migrations/check", r, &out)
+	return call[CheckReport](ctx, c, http.MethodPost, "/v1/migrations/check", r)
 }
 
 // Migrations lists the migrations of the table, finished ones included.
 func (c *Client) Migrations(ctx context.Context) ([]Migration, error) {
-	var out []Migration
-	return out, c.Call(ctx, http.MethodGet, "/v1/migrations", nil, &out)
+	return call[[]Migration](ctx, c, http.MethodGet, "/v1/migrations", nil)
 }
 
 // Drain sets a node draining: it takes no new workloads, and the leader's balancer
 // moves every workload it can off it. It returns the node as the table has it then;
 // the workloads move afterwards (see Workloads).
 func (c *Client) Drain(ctx context.Context, node string) (Node, error) {
-	var n Node
-	return n, c.Call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/drain", struct{}{}, &n)
+	return call[Node](ctx, c, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/drain", struct{}{})
 }
 
 // Undrain makes a draining node active again: it takes new workloads.
 func (c *Client) Undrain(ctx context.Context, node string) (Node, error) {
-	var n Node
-	return n, c.Call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/undrain", struct{}{}, &n)
+	return call[Node](ctx, c, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/undrain", struct{}{})
 }
 
 // Pin keeps a workload (id, name, host pid or unique id prefix) where it runs: the
 // balancer never moves it, not even off a draining node.
 func (c *Client) Pin(ctx context.Context, ref string) (Workload, error) {
-	var w Workload
-	return w, c.Call(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/pin", struct{}{}, &w)
+	return call[Workload](ctx, c, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/pin", struct{}{})
 }
 
 // Unpin lets the balancer move a pinned workload again.
 func (c *Client) Unpin(ctx context.Context, ref string) (Workload, error) {
-	var w Workload
-	return w, c.Call(ctx, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/unpin", struct{}{}, &w)
+	return call[Workload](ctx, c, http.MethodPost, "/v1/workloads/"+url.PathEscape(ref)+"/unpin", struct{}{})
 }
 
 // Balance asks the leader for a balancer pass. With dryRun it only plans: nothing
@@ -341,16 +334,14 @@ func (c *Client) Unpin(ctx context.Context, ref string) (Workload, error) {
 // whether it started (Started, Error). The migrations go on after Balance returns: see
 // Migrations.
 func (c *Client) Balance(ctx context.Context, dryRun bool) (BalanceReport, error) {
-	var r BalanceReport
 	if dryRun {
-		return r, c.Call(ctx, http.MethodGet, "/v1/balance", nil, &r)
+		return call[BalanceReport](ctx, c, http.MethodGet, "/v1/balance", nil)
 	}
-	return r, c.Call(ctx, http.MethodPost, "/v1/balance", struct{}{}, &r)
+	return call[BalanceReport](ctx, c, http.MethodPost, "/v1/balance", struct{}{})
 }
 
 // LastBalance returns the leader's newest balancer pass, with the moves of the newest
 // pass that started any (LastMoves, LastMovesAt).
 func (c *Client) LastBalance(ctx context.Context) (BalanceReport, error) {
-	var r BalanceReport
-	return r, c.Call(ctx, http.MethodGet, "/v1/balance/last", nil, &r)
+	return call[BalanceReport](ctx, c, http.MethodGet, "/v1/balance/last", nil)
 }

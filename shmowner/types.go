@@ -47,32 +47,19 @@ func (t *Table) clone() *Table {
 
 // Nodes returns all nodes sorted by ID.
 func (t *Table) Nodes() []record.Node {
-	out := make([]record.Node, 0, len(t.nodes))
-	for _, n := range t.nodes {
-		out = append(out, n)
-	}
-	slices.SortFunc(out, func(a, b record.Node) int { return cmp.Compare(a.ID, b.ID) })
-	return out
+	return sorted(t.nodes, func(n record.Node) record.Node { return n },
+		func(a, b record.Node) int { return cmp.Compare(a.ID, b.ID) })
 }
 
 // Workloads returns all workloads sorted by ID.
 func (t *Table) Workloads() []record.Workload {
-	out := make([]record.Workload, 0, len(t.workloads))
-	for _, w := range t.workloads {
-		out = append(out, w.Clone())
-	}
-	slices.SortFunc(out, func(a, b record.Workload) int { return cmp.Compare(a.ID, b.ID) })
-	return out
+	return sorted(t.workloads, record.Workload.Clone, func(a, b record.Workload) int { return cmp.Compare(a.ID, b.ID) })
 }
 
 // Segments returns all segments sorted by (Group, Shmid).
 func (t *Table) Segments() []record.Segment {
-	out := make([]record.Segment, 0, len(t.segments))
-	for _, s := range t.segments {
-		out = append(out, s.Clone())
-	}
-	slices.SortFunc(out, func(a, b record.Segment) int { return record.CompareSegmentIDs(a.ID(), b.ID()) })
-	return out
+	return sorted(t.segments, record.Segment.Clone,
+		func(a, b record.Segment) int { return record.CompareSegmentIDs(a.ID(), b.ID()) })
 }
 
 // GroupSegments returns the segments of one IPC group sorted by Shmid.
@@ -101,11 +88,17 @@ func (t *Table) GroupEpoch(group string) uint64 {
 
 // Migrations returns all migrations sorted by ID.
 func (t *Table) Migrations() []record.Migration {
-	out := make([]record.Migration, 0, len(t.migrations))
-	for _, m := range t.migrations {
-		out = append(out, m.Clone())
+	return sorted(t.migrations, record.Migration.Clone, func(a, b record.Migration) int { return cmp.Compare(a.ID, b.ID) })
+}
+
+// sorted returns copies (clone) of the values of m, in the order of compare: the
+// getters' results never depend on map order.
+func sorted[K comparable, V any](m map[K]V, clone func(V) V, compare func(a, b V) int) []V {
+	out := make([]V, 0, len(m))
+	for _, v := range m {
+		out = append(out, clone(v))
 	}
-	slices.SortFunc(out, func(a, b record.Migration) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, compare)
 	return out
 }
 

@@ -58,6 +58,15 @@ func (e *Engine) incoming(ctx context.Context, caller, id string) (record.Migrat
 	return mg, nil
 }
 
+// incomingOpen is incoming for a migration that is neither done nor aborted.
+func (e *Engine) incomingOpen(ctx context.Context, caller, id string) (record.Migration, error) {
+	mg, err := e.incoming(ctx, caller, id)
+	if err == nil && mg.Phase.Terminal() {
+		err = fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
+	}
+	return mg, err
+}
+
 func (e *Engine) target(id string) (*targetState, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -80,12 +89,9 @@ func (e *Engine) open(ctx context.Context, caller, id string) (*targetState, err
 // Prepare opens migration id on this node: a directory for its images and pre-copied
 // pages, and its journal.
 func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequest) (PrepareResult, error) {
-	mg, err := e.incoming(ctx, caller, id)
+	mg, err := e.incomingOpen(ctx, caller, id)
 	if err != nil {
 		return PrepareResult{}, err
-	}
-	if mg.Phase.Terminal() {
-		return PrepareResult{}, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	if req.Record.ID != mg.Workload {
 		return PrepareResult{}, fmt.Errorf("migration %s moves %s, not %s: %w", id, mg.Workload, req.Record.ID, api.ErrBadRequest)
@@ -203,12 +209,8 @@ func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader
 // against the digests taken at the freeze. It resumes only once the table says done
 // (Resume, or recovery).
 func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequest) (RestoreResult, error) {
-	mg, err := e.incoming(ctx, caller, id)
-	if err != nil {
+	if _, err := e.incomingOpen(ctx, caller, id); err != nil {
 		return RestoreResult{}, err
-	}
-	if mg.Phase.Terminal() {
-		return RestoreResult{}, fmt.Errorf("migration %s is %s: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	t, err := e.target(id)
 	if err != nil {

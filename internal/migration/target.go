@@ -67,6 +67,15 @@ func (e *Engine) incomingOpen(ctx context.Context, caller, id string) (record.Mi
 	return mg, err
 }
 
+// incomingSettled is incoming for a migration the table has settled as outcome.
+func (e *Engine) incomingSettled(ctx context.Context, caller, id string, outcome record.Phase) error {
+	mg, err := e.incoming(ctx, caller, id)
+	if err == nil && mg.Phase != outcome {
+		err = fmt.Errorf("migration %s is %s, not %s: %w", id, mg.Phase, outcome, record.ErrBadTransition)
+	}
+	return err
+}
+
 func (e *Engine) target(id string) (*targetState, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -250,12 +259,8 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 
 // Resume resumes the restored tree of migration id once the table says it is done.
 func (e *Engine) Resume(ctx context.Context, caller, id string) error {
-	mg, err := e.incoming(ctx, caller, id)
-	if err != nil {
-		return err
-	}
-	if mg.Phase != record.PhaseDone {
-		return fmt.Errorf("migration %s is %s, not done: the restored copy stays stopped: %w", id, mg.Phase, record.ErrBadTransition)
+	if err := e.incomingSettled(ctx, caller, id, record.PhaseDone); err != nil {
+		return fmt.Errorf("%w; the restored copy stays stopped", err)
 	}
 	faults.At("target-resume")
 	return e.resumeTarget(id)
@@ -264,12 +269,8 @@ func (e *Engine) Resume(ctx context.Context, caller, id string) error {
 // Abort removes what this node made for migration id once the table says it is
 // aborted.
 func (e *Engine) Abort(ctx context.Context, caller, id string) error {
-	mg, err := e.incoming(ctx, caller, id)
-	if err != nil {
+	if err := e.incomingSettled(ctx, caller, id, record.PhaseAborted); err != nil {
 		return err
-	}
-	if mg.Phase != record.PhaseAborted {
-		return fmt.Errorf("migration %s is %s, not aborted: %w", id, mg.Phase, record.ErrBadTransition)
 	}
 	return e.abortTarget(id)
 }

@@ -517,34 +517,43 @@ func (rd *imageReceiver) readErr(err error, where string) error {
 
 func (rd *imageReceiver) readHeader() error {
 	h := rd.head[:headerLen]
-	n, err := io.ReadFull(rd.r, h)
-	if n == 0 && err != nil {
-		if err == io.EOF {
-			return fmt.Errorf("not a migshm image stream (it is empty): %w", ErrCorruptStream)
-		}
-		return fmt.Errorf("header: %w", err)
-	}
-	if m := min(n, len(streamMagic)); string(h[:m]) != streamMagic[:m] {
-		return fmt.Errorf("not a migshm image stream (it begins %q): %w", h[:min(n, 16)], ErrCorruptStream)
-	}
-	if n >= len(streamMagic)+2 {
-		// Checked before the rest: a newer sender's header may be longer.
-		if v := binary.BigEndian.Uint16(h[len(streamMagic):]); v != streamVersion {
-			return fmt.Errorf("image stream version %d is not supported (this migshm reads version %d)",
-				v, streamVersion)
-		}
-	}
-	if err != nil {
-		return rd.readErr(err, "header")
-	}
-	if crc32.Checksum(h[:headerLen-crcLen], castagnoli) != binary.BigEndian.Uint32(h[headerLen-crcLen:]) {
-		return fmt.Errorf("header: checksum mismatch: %w", ErrCorruptStream)
+	if err := readHead(rd.r, h, streamMagic, streamVersion, "image stream", rd.readErr); err != nil {
+		return err
 	}
 	chunk := binary.BigEndian.Uint32(h[len(streamMagic)+2:])
 	if chunk == 0 || chunk > MaxChunkSize {
 		return fmt.Errorf("header: chunk size %d is not in 1..%d: %w", chunk, MaxChunkSize, ErrCorruptStream)
 	}
 	rd.chunk = int(chunk)
+	return nil
+}
+
+// readHead reads a stream's header into h (all of it: magic, version, the stream's own
+// fields, a CRC) and checks it; what names the stream in errors, readErr says how a
+// short read ended.
+func readHead(r io.Reader, h []byte, magic string, version uint16, what string, readErr func(err error, where string) error) error {
+	n, err := io.ReadFull(r, h)
+	if n == 0 && err != nil {
+		if err == io.EOF {
+			return fmt.Errorf("not a migshm %s (it is empty): %w", what, ErrCorruptStream)
+		}
+		return fmt.Errorf("header: %w", err)
+	}
+	if m := min(n, len(magic)); string(h[:m]) != magic[:m] {
+		return fmt.Errorf("not a migshm %s (it begins %q): %w", what, h[:min(n, 16)], ErrCorruptStream)
+	}
+	if n >= len(magic)+2 {
+		// Checked before the rest: a newer sender's header may be longer.
+		if v := binary.BigEndian.Uint16(h[len(magic):]); v != version {
+			return fmt.Errorf("%s version %d is not supported (this migshm reads version %d)", what, v, version)
+		}
+	}
+	if err != nil {
+		return readErr(err, "header")
+	}
+	if crc32.Checksum(h[:len(h)-crcLen], castagnoli) != binary.BigEndian.Uint32(h[len(h)-crcLen:]) {
+		return fmt.Errorf("header: checksum mismatch: %w", ErrCorruptStream)
+	}
 	return nil
 }
 
@@ -664,15 +673,7 @@ func (rd *imageReceiver) readContent(name string, size int64) ([32]byte, error) 
 		}
 		off += int64(n)
 	}
-	var want [32]byte
-	if _, err := io.ReadFull(rd.r, want[:]); err != nil {
-		return sum, rd.readErr(err, "sha256 of "+name)
-	}
-	h.Sum(sum[:0])
-	if sum != want {
-		return sum, fmt.Errorf("%s: sha256 mismatch: received %.12x, the stream says %.12x: %w", name, sum, want, ErrCorruptStream)
-	}
-	return sum, f.Close()
+	return rd.endFile(f, name, "sha256", h)
 }
 
 // readPaged reads a paged file's chunks and digest into a new temporary file. The
@@ -762,13 +763,19 @@ func (rd *imageReceiver) readPaged(name string, size int64) ([32]byte, error) {
 		}
 		off += int64(n)
 	}
-	var want [32]byte
+	return rd.endFile(f, name, "digest", dig)
+}
+
+// endFile reads the digest (what) that ends file name in the stream, checks it
+// against h's, the digest of what was received, and closes f.
+func (rd *imageReceiver) endFile(f *os.File, name, what string, h hash.Hash) ([32]byte, error) {
+	var sum, want [32]byte
 	if _, err := io.ReadFull(rd.r, want[:]); err != nil {
-		return sum, rd.readErr(err, "digest of "+name)
+		return sum, rd.readErr(err, what+" of "+name)
 	}
-	dig.Sum(sum[:0])
+	h.Sum(sum[:0])
 	if sum != want {
-		return sum, fmt.Errorf("%s: digest mismatch: received %.12x, the stream says %.12x: %w", name, sum, want, ErrCorruptStream)
+		return sum, fmt.Errorf("%s: %s mismatch: received %.12x, the stream says %.12x: %w", name, what, sum, want, ErrCorruptStream)
 	}
 	return sum, f.Close()
 }

@@ -543,28 +543,7 @@ func readPages(ctx context.Context, r io.Reader, store *PageStore) (int64, error
 
 func readPagesHeader(r io.Reader) error {
 	var h [pagesHeaderLen]byte
-	n, err := io.ReadFull(r, h[:])
-	if n == 0 && err != nil {
-		if err == io.EOF {
-			return fmt.Errorf("not a migshm page stream (it is empty): %w", ErrCorruptStream)
-		}
-		return fmt.Errorf("header: %w", err)
-	}
-	if m := min(n, len(pagesMagic)); string(h[:m]) != pagesMagic[:m] {
-		return fmt.Errorf("not a migshm page stream (it begins %q): %w", h[:min(n, 16)], ErrCorruptStream)
-	}
-	if n >= len(pagesMagic)+2 {
-		if v := binary.BigEndian.Uint16(h[len(pagesMagic):]); v != pagesVersion {
-			return fmt.Errorf("page stream version %d is not supported (this migshm reads version %d)", v, pagesVersion)
-		}
-	}
-	if err != nil {
-		return pagesReadErr(err, "header")
-	}
-	if crc32.Checksum(h[:pagesHeaderLen-crcLen], castagnoli) != binary.BigEndian.Uint32(h[pagesHeaderLen-crcLen:]) {
-		return fmt.Errorf("header: checksum mismatch: %w", ErrCorruptStream)
-	}
-	return nil
+	return readHead(r, h[:], pagesMagic, pagesVersion, "page stream", pagesReadErr)
 }
 
 // readPagesTrailer reads the rest of the trailer (its kind byte is read) and checks it.

@@ -30,16 +30,6 @@
 
 static uint64_t rng = UINT64_C(0x2545f4914f6cdd1d);
 
-static inline uint64_t xorshift64(void)
-{
-	uint64_t x = rng;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	rng = x;
-	return x;
-}
-
 static void usage(void)
 {
 	fprintf(stderr, "usage: shmbench --private-mib P --shm-mib S --dirty-pct-per-sec D [--key K]\n");
@@ -72,7 +62,7 @@ static void fill(unsigned char *p, size_t len)
 	size_t i;
 
 	for (i = 0; i + 8 <= len; i += 8) {
-		uint64_t v = xorshift64() | 1;
+		uint64_t v = xorshift64(&rng) | 1;
 		memcpy(p + i, &v, 8);
 	}
 }
@@ -133,9 +123,7 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	page = (size_t)sysconf(_SC_PAGESIZE);
-	rng ^= (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL);
-	if (rng == 0)
-		rng = 1;
+	seed_xorshift64(&rng);
 
 	if (private_mib > 0) {
 		priv = mmap(NULL, (size_t)private_mib << 20, PROT_READ | PROT_WRITE,
@@ -147,17 +135,7 @@ int main(int argc, char **argv)
 		fill(priv, (size_t)private_mib << 20);
 	}
 	if (shm_mib > 0) {
-		int id = shmget((key_t)(uint32_t)key, (size_t)shm_mib << 20, IPC_CREAT | 0600);
-		if (id < 0) {
-			fprintf(stderr, "shmbench: shmget(key=0x%08llx, %llu MiB): %s\n", key, shm_mib,
-				strerror(errno));
-			return 1;
-		}
-		shm = shmat(id, NULL, 0);
-		if (shm == (void *)-1) {
-			fprintf(stderr, "shmbench: shmat(%d): %s\n", id, strerror(errno));
-			return 1;
-		}
+		shm = shm_create(key, (size_t)shm_mib << 20, NULL);
 		fill(shm, (size_t)shm_mib << 20);
 	}
 	priv_pages = ((size_t)private_mib << 20) / page;
@@ -175,10 +153,10 @@ int main(int argc, char **argv)
 		struct timespec now;
 
 		while (done_this_sec < target) {
-			size_t p = (size_t)(xorshift64() % total_pages);
+			size_t p = (size_t)(xorshift64(&rng) % total_pages);
 			unsigned char *base = p < priv_pages ? priv + p * page : shm + (p - priv_pages) * page;
-			size_t off = (size_t)(xorshift64() % (page / 8)) * 8;
-			uint64_t v = xorshift64() | 1;
+			size_t off = (size_t)(xorshift64(&rng) % (page / 8)) * 8;
+			uint64_t v = xorshift64(&rng) | 1;
 
 			memcpy(base + off, &v, 8);
 			done_this_sec++;

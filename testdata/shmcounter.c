@@ -172,17 +172,7 @@ static int run(unsigned long long key, unsigned workers)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 
-	shmid = shmget((key_t)(uint32_t)key, size, IPC_CREAT | 0600);
-	if (shmid < 0) {
-		fprintf(stderr, "shmcounter: shmget(key=0x%08llx, size=%zu): %s\n", key, size,
-			strerror(errno));
-		return 1;
-	}
-	c = shmat(shmid, NULL, 0);
-	if (c == (void *)-1) {
-		fprintf(stderr, "shmcounter: shmat(%d): %s\n", shmid, strerror(errno));
-		return 1;
-	}
+	c = shm_create(key, size, &shmid);
 	semid = semget((key_t)(uint32_t)key, 1, IPC_CREAT | 0600);
 	if (semid < 0) {
 		fprintf(stderr, "shmcounter: semget(key=0x%08llx): %s\n", key, strerror(errno));

@@ -69,16 +69,6 @@ static inline unsigned char pattern(size_t i, int seg)
 
 static uint64_t rng_state = UINT64_C(0x9e3779b97f4a7c15);
 
-static uint64_t xorshift64(void)
-{
-	uint64_t x = rng_state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	rng_state = x;
-	return x;
-}
-
 static void corrupt(int seg, size_t off, unsigned got, unsigned want)
 {
 	fprintf(stderr, "CORRUPT seg=%d off=%zu got=%u want=%u\n", seg, off, got, want);
@@ -186,9 +176,7 @@ int main(int argc, char **argv)
 		verify_range(seg[s], s, 0, (size_t)size);
 	}
 	npages = ((size_t)size + PAGE - 1) / PAGE;
-	rng_state ^= (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL);
-	if (rng_state == 0)
-		rng_state = 1;
+	seed_xorshift64(&rng_state);
 
 	printf("shmwriter ready keyed_id=%d private_id=%d size=%llu\n", ids[0], ids[1], size);
 
@@ -213,7 +201,7 @@ int main(int argc, char **argv)
 		for (s = 0; s < 2; s++) {
 			int k;
 			for (k = 0; k < PAGES_PER_CHECK; k++) {
-				size_t p = (size_t)(xorshift64() % npages);
+				size_t p = (size_t)(xorshift64(&rng_state) % npages);
 				size_t to = (p + 1) * PAGE;
 				if (to > (size_t)size)
 					to = (size_t)size;

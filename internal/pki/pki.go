@@ -26,6 +26,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/migshm/migshm/internal/atomicfile"
 )
 
 // File names in a CA directory (CACertFile, CAKeyFile) and in a node directory
@@ -105,10 +107,10 @@ func InitCA(dir string, opts CAOptions) error {
 		return fmt.Errorf("init CA: %w", err)
 	}
 	// The certificate first: if writing the key fails, a rerun does not need --force.
-	if err := writeFile(filepath.Join(dir, CACertFile), encodeCert(der), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, CACertFile), encodeCert(der), 0o644); err != nil {
 		return fmt.Errorf("init CA: %w", err)
 	}
-	if err := writeFile(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("init CA: %w", err)
 	}
 	return nil
@@ -176,7 +178,7 @@ func IssueNode(caDir, name string, opts NodeOptions) (outDir string, err error) 
 		{NodeCertFile, certPEM, 0o644},
 		{CACertFile, ca.certPEM, 0o644},
 	} {
-		if err := writeFile(filepath.Join(outDir, f.name), f.data, f.mode); err != nil {
+		if err := atomicfile.Write(filepath.Join(outDir, f.name), f.data, f.mode); err != nil {
 			return "", fmt.Errorf("issue node certificate: %w", err)
 		}
 	}
@@ -388,36 +390,4 @@ func fileError(op, what, path, hint string, err error) error {
 		err = pe.Err // the path is in our message already
 	}
 	return fmt.Errorf("%s %s %s: %w (%s)", op, what, path, err, hint)
-}
-
-// writeFile replaces path with data and mode atomically (temporary file, then rename),
-// so a reader never sees half a key and a crash leaves the old file.
-func writeFile(path string, data []byte, mode os.FileMode) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	// CreateTemp makes the file 0600; Chmod is not subject to the umask.
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/internal/faults"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
@@ -176,21 +177,10 @@ func (e *Engine) File(ctx context.Context, caller, id, name string, content io.R
 	if t.j.Shared {
 		return nil // the very same file
 	}
-	path := filepath.Join(e.cfg.WorkloadDir, t.j.Record.ID, name)
-	tmp := path + ".migrating"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.ReadFrom(content); err != nil {
-		f.Close()
-		os.Remove(tmp)
+	if err := atomicfile.WriteFrom(filepath.Join(e.cfg.WorkloadDir, t.j.Record.ID, name), content, 0o600); err != nil {
 		return fmt.Errorf("receive %s: %w", name, err)
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 // Images takes the final images of migration id.

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -126,19 +127,26 @@ func netnsID(t *testing.T, path string) uint64 {
 	return st.Ino
 }
 
+// counterOnNode1 brings up two nodes and starts the shared counter with workers workers
+// on the first; it returns them with CRIU and the test programs.
+func counterOnNode1(t *testing.T, workers int) (*migrate.CRIU, testwork.Bins, []netnode.Node, *started) {
+	t.Helper()
+	c := testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	nodes := netnode.Up(t, 2)
+	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", strconv.Itoa(workers))
+	waitOutput(t, w.stdout, "shmcounter ready")
+	return c, bins, nodes, w
+}
+
 // TestMoveSharedCounterBetweenNodes moves the semaphore-protected shared counter (four
 // workers, one segment, one semaphore set) from node 1's network namespace to node 2's
 // with the CRIU adapter, and proves nothing was lost: every segment's contents are equal
 // at the freeze and before the restored tree resumes, the invariant holds, the counter
 // keeps growing on node 2, and the source copy is gone.
 func TestMoveSharedCounterBetweenNodes(t *testing.T) {
-	c := testenv.RequireCRIU(t)
-	bins := testwork.Build(t)
-	nodes := netnode.Up(t, 2)
+	c, bins, nodes, w := counterOnNode1(t, 4)
 	ctx := context.Background()
-
-	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", "4")
-	waitOutput(t, w.stdout, "shmcounter ready")
 	first := counterCheck(t, bins, w.proc.Pid)
 
 	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
@@ -287,12 +295,8 @@ func assertPrivateImages(t *testing.T, dir string) {
 // TestRestoreLeftStopped: a tree restored with LeaveStopped does not run until it gets
 // SIGCONT; a migration resumes it only once the move is committed.
 func TestRestoreLeftStopped(t *testing.T) {
-	c := testenv.RequireCRIU(t)
-	bins := testwork.Build(t)
-	nodes := netnode.Up(t, 2)
+	c, bins, nodes, w := counterOnNode1(t, 2)
 	ctx := context.Background()
-	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", "2")
-	waitOutput(t, w.stdout, "shmcounter ready")
 	images := filepath.Join(t.TempDir(), "images")
 	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: w.proc.Pid, ImagesDir: images, NetNS: nodes[0].NetNSPath}); err != nil {
 		t.Fatalf("dump: %v", err)
@@ -378,13 +382,8 @@ func TestCorruptImageAbortsRestoreAndSourceResumes(t *testing.T) {
 }
 
 func corruptImageAborts(t *testing.T, digestSegments func(int) ([]workload.Segment, error)) {
-	c := testenv.RequireCRIU(t)
-	bins := testwork.Build(t)
-	nodes := netnode.Up(t, 2)
+	c, bins, nodes, w := counterOnNode1(t, 3)
 	ctx := context.Background()
-
-	w := startWorkload(t, nodes[0].NetNSPath, bins.ShmCounter, "--workers", "3")
-	waitOutput(t, w.stdout, "shmcounter ready")
 	counterCheck(t, bins, w.proc.Pid)
 	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
 	if err != nil {

@@ -159,37 +159,10 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		}
 	}
 
-	// Raft over mutual TLS.
-	raftAdv, err := advertiseAddr(host, cfg.RaftAddr)
+	store, raftAddr, err := d.openRaft(host, tc, cleanups)
 	if err != nil {
-		return fmt.Errorf("raft-addr: %w", err)
-	}
-	sl, err := cluster.ListenRaft(cfg.RaftAddr, raftAdv, tc)
-	if err != nil {
-		return fmt.Errorf("listen for raft on %s: %w", cfg.RaftAddr, err)
-	}
-	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
-	if lvl, _ := parseLevel(cfg.LogLevel); lvl < slog.LevelWarn && lvl >= slog.LevelInfo {
-		hlog.SetLevel(hclog.Warn) // raft's info lines are noise for operators
-	}
-	trans := cluster.NewTransport(sl, hlog.Named("transport"))
-	store, err := shmowner.Open(shmowner.StoreConfig{
-		NodeID: cfg.NodeID, Dir: filepath.Join(cfg.DataDir, "raft"), Bootstrap: cfg.Bootstrap,
-		Transport: trans, Logger: hlog,
-	})
-	if err != nil {
-		_ = trans.Close()
 		return err
 	}
-	if store.Bootstrapped() {
-		d.log.Info("bootstrapped a new cluster", "raft", string(trans.LocalAddr()))
-	}
-	*cleanups = append(*cleanups, func() {
-		if err := store.Close(); err != nil {
-			d.log.Error("close raft", "err", err)
-		}
-		_ = trans.Close()
-	})
 
 	// Peer API: HTTPS with client certificates from the cluster CA only.
 	pln, err := pki.Listener(cfg.PeerAddr, tc)
@@ -203,7 +176,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	}
 	d.peers = peer.New(tc.ClientTLS(), cfg.NodeID)
 	d.metrics = metrics.New(cfg.NodeID, store)
-	d.cluster = cluster.New(cluster.Config{Self: cfg.NodeID, RaftAddr: string(trans.LocalAddr()), APIAddr: apiAddr,
+	d.cluster = cluster.New(cluster.Config{Self: cfg.NodeID, RaftAddr: raftAddr, APIAddr: apiAddr,
 		DataDir: cfg.DataDir, Store: store, Peers: d.peers, Log: d.log, OnApply: d.metrics.ObserveApply})
 
 	// Workloads: re-attach to the ones an earlier run of this daemon started.
@@ -238,6 +211,43 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	d.serve(&http.Server{Handler: httpapi.Peer(hc), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slogErrorLog(d.log, "peer api")}, pln, "peer api")
 	return d.serveMetrics()
+}
+
+// openRaft opens this node's Raft store over mutual TLS, advertised at host, and
+// returns it with its advertised address; cleanups closes it.
+func (d *Daemon) openRaft(host string, tc *pki.Config, cleanups *[]func()) (*shmowner.Store, string, error) {
+	cfg := &d.cfg
+	raftAdv, err := advertiseAddr(host, cfg.RaftAddr)
+	if err != nil {
+		return nil, "", fmt.Errorf("raft-addr: %w", err)
+	}
+	sl, err := cluster.ListenRaft(cfg.RaftAddr, raftAdv, tc)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen for raft on %s: %w", cfg.RaftAddr, err)
+	}
+	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.LevelFromString(cfg.LogLevel), Output: os.Stderr})
+	if lvl, _ := parseLevel(cfg.LogLevel); lvl < slog.LevelWarn && lvl >= slog.LevelInfo {
+		hlog.SetLevel(hclog.Warn) // raft's info lines are noise for operators
+	}
+	trans := cluster.NewTransport(sl, hlog.Named("transport"))
+	store, err := shmowner.Open(shmowner.StoreConfig{
+		NodeID: cfg.NodeID, Dir: filepath.Join(cfg.DataDir, "raft"), Bootstrap: cfg.Bootstrap,
+		Transport: trans, Logger: hlog,
+	})
+	if err != nil {
+		_ = trans.Close()
+		return nil, "", err
+	}
+	if store.Bootstrapped() {
+		d.log.Info("bootstrapped a new cluster", "raft", string(trans.LocalAddr()))
+	}
+	*cleanups = append(*cleanups, func() {
+		if err := store.Close(); err != nil {
+			d.log.Error("close raft", "err", err)
+		}
+		_ = trans.Close()
+	})
+	return store, string(trans.LocalAddr()), nil
 }
 
 // serveMetrics serves the metrics on http://METRICS-ADDR/metrics, unless metrics-addr

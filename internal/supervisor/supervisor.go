@@ -8,17 +8,13 @@ package supervisor
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -133,43 +129,6 @@ func New(cfg Config, table Table) (*Supervisor, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-// installInit copies this executable to dir/migshm-init-<sha256 prefix>, the init of
-// every workload this node starts. Workloads then do not depend on the daemon's own
-// file, which an upgrade replaces; CRIU needs the init's file unchanged at restore.
-func installInit(dir string) (string, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("find own executable: %w", err)
-	}
-	f, err := os.Open(self)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "migshm-init-"+hex.EncodeToString(h.Sum(nil))[:16])
-	selfInfo, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if st, err := os.Stat(path); err == nil && st.Size() == selfInfo.Size() {
-		return path, nil // written whole (atomicfile) by an earlier start
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return "", err
-	}
-	if err := atomicfile.WriteFrom(path, f, 0o700); err != nil {
-		return "", fmt.Errorf("install the init: %w", err)
-	}
-	return path, nil
 }
 
 // reattach finds the workloads an earlier run of this daemon started and follows them
@@ -343,21 +302,9 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	group, ipcns := id, ""
 	if req.Group != "" {
 		group = req.Group
-		for _, w := range table.Workloads() {
-			if w.Group != group || w.State == record.WorkloadExited {
-				continue
-			}
-			if w.Node != s.cfg.Self {
-				return record.Workload{}, fmt.Errorf("run: ipc group %s lives on node %s; run this workload there "+
-					"(`migshm --socket <that node's socket> run --ipc-group %s ...`): %w", group, w.Node, group, api.ErrBadRequest)
-			}
-			s.mu.Lock()
-			l := s.wl[w.ID]
-			s.mu.Unlock()
-			if l != nil && !l.isExited() {
-				ipcns = fmt.Sprintf("/proc/%d/ns/ipc", l.rec.InitPid)
-				break
-			}
+		var err error
+		if ipcns, err = s.groupIPCNS(table, group); err != nil {
+			return record.Workload{}, err
 		}
 	}
 	env := append([]string{defaultPath}, req.Env...)
@@ -411,6 +358,25 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	s.log.Info("workload started", "workload", rec.Name, "id", id, "pid", p.Pid, "group", group)
 	s.poke()
 	return w, nil
+}
+
+// groupIPCNS returns the IPC namespace (its /proc path) a new member of IPC group
+// joins: that of a running member, "" if the group has none yet. A group lives on one
+// node: a group running elsewhere is an error.
+func (s *Supervisor) groupIPCNS(table *shmowner.Table, group string) (string, error) {
+	for _, w := range table.Workloads() {
+		if w.Group != group || w.State == record.WorkloadExited {
+			continue
+		}
+		if w.Node != s.cfg.Self {
+			return "", fmt.Errorf("run: ipc group %s lives on node %s; run this workload there "+
+				"(`migshm --socket <that node's socket> run --ipc-group %s ...`): %w", group, w.Node, group, api.ErrBadRequest)
+		}
+		if l := s.get(w.ID); l != nil && !l.isExited() {
+			return fmt.Sprintf("/proc/%d/ns/ipc", l.rec.InitPid), nil
+		}
+	}
+	return "", nil
 }
 
 func (r Record) workload() record.Workload {
@@ -594,209 +560,4 @@ func (s *Supervisor) snapshot() []*localWL {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].rec.ID < out[j].rec.ID })
 	return out
-}
-
-// reconcile brings the table in line with what runs here: registers workloads the table
-// lacks, records exits, member pids and the segments of every group this node runs.
-// It is level-triggered, so a write lost to a leader change is simply made again.
-func (s *Supervisor) reconcile(ctx context.Context) {
-	if !s.table.IsMember() {
-		return
-	}
-	table := s.table.Table()
-	if _, ok := table.Node(s.cfg.Self); !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	locals := s.snapshot()
-	procs, _, err := workload.ReadAll("/proc")
-	if err != nil {
-		s.log.Warn("read /proc", "err", err)
-		return
-	}
-	type groupInfo struct{ livePid int }
-	groups := map[string]*groupInfo{}
-	for _, l := range locals {
-		if l.moved.Load() {
-			continue
-		}
-		g := groups[l.rec.Group]
-		if g == nil {
-			g = &groupInfo{}
-			groups[l.rec.Group] = g
-		}
-		tw, inTable := table.Workload(l.rec.ID)
-		if inTable && tw.Node != s.cfg.Self {
-			continue // it moved away (Migration milestone)
-		}
-		exited := l.isExited()
-		if exited {
-			if !inTable {
-				continue // never registered, or removed
-			}
-			if tw.State != record.WorkloadExited {
-				s.try(ctx, "record exit", l.rec.Name, func() error { return s.recordExit(ctx, l) })
-			}
-			continue
-		}
-		want := l.rec.workload()
-		if tree, err := workload.FindTree(procs, l.rec.InitPid); err == nil {
-			want.Pids = tree.Pids()
-		}
-		g.livePid = l.rec.InitPid
-		if inTable && tw.State == record.WorkloadMigrating {
-			continue
-		}
-		if !inTable || tw.State != record.WorkloadRunning || !slices.Equal(tw.Pids, want.Pids) {
-			want.Pinned = tw.Pinned
-			s.try(ctx, "register workload", l.rec.Name, func() error {
-				return s.table.Apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: want})
-			})
-		}
-	}
-	for group, g := range groups {
-		var have []shmowner.SegmentInfo
-		if g.livePid != 0 {
-			segs, err := workload.Segments(g.livePid)
-			if err != nil {
-				continue // it exited between the scans
-			}
-			for _, sg := range segs {
-				have = append(have, shmowner.SegmentInfo{Shmid: sg.Shmid, Key: sg.Key, Size: sg.Size, Mode: sg.Mode})
-			}
-		}
-		var known []shmowner.SegmentInfo
-		for _, sg := range table.GroupSegments(group) {
-			if sg.Owner != s.cfg.Self {
-				known = nil
-				break
-			}
-			known = append(known, shmowner.SegmentInfo{Shmid: sg.Shmid, Key: sg.Key, Size: sg.Size, Mode: sg.Mode})
-		}
-		if slices.Equal(have, known) {
-			continue
-		}
-		if g.livePid == 0 && len(known) == 0 {
-			continue
-		}
-		s.try(ctx, "report segments", group, func() error {
-			return s.table.Apply(ctx, shmowner.SetSegmentsType, shmowner.SetSegmentsRequest{
-				Node: s.cfg.Self, Group: group, Segments: have})
-		})
-	}
-}
-
-func (s *Supervisor) try(ctx context.Context, what, name string, fn func() error) {
-	if err := fn(); err != nil && ctx.Err() == nil {
-		s.log.Warn(what+" failed; will retry", "workload", name, "err", err)
-	}
-}
-
-// Log is a workload's stdout or stderr, open for reading from where Copy starts.
-type Log struct {
-	f      *os.File
-	exited <-chan struct{} // closed when the workload's init is gone
-}
-
-// OpenLog opens workload id's stream ("stdout" or "stderr") at the start of its last
-// tail lines (tail <= 0: at the start).
-func (s *Supervisor) OpenLog(id, stream string, tail int) (*Log, error) {
-	l := s.get(id)
-	if l == nil {
-		return nil, fmt.Errorf("logs: workload %s has no files on this node: %w", id, record.ErrUnknownWorkload)
-	}
-	name := StdoutFile
-	if stream == "stderr" {
-		name = StderrFile
-	}
-	f, err := os.Open(s.path(id, name))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("logs: %s has no %s file: %w", l.rec.Name, stream, record.ErrUnknownWorkload)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("logs: %w", err)
-	}
-	if tail > 0 {
-		if err := seekTail(f, tail); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("logs: %w", err)
-		}
-	}
-	return &Log{f: f, exited: l.exited}, nil
-}
-
-// Copy writes the log to w, calling w's Flush (if it has one) after each batch, and
-// with follow keeps writing new output until the workload exits, ctx ends or a write
-// fails. It closes the log.
-func (lg *Log) Copy(ctx context.Context, w io.Writer, follow bool) {
-	defer lg.f.Close()
-	fl, _ := w.(interface{ Flush() })
-	buf := make([]byte, 64<<10)
-	drain := func() bool {
-		for {
-			n, err := lg.f.Read(buf)
-			if n > 0 {
-				if _, werr := w.Write(buf[:n]); werr != nil {
-					return false
-				}
-			}
-			if err != nil || n == 0 {
-				if fl != nil {
-					fl.Flush()
-				}
-				return true
-			}
-		}
-	}
-	if !drain() || !follow {
-		return
-	}
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-lg.exited:
-			drain()
-			return
-		case <-t.C:
-			if !drain() {
-				return
-			}
-		}
-	}
-}
-
-// seekTail positions f at the start of its last n lines.
-func seekTail(f *os.File, n int) error {
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	size := st.Size()
-	const chunk = 64 << 10
-	lines := 0
-	pos := size
-	buf := make([]byte, chunk)
-	for pos > 0 {
-		step := min(int64(chunk), pos)
-		pos -= step
-		if _, err := f.ReadAt(buf[:step], pos); err != nil && !errors.Is(err, io.EOF) {
-			return err
-		}
-		for i := step - 1; i >= 0; i-- {
-			if buf[i] != '\n' || pos+i == size-1 {
-				continue
-			}
-			lines++
-			if lines == n {
-				_, err := f.Seek(pos+i+1, io.SeekStart)
-				return err
-			}
-		}
-	}
-	_, err = f.Seek(0, io.SeekStart)
-	return err
 }

@@ -127,6 +127,16 @@ func netnsID(t *testing.T, path string) uint64 {
 	return st.Ino
 }
 
+// movableTree returns the tree of the workload whose init is pid, which must be movable.
+func movableTree(t *testing.T, pid int) *workload.Tree {
+	t.Helper()
+	tree, err := migrate.Preflight{}.Check(pid)
+	if err != nil {
+		t.Fatalf("preflight of pid %d: %v", pid, err)
+	}
+	return tree
+}
+
 // counterOnNode1 brings up two nodes and starts the shared counter with workers workers
 // on the first; it returns them with CRIU and the test programs.
 func counterOnNode1(t *testing.T, workers int) (*migrate.CRIU, testwork.Bins, []netnode.Node, *started) {
@@ -149,10 +159,7 @@ func TestMoveSharedCounterBetweenNodes(t *testing.T) {
 	ctx := context.Background()
 	first := counterCheck(t, bins, w.proc.Pid)
 
-	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
-	if err != nil {
-		t.Fatalf("preflight: %v", err)
-	}
+	tree := movableTree(t, w.proc.Pid)
 	if got := len(tree.Procs); got != 6 {
 		t.Fatalf("tree has %d processes, want 6 (init, parent, 4 workers): %v", got, tree.Procs)
 	}
@@ -385,10 +392,7 @@ func corruptImageAborts(t *testing.T, digestSegments func(int) ([]workload.Segme
 	c, bins, nodes, w := counterOnNode1(t, 3)
 	ctx := context.Background()
 	counterCheck(t, bins, w.proc.Pid)
-	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := movableTree(t, w.proc.Pid)
 	images := filepath.Join(t.TempDir(), "images")
 	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: w.proc.Pid, ImagesDir: images, LeaveStopped: true, NetNS: nodes[0].NetNSPath}); err != nil {
 		t.Fatalf("dump: %v", err)

@@ -175,10 +175,7 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	bins := testwork.Build(t)
 	w := startWorkload(t, "", bins.ShmCounter, "--workers", "2")
 	waitOutput(t, w.stdout, "shmcounter ready")
-	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := movableTree(t, w.proc.Pid)
 	logDir := filepath.Dir(w.stdout)
 	in, err := migrate.Inspect("/proc", tree, logDir)
 	if err != nil {
@@ -337,10 +334,7 @@ func TestResourcesThatBlock(t *testing.T) {
 			redirect, names := tc.setup(t)
 			w := startWorkload(t, "", "bash", "-c", "exec "+redirect+" && echo ready && exec sleep 1000")
 			waitOutput(t, w.stdout, "ready")
-			tree, err := migrate.Preflight{}.Check(w.proc.Pid)
-			if err != nil {
-				t.Fatal(err)
-			}
+			tree := movableTree(t, w.proc.Pid)
 			in, err := migrate.Inspect("/proc", tree)
 			if err != nil {
 				t.Fatal(err)

@@ -193,10 +193,7 @@ func TestResumeAfterCRIUDump(t *testing.T) {
 	bins := testwork.Build(t)
 	w := startWorkload(t, "", bins.ShmCounter, "--workers", "2")
 	waitOutput(t, w.stdout, "shmcounter ready")
-	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := movableTree(t, w.proc.Pid)
 	before := counterCheck(t, bins, w.proc.Pid)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -231,10 +228,7 @@ func TestTreeMemory(t *testing.T) {
 	bins := testwork.Build(t)
 	w := startWorkload(t, "", bins.ShmBench, "--private-mib", "32", "--shm-mib", "16", "--dirty-pct-per-sec", "0")
 	waitOutput(t, w.stdout, "shmbench ready")
-	tree, err := migrate.Preflight{}.Check(w.proc.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tree := movableTree(t, w.proc.Pid)
 	got, err := migrate.TreeMemory("/proc", tree)
 	if err != nil {
 		t.Fatal(err)

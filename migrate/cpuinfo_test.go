@@ -41,6 +41,10 @@ func editCPUInfo(t *testing.T, img []byte, edit func(*cpuinfo.CpuinfoEntry)) []b
 	return append(out, body...)
 }
 
+// fpuBits are the capability bits CRIU's FPU check reads before it compares instruction
+// sets (X86_FEATURE_FPU, FXSR, OSXSAVE and XSAVES, in the kernel's word*32+bit numbering).
+var fpuBits = []int{0*32 + 0, 0*32 + 24, 4*32 + 27, 10*32 + 3}
+
 // TestCPUInfoRoundTrip: the description of this machine's CPU passes CRIU's check here;
 // one that claims features no CPU has is refused with ErrCPUIncompatible; a damaged one
 // fails clearly, and not as an incompatible CPU.
@@ -80,8 +84,18 @@ func TestCPUInfoRoundTrip(t *testing.T) {
 		cases = append(cases,
 			bad{name: "instruction set this CPU lacks", incompatible: true, says: "capabilities do not match",
 				img: editCPUInfo(t, img, func(e *cpuinfo.CpuinfoEntry) {
-					for i := range e.X86Entry[0].Capability {
-						e.X86Entry[0].Capability[i] = ^uint32(0)
+					// Every instruction set, but the FPU bits CRIU checks first as
+					// this CPU has them: a CPU without XSAVES (some VMs) would
+					// otherwise be refused for its FPU before its instructions.
+					c := e.X86Entry[0].Capability
+					fpu := make([]uint32, len(c))
+					for _, b := range fpuBits {
+						if w := b / 32; w < len(c) {
+							fpu[w] |= 1 << (b % 32)
+						}
+					}
+					for i := range c {
+						c[i] = ^fpu[i] | c[i]&fpu[i]
 					}
 				})},
 			bad{name: "xsave state this CPU lacks", incompatible: true, says: "xfeatures",

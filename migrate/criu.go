@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	criu "github.com/checkpoint-restore/go-criu/v7"
@@ -27,9 +28,36 @@ const DefaultCRIUPrefix = "/opt/migshm/criu"
 // EnvCRIU names the environment variable that points at the criu binary to use.
 const EnvCRIU = "MIGSHM_CRIU"
 
+// envCRIUFault is CRIU's own fault-injection switch; 130 is FI_NO_BREAKPOINTS.
+//
+// CRIU lets a task leave its parasite and stops it again on an x86 hardware breakpoint.
+// In some virtual machines that breakpoint never fires (seen on an AMD guest with kernel
+// 6.18: the task runs on and criu waits in wait4 for ever, for a plain C sleeper too), so
+// every dump and restore hangs. Without breakpoints CRIU stops the task by tracing its
+// syscalls instead: the path it takes on architectures without breakpoints, and took on
+// every x86 machine for years as its workaround for Xen guests. It costs a few syscall
+// stops per task. migshm therefore runs every CRIU with it, unless CRIU_FAULT is set.
+const (
+	envCRIUFault  = "CRIU_FAULT"
+	noBreakpoints = "130"
+)
+
+var criuEnvOnce sync.Once
+
+// setCRIUEnv sets CRIU_FAULT for the CRIUs this process starts: go-criu starts swrk with
+// this process's environment and takes no other.
+func setCRIUEnv() {
+	criuEnvOnce.Do(func() {
+		if _, ok := os.LookupEnv(envCRIUFault); !ok {
+			_ = os.Setenv(envCRIUFault, noBreakpoints)
+		}
+	})
+}
+
 // FindCRIU returns the criu binary to use: the given path if not empty, else $MIGSHM_CRIU,
 // else DefaultCRIUPrefix/bin/criu when it exists. It never searches PATH: Debian 12's own
-// criu is found there and does not work on kernels >= 6.13.
+// criu is found there and does not work on kernels >= 6.13. Once a CRIU is found, the
+// CRIUs this process starts run without hardware breakpoints (see envCRIUFault).
 func FindCRIU(path string) (string, error) {
 	if path == "" {
 		path = os.Getenv(EnvCRIU)
@@ -45,6 +73,7 @@ func FindCRIU(path string) (string, error) {
 	if st.IsDir() || st.Mode()&0o111 == 0 {
 		return "", fmt.Errorf("%w: %s is not an executable file", ErrCRIUUnavailable, path)
 	}
+	setCRIUEnv()
 	return path, nil
 }
 

@@ -185,6 +185,9 @@ func (c *CRIU) Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) 
 		LeaveRunning: proto.Bool(opts.LeaveRunning),
 		LeaveStopped: proto.Bool(opts.LeaveStopped),
 	}
+	if ownMountNS(opts.Pid) {
+		externalMounts(ro)
+	}
 	if d, ok := ctx.Deadline(); ok {
 		// CRIU cannot be cancelled through swrk; bound at least the time it may take
 		// to freeze the tree.
@@ -276,6 +279,12 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 	if opts.LeaveStopped {
 		ro.LeaveStopped = proto.Bool(true)
 	}
+	if hasMountNS(opts.ImagesDir) {
+		// The tree's mounts are rebuilt under this node's root, the copies of host
+		// mounts as binds of this node's own.
+		ro.Root = proto.String("/")
+		externalMounts(ro)
+	}
 	n := &restoreNotify{before: opts.BeforeResume}
 	logFile := filepath.Join(workDir.Name(), logName)
 	err = c.run(ctx, opts.NetNS, func(cr *criu.Criu) error { return cr.Restore(ro, n) })
@@ -303,6 +312,32 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 		res.Forking = time.Duration(st.GetForkingTime()) * time.Microsecond
 	}
 	return res, nil
+}
+
+// ownMountNS reports whether process pid lives in a mount namespace other than this
+// process's: CRIU then dumps that namespace with the tree.
+func ownMountNS(pid int) bool {
+	var self, other unix.Stat_t
+	if unix.Stat("/proc/self/ns/mnt", &self) != nil || unix.Stat(fmt.Sprintf("/proc/%d/ns/mnt", pid), &other) != nil {
+		return false
+	}
+	return self.Ino != other.Ino || self.Dev != other.Dev
+}
+
+// hasMountNS reports whether a dump in dir carries a mount namespace.
+func hasMountNS(dir string) bool {
+	m, _ := filepath.Glob(filepath.Join(dir, "mountpoints-*.img"))
+	return len(m) > 0
+}
+
+// externalMounts has CRIU treat the copies of this node's mounts in a tree's mount
+// namespace as external (found by device and root among its own mounts, and bound from
+// the same paths on restore), so the tree restores on any node that has those paths,
+// as runc and podman have it do for a container's bind mounts. What the workload
+// mounted itself (its /proc, say) CRIU carries in the images.
+func externalMounts(ro *rpc.CriuOpts) {
+	ro.AutoExtMnt = proto.Bool(true)
+	ro.ExtMasters = proto.Bool(true)
 }
 
 type restoreNotify struct {

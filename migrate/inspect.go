@@ -170,6 +170,51 @@ func newProcView(root string) procView {
 	return v
 }
 
+// ownProc reports whether fd of process pid is on a proc file system other than the
+// reader's /proc: the one a migshm init mounts for its PID namespace, in its own mount
+// namespace. Its files name the workload's own pids, and CRIU carries the mount.
+func (v procView) ownProc(pid, fd int) bool {
+	info, err := os.ReadFile(v.path(pid, "fdinfo", strconv.Itoa(fd)))
+	if err != nil {
+		return false
+	}
+	mntID := -1
+	for _, line := range strings.Split(string(info), "\n") {
+		if s, ok := strings.CutPrefix(line, "mnt_id:"); ok {
+			mntID, _ = strconv.Atoi(strings.TrimSpace(s))
+		}
+	}
+	theirs, err := readMounts(v.path(pid, "mountinfo"))
+	if err != nil {
+		return false
+	}
+	ours, err := readMounts(filepath.Join(v.root, "self", "mountinfo"))
+	if err != nil {
+		return false
+	}
+	hostProc := ""
+	for _, m := range ours {
+		if m.Point == "/proc" && m.FSType == "proc" {
+			hostProc = m.Dev
+		}
+	}
+	for _, m := range theirs {
+		if m.ID == mntID {
+			return m.FSType == "proc" && hostProc != "" && m.Dev != hostProc
+		}
+	}
+	return false
+}
+
+func readMounts(path string) ([]procfs.Mount, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return procfs.ParseMountinfo(f)
+}
+
 // statMagicLink stats through a /proc link, which reaches the open file even when it
 // was deleted or lives in another mount namespace. map_files needs CAP_SYS_ADMIN; without
 // it the target path is the best there is.

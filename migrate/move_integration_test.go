@@ -459,3 +459,63 @@ func corruptImageAborts(t *testing.T, digestSegments func(int) ([]workload.Segme
 		t.Fatalf("segment did not change after resuming the source; is it running?\n%s", after)
 	}
 }
+
+// procSelfScript is a Perl program (a SysV user not written for migshm) that holds
+// /proc/self/maps open for good and every 50 ms rereads it through that fd, checks that
+// /proc/self is itself, that its maps are its own (they name perl) and that its SysV
+// segment still holds what it wrote, and says so.
+const procSelfScript = `
+$| = 1;
+my $id = shmget(0, 65536, 01600) // die "shmget: $!";
+shmwrite($id, "migshm", 0, 6) or die "shmwrite: $!";
+open(my $maps, "<", "/proc/self/maps") or die "open maps: $!";
+my $n = 0;
+while (1) {
+	seek($maps, 0, 0);
+	my @lines = <$maps>;
+	my $self = readlink("/proc/self");
+	my $exe = grep { m{/perl} } @lines;
+	my $buf;
+	shmread($id, $buf, 0, 6) or die "shmread: $!";
+	$n++;
+	print(($self == $$ && $exe > 0 && $buf eq "migshm" ? "ok" : "BAD"), " n=$n pid=$$ self=$self perl=$exe shm=$buf\n");
+	select(undef, undef, undef, 0.05);
+}
+`
+
+// TestMoveKeepsItsOwnProc: a program that keeps /proc/self/maps open moves, and on the
+// other node its fd still reads its own maps, its /proc/self is still itself.
+func TestMoveKeepsItsOwnProc(t *testing.T) {
+	c := testenv.RequireCRIU(t)
+	nodes := netnode.Up(t, 2)
+	w := startWorkload(t, nodes[0].NetNSPath, "perl", "-e", procSelfScript)
+	waitOutput(t, w.stdout, "ok n=3 ")
+	movableTree(t, w.proc.Pid)
+
+	images := filepath.Join(t.TempDir(), "images")
+	ctx := context.Background()
+	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: w.proc.Pid, ImagesDir: images, LeaveStopped: true, NetNS: nodes[0].NetNSPath}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	out, _ := os.ReadFile(w.stdout)
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	last := lines[len(lines)-1]
+	var n, pid int
+	if _, err := fmt.Sscanf(last, "ok n=%d pid=%d", &n, &pid); err != nil {
+		t.Fatalf("last line before the move %q: %v", last, err)
+	}
+	res, err := c.Restore(ctx, migrate.RestoreOptions{ImagesDir: images, WorkDir: t.TempDir(), NetNS: nodes[1].NetNSPath})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	restored := workload.Attach(res.Pid)
+	t.Cleanup(func() { killAndReap(restored) })
+	killAndReap(w.proc)
+	after := waitOutput(t, w.stdout, fmt.Sprintf("ok n=%d pid=%d ", n+3, pid))
+	if strings.Contains(after, "BAD") {
+		t.Fatalf("the program saw another process's /proc:\n%s", after)
+	}
+	if got, want := netnsID(t, fmt.Sprintf("/proc/%d/ns/net", res.Pid)), netnsID(t, nodes[1].NetNSPath); got != want {
+		t.Fatalf("restored tree lives in netns %d, want node 2's %d", got, want)
+	}
+}

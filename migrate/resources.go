@@ -47,8 +47,9 @@ const (
 	BlockerTerminal = "terminal"
 	// BlockerDeletedFile: an open or mapped regular file that was deleted.
 	BlockerDeletedFile = "deleted-file"
-	// BlockerProcFile: an open file under /proc/<pid>/: it is recorded by its host pid,
-	// which the restored tree does not have, so CRIU cannot reopen it.
+	// BlockerProcFile: an open file under /proc/<pid>/ of the host's /proc: it is recorded
+	// by its host pid, which the restored tree does not have, so CRIU cannot reopen it.
+	// (A workload started by migshm has a /proc of its own, whose files move.)
 	BlockerProcFile = "proc-file"
 )
 
@@ -290,7 +291,7 @@ const (
 	fixDevice         = "CRIU cannot move an open device to another node: close it"
 	fixTerminal       = "CRIU cannot move a terminal to another node: start the workload with its input and output on files (`migshm run` does) and close the terminal"
 	fixDeleted        = "CRIU reopens files by path on the target and this one has none (replaced or removed while the workload ran): restart the workload so it uses the current file, or close it"
-	fixProcFile       = "it is recorded by the host pid, which the restored tree does not have, so CRIU cannot reopen it on the target: close it"
+	fixProcFile       = "it is on the host's /proc and recorded by the host pid, which the restored tree does not have, so CRIU cannot reopen it on the target: close it, or start the program with `migshm run`, which gives it a /proc of its own"
 )
 
 // blockers returns what cannot move among the open files and mappings of procs (nil if
@@ -387,7 +388,7 @@ func checkFile(v procView, found *findings, p workload.Proc, fd int, procPath, p
 	if kernelObject(path) {
 		return nil
 	}
-	if fd >= 0 && procPidFile(path) {
+	if fd >= 0 && procPidFile(path) && !v.ownProc(p.Pid, fd) {
 		found.add("file "+path, p, fd, BlockerProcFile, "has "+path+" open", fixProcFile)
 		return nil
 	}

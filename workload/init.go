@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -20,11 +21,19 @@ func MaybeRunInit() {
 	}
 }
 
-// forwarded are the signals the init passes on to the command. SIGCHLD drives reaping.
+// forwarded are the signals the init passes on to the workload. SIGCHLD drives reaping.
 var forwarded = []os.Signal{
 	unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2,
 	unix.SIGWINCH, unix.SIGCONT, unix.SIGALRM, unix.SIGPWR,
 }
+
+// stopSignals end a workload: once one was forwarded to its main process and that
+// process is gone, the init passes it on to every process left.
+var stopSignals = map[os.Signal]bool{unix.SIGTERM: true, unix.SIGINT: true, unix.SIGQUIT: true}
+
+// initVars are the variables through which Start configures the init; the command sees
+// none of them.
+var initVars = []string{envHostname, envStatusFile, envGODEBUG, envStdout, envStderr, envPidFile, envOwnMounts}
 
 func runInit(args []string) int {
 	if len(args) < 2 || args[0] != "--" {
@@ -37,14 +46,28 @@ func runInit(args []string) int {
 			fmt.Fprintf(os.Stderr, "migshm-init: set hostname %q: %v\n", h, err)
 		}
 	}
+	if os.Getenv(envOwnMounts) == "1" {
+		closeInherited()
+		if err := setupMounts(); err != nil {
+			fmt.Fprintf(os.Stderr, "migshm-init: %v\n", err)
+			return 127
+		}
+		// Stdio was opened by the launcher, in the mounts outside; CRIU can only dump
+		// fds into mounts of the tree's own namespace.
+		if err := reopenStdio(os.Getenv(envStdout), os.Getenv(envStderr)); err != nil {
+			fmt.Fprintf(os.Stderr, "migshm-init: %v\n", err)
+			return 127
+		}
+	}
 	statusFile := os.Getenv(envStatusFile)
+	pidFile := os.Getenv(envPidFile)
 	userGODEBUG, haveUser := os.LookupEnv(envGODEBUG)
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
 		switch {
-		case strings.HasPrefix(kv, envHostname+"="), strings.HasPrefix(kv, envStatusFile+"="),
-			strings.HasPrefix(kv, envGODEBUG+"="):
-		case haveUser && strings.HasPrefix(kv, "GODEBUG="):
+		case isInitEnv(name):
+		case haveUser && name == "GODEBUG":
 			// The init's own setting; the command gets its own back below.
 		default:
 			env = append(env, kv)
@@ -53,7 +76,7 @@ func runInit(args []string) int {
 	if userGODEBUG != "" {
 		env = append(env, userGODEBUG)
 	}
-	status := superviseCommand(args, env)
+	status := supervise(args, env, pidFile)
 	if statusFile != "" {
 		if err := writeExitStatus(statusFile, status); err != nil {
 			fmt.Fprintf(os.Stderr, "migshm-init: record exit status: %v\n", err)
@@ -62,9 +85,24 @@ func runInit(args []string) int {
 	return status
 }
 
-// superviseCommand starts the command, forwards signals to it, reaps orphans and returns
-// the command's exit status (128+signal if a signal killed it).
-func superviseCommand(args, env []string) int {
+func isInitEnv(name string) bool {
+	for _, n := range initVars {
+		if name == n {
+			return true
+		}
+	}
+	return false
+}
+
+// supervise starts the command and stays until its PID namespace is empty, as a service
+// manager does: a program that daemonizes (forks, and its first process exits) lives on.
+// It forwards signals to the workload's main process (the command while it runs, then
+// the process pidFile names, if any) or, when that is gone, to every process left; a
+// stop signal whose main process then exits goes on to the rest, so a daemon's master
+// first gets to stop its children itself. It reaps every process and returns the exit
+// status of the pidFile's process if it named one the init reaped, else of the last
+// process to exit (the command itself, for a program that does not daemonize).
+func supervise(args, env []string, pidFile string) int {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwarded...)...)
 
@@ -79,31 +117,114 @@ func superviseCommand(args, env []string) int {
 		fmt.Fprintf(os.Stderr, "migshm-init: start %s: %v\n", args[0], err)
 		return 127
 	}
-	main := proc.Pid
+	t := tracker{command: proc.Pid, pidFile: pidFile}
 	for sig := range sigs {
 		if sig != unix.SIGCHLD {
-			_ = unix.Kill(main, sig.(syscall.Signal))
+			t.forward(sig.(syscall.Signal))
 			continue
 		}
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if err != nil || pid <= 0 {
-				break
-			}
-			if pid != main {
-				continue // an orphan we adopted; reaped
-			}
-			switch {
-			case ws.Exited():
-				return ws.ExitStatus()
-			case ws.Signaled():
-				return 128 + int(ws.Signal())
-			}
+		if done := t.reap(); done {
+			return t.status()
 		}
 	}
 	return 0 // unreachable: sigs is never closed
+}
+
+// tracker follows the processes of a workload's PID namespace from its init.
+type tracker struct {
+	command  int    // the command's pid; 0 once it exited
+	pidFile  string // names the main process once the command has written it
+	service  int    // the pid read from pidFile, once read; 0 before
+	stopping syscall.Signal
+
+	last, serviceStatus int
+	serviceDone         bool
+}
+
+// main returns the process signals are meant for: the command while it runs, else the
+// live process pidFile names; 0 if neither.
+func (t *tracker) main() int {
+	if t.pidFile != "" && t.service == 0 {
+		t.service = readPidFile(t.pidFile)
+	}
+	if t.service > 0 && !t.serviceDone && unix.Kill(t.service, 0) == nil {
+		return t.service
+	}
+	return t.command
+}
+
+func (t *tracker) forward(sig syscall.Signal) {
+	if stopSignals[sig] {
+		t.stopping = sig
+	}
+	if pid := t.main(); pid > 0 {
+		_ = unix.Kill(pid, sig)
+		return
+	}
+	// From PID 1, -1 means every other process of its namespace.
+	_ = unix.Kill(-1, sig)
+}
+
+// reap reaps every exited child and reports whether the namespace is empty.
+func (t *tracker) reap() bool {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ECHILD):
+			return true // every process of the namespace is gone
+		case err != nil || pid <= 0:
+			return false
+		}
+		if !ws.Exited() && !ws.Signaled() {
+			continue
+		}
+		status := ws.ExitStatus()
+		if ws.Signaled() {
+			status = 128 + int(ws.Signal())
+		}
+		t.last = status
+		mainGone := false
+		if pid == t.command {
+			t.command = 0
+			if t.pidFile != "" && t.service == 0 {
+				t.service = readPidFile(t.pidFile)
+			}
+			mainGone = t.service <= 0 || t.service == pid
+		}
+		if pid == t.service && t.service > 0 {
+			t.serviceDone, t.serviceStatus = true, status
+			mainGone = true
+		}
+		if mainGone && t.stopping != 0 {
+			// The main process is gone while stopping: the rest get the signal too.
+			_ = unix.Kill(-1, t.stopping)
+		}
+	}
+}
+
+func (t *tracker) status() int {
+	if t.serviceDone {
+		return t.serviceStatus
+	}
+	return t.last
+}
+
+// readPidFile returns the pid a pidfile holds (its first word), 0 if it has none yet.
+func readPidFile(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil || pid <= 1 {
+		return 0
+	}
+	return pid
 }

@@ -31,6 +31,16 @@ const envGODEBUG = "MIGSHM_INIT_GODEBUG"
 
 const initGODEBUG = "GODEBUG=containermaxprocs=0"
 
+// envStdout and envStderr pass the log paths to the init, which reopens them in its own
+// mount namespace; envPidFile passes Spec.PidFile; envOwnMounts says the init has a
+// mount namespace of its own to set up.
+const (
+	envStdout    = "MIGSHM_INIT_STDOUT"
+	envStderr    = "MIGSHM_INIT_STDERR"
+	envPidFile   = "MIGSHM_INIT_PIDFILE"
+	envOwnMounts = "MIGSHM_INIT_OWN_MOUNTS"
+)
+
 // Spec says what to start and where.
 type Spec struct {
 	// Args is the command and its arguments; Args[0] is looked up in PATH.
@@ -59,6 +69,10 @@ type Spec struct {
 	// ReadExitStatus) just before it exits. Whoever is not the init's parent (a daemon
 	// restarted while the workload ran on) learns the status from it.
 	StatusFile string
+	// PidFile, if set, is where a program that daemonizes writes the pid of its main
+	// process (as seen in the workload, relative to Dir): signals go to that process
+	// once the command itself exited, and its exit status is the workload's.
+	PidFile string
 }
 
 // Process is a started workload: the host view of its init.
@@ -68,7 +82,9 @@ type Process struct {
 	proc *os.Process
 }
 
-// Start launches spec's command under a fresh init in new PID, IPC and UTS namespaces.
+// Start launches spec's command under a fresh init in new PID, IPC, UTS and mount
+// namespaces; the init mounts a /proc of the new PID namespace (see setupMounts) and
+// lives until every process of the namespace is gone (see supervise).
 // The caller becomes the init's parent and must Wait for it (or hand that to whoever
 // restores it after a migration).
 func Start(spec Spec) (*Process, error) {
@@ -126,7 +142,11 @@ func Start(spec Spec) (*Process, error) {
 	if spec.StatusFile != "" {
 		initEnv = append(initEnv, envStatusFile+"="+spec.StatusFile)
 	}
-	clone := uintptr(unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
+	if spec.PidFile != "" {
+		initEnv = append(initEnv, envPidFile+"="+spec.PidFile)
+	}
+	initEnv = append(initEnv, envOwnMounts+"=1", envStdout+"="+spec.Stdout, envStderr+"="+spec.Stderr)
+	clone := uintptr(unix.CLONE_NEWPID | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWNS)
 	if spec.IPCNS != "" {
 		clone &^= unix.CLONE_NEWIPC
 	}

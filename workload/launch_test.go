@@ -40,8 +40,8 @@ func readlink(t *testing.T, path string) string {
 	return s
 }
 
-// TestStartShape checks the shape CRIU needs: the init is PID 1 of fresh PID, IPC and UTS
-// namespaces, a session leader there, stdin on /dev/null, output appended to private
+// TestStartShape checks the shape CRIU needs: the init is PID 1 of fresh PID, IPC, UTS and
+// mount namespaces (with a /proc of its own and every fd on its own mounts), a session leader there, stdin on /dev/null, output appended to private
 // files, the hostname set; signals reach the command and its status comes back.
 func TestStartShape(t *testing.T) {
 	testenv.RequireRoot(t)
@@ -53,7 +53,8 @@ func TestStartShape(t *testing.T) {
 	// The command reports who it is, leaves an orphan that exits soon (the init must
 	// reap it), then waits for SIGTERM and exits 7.
 	script := `trap 'echo got-term; exit 7' TERM
-echo "pid=$$ host=$(hostname)"
+read -r self rest </proc/self/stat
+echo "pid=$$ proc-self=$self host=$(hostname)"
 ls -l /proc/self/fd/0 >&2
 (sleep 0.2 &)
 echo ready
@@ -106,12 +107,37 @@ while :; do sleep 0.05; done`
 	if n := init.NSpid; len(n) != 2 || n[1] != 1 {
 		t.Errorf("init NSpid %v, want [hostpid 1]", n)
 	}
-	for _, ns := range []string{"pid", "ipc", "uts"} {
+	for _, ns := range []string{"pid", "ipc", "uts", "mnt"} {
 		if readlink(t, fmt.Sprintf("/proc/%d/ns/%s", p.Pid, ns)) == readlink(t, "/proc/self/ns/"+ns) {
 			t.Errorf("init shares the launcher's %s namespace", ns)
 		}
 	}
-	for _, ns := range []string{"net", "mnt"} {
+	// CRIU dumps the mount namespace: every fd of the init must be on one of its mounts,
+	// and no mount may be a namespace file (CRIU cannot carry nsfs).
+	mountIDs := map[string]bool{}
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", p.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(mi)), "\n") {
+		mountIDs[strings.Fields(line)[0]] = true
+		if strings.Contains(line, " - nsfs ") {
+			t.Errorf("the workload's mounts include a namespace file: %s", line)
+		}
+	}
+	for _, fd := range fds {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p.Pid, fd.Name())); strings.HasPrefix(l, "anon_inode:") {
+			continue // the Go runtime's epoll, eventfd and pidfds: CRIU needs no mount for them
+		}
+		info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", p.Pid, fd.Name()))
+		for _, line := range strings.Split(string(info), "\n") {
+			if id, ok := strings.CutPrefix(line, "mnt_id:"); ok && !mountIDs[strings.TrimSpace(id)] {
+				l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p.Pid, fd.Name()))
+				t.Errorf("init fd %s (%s) is on mount %s, outside its mount namespace", fd.Name(), l, strings.TrimSpace(id))
+			}
+		}
+	}
+	for _, ns := range []string{"net"} {
 		if readlink(t, fmt.Sprintf("/proc/%d/ns/%s", p.Pid, ns)) != readlink(t, "/proc/self/ns/"+ns) {
 			t.Errorf("init has its own %s namespace; it should keep the launcher's", ns)
 		}
@@ -132,6 +158,8 @@ while :; do sleep 0.05; done`
 	}
 	if nsPid := cmdProc.NSpid[len(cmdProc.NSpid)-1]; nsPid == cmdProc.Pid || !strings.Contains(got, fmt.Sprintf("pid=%d ", nsPid)) {
 		t.Errorf("command reports %q; its pid inside the namespace is %d (host %d)", got, nsPid, cmdProc.Pid)
+	} else if !strings.Contains(got, fmt.Sprintf("proc-self=%d ", nsPid)) {
+		t.Errorf("command reports %q: its /proc/self is not its own pid %d", got, nsPid)
 	}
 	sid, err := unix.Getsid(p.Pid)
 	if err != nil || sid != p.Pid {
@@ -171,6 +199,82 @@ while :; do sleep 0.05; done`
 		t.Fatalf("init exit code %d, want the command's 7", st.ExitCode())
 	}
 	waitFile(t, out, "got-term")
+}
+
+// TestStartLivesWithItsProcesses: a program that daemonizes (its first process exits at
+// once) keeps the workload alive; a stop signal reaches the daemon, the one its pidfile
+// names or, without one, every process left; the workload's status is the pidfile
+// process's, or the last process's.
+func TestStartLivesWithItsProcesses(t *testing.T) {
+	testenv.RequireRoot(t)
+	for _, tc := range []struct {
+		name    string
+		pidFile bool
+		want    int
+	}{
+		{"pidfile", true, 3},
+		{"no pidfile", false, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			out, pidFile := filepath.Join(dir, "out"), filepath.Join(dir, "daemon.pid")
+			// The daemon exits 3 on SIGTERM; its helper (not in the pidfile) exits 5.
+			daemon := `echo \$\$ >` + pidFile + `; trap 'exit 3' TERM; while :; do sleep 0.05; done`
+			helper := `trap 'exit 5' TERM; while :; do sleep 0.05; done`
+			script := `sh -c "` + daemon + `" & sh -c "` + helper + `" & echo started; exit 0`
+			if !tc.pidFile {
+				script = `sh -c "` + helper + `" & echo started; exit 0`
+			}
+			spec := workload.Spec{Args: []string{"sh", "-c", script}, Stdout: out, Stderr: filepath.Join(dir, "err")}
+			if tc.pidFile {
+				spec.PidFile = pidFile
+			}
+			p, err := workload.Start(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = p.Kill(); _, _ = p.Wait() })
+			waitFile(t, out, "started")
+			// The command has exited; the workload lives on in the processes it left.
+			wait.For(t, 5*time.Second, "the first process to exit", func() (bool, string) {
+				all, _, err := workload.ReadAll("/proc")
+				if err != nil {
+					t.Fatal(err)
+				}
+				tree, err := workload.FindTree(all, p.Pid)
+				if err != nil {
+					return false, err.Error()
+				}
+				shells := 0
+				for _, q := range tree.Procs {
+					if q.Comm == "sh" {
+						shells++
+						if q.PPid != p.Pid {
+							return false, fmt.Sprintf("sh %d still has parent %d", q.Pid, q.PPid)
+						}
+					}
+				}
+				want := 1
+				if tc.pidFile {
+					want = 2
+				}
+				return shells == want, fmt.Sprintf("%d shells left under the init, want %d: %v", shells, want, tree.Procs)
+			})
+			if tc.pidFile {
+				waitFile(t, pidFile, "\n")
+			}
+			if err := p.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			st, err := p.Wait()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.ExitCode() != tc.want {
+				t.Fatalf("init exit code %d, want %d", st.ExitCode(), tc.want)
+			}
+		})
+	}
 }
 
 func TestStartErrors(t *testing.T) {

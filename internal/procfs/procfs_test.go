@@ -436,3 +436,29 @@ func TestReadMeminfo(t *testing.T) {
 		t.Errorf("/proc/meminfo: %+v %v", m, err)
 	}
 }
+
+func TestParseMountinfo(t *testing.T) {
+	in := `22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+35 22 0:4 net:[4026532301] /run/netns/migshm-n1 rw shared:5 - nsfs nsfs rw
+40 22 0:40 / /mnt/with\040space rw - tmpfs tmpfs rw
+41 22 0:41 / /proc rw,nosuid - proc proc rw
+`
+	got, err := ParseMountinfo(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Mount{
+		{ID: 22, Dev: "0:21", Point: "/", FSType: "ext4"},
+		{ID: 35, Dev: "0:4", Point: "/run/netns/migshm-n1", FSType: "nsfs"},
+		{ID: 40, Dev: "0:40", Point: "/mnt/with space", FSType: "tmpfs"},
+		{ID: 41, Dev: "0:41", Point: "/proc", FSType: "proc"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+	for _, bad := range []string{"22 1 0:21 / / rw shared:1 ext4 /dev/vda rw\n", "x 1 0:21 / / rw - ext4 /dev/vda rw\n", "22 1 0:21 / / rw -\n"} {
+		if _, err := ParseMountinfo(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}

@@ -52,6 +52,11 @@ type RunRequest struct {
 	Args  []string `json:"args"`
 	Env   []string `json:"env,omitempty"` // default: a minimal PATH
 	Dir   string   `json:"dir,omitempty"` // default: /
+	// PidFile is where a program that daemonizes writes its main process's pid (as the
+	// workload sees it; relative to Dir). The run waits for it, up to PidFileTimeoutMS
+	// (0: 10 s); stop signals go to that process and its exit status is the workload's.
+	PidFile          string `json:"pid_file,omitempty"`
+	PidFileTimeoutMS int64  `json:"pid_file_timeout_ms,omitempty"`
 }
 
 // StopRequest asks the workload's node to stop it: SIGTERM, then SIGKILL after

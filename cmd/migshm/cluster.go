@@ -230,22 +230,28 @@ func printSegments(out io.Writer, segs []api.Segment, ws []api.Workload) error {
 func runCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "run",
-		Usage:     "start a command as a workload on the node (in its own PID, IPC and UTS namespaces)",
+		Usage:     "start a command as a workload on the node (in its own PID, IPC, UTS and mount namespaces)",
 		ArgsUsage: "-- CMD [ARGS...]",
 		Description: "The node's daemon starts CMD under a small init in fresh namespaces, with stdin on\n" +
 			"/dev/null and stdout/stderr in files (see `migshm logs`), registers it in the cluster\n" +
-			"table, and follows its SysV segments. The workload keeps running if the daemon restarts.\n" +
+			"table, and follows its SysV segments. The workload keeps running if the daemon restarts,\n" +
+			"and lives while any of its processes does: a program that daemonizes (forks, and its\n" +
+			"first process exits) keeps it alive; name its pidfile with --pidfile so that signals and\n" +
+			"the exit status are its main process's. The workload sees a /proc of its own.\n" +
 			"CMD, its files and the directory must exist at the same paths on a node it moves to.\n\n" +
 			"Examples:\n" +
 			"  migshm run -- /usr/local/bin/shmcounter 4\n" +
 			"  migshm run --name db1 --env PGDATA=/srv/pg -- /usr/lib/postgresql/15/bin/postgres\n" +
-			"  migshm run --ipc-group g1 -- ./producer; migshm run --ipc-group g1 -- ./consumer",
+			"  migshm run --ipc-group g1 -- ./producer; migshm run --ipc-group g1 -- ./consumer\n" +
+			"  migshm run --pidfile /run/mydaemon.pid -- /usr/sbin/mydaemon --daemon",
 		Flags: []cli.Flag{
 			jsonFlag(),
 			&cli.StringFlag{Name: "name", Usage: "workload name (default: command name + id suffix)"},
 			&cli.StringFlag{Name: "ipc-group", Usage: "share the IPC namespace (SysV segments) of the running workloads of this group, or start the group"},
 			&cli.StringSliceFlag{Name: "env", Usage: "KEY=VALUE for the command's environment (repeatable); PATH defaults to the system's"},
 			&cli.StringFlag{Name: "dir", Usage: "working directory (default: the current one)"},
+			&cli.StringFlag{Name: "pidfile", Usage: "where the program, if it daemonizes, writes its main pid (relative to --dir); the run waits for it"},
+			&cli.DurationFlag{Name: "pidfile-timeout", Value: 10 * time.Second, Usage: "how long the run waits for --pidfile before it stops the workload and fails"},
 		},
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
@@ -268,7 +274,11 @@ func runCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir}
+			if c.Duration("pidfile-timeout") <= 0 {
+				return fmt.Errorf("--pidfile-timeout %v: want a positive duration", c.Duration("pidfile-timeout"))
+			}
+			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir,
+				PidFile: c.String("pidfile"), PidFileTimeoutMS: c.Duration("pidfile-timeout").Milliseconds()}
 			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Workload, error) {
 				return cl.Run(ctx, req)
 			}, func(w io.Writer, wl api.Workload) error {

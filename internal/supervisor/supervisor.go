@@ -312,6 +312,14 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	if dir == "" {
 		dir = "/"
 	}
+	pidFile := req.PidFile
+	if pidFile != "" && !filepath.IsAbs(pidFile) {
+		pidFile = filepath.Join(dir, pidFile)
+	}
+	pidFileTimeout := time.Duration(req.PidFileTimeoutMS) * time.Millisecond
+	if pidFileTimeout <= 0 {
+		pidFileTimeout = defaultPidFileTimeout
+	}
 	wdir := filepath.Join(s.dir, id)
 	if err := os.Mkdir(wdir, 0o700); err != nil {
 		return record.Workload{}, fmt.Errorf("run: %w", err)
@@ -319,7 +327,7 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	p, err := workload.Start(workload.Spec{
 		Args: req.Args, Env: env, Dir: dir, Hostname: req.Name, IPCNS: ipcns,
 		Stdout: filepath.Join(wdir, StdoutFile), Stderr: filepath.Join(wdir, StderrFile),
-		StatusFile: filepath.Join(wdir, exitFile), InitPath: s.initPath,
+		StatusFile: filepath.Join(wdir, exitFile), InitPath: s.initPath, PidFile: pidFile,
 	})
 	if err != nil {
 		os.RemoveAll(wdir)
@@ -338,6 +346,15 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	watch, err := workload.WatchProcess(p.Pid, st)
 	if err != nil {
 		return fail(fmt.Errorf("run: %w", err))
+	}
+	if pidFile != "" {
+		if _, err := waitPidFile(ctx, p.Pid, watch, pidFile, pidFileTimeout); err != nil {
+			watch.Close()
+			if tail := lastLines(filepath.Join(wdir, StderrFile), 3); tail != "" {
+				err = fmt.Errorf("%w; its stderr ends with:\n%s", err, tail)
+			}
+			return fail(err)
+		}
 	}
 	rec := Record{ID: id, Name: req.Name, Group: group, Node: s.cfg.Self, Args: req.Args,
 		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}

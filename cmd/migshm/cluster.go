@@ -277,8 +277,10 @@ func runCommand() *cli.Command {
 			if c.Duration("pidfile-timeout") <= 0 {
 				return fmt.Errorf("--pidfile-timeout %v: want a positive duration", c.Duration("pidfile-timeout"))
 			}
-			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir,
-				PidFile: c.String("pidfile"), PidFileTimeoutMS: c.Duration("pidfile-timeout").Milliseconds()}
+			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir}
+			if req.PidFile = c.String("pidfile"); req.PidFile != "" {
+				req.PidFileTimeoutMS = c.Duration("pidfile-timeout").Milliseconds()
+			}
 			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Workload, error) {
 				return cl.Run(ctx, req)
 			}, func(w io.Writer, wl api.Workload) error {

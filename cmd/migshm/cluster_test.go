@@ -257,6 +257,7 @@ func TestCLIRun(t *testing.T) {
 			{[]string{"run", "--name", "x", "--"}, "no command given"},
 			{[]string{"run", "--env", "FOO", "--", "/bin/true"}, `--env "FOO": want KEY=VALUE`},
 			{[]string{"run", "--env", "A=1", "--env", "=x", "--", "/bin/true"}, `--env "=x": want KEY=VALUE`},
+			{[]string{"run", "--pidfile", "/run/x.pid", "--pidfile-timeout", "0s", "--", "/bin/true"}, `--pidfile-timeout 0s: want a positive duration`},
 		} {
 			f.wantRefused(t, tt.args, tt.want)
 		}
@@ -275,6 +276,10 @@ func TestCLIRun(t *testing.T) {
 			api.RunRequest{Args: []string{"sleep", "100"}, Dir: cwd}},
 		{"everything", []string{"run", "--name", "db2", "--ipc-group", "g1", "--env", "A=B", "--env", "C=D=E", "--dir", "/srv", "--", "/usr/bin/x"},
 			api.RunRequest{Name: "db2", Group: "g1", Args: []string{"/usr/bin/x"}, Env: []string{"A=B", "C=D=E"}, Dir: "/srv"}},
+		{"pidfile", []string{"run", "--pidfile", "run/d.pid", "--", "/usr/sbin/d", "--daemon"},
+			api.RunRequest{Args: []string{"/usr/sbin/d", "--daemon"}, Dir: cwd, PidFile: "run/d.pid", PidFileTimeoutMS: 10000}},
+		{"pidfile timeout", []string{"run", "--pidfile", "/run/d.pid", "--pidfile-timeout", "90s", "--", "/usr/sbin/d"},
+			api.RunRequest{Args: []string{"/usr/sbin/d"}, Dir: cwd, PidFile: "/run/d.pid", PidFileTimeoutMS: 90000}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, got := f.runRequest(t, tt.args...)

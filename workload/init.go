@@ -145,7 +145,7 @@ type tracker struct {
 // live process pidFile names; 0 if neither.
 func (t *tracker) main() int {
 	if t.pidFile != "" && t.service == 0 {
-		t.service = readPidFile(t.pidFile)
+		t.service = ReadPidFile(t.pidFile)
 	}
 	if t.service > 0 && !t.serviceDone && unix.Kill(t.service, 0) == nil {
 		return t.service
@@ -190,7 +190,7 @@ func (t *tracker) reap() bool {
 		if pid == t.command {
 			t.command = 0
 			if t.pidFile != "" && t.service == 0 {
-				t.service = readPidFile(t.pidFile)
+				t.service = ReadPidFile(t.pidFile)
 			}
 			mainGone = t.service <= 0 || t.service == pid
 		}
@@ -212,8 +212,8 @@ func (t *tracker) status() int {
 	return t.last
 }
 
-// readPidFile returns the pid a pidfile holds (its first word), 0 if it has none yet.
-func readPidFile(path string) int {
+// ReadPidFile returns the pid a pidfile holds (its first word), 0 if it has none yet.
+func ReadPidFile(path string) int {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0

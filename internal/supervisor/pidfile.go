@@ -25,7 +25,7 @@ func waitPidFile(ctx context.Context, initPid int, watch *workload.Watch, path s
 	root := fmt.Sprintf("/proc/%d/root", initPid)
 	deadline := time.Now().Add(timeout)
 	for {
-		if pid := readPid(filepath.Join(root, path)); pid > 0 {
+		if pid := workload.ReadPidFile(filepath.Join(root, path)); pid > 0 {
 			if _, err := os.Stat(filepath.Join(root, "proc", strconv.Itoa(pid))); err == nil {
 				return pid, nil
 			}
@@ -47,23 +47,6 @@ func waitPidFile(ctx context.Context, initPid int, watch *workload.Watch, path s
 				"or give it longer with --pidfile-timeout: %w", path, what, timeout, api.ErrBadRequest)
 		}
 	}
-}
-
-// readPid returns the pid a pidfile holds (its first word), 0 if none.
-func readPid(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	pid, err := strconv.Atoi(f[0])
-	if err != nil || pid <= 0 {
-		return 0
-	}
-	return pid
 }
 
 // lastLines returns the last n lines of a file (seekTail), "" if it has none.

@@ -188,6 +188,9 @@ type NodeLoad struct {
 	Workloads     int     `json:"workloads"` // running workloads counted on it
 	MemFreeBytes  uint64  `json:"mem_free_bytes"`
 	MemTotalBytes uint64  `json:"mem_total_bytes"`
+	// Settling: its load was last measured from before its last migration ended, so CPU
+	// balancing leaves it out until its next report.
+	Settling bool `json:"settling,omitempty"`
 }
 
 // BalanceMove is one move the balancer planned.

@@ -161,6 +161,9 @@ type NodeLoad struct {
 	Workloads     int     // workloads counted on it
 	MemFreeBytes  uint64  // as the balancer counts it (MemCapacity minus workloads, or the node's report minus inbound migrations)
 	MemTotalBytes uint64
+	// Settling: its last load report began before its last migration ended, so CPU
+	// balancing leaves it out until the next one.
+	Settling bool
 }
 
 // NodeLoads returns every node's load as Plan counts it, sorted by node id. The source is
@@ -175,7 +178,7 @@ func NodeLoads(t *shmowner.Table, load map[string]WorkloadLoad, cfg Config) []No
 	out := make([]NodeLoad, 0, len(p.nodes))
 	for _, n := range p.nodes {
 		nl := NodeLoad{Node: n.id, State: n.state, Cores: n.cores, CPU: n.used, Workloads: n.count,
-			MemFreeBytes: uint64(max(n.memFree, 0)), MemTotalBytes: uint64(max(n.memTotal, 0))}
+			MemFreeBytes: uint64(max(n.memFree, 0)), MemTotalBytes: uint64(max(n.memTotal, 0)), Settling: !n.settled()}
 		if n.cores > 0 {
 			nl.Load = n.used / n.cores
 		}
@@ -270,6 +273,7 @@ type node struct {
 	memKnown bool
 	busy     bool  // a migration to or from it is in flight
 	lastMove int64 // unix nanos: the latest end of a finished migration to or from it
+	since    int64 // unix nanos: start of the interval its last load report covers (0: none)
 	inPlan   bool  // source or target of a move of this plan
 	units    []*unit
 }
@@ -288,6 +292,17 @@ func (n *node) counted() bool {
 
 // balanced reports whether the node takes part in the mean and the imbalance.
 func (n *node) balanced() bool { return n.state == record.NodeActive && n.cores > 0 }
+
+// settled reports whether the node's CPU figures describe its current placement: its
+// last load report covers an interval that began after its last migration ended. Until
+// then the figures are stale (a workload that just arrived still shows what it used
+// while frozen, the others what they got before it came or left), and CPU balancing
+// leaves the node out.
+func (n *node) settled() bool { return n.lastMove == 0 || n.since >= n.lastMove }
+
+// cpuCounted reports whether CPU balancing counts the node: in the mean, the imbalance
+// and as a source or target.
+func (n *node) cpuCounted() bool { return n.balanced() && n.settled() }
 
 // unit is what moves: the workloads of one IPC group on one node.
 type unit struct {
@@ -328,7 +343,7 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 	p := &planner{cfg: cfg, now: now.UnixNano(), skips: map[string]Skip{}}
 	byID := map[string]*node{}
 	for _, tn := range t.Nodes() {
-		n := &node{id: tn.ID, state: tn.State, cores: cfg.cores(tn.ID)}
+		n := &node{id: tn.ID, state: tn.State, cores: cfg.cores(tn.ID), since: tn.Load.Since}
 		if mc, ok := cfg.MemCapacity[tn.ID]; ok {
 			n.memTotal, n.memFree, n.memKnown = int64(mc), int64(mc), mc > 0
 		} else {
@@ -489,7 +504,7 @@ func (p *planner) movable(u *unit, k Kind) string {
 
 // cooling reports whether n may not take part in a CPU move now (nodeCooling says why).
 func (p *planner) cooling(n *node) bool {
-	return p.cfg.NodeCooldown > 0 && (n.inPlan || n.busy || (n.lastMove > 0 && p.now-n.lastMove < int64(p.cfg.NodeCooldown)))
+	return !n.settled() || (p.cfg.NodeCooldown > 0 && (n.inPlan || n.busy || (n.lastMove > 0 && p.now-n.lastMove < int64(p.cfg.NodeCooldown))))
 }
 
 // nodeCooling returns why n may not take part in a CPU move now, "" if it may.
@@ -504,8 +519,20 @@ func (p *planner) nodeCooling(n *node) string {
 		return fmt.Sprintf("node cooldown: a migration to or from %s is in flight", n.id)
 	case n.lastMove > 0 && p.now-n.lastMove < int64(p.cfg.NodeCooldown):
 		return fmt.Sprintf("node cooldown: last migration of %s ended %s ago < %s", n.id, ago(p.now-n.lastMove), p.cfg.NodeCooldown)
+	case !n.settled():
+		return p.settling(n)
 	}
 	return ""
+}
+
+// settling says why an unsettled node's CPU figures are not used.
+func (p *planner) settling(n *node) string {
+	from := "no interval yet"
+	if n.since > 0 {
+		from = "from " + ago(p.now-n.since) + " ago"
+	}
+	return fmt.Sprintf("settling: %s's last load report (%s) began before its last migration ended %s ago; waiting for its next report",
+		n.id, from, ago(p.now-n.lastMove))
 }
 
 // need returns the free memory a target must keep after receiving.
@@ -513,11 +540,11 @@ func (p *planner) need(n *node) int64 {
 	return max(int64(p.cfg.MemFloorBytes), int64(math.Ceil(p.cfg.MemHeadroom*float64(n.memTotal))))
 }
 
-// targets returns the possible targets, least loaded first (ties by id).
+// targets returns the nodes CPU balancing counts, least loaded first (ties by id).
 func (p *planner) targets() []*node {
 	var out []*node
 	for _, n := range p.nodes {
-		if n.balanced() {
+		if n.cpuCounted() {
 			out = append(out, n)
 		}
 	}
@@ -597,11 +624,11 @@ func (p *planner) gain(a, b *node, x float64) float64 {
 		if n == b {
 			used += x
 		}
-		return n.cores, used, n.balanced()
+		return n.cores, used, n.cpuCounted()
 	}
 	now := func(i int) (float64, float64, bool) {
 		n := p.nodes[i]
-		return n.cores, n.used, n.balanced()
+		return n.cores, n.used, n.cpuCounted()
 	}
 	return imbalance(len(p.nodes), now) - imbalance(len(p.nodes), at)
 }
@@ -610,7 +637,7 @@ func (p *planner) mean() (float64, int) {
 	var used, cores float64
 	k := 0
 	for _, n := range p.nodes {
-		if n.balanced() {
+		if n.cpuCounted() {
 			used, cores, k = used+n.used, cores+n.cores, k+1
 		}
 	}
@@ -752,6 +779,11 @@ func (p *planner) drain() {
 // is out of the band mean±Threshold and a move beats the hysteresis.
 func (p *planner) balance() {
 	T, H := p.cfg.Threshold, p.cfg.Hysteresis
+	for _, n := range p.nodes {
+		if n.balanced() && !n.settled() {
+			p.skipNode(n, "cpu: left out of balancing: "+p.settling(n))
+		}
+	}
 	for p.capLeft() > 0 {
 		mean, k := p.mean()
 		if k < 2 {

@@ -119,7 +119,15 @@ func sameRecords[R any](tb testing.TB, what string, got, want []R, id func(R) st
 func node(id string, st record.NodeState) record.Node {
 	// Every node reports the same busy host, as nodes sharing one kernel do: the
 	// balancer must not read it.
-	return record.Node{ID: id, State: st, Load: record.LoadVector{CPU: 0.99, RunQueue: 40, MemFreeBytes: 64 * gib, MemTotalBytes: 128 * gib}}
+	// Its figures were measured over the second before t0.
+	return record.Node{ID: id, State: st, Load: record.LoadVector{CPU: 0.99, RunQueue: 40, MemFreeBytes: 64 * gib, MemTotalBytes: 128 * gib,
+		Since: t0.Add(-time.Second).UnixNano()}}
+}
+
+// measuredFrom is n with figures measured from ago before t0.
+func measuredFrom(n record.Node, ago time.Duration) record.Node {
+	n.Load.Since = t0.Add(-ago).UnixNano()
+	return n
 }
 
 func active(ids ...string) []record.Node {

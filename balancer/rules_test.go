@@ -31,6 +31,10 @@ func TestPlanRules(t *testing.T) {
 	groupWs := []record.Workload{inGroup(wl("a", "n1"), "g"), inGroup(wl("b", "n1"), "g"), wl("c", "n1"), wl("e", "n1"), wl("d", "n3")}
 	groupLoad := cpu("a", 0.8, "b", 0.7, "c", 0.3, "e", 0.2, "d", 0.4)
 
+	// settle cases: 1-core nodes; n1 runs a, b, c; n2 runs d and e; n3 runs f, g.
+	settleWs := []record.Workload{wl("a", "n1"), wl("b", "n1"), wl("c", "n1"), wl("d", "n2"), wl("e", "n2"), wl("f", "n3"), wl("g", "n3")}
+	settleLoad := cpu("a", 0.4, "b", 0.4, "c", 0.4, "d", 0.4, "e", 0.0, "f", 0.4, "g", 0.4)
+
 	cases := []struct {
 		name  string
 		nodes []record.Node
@@ -275,6 +279,31 @@ func TestPlanRules(t *testing.T) {
 			migs:  []record.Migration{done("m1", "w1", "n2", "n1", time.Hour)},
 			load:  cpu("w1", 1.0, "w2", 1.0, "w3", 1.0, "w4", 0.4),
 			want:  []string{"w1 n1->n3 cpu"},
+		},
+		{
+			// e arrived on n2 a second ago and still shows what it used while frozen; n2's
+			// last report began before that. Counted, n2 would look idle and draw a from n1.
+			name: "settling: a node whose figures predate its last migration is left out of cpu balancing",
+			nodes: []record.Node{node("n1", record.NodeActive), measuredFrom(node("n2", record.NodeActive), 3*time.Second),
+				node("n3", record.NodeActive)},
+			ws:   settleWs,
+			migs: []record.Migration{done("m1", "e", "n3", "n2", time.Second)},
+			load: settleLoad,
+			cfg:  func(c *balancer.Config) { c.NodeCooldown, c.DefaultCapacity = 0, 1 },
+			skips: []skipWant{
+				{"node:n2", "cpu: left out of balancing: settling: n2's last load report (from 3s ago) began before its last migration ended 1s ago"},
+				{"a", "hysteresis: workload a (0.40 cores) to n3"},
+			},
+		},
+		{
+			name: "settled: the next report counts the node again",
+			nodes: []record.Node{node("n1", record.NodeActive), measuredFrom(node("n2", record.NodeActive), 500*time.Millisecond),
+				node("n3", record.NodeActive)},
+			ws:   settleWs,
+			migs: []record.Migration{done("m1", "e", "n3", "n2", time.Second)},
+			load: settleLoad,
+			cfg:  func(c *balancer.Config) { c.NodeCooldown, c.DefaultCapacity = 0, 1 },
+			want: []string{"a n1->n2 cpu"},
 		},
 		{
 			name:  "projected loads: each move of a plan sees the ones before it",

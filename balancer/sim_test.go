@@ -224,6 +224,17 @@ func (w *world) lowerBound(t *shmowner.Table) int {
 	return max(out, in)
 }
 
+// report has every node that is up report its load, measured over the last step, as
+// the daemons do between passes (the figures themselves are w.load).
+func (w *world) report() {
+	for _, n := range w.fsm.Table().Nodes() {
+		if n.State == record.NodeActive || n.State == record.NodeDraining {
+			w.apply(shmowner.ReportLoadRequest{ID: n.ID, At: w.now.UnixNano(),
+				Load: record.LoadVector{Since: w.now.Add(-simStep).UnixNano()}})
+		}
+	}
+}
+
 // run plays Plan -> apply (instantly done) -> advance the clock until a stretch of rounds
 // longer than the workload cooldown plans nothing. It fails the test on any broken rule.
 func (w *world) run() simResult {
@@ -246,6 +257,7 @@ func (w *world) run() simResult {
 		if round >= w.p.maxRounds {
 			tb.Fatalf("no convergence after %d rounds (%d moves)", round, r.moves)
 		}
+		w.report()
 		t = w.fsm.Table()
 		d := balancer.Plan(t, w.load, w.now, cfg)
 		w.check(t, d, left, lastMoved, nodeMoved)

@@ -191,7 +191,8 @@ func newBalanceReport(t *shmowner.Table, load map[string]balancer.WorkloadLoad, 
 	var used, cores float64
 	for _, n := range nls {
 		rep.Nodes = append(rep.Nodes, api.NodeLoad{Node: n.Node, State: string(n.State), Cores: n.Cores, CPU: n.CPU,
-			Load: n.Load, Workloads: n.Workloads, MemFreeBytes: n.MemFreeBytes, MemTotalBytes: n.MemTotalBytes})
+			Load: n.Load, Workloads: n.Workloads, MemFreeBytes: n.MemFreeBytes, MemTotalBytes: n.MemTotalBytes,
+			Settling: n.Settling})
 		if n.State == record.NodeActive && n.Cores > 0 {
 			lo, hi = min(lo, n.Load), max(hi, n.Load)
 			used, cores = used+n.CPU, cores+n.Cores

@@ -69,8 +69,9 @@ func TestBalance(t *testing.T) {
 		t.Fatalf("move of a pinned workload: %v, want a refusal naming the pin", err)
 	}
 
-	// Spread: wait for a leader pass, after the last migration ended, that saw every
-	// node within the threshold and planned nothing.
+	// Spread: wait for a leader pass, after the last migration ended and on figures
+	// measured since (no node settling), that saw every node within the threshold and
+	// planned nothing.
 	var rep api.BalanceReport
 	wait.For(t, 3*time.Minute, "the writers to spread", func() (bool, string) {
 		r, err := n3.c.LastBalance(context.Background())
@@ -90,6 +91,11 @@ func TestBalance(t *testing.T) {
 			lastEnd = max(lastEnd, m.UpdatedAt)
 		}
 		loads := fmt.Sprint(r.Nodes)
+		for _, n := range r.Nodes {
+			if n.Settling {
+				return false, fmt.Sprintf("%s settling (its load predates its last migration); loads %s", n.Node, loads)
+			}
+		}
 		if len(ms) == 0 || r.DryRun || r.At <= lastEnd || len(r.Moves) != 0 || r.InFlight != 0 {
 			return false, fmt.Sprintf("%d migrations; pass at %d (dry %v) after the last at %d, %d moves; loads %s",
 				len(ms), r.At, r.DryRun, lastEnd, len(r.Moves), loads)

@@ -385,16 +385,24 @@ func balanceCommand() *cli.Command {
 func printBalance(out io.Writer, r api.BalanceReport) error {
 	w := newTable(out)
 	fmt.Fprintln(w, "NODE\tSTATE\tCORES\tCPU\tLOAD\tWORKLOADS\tMEM FREE")
+	settling := false
 	for _, n := range r.Nodes {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%.2f\t%.2f\t%d\t%s\n", n.Node, n.State, cores(n.Cores), n.CPU, n.Load, n.Workloads, human(n.MemFreeBytes))
+		st := n.State
+		if n.Settling {
+			st, settling = st+" (settling)", true
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.2f\t%.2f\t%d\t%s\n", n.Node, st, cores(n.Cores), n.CPU, n.Load, n.Workloads, human(n.MemFreeBytes))
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "\nmean load %.2f, spread %.2f (threshold %.2f), imbalance %.3f\n", r.Mean, r.Spread, r.Threshold, r.Imbalance)
-	if len(r.Moves) == 0 {
+	switch {
+	case len(r.Moves) == 0 && settling:
+		fmt.Fprintln(out, "nothing to move now: a settling node's load predates its last migration; it counts again after its next load report")
+	case len(r.Moves) == 0:
 		fmt.Fprintln(out, "balanced: nothing to move")
-	} else {
+	default:
 		if r.DryRun {
 			fmt.Fprintf(out, "\nwould move (dry run, nothing moved):\n")
 		} else {

@@ -25,10 +25,10 @@ type cpuSampler struct {
 
 // cpuSample is what one sample measured.
 type cpuSample struct {
-	cores    map[string]float64 // by workload: cores used since the previous sample, for workloads measured over it
-	total    float64            // cores used by all the pids
-	running  int                // pids runnable now
-	interval bool               // there was a previous sample to measure against
+	cores   map[string]float64 // by workload: cores used since the previous sample, for workloads measured over it
+	total   float64            // cores used by all the pids
+	running int                // pids runnable now
+	since   time.Time          // the previous sample, where the interval began; zero if none
 }
 
 // sample measures the CPU each workload's pids (by workload id) used since the previous
@@ -41,7 +41,9 @@ func (c *cpuSampler) sample(procRoot string, workloads map[string][]int, now tim
 	if !c.lastAt.IsZero() {
 		dt = now.Sub(c.lastAt).Seconds()
 	}
-	out.interval = dt > 0
+	if dt > 0 {
+		out.since = c.lastAt
+	}
 	cur := make(map[int]uint64)
 	for id, pids := range workloads {
 		var used uint64
@@ -63,7 +65,7 @@ func (c *cpuSampler) sample(procRoot string, workloads map[string][]int, now tim
 				}
 			}
 		}
-		if out.interval && seen {
+		if dt > 0 && seen {
 			cores := float64(used) / clockTicks / dt
 			out.cores[id] = cores
 			out.total += cores
@@ -111,6 +113,9 @@ func (s *Supervisor) Load(now time.Time) (record.LoadVector, map[string]record.W
 		}
 	}
 	lv := record.LoadVector{CPU: cpu.total / capacity, RunQueue: float64(cpu.running), Workloads: n, Cores: capacity}
+	if !cpu.since.IsZero() {
+		lv.Since = cpu.since.UnixNano()
+	}
 	if budget := s.cfg.MemCapacity; budget > 0 {
 		lv.MemTotalBytes, lv.MemBudgetBytes = budget, budget
 		lv.MemFreeBytes = budget - min(mem, budget)

@@ -36,7 +36,7 @@ func TestCPUSampler(t *testing.T) {
 	var c cpuSampler
 	one := func(pids ...int) map[string][]int { return map[string][]int{"w1": pids[:2], "w2": pids[2:]} }
 	got := c.sample(root, one(10, 11, 12, 99), t0)
-	if got.total != 0 || len(got.cores) != 0 || got.running != 2 || got.interval {
+	if got.total != 0 || len(got.cores) != 0 || got.running != 2 || !got.since.IsZero() {
 		t.Fatalf("first sample: %+v; want no figures (no interval yet), 2 running", got)
 	}
 
@@ -47,6 +47,9 @@ func TestCPUSampler(t *testing.T) {
 	writeStat(t, root, 12, procStat(12, "reused", 'S', 3, 0))
 	writeStat(t, root, 13, procStat(13, "new", 'R', 500, 0))
 	got = c.sample(root, one(10, 11, 12, 13), t0.Add(500*time.Millisecond))
+	if !got.since.Equal(t0) {
+		t.Fatalf("second sample: since %v, want the first sample's %v", got.since, t0)
+	}
 	if math.Abs(got.total-2.0) > 1e-9 || got.running != 2 || math.Abs(got.cores["w1"]-2.0) > 1e-9 || got.cores["w2"] != 0 {
 		t.Fatalf("second sample: %+v; want w1 2 cores = 100 ticks / %d / 0.5s, w2 0 (12 reused), 2 running", got, clockTicks)
 	}
@@ -65,7 +68,7 @@ func TestCPUSampler(t *testing.T) {
 
 	// The same instant again: no interval, no load (and no division by zero).
 	got = c.sample(root, map[string][]int{"w1": {11}, "w2": {13}}, t0.Add(2500*time.Millisecond))
-	if got.total != 0 || got.interval || len(got.cores) != 0 {
+	if got.total != 0 || !got.since.IsZero() || len(got.cores) != 0 {
 		t.Fatalf("zero interval: %+v", got)
 	}
 }

@@ -42,6 +42,11 @@ type LoadVector struct {
 	// (mem-capacity): set on nodes that share one kernel, whose /proc/meminfo reads
 	// the same. The balancer then counts free memory as budget minus workloads.
 	MemBudgetBytes uint64 `json:"mem_budget_bytes,omitempty"`
+	// Since (unix nanos) is when the interval the CPU figures cover began: the node's and
+	// those of the workloads reported with it. 0 when there was no interval yet (the
+	// first report after a start). The balancer does not act on a node whose figures
+	// began before its last migration ended: they describe a placement that is gone.
+	Since int64 `json:"since,omitempty"`
 }
 
 // Node is a host running migshmd.

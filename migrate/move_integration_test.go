@@ -519,3 +519,110 @@ func TestMoveKeepsItsOwnProc(t *testing.T) {
 		t.Fatalf("restored tree lives in netns %d, want node 2's %d", got, want)
 	}
 }
+
+// TestMoveGroupAsOneTree moves an IPC group of three members (Python processes of
+// python3-sysv-ipc sharing a segment and a semaphore, each under its own member init)
+// as one dump of the group init: every member comes back under the restored group init
+// with its pid in the group, and the group's own invariant (the total equals the sum of
+// the members' counters, checked under the semaphore) holds as they go on.
+func TestMoveGroupAsOneTree(t *testing.T) {
+	c := testenv.RequireCRIU(t)
+	nodes := netnode.Up(t, 2)
+	script, err := filepath.Abs("../testdata/thirdparty/shmgroup.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "group")
+	g, err := workload.StartGroup(workload.GroupSpec{Dir: dir, Hostname: "g", NetNS: nodes[0].NetNSPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killAndReap(g) })
+	gst, err := workload.StartTime("/proc", g.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type mem struct {
+		workload.Member
+		out string
+	}
+	var members []mem
+	for i := range 3 {
+		out := filepath.Join(t.TempDir(), "out")
+		m, err := workload.JoinGroup(context.Background(), g.Pid, gst, dir, workload.Spec{
+			Args: []string{"/usr/bin/python3", script, "0x5eed", strconv.Itoa(i)}, Env: []string{"PATH=/usr/bin:/bin"},
+			Stdout: out, Stderr: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		members = append(members, mem{m, out})
+	}
+	for i, m := range members {
+		waitOutput(t, m.out, fmt.Sprintf("ok member=%d ", i))
+	}
+	tree := movableTree(t, g.Pid)
+	if len(tree.Segments()) != 1 {
+		t.Fatalf("group attaches %v, want one segment", tree.Segments())
+	}
+
+	images := filepath.Join(t.TempDir(), "images")
+	ctx := context.Background()
+	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: g.Pid, ImagesDir: images, LeaveStopped: true, NetNS: nodes[0].NetNSPath}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	digests, err := workload.DigestSegments(g.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Restore(ctx, migrate.RestoreOptions{ImagesDir: images, WorkDir: t.TempDir(), NetNS: nodes[1].NetNSPath,
+		BeforeResume: migrate.VerifySegments(digests)})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	restored := workload.Attach(res.Pid)
+	t.Cleanup(func() { killAndReap(restored) })
+	killAndReap(g)
+
+	procs, _, err := workload.ReadAll("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved, err := workload.FindTree(procs, res.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := nsPids(moved), nsPids(tree); got != want {
+		t.Fatalf("pids in the group after the move %v, before %v", got, want)
+	}
+	for i, m := range members {
+		after, err := workload.MemberByNSPid(procs, res.Pid, m.NSPid)
+		if err != nil {
+			t.Fatalf("member %d after the move: %v", i, err)
+		}
+		if after.Pid == m.Pid {
+			t.Fatalf("member %d kept host pid %d: it did not move", i, m.Pid)
+		}
+		sub, err := workload.FindSubtree(procs, after.Pid)
+		if err != nil || len(sub.Procs) != 2 {
+			t.Fatalf("member %d's subtree after the move: %v (%v), want its init and its program", i, sub, err)
+		}
+	}
+	// Every member goes on, with the total past where it stood at the freeze.
+	for i, m := range members {
+		b, _ := os.ReadFile(m.out)
+		n := strings.Count(string(b), "ok member=")
+		wait.Until(t, 20*time.Second, fmt.Sprintf("member %d to go on after the move", i), func() error {
+			b, _ := os.ReadFile(m.out)
+			if strings.Contains(string(b), "BAD") {
+				t.Fatalf("member %d broke the group's invariant:\n%s", i, b)
+			}
+			if strings.Count(string(b), "ok member=") < n+2 {
+				return fmt.Errorf("%d ok lines, had %d at the freeze", strings.Count(string(b), "ok member="), n)
+			}
+			return nil
+		})
+	}
+	if got, want := netnsID(t, fmt.Sprintf("/proc/%d/ns/net", res.Pid)), netnsID(t, nodes[1].NetNSPath); got != want {
+		t.Fatalf("restored group lives in netns %d, want node 2's %d", got, want)
+	}
+}

@@ -35,29 +35,32 @@ var stopSignals = map[os.Signal]bool{unix.SIGTERM: true, unix.SIGINT: true, unix
 // none of them.
 var initVars = []string{envHostname, envStatusFile, envGODEBUG, envStdout, envStderr, envPidFile, envOwnMounts}
 
+// runInit runs one of the init's three modes: "-- CMD..." is a workload's init (PID 1
+// of its own namespaces, running CMD), "--group" a group init (see group.go), and
+// "--member -- CMD..." a member init under a group init.
 func runInit(args []string) int {
+	if len(args) == 1 && args[0] == groupMode {
+		return runGroupInit()
+	}
+	member := len(args) > 0 && args[0] == memberMode
+	if member {
+		args = args[1:]
+	}
 	if len(args) < 2 || args[0] != "--" {
-		fmt.Fprintln(os.Stderr, "migshm-init: usage: migshm-init -- CMD [ARGS...]")
+		fmt.Fprintln(os.Stderr, "migshm-init: usage: migshm-init [--member] -- CMD [ARGS...] | migshm-init --group")
 		return 127
 	}
 	args = args[1:]
-	if h := os.Getenv(envHostname); h != "" {
-		if err := unix.Sethostname([]byte(h)); err != nil {
-			fmt.Fprintf(os.Stderr, "migshm-init: set hostname %q: %v\n", h, err)
-		}
-	}
-	if os.Getenv(envOwnMounts) == "1" {
-		closeInherited()
-		if err := setupMounts(); err != nil {
-			fmt.Fprintf(os.Stderr, "migshm-init: %v\n", err)
+	if member {
+		// Not PID 1: orphans of the member's processes come here, not to the group init,
+		// so the member's tree stays its own.
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			fmt.Fprintf(os.Stderr, "migshm-init: become a subreaper: %v\n", err)
 			return 127
 		}
-		// Stdio was opened by the launcher, in the mounts outside; CRIU can only dump
-		// fds into mounts of the tree's own namespace.
-		if err := reopenStdio(os.Getenv(envStdout), os.Getenv(envStderr)); err != nil {
-			fmt.Fprintf(os.Stderr, "migshm-init: %v\n", err)
-			return 127
-		}
+	} else if err := initNamespace(); err != nil {
+		fmt.Fprintf(os.Stderr, "migshm-init: %v\n", err)
+		return 127
 	}
 	statusFile := os.Getenv(envStatusFile)
 	pidFile := os.Getenv(envPidFile)
@@ -76,13 +79,33 @@ func runInit(args []string) int {
 	if userGODEBUG != "" {
 		env = append(env, userGODEBUG)
 	}
-	status := supervise(args, env, pidFile)
+	status := supervise(args, env, pidFile, member)
 	if statusFile != "" {
 		if err := writeExitStatus(statusFile, status); err != nil {
 			fmt.Fprintf(os.Stderr, "migshm-init: record exit status: %v\n", err)
 		}
 	}
 	return status
+}
+
+// initNamespace sets up the namespaces an init is PID 1 of: the hostname and, if it has a
+// mount namespace of its own, its mounts and stdio there.
+func initNamespace() error {
+	if h := os.Getenv(envHostname); h != "" {
+		if err := unix.Sethostname([]byte(h)); err != nil {
+			fmt.Fprintf(os.Stderr, "migshm-init: set hostname %q: %v\n", h, err)
+		}
+	}
+	if os.Getenv(envOwnMounts) != "1" {
+		return nil
+	}
+	closeInherited()
+	if err := setupMounts(); err != nil {
+		return err
+	}
+	// Stdio was opened by the launcher, in the mounts outside; CRIU can only dump fds
+	// into mounts of the tree's own namespace.
+	return reopenStdio(os.Getenv(envStdout), os.Getenv(envStderr))
 }
 
 func isInitEnv(name string) bool {
@@ -102,7 +125,10 @@ func isInitEnv(name string) bool {
 // first gets to stop its children itself. It reaps every process and returns the exit
 // status of the pidFile's process if it named one the init reaped, else of the last
 // process to exit (the command itself, for a program that does not daemonize).
-func supervise(args, env []string, pidFile string) int {
+//
+// A member init (subreaper) does the same for its own subtree: "every process left" is
+// every process under it, not the whole namespace, which its group's other members share.
+func supervise(args, env []string, pidFile string, subreaper bool) int {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, append([]os.Signal{unix.SIGCHLD}, forwarded...)...)
 
@@ -117,7 +143,7 @@ func supervise(args, env []string, pidFile string) int {
 		fmt.Fprintf(os.Stderr, "migshm-init: start %s: %v\n", args[0], err)
 		return 127
 	}
-	t := tracker{command: proc.Pid, pidFile: pidFile}
+	t := tracker{command: proc.Pid, pidFile: pidFile, subreaper: subreaper}
 	for sig := range sigs {
 		if sig != unix.SIGCHLD {
 			t.forward(sig.(syscall.Signal))
@@ -136,6 +162,8 @@ type tracker struct {
 	pidFile  string // names the main process once the command has written it
 	service  int    // the pid read from pidFile, once read; 0 before
 	stopping syscall.Signal
+	// subreaper: the init is a member init, and "the rest" is its subtree only.
+	subreaper bool
 
 	last, serviceStatus int
 	serviceDone         bool
@@ -161,8 +189,19 @@ func (t *tracker) forward(sig syscall.Signal) {
 		_ = unix.Kill(pid, sig)
 		return
 	}
-	// From PID 1, -1 means every other process of its namespace.
-	_ = unix.Kill(-1, sig)
+	t.signalRest(sig)
+}
+
+// signalRest signals every process the init is responsible for: from PID 1, -1 means
+// every other process of its namespace; a member init signals its descendants.
+func (t *tracker) signalRest(sig syscall.Signal) {
+	if !t.subreaper {
+		_ = unix.Kill(-1, sig)
+		return
+	}
+	for _, pid := range descendants("/proc", os.Getpid()) {
+		_ = unix.Kill(pid, sig)
+	}
 }
 
 // reap reaps every exited child and reports whether the namespace is empty.
@@ -200,7 +239,7 @@ func (t *tracker) reap() bool {
 		}
 		if mainGone && t.stopping != 0 {
 			// The main process is gone while stopping: the rest get the signal too.
-			_ = unix.Kill(-1, t.stopping)
+			t.signalRest(t.stopping)
 		}
 	}
 }

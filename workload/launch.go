@@ -100,11 +100,9 @@ func Start(spec Spec) (*Process, error) {
 			return nil, fmt.Errorf("start workload: %w", err)
 		}
 	}
-	initPath := spec.InitPath
-	if initPath == "" {
-		if initPath, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("start workload: find own executable for init: %w", err)
-		}
+	initPath, err := initExecutable(spec.InitPath)
+	if err != nil {
+		return nil, fmt.Errorf("start workload: %w", err)
 	}
 	stdin, err := os.Open(os.DevNull)
 	if err != nil {
@@ -126,15 +124,7 @@ func Start(spec Spec) (*Process, error) {
 	if env == nil {
 		env = os.Environ()
 	}
-	initEnv := make([]string, 0, len(env)+4)
-	userGODEBUG := ""
-	for _, kv := range env {
-		if strings.HasPrefix(kv, "GODEBUG=") {
-			userGODEBUG = kv
-			continue
-		}
-		initEnv = append(initEnv, kv)
-	}
+	initEnv, userGODEBUG := splitGODEBUG(env)
 	initEnv = append(initEnv, initGODEBUG, envGODEBUG+"="+userGODEBUG)
 	if spec.Hostname != "" {
 		initEnv = append(initEnv, envHostname+"="+spec.Hostname)
@@ -174,6 +164,32 @@ func Start(spec Spec) (*Process, error) {
 		return nil, fmt.Errorf("start workload %s: %w", spec.Args[0], err)
 	}
 	return &Process{Pid: cmd.Process.Pid, proc: cmd.Process}, nil
+}
+
+// initExecutable returns the init's executable: path, or this binary if path is "".
+func initExecutable(path string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own executable for init: %w", err)
+	}
+	return self, nil
+}
+
+// splitGODEBUG returns env without its GODEBUG entry, and that entry ("" if none): the
+// init runs with its own (initGODEBUG) and hands the command's back (envGODEBUG).
+func splitGODEBUG(env []string) (rest []string, godebug string) {
+	rest = make([]string, 0, len(env)+8)
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "GODEBUG=") {
+			godebug = kv
+			continue
+		}
+		rest = append(rest, kv)
+	}
+	return rest, godebug
 }
 
 // Attach returns a Process for an init that is already this process's child, such as a

@@ -51,9 +51,29 @@ func FindTree(all []Proc, pid int) (*Tree, error) {
 		seen[parent.Pid] = true
 		init = parent
 	}
+	return subtree(byPid, children, init), nil
+}
+
+// FindSubtree returns pid and every process under it: a member of an IPC group, whose
+// tree is part of its group's (FindTree gives the whole group). Init is pid's process.
+func FindSubtree(all []Proc, pid int) (*Tree, error) {
+	byPid := make(map[int]Proc, len(all))
+	children := make(map[int][]int)
+	for _, p := range all {
+		byPid[p.Pid] = p
+		children[p.PPid] = append(children[p.PPid], p.Pid)
+	}
+	p, ok := byPid[pid]
+	if !ok {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+	}
+	return subtree(byPid, children, p), nil
+}
+
+func subtree(byPid map[int]Proc, children map[int][]int, init Proc) *Tree {
 	t := &Tree{Init: init}
 	queue := []int{init.Pid}
-	seen = map[int]bool{init.Pid: true}
+	seen := map[int]bool{init.Pid: true}
 	for len(queue) > 0 {
 		cur := queue[0]
 		queue = queue[1:]
@@ -66,7 +86,7 @@ func FindTree(all []Proc, pid int) (*Tree, error) {
 		}
 	}
 	sort.Slice(t.Procs, func(i, j int) bool { return t.Procs[i].Pid < t.Procs[j].Pid })
-	return t, nil
+	return t
 }
 
 // Pids returns the host pids of the tree's processes, sorted.

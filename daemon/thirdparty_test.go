@@ -107,4 +107,16 @@ func TestDaemonizingProgramMoves(t *testing.T) {
 	if running, stopped := c.copies("sleep"); running+stopped != 0 {
 		t.Fatalf("the failed run left %d running and %d stopped sleeps", running, stopped)
 	}
+
+	// A working directory that does not exist is named as such (not as a missing init).
+	out, err = c.cli(n1, "run", "--name", "nodir", "--dir", "/nonexistent", "--", "sleep", "300")
+	if err == nil || !strings.Contains(err.Error(), "working directory /nonexistent (--dir) does not exist on node n1") {
+		t.Fatalf("run --dir /nonexistent: %v\n%s", err, out)
+	}
+	if ws, err = n1.c.Workloads(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := workloadByName(ws, "nodir"); ok {
+		t.Fatal("run --dir /nonexistent left a workload in the table")
+	}
 }

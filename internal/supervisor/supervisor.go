@@ -312,6 +312,14 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	if dir == "" {
 		dir = "/"
 	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		why := "is not a directory"
+		if errors.Is(err, os.ErrNotExist) {
+			why = "does not exist"
+		}
+		return record.Workload{}, fmt.Errorf("run: working directory %s (--dir) %s on node %s; create it there or pick another: %w",
+			dir, why, s.cfg.Self, api.ErrBadRequest)
+	}
 	pidFile := req.PidFile
 	if pidFile != "" && !filepath.IsAbs(pidFile) {
 		pidFile = filepath.Join(dir, pidFile)

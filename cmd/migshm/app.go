@@ -16,7 +16,7 @@ import (
 )
 
 func newApp() *cli.App {
-	return &cli.App{
+	return withCompletion(&cli.App{
 		Name:  "migshm",
 		Usage: "move running programs that use SysV shared memory between Linux nodes",
 		Description: "migshm moves process trees together with their SysV shared memory segments\n" +
@@ -32,8 +32,9 @@ func newApp() *cli.App {
 			nodesCommand(), segmentsCommand(), statusCommand(), leaveCommand(),
 			moveCommand(), migrationsCommand(), checkCommand(), drainCommand(), undrainCommand(),
 			pinCommand(), unpinCommand(), balanceCommand(), doctorCommand(), tlsCommand(),
+			completionCommand(), manCommand(),
 		},
-	}
+	})
 }
 
 // doctorReport is what `migshm doctor` finds.

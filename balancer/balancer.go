@@ -111,6 +111,7 @@ func (c Config) cores(node string) float64 {
 type WorkloadLoad struct {
 	CPU      float64 // cores used (1.0 = one core busy)
 	MemBytes uint64  // resident memory, shm included
+	Since    int64   // unix nanos: when the interval of the CPU figure began; 0 if unknown
 }
 
 // Kind says which rule planned a move.
@@ -274,6 +275,7 @@ type node struct {
 	busy     bool  // a migration to or from it is in flight
 	lastMove int64 // unix nanos: the latest end of a finished migration to or from it
 	since    int64 // unix nanos: start of the interval its last load report covers (0: none)
+	oldest   int64 // unix nanos: the earliest Since of the figures counted on it (0: none known)
 	inPlan   bool  // source or target of a move of this plan
 	units    []*unit
 }
@@ -294,11 +296,14 @@ func (n *node) counted() bool {
 func (n *node) balanced() bool { return n.state == record.NodeActive && n.cores > 0 }
 
 // settled reports whether the node's CPU figures describe its current placement: its
-// last load report covers an interval that began after its last migration ended. Until
+// last load report, and every workload figure counted on it, cover intervals that began
+// after its last migration ended. Until
 // then the figures are stale (a workload that just arrived still shows what it used
 // while frozen, the others what they got before it came or left), and CPU balancing
 // leaves the node out.
-func (n *node) settled() bool { return n.lastMove == 0 || n.since >= n.lastMove }
+func (n *node) settled() bool {
+	return n.lastMove == 0 || (n.since >= n.lastMove && (n.oldest == 0 || n.oldest >= n.lastMove))
+}
 
 // cpuCounted reports whether CPU balancing counts the node: in the mean, the imbalance
 // and as a source or target.
@@ -407,6 +412,11 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 		if at.counted() {
 			at.used += wl.CPU
 			at.count++
+			// A figure measured elsewhere or before a move (the workload that just
+			// arrived, before its new node measured it) keeps the node unsettled.
+			if wl.Since > 0 && (at.oldest == 0 || wl.Since < at.oldest) {
+				at.oldest = wl.Since
+			}
 		}
 	}
 
@@ -527,6 +537,11 @@ func (p *planner) nodeCooling(n *node) string {
 
 // settling says why an unsettled node's CPU figures are not used.
 func (p *planner) settling(n *node) string {
+	if n.since >= n.lastMove {
+		return fmt.Sprintf("settling: a workload figure counted on %s was measured from %s ago, before its last migration ended %s ago "+
+			"(a workload that just arrived is measured there an interval later); waiting for its next report",
+			n.id, ago(p.now-n.oldest), ago(p.now-n.lastMove))
+	}
 	from := "no interval yet"
 	if n.since > 0 {
 		from = "from " + ago(p.now-n.since) + " ago"

@@ -2,6 +2,7 @@ package balancer_test
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -178,6 +179,15 @@ func cpu(kv ...any) map[string]balancer.WorkloadLoad {
 		m[kv[i].(string)] = balancer.WorkloadLoad{CPU: kv[i+1].(float64), MemBytes: 256 << 20}
 	}
 	return m
+}
+
+// measuredSince returns load with id's figure measured from ago before t0.
+func measuredSince(load map[string]balancer.WorkloadLoad, id string, ago time.Duration) map[string]balancer.WorkloadLoad {
+	out := maps.Clone(load)
+	l := out[id]
+	l.Since = t0.Add(-ago).UnixNano()
+	out[id] = l
+	return out
 }
 
 func moveString(m balancer.Move) string {

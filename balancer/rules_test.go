@@ -296,6 +296,21 @@ func TestPlanRules(t *testing.T) {
 			},
 		},
 		{
+			// n2 reported after the move, but without a figure of its own for e yet: e's
+			// figure is still the one its source measured.
+			name: "settling: a workload that arrived after the node's last sample still carries its source's figure",
+			nodes: []record.Node{node("n1", record.NodeActive), measuredFrom(node("n2", record.NodeActive), 500*time.Millisecond),
+				node("n3", record.NodeActive)},
+			ws:   settleWs,
+			migs: []record.Migration{done("m1", "e", "n3", "n2", time.Second)},
+			load: measuredSince(settleLoad, "e", 4*time.Second),
+			cfg:  func(c *balancer.Config) { c.NodeCooldown, c.DefaultCapacity = 0, 1 },
+			skips: []skipWant{
+				{"node:n2", "settling: a workload figure counted on n2 was measured from 4s ago, before its last migration ended 1s ago"},
+				{"a", "hysteresis: workload a (0.40 cores) to n3"},
+			},
+		},
+		{
 			name: "settled: the next report counts the node again",
 			nodes: []record.Node{node("n1", record.NodeActive), measuredFrom(node("n2", record.NodeActive), 500*time.Millisecond),
 				node("n3", record.NodeActive)},

@@ -69,7 +69,7 @@ func workloadLoads(t *shmowner.Table) map[string]balancer.WorkloadLoad {
 	out := map[string]balancer.WorkloadLoad{}
 	for _, w := range t.Workloads() {
 		if w.Load != nil {
-			out[w.ID] = balancer.WorkloadLoad{CPU: w.Load.CPU, MemBytes: w.Load.MemBytes}
+			out[w.ID] = balancer.WorkloadLoad{CPU: w.Load.CPU, MemBytes: w.Load.MemBytes, Since: w.Load.Since}
 		}
 	}
 	return out

@@ -119,7 +119,7 @@ func (t *Table) reportLoad(r ReportLoadRequest) error {
 		if !ok || w.Node != r.ID || w.State == record.WorkloadExited {
 			continue
 		}
-		l.At = r.At
+		l.At, l.Since = r.At, r.Load.Since
 		w.Load = &l
 		t.workloads[id] = w
 	}

@@ -101,6 +101,9 @@ type WorkloadLoad struct {
 	CPU      float64 `json:"cpu"`       // cores used over the last load interval (1.0 = one core busy)
 	MemBytes uint64  `json:"mem_bytes"` // anonymous resident memory of its processes plus its IPC namespace's segments
 	At       int64   `json:"at"`        // unix nanos of the measurement
+	// Since (unix nanos) is when the interval of the CPU figure began (the report's
+	// LoadVector.Since); 0 if unknown.
+	Since int64 `json:"since,omitempty"`
 }
 
 // SegmentID is the cluster-wide id of a SysV segment: its IPC group and its shmid inside

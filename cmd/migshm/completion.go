@@ -151,8 +151,8 @@ func completionCommand() *cli.Command {
 		ArgsUsage: "bash | zsh",
 		Description: "Completes commands, flags, and the workload names and node ids of the cluster\n" +
 			"(asked of this node's daemon as you type).\n\n" +
-			"Examples:\n  source <(migshm completion bash)\n" +
-			"  migshm completion bash > /usr/share/bash-completion/completions/migshm\n" +
+			"Examples:\n  migshm completion bash > /usr/share/bash-completion/completions/migshm\n" +
+			"  source <(migshm completion bash)\n" +
 			"  migshm completion zsh > \"${fpath[1]}/_migshm\"",
 		Action: withArgs(func(c *cli.Context, args []string) error {
 			if len(args) != 1 {

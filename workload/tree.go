@@ -26,12 +26,7 @@ type Tree struct {
 // tree is every descendant of it (orphans inside a PID namespace are adopted by its
 // init, so that is the whole namespace).
 func FindTree(all []Proc, pid int) (*Tree, error) {
-	byPid := make(map[int]Proc, len(all))
-	children := make(map[int][]int)
-	for _, p := range all {
-		byPid[p.Pid] = p
-		children[p.PPid] = append(children[p.PPid], p.Pid)
-	}
+	byPid, children := index(all)
 	p, ok := byPid[pid]
 	if !ok {
 		return nil, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
@@ -57,17 +52,23 @@ func FindTree(all []Proc, pid int) (*Tree, error) {
 // FindSubtree returns pid and every process under it: a member of an IPC group, whose
 // tree is part of its group's (FindTree gives the whole group). Init is pid's process.
 func FindSubtree(all []Proc, pid int) (*Tree, error) {
+	byPid, children := index(all)
+	p, ok := byPid[pid]
+	if !ok {
+		return nil, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
+	}
+	return subtree(byPid, children, p), nil
+}
+
+// index maps all by pid, and each pid to its children's pids.
+func index(all []Proc) (map[int]Proc, map[int][]int) {
 	byPid := make(map[int]Proc, len(all))
 	children := make(map[int][]int)
 	for _, p := range all {
 		byPid[p.Pid] = p
 		children[p.PPid] = append(children[p.PPid], p.Pid)
 	}
-	p, ok := byPid[pid]
-	if !ok {
-		return nil, fmt.Errorf("pid %d: %w", pid, ErrNoProcess)
-	}
-	return subtree(byPid, children, p), nil
+	return byPid, children
 }
 
 func subtree(byPid map[int]Proc, children map[int][]int, init Proc) *Tree {

@@ -60,6 +60,7 @@ var codes = []struct {
 	{"same_node", record.ErrSameNode, http.StatusConflict},
 	{"node_not_active", record.ErrNodeNotActive, http.StatusConflict},
 	{"not_owner", record.ErrNotOwner, http.StatusConflict},
+	{"group_split", record.ErrGroupSplit, http.StatusConflict},
 	{"exists", record.ErrExists, http.StatusConflict},
 	{"invalid", record.ErrInvalid, http.StatusBadRequest},
 }

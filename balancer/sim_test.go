@@ -262,6 +262,10 @@ func (w *world) run() simResult {
 		d := balancer.Plan(t, w.load, w.now, cfg)
 		w.check(t, d, left, lastMoved, nodeMoved)
 		units := map[string]bool{}
+		members := map[string][]string{} // a unit's workloads: one migration moves them all
+		for _, m := range d.Moves {
+			members[m.Group] = append(members[m.Group], m.Workload)
+		}
 		for _, m := range d.Moves {
 			if !units[m.Group] {
 				units[m.Group] = true
@@ -276,13 +280,14 @@ func (w *world) run() simResult {
 				if m.Kind != balancer.KindCPU && m.Score < 0 {
 					r.potentialBound += -m.Score / cfg.Hysteresis
 				}
+				w.seq++
+				id := fmt.Sprintf("m%05d", w.seq)
+				at := w.now.UnixNano()
+				w.apply(shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Members: members[m.Group], Target: m.To,
+					Epoch: t.GroupEpoch(m.Group), At: at})
+				w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
+				w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
 			}
-			w.seq++
-			id := fmt.Sprintf("m%05d", w.seq)
-			at := w.now.UnixNano()
-			w.apply(shmowner.PlanMigrationRequest{ID: id, Workload: m.Workload, Target: m.To, Epoch: t.GroupEpoch(m.Group), At: at})
-			w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseRestored, At: at})
-			w.apply(shmowner.SetMigrationPhaseRequest{ID: id, Phase: record.PhaseDone, At: at})
 			if left[m.Workload] == nil {
 				left[m.Workload] = map[string]bool{}
 			}

@@ -245,10 +245,13 @@ type SetSegmentsRequest struct {
 }
 
 // PlanMigrationRequest records a new migration of Workload from its current node to
-// Target. Epoch must be the current epoch of the workload's group (Table.GroupEpoch).
+// Target, with the other Members of its IPC group (Workload first; empty: Workload
+// alone). The members must be every running workload of the group: a group moves whole.
+// Epoch must be the current epoch of the workload's group (Table.GroupEpoch).
 type PlanMigrationRequest struct {
-	ID       string `json:"id"`
-	Workload string `json:"workload"`
+	ID       string   `json:"id"`
+	Workload string   `json:"workload"`
+	Members  []string `json:"members,omitempty"`
 	Target   string `json:"target"`
 	Epoch    uint64 `json:"epoch"`
 	At       int64  `json:"at"`               // unix nanos

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -161,6 +162,11 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, record.ErrMigrationInFlight)
 	}
 	old, existed := t.workloads[w.ID]
+	if !existed {
+		if m, ok := t.groupMigration(w.Group); ok {
+			return fmt.Errorf("upsert workload %q: its ipc group %s is moving (migration %s): %w", w.ID, w.Group, m.ID, record.ErrMigrationInFlight)
+		}
+	}
 	if existed {
 		// Pinned and Load have commands of their own; a node re-registering its
 		// workload from what it saw a moment ago must not undo them.
@@ -276,11 +282,37 @@ func (t *Table) planMigration(r PlanMigrationRequest) error {
 	if !ok {
 		return fmt.Errorf("plan migration %s: workload %q: %w", r.ID, r.Workload, record.ErrUnknownWorkload)
 	}
-	if m, ok := t.ActiveMigration(r.Workload); ok {
-		return fmt.Errorf("plan migration %s of workload %q: migration %s: %w", r.ID, r.Workload, m.ID, record.ErrMigrationInFlight)
+	members := r.Members
+	if len(members) == 0 {
+		members = []string{r.Workload}
 	}
-	if w.State != record.WorkloadRunning {
-		return fmt.Errorf("plan migration %s: workload %q is %s: %w", r.ID, r.Workload, w.State, record.ErrBadTransition)
+	if members[0] != r.Workload {
+		return fmt.Errorf("plan migration %s: members must start with workload %q: %w", r.ID, r.Workload, record.ErrInvalid)
+	}
+	for i, id := range members {
+		m, ok := t.workloads[id]
+		switch {
+		case !ok:
+			return fmt.Errorf("plan migration %s: member %q: %w", r.ID, id, record.ErrUnknownWorkload)
+		case slices.Contains(members[:i], id):
+			return fmt.Errorf("plan migration %s: member %q listed twice: %w", r.ID, id, record.ErrInvalid)
+		case m.Group != w.Group || m.Node != w.Node:
+			return fmt.Errorf("plan migration %s: member %q is in group %s on %s, not %s on %s: %w",
+				r.ID, id, m.Group, m.Node, w.Group, w.Node, record.ErrInvalid)
+		}
+		if a, ok := t.ActiveMigration(id); ok {
+			return fmt.Errorf("plan migration %s of workload %q: migration %s: %w", r.ID, id, a.ID, record.ErrMigrationInFlight)
+		}
+		if m.State != record.WorkloadRunning {
+			return fmt.Errorf("plan migration %s: workload %q is %s: %w", r.ID, id, m.State, record.ErrBadTransition)
+		}
+	}
+	// A group moves whole: splitting it is not supported.
+	for _, o := range t.workloads {
+		if o.Group == w.Group && o.State != record.WorkloadExited && !slices.Contains(members, o.ID) {
+			return fmt.Errorf("plan migration %s: ipc group %s has member %s (%s), which the migration leaves behind: %w",
+				r.ID, w.Group, o.Name, o.ID, record.ErrGroupSplit)
+		}
 	}
 	target, ok := t.nodes[r.Target]
 	if !ok {
@@ -295,12 +327,19 @@ func (t *Table) planMigration(r PlanMigrationRequest) error {
 	if e := t.GroupEpoch(w.Group); r.Epoch != e {
 		return fmt.Errorf("plan migration %s: epoch %d, group %q is at %d: %w", r.ID, r.Epoch, w.Group, e, record.ErrStaleEpoch)
 	}
-	t.migrations[r.ID] = record.Migration{
+	m := record.Migration{
 		ID: r.ID, Workload: r.Workload, Source: w.Node, Target: r.Target,
 		Phase: record.PhasePlanned, Epoch: r.Epoch, StartedAt: r.At, UpdatedAt: r.At, Reason: r.Reason,
 	}
-	w.State = record.WorkloadMigrating
-	t.workloads[w.ID] = w
+	if len(r.Members) > 0 {
+		m.Members = slices.Clone(r.Members)
+	}
+	t.migrations[r.ID] = m
+	for _, id := range members {
+		mw := t.workloads[id]
+		mw.State = record.WorkloadMigrating
+		t.workloads[id] = mw
+	}
 	return nil
 }
 
@@ -328,30 +367,32 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 	}
 	t.migrations[r.ID] = m
 
-	w, ok := t.workloads[m.Workload]
-	if !ok {
-		return nil // cannot happen: a workload with a migration in flight cannot be removed
-	}
 	switch r.Phase {
 	case record.PhaseDone:
-		w.Node = m.Target
-		if w.State == record.WorkloadMigrating {
-			w.State = record.WorkloadRunning
+		for _, id := range m.Moves() {
+			if w, ok := t.workloads[id]; ok { // a workload with a migration in flight cannot be removed
+				w.Node = m.Target
+				if w.State == record.WorkloadMigrating {
+					w.State = record.WorkloadRunning
+				}
+				t.workloads[id] = w
+			}
 		}
+		group := t.workloads[m.Workload].Group
 		for id, s := range t.segments {
-			if id.Group == w.Group {
+			if id.Group == group {
 				s.Owner, s.Epoch, s.Replicas = m.Target, s.Epoch+1, nil
 				t.segments[id] = s
 			}
 		}
 	case record.PhaseAborted:
-		if w.State == record.WorkloadMigrating {
-			w.State = record.WorkloadRunning
+		for _, id := range m.Moves() {
+			if w, ok := t.workloads[id]; ok && w.State == record.WorkloadMigrating {
+				w.State = record.WorkloadRunning
+				t.workloads[id] = w
+			}
 		}
-	default:
-		return nil
 	}
-	t.workloads[w.ID] = w
 	return nil
 }
 

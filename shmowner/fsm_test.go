@@ -2,6 +2,7 @@ package shmowner_test
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -254,7 +255,7 @@ func TestApply(t *testing.T) {
 		{name: "plan migration", cmd: plan("m1", "w1", "node-b", 1), check: func(t *testing.T, tb *shmowner.Table) {
 			m := wantMigration(t, tb, "m1")
 			want := record.Migration{ID: "m1", Workload: "w1", Source: "node-a", Target: "node-b", Phase: record.PhasePlanned, Epoch: 1, StartedAt: 1000, UpdatedAt: 1000}
-			if m != want {
+			if !reflect.DeepEqual(m, want) {
 				t.Errorf("migration = %+v, want %+v", m, want)
 			}
 			if w := wantWorkload(t, tb, "w1"); w.State != record.WorkloadMigrating || w.Node != "node-a" {
@@ -280,6 +281,57 @@ func TestApply(t *testing.T) {
 		{name: "plan of an exited workload", setup: []any{shmowner.SetWorkloadStateRequest{ID: "w2", State: record.WorkloadExited}}, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrBadTransition},
 		{name: "plan with a taken id", setup: inFlight, cmd: plan("m1", "w2", "node-b", 0), want: record.ErrExists},
 		{name: "plan without id", cmd: plan("", "w2", "node-b", 0), want: record.ErrInvalid},
+
+		// PlanMigration of a group: its members move as one.
+		{name: "plan a group move", cmd: shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4"}, Target: "node-b", Epoch: 1, At: 1000}, check: func(t *testing.T, tb *shmowner.Table) {
+			for _, id := range []string{"w3", "w4"} {
+				if w := wantWorkload(t, tb, id); w.State != record.WorkloadMigrating {
+					t.Errorf("%s = %+v", id, w)
+				}
+				if a, ok := tb.ActiveMigration(id); !ok || a.ID != "g1" {
+					t.Errorf("active migration of %s = %+v %v", id, a, ok)
+				}
+			}
+		}},
+		{name: "plan a group move that leaves a member behind", cmd: plan("g1", "w3", "node-b", 1), want: record.ErrGroupSplit},
+		{name: "plan a group move of an exited member's group", setup: []any{shmowner.SetWorkloadStateRequest{ID: "w4", State: record.WorkloadExited}},
+			cmd: plan("g1", "w3", "node-b", 1)},
+		{name: "plan a group move naming another group's workload",
+			cmd:  shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4", "w1"}, Target: "node-b", Epoch: 1},
+			want: record.ErrInvalid},
+		{name: "plan a group move naming a member twice",
+			cmd:  shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w3", "w4"}, Target: "node-b", Epoch: 1},
+			want: record.ErrInvalid},
+		{name: "plan a group move whose members do not start with the workload",
+			cmd:  shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w4", "w3"}, Target: "node-b", Epoch: 1},
+			want: record.ErrInvalid},
+		{name: "plan a group move naming an unknown member",
+			cmd:  shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4", "w8"}, Target: "node-b", Epoch: 1},
+			want: record.ErrUnknownWorkload},
+		{name: "no new member joins a moving group", setup: []any{shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4"}, Target: "node-b", Epoch: 1, At: 1000}},
+			cmd: upsertWL("w9", "node-a", "grp-3"), want: record.ErrMigrationInFlight},
+		{name: "a member of a moving group cannot be moved on its own", setup: []any{shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4"}, Target: "node-b", Epoch: 1, At: 1000}},
+			cmd: plan("g2", "w4", "node-c", 1), want: record.ErrMigrationInFlight},
+		{name: "done moves every member", setup: []any{shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4"}, Target: "node-b", Epoch: 1, At: 1000},
+			phase("g1", record.PhaseFrozen, 1), phase("g1", record.PhaseRestored, 1)},
+			cmd: phase("g1", record.PhaseDone, 1), check: func(t *testing.T, tb *shmowner.Table) {
+				for _, id := range []string{"w3", "w4"} {
+					if w := wantWorkload(t, tb, id); w.Node != "node-b" || w.State != record.WorkloadRunning {
+						t.Errorf("%s = %+v", id, w)
+					}
+				}
+				if s := wantSegment(t, tb, "grp-3", 5); s.Owner != "node-b" || s.Epoch != 2 {
+					t.Errorf("segment = %+v", s)
+				}
+			}},
+		{name: "abort puts every member back", setup: []any{shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4"}, Target: "node-b", Epoch: 1, At: 1000}},
+			cmd: phase("g1", record.PhaseAborted, 1), check: func(t *testing.T, tb *shmowner.Table) {
+				for _, id := range []string{"w3", "w4"} {
+					if w := wantWorkload(t, tb, id); w.Node != "node-a" || w.State != record.WorkloadRunning {
+						t.Errorf("%s = %+v", id, w)
+					}
+				}
+			}},
 
 		// SetMigrationPhase
 		{name: "phase precopy", setup: inFlight, cmd: phase("m1", record.PhasePrecopy, 1), check: func(t *testing.T, tb *shmowner.Table) {

@@ -56,6 +56,13 @@ func segs(node, group string, shmids ...int) shmowner.SetSegmentsRequest {
 	return r
 }
 
+// planGroup plans the move of an IPC group's members (the first is the one asked for).
+func planGroup(id, target string, epoch uint64, members ...string) shmowner.PlanMigrationRequest {
+	r := plan(id, members[0], target, epoch)
+	r.Members = members
+	return r
+}
+
 func plan(id, wl, target string, epoch uint64) shmowner.PlanMigrationRequest {
 	return shmowner.PlanMigrationRequest{ID: id, Workload: wl, Target: target, Epoch: epoch, At: 1_000}
 }
@@ -89,21 +96,21 @@ func scenario() []any {
 	reqs = append(reqs,
 		segs("node-a", "grp-0", 0, 1, 2),
 		segs("node-a", "grp-1", 7),
-		// wl-0 moves to node-b and back: grp-0 ends at epoch 3, owned by node-a.
-		plan("mig-1", "wl-0", "node-b", 1))
+		// grp-0 moves to node-b and back: it ends at epoch 3, owned by node-a.
+		planGroup("mig-1", "node-b", 1, "wl-0", "wl-1"))
 	reqs = append(reqs, walk("mig-1", 1)...)
-	reqs = append(reqs, plan("mig-2", "wl-0", "node-a", 2))
+	reqs = append(reqs, planGroup("mig-2", "node-a", 2, "wl-0", "wl-1"))
 	reqs = append(reqs, walk("mig-2", 2)...)
 	reqs = append(reqs,
-		// wl-2 (grp-1) is aborted after pre-copy.
-		plan("mig-3", "wl-2", "node-c", 1),
+		// grp-1 is aborted after pre-copy.
+		planGroup("mig-3", "node-c", 1, "wl-2", "wl-3"),
 		phase("mig-3", record.PhasePrecopy, 1),
 		shmowner.SetMigrationPhaseRequest{ID: "mig-3", Phase: record.PhaseAborted, Epoch: 1, At: 3_000, Error: "criu restore: exit status 1"},
-		// wl-4 (grp-2, no segments, epoch 0) is in flight, shipped.
+		// wl-4 (grp-2, no segments, epoch 0; its other member exited) is in flight, shipped.
+		shmowner.SetWorkloadStateRequest{ID: "wl-5", State: record.WorkloadExited, ExitStatus: 3},
 		plan("mig-4", "wl-4", "node-c", 0),
 		shmowner.SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseFrozen, Epoch: 0, At: 4_000, Bytes: 1 << 20},
 		shmowner.SetMigrationPhaseRequest{ID: "mig-4", Phase: record.PhaseShipped, Epoch: 0, At: 5_000, Bytes: 3 << 20},
-		shmowner.SetWorkloadStateRequest{ID: "wl-5", State: record.WorkloadExited, ExitStatus: 3},
 		segs("node-a", "grp-0", 1, 2, 3), // shmid 0 gone, 3 new at epoch 1
 	)
 	return reqs

@@ -130,7 +130,20 @@ func (t *Table) Migration(id string) (record.Migration, bool) {
 // aborted, if any. There is at most one.
 func (t *Table) ActiveMigration(workload string) (record.Migration, bool) {
 	for _, m := range t.migrations {
-		if m.Workload == workload && !m.Phase.Terminal() {
+		if !m.Phase.Terminal() && m.MovesWorkload(workload) {
+			return m.Clone(), true
+		}
+	}
+	return record.Migration{}, false
+}
+
+// groupMigration returns the migration in flight that moves members of group, if any.
+func (t *Table) groupMigration(group string) (record.Migration, bool) {
+	for _, m := range t.migrations {
+		if m.Phase.Terminal() {
+			continue
+		}
+		if w, ok := t.workloads[m.Workload]; ok && w.Group == group {
 			return m.Clone(), true
 		}
 	}

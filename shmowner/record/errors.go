@@ -26,6 +26,8 @@ var (
 	ErrNodeNotActive = errors.New("node not active")
 	// ErrNotOwner: a node reported segments of a group whose owner copy it does not hold.
 	ErrNotOwner = errors.New("not the owner")
+	// ErrGroupSplit: a migration would leave members of its IPC group behind.
+	ErrGroupSplit = errors.New("ipc group split")
 	// ErrExists: the command would create a record whose id is already taken.
 	ErrExists = errors.New("already exists")
 	// ErrInvalid: the command is well formed but its content is not (empty id, unknown state).

@@ -208,10 +208,14 @@ func (p Phase) CanMoveTo(next Phase) bool {
 	return next.rank() > p.rank()
 }
 
-// Migration is the replicated record of one workload's move.
+// Migration is the replicated record of one move: of an IPC group's members on one
+// node, which move as one tree.
 type Migration struct {
-	ID        string `json:"id"`
-	Workload  string `json:"workload"`
+	ID string `json:"id"`
+	// Workload is the member the move was asked for; Members every workload it moves
+	// (Workload first). A record without Members moves Workload alone.
+	Workload  string   `json:"workload"`
+	Members   []string `json:"members,omitempty"`
 	Source    string `json:"source"`
 	Target    string `json:"target"`
 	Phase     Phase  `json:"phase"`
@@ -253,12 +257,24 @@ func (w Workload) Clone() Workload {
 
 // Clone returns a deep copy of m.
 func (m Migration) Clone() Migration {
+	m.Members = slices.Clone(m.Members)
 	if m.Stats != nil {
 		st := *m.Stats
 		m.Stats = &st
 	}
 	return m
 }
+
+// Moves returns the workloads the migration moves.
+func (m Migration) Moves() []string {
+	if len(m.Members) == 0 {
+		return []string{m.Workload}
+	}
+	return m.Members
+}
+
+// MovesWorkload reports whether the migration moves workload id.
+func (m Migration) MovesWorkload(id string) bool { return slices.Contains(m.Moves(), id) }
 
 // Clone returns a deep copy of s.
 func (s Segment) Clone() Segment {

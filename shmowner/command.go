@@ -252,10 +252,10 @@ type PlanMigrationRequest struct {
 	ID       string   `json:"id"`
 	Workload string   `json:"workload"`
 	Members  []string `json:"members,omitempty"`
-	Target   string `json:"target"`
-	Epoch    uint64 `json:"epoch"`
-	At       int64  `json:"at"`               // unix nanos
-	Reason   string `json:"reason,omitempty"` // recorded as Migration.Reason
+	Target   string   `json:"target"`
+	Epoch    uint64   `json:"epoch"`
+	At       int64    `json:"at"`               // unix nanos
+	Reason   string   `json:"reason,omitempty"` // recorded as Migration.Reason
 }
 
 // SetMigrationPhaseRequest moves a migration to Phase. Epoch must be the migration's

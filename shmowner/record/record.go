@@ -216,14 +216,14 @@ type Migration struct {
 	// (Workload first). A record without Members moves Workload alone.
 	Workload  string   `json:"workload"`
 	Members   []string `json:"members,omitempty"`
-	Source    string `json:"source"`
-	Target    string `json:"target"`
-	Phase     Phase  `json:"phase"`
-	Epoch     uint64 `json:"epoch"` // the group epoch the migration was planned at
-	StartedAt int64  `json:"started_at"`
-	UpdatedAt int64  `json:"updated_at"`
-	Bytes     uint64 `json:"bytes"` // bytes shipped so far
-	Error     string `json:"error"`
+	Source    string   `json:"source"`
+	Target    string   `json:"target"`
+	Phase     Phase    `json:"phase"`
+	Epoch     uint64   `json:"epoch"` // the group epoch the migration was planned at
+	StartedAt int64    `json:"started_at"`
+	UpdatedAt int64    `json:"updated_at"`
+	Bytes     uint64   `json:"bytes"` // bytes shipped so far
+	Error     string   `json:"error"`
 	// Reason says who asked for the move: empty for an operator, "balancer: ..." for
 	// the balancer, with its reason.
 	Reason string `json:"reason,omitempty"`

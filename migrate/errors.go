@@ -59,6 +59,9 @@ const (
 	ReasonMixedIPC Reason = "mixed-ipc-namespaces"
 	// ReasonNestedPidNS: the tree contains a nested PID namespace, which CRIU cannot dump.
 	ReasonNestedPidNS Reason = "nested-pid-namespace"
+	// ReasonOrphanSession: a process's session leader has exited and the process is not
+	// a child of the tree's init, the one place CRIU recreates such a session.
+	ReasonOrphanSession Reason = "orphaned-session"
 )
 
 // NotMovableError is a refusal: the workload cannot be moved, nothing was changed.

@@ -117,6 +117,13 @@ func checkMovable(all []workload.Proc, self workload.Proc, hostIPC string) (*wor
 			"the workload of %s shares the host IPC namespace; it needs one of its own: start it with "+
 				"`migshm run -- CMD`", tree.Init)
 	}
+	if orphans := orphanSessions(tree); len(orphans) > 0 {
+		return nil, refuse(ReasonOrphanSession, orphans,
+			"%s belong to a session whose leader has exited (a program that forked, called setsid and "+
+				"forked again) and are not children of the tree's init %s; CRIU can restore such a session only "+
+				"for the init's children: run the program as a workload alone (without --ipc-group), or in the "+
+				"foreground (its --foreground or --no-daemon option)", procList(orphans), tree.Init)
+	}
 	var entered []workload.Proc
 	for _, p := range all {
 		if p.PidNS == tree.Init.PidNS && !tree.Contains(p.Pid) {
@@ -142,6 +149,40 @@ func checkMovable(all []workload.Proc, self workload.Proc, hostIPC string) (*wor
 			ipc, tree.Init, procList(outside))
 	}
 	return tree, nil
+}
+
+// orphanSessions returns the processes of tree CRIU cannot restore the session of: as
+// CRIU's prepare_pstree_ids decides, a process not leading its session, in another
+// session than its parent's, with no ancestor in the tree leading that session, and not
+// a child of the init (for which CRIU recreates the session with a helper).
+func orphanSessions(tree *workload.Tree) []workload.Proc {
+	byPid := make(map[int]workload.Proc, len(tree.Procs))
+	for _, p := range tree.Procs {
+		byPid[p.Pid] = p
+	}
+	nspid := func(p workload.Proc) int { return p.NSpid[len(p.NSpid)-1] }
+	var out []workload.Proc
+	for _, p := range tree.Procs {
+		parent, ok := byPid[p.PPid]
+		if p.Pid == tree.Init.Pid || !ok || p.Sid == 0 || p.Sid == nspid(p) || parent.Sid == p.Sid ||
+			parent.Pid == tree.Init.Pid {
+			continue
+		}
+		found := false
+		for a, ok := parent, true; ok; a, ok = byPid[a.PPid] {
+			if nspid(a) == p.Sid {
+				found = true
+				break
+			}
+			if a.Pid == tree.Init.Pid {
+				break
+			}
+		}
+		if !found {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func procList(ps []workload.Proc) string {

@@ -253,3 +253,35 @@ func TestPreflightCheckFixture(t *testing.T) {
 		}
 	})
 }
+
+// TestOrphanedSession: a daemon whose session leader exited moves when it is a child of
+// the tree's init (CRIU recreates its session with a helper) and is refused, naming it,
+// when it is a child of a member init of a group.
+func TestOrphanedSession(t *testing.T) {
+	w := func(pid, ppid, nspid, sid int, comm string) workload.Proc {
+		return workload.Proc{Pid: pid, PPid: ppid, Comm: comm, NSpid: []int{pid, nspid}, Sid: sid, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS}
+	}
+	groupInit := w(4000, 3900, 1, 1, "migshm-init")
+	// Alone: the init runs the command; the daemon (ns pid 5, session 4 of its exited
+	// middle process) was reparented to the init.
+	alone := fxJoin(nil, fxHost(), []workload.Proc{groupInit, w(4005, 4000, 5, 4, "perl"), w(4006, 4005, 6, 4, "perl")})
+	if _, err := checkMovable(alone, groupInit, fxHostIPCNS); err != nil {
+		t.Fatalf("a daemon under the init refused: %v", err)
+	}
+	// In a group: the member init (ns pid 2, its own session) is the daemon's subreaper.
+	group := fxJoin(nil, fxHost(), []workload.Proc{groupInit, w(4002, 4000, 2, 2, "migshm-init"),
+		w(4003, 4002, 3, 2, "sleep"), w(4005, 4002, 5, 4, "perl"), w(4006, 4005, 6, 4, "perl")})
+	_, err := checkMovable(group, groupInit, fxHostIPCNS)
+	var nm *NotMovableError
+	if !errors.As(err, &nm) || nm.Reason != ReasonOrphanSession || !strings.Contains(err.Error(), "process 4005 (perl)") ||
+		strings.Contains(err.Error(), "4006") || strings.Contains(err.Error(), "4003") {
+		t.Fatalf("a daemon under a member init: %v; want %s naming 4005 only", err, ReasonOrphanSession)
+	}
+	// A process that called setsid and leads its session, or whose leader is an ancestor,
+	// is fine anywhere.
+	led := fxJoin(nil, fxHost(), []workload.Proc{groupInit, w(4002, 4000, 2, 2, "migshm-init"),
+		w(4004, 4002, 4, 4, "perl"), w(4005, 4004, 5, 4, "perl"), w(4007, 4005, 7, 4, "perl")})
+	if _, err := checkMovable(led, groupInit, fxHostIPCNS); err != nil {
+		t.Fatalf("sessions with their leaders refused: %v", err)
+	}
+}

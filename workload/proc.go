@@ -21,6 +21,9 @@ type Proc struct {
 	PPid  int    // host pid of the parent
 	Comm  string // command name
 	NSpid []int  // pid in each nested PID namespace, outermost first (status "NSpid:")
+	// Sid is its session id as its own PID namespace sees it (the last of "NSsid:"); 0
+	// if unknown.
+	Sid   int
 	PidNS string // identity of its PID namespace, e.g. "pid:[4026532201]"
 	IPCNS string // identity of its IPC namespace
 	// SysV lists the SysV shm segments it has attached (from /proc/PID/maps).
@@ -48,6 +51,9 @@ func ReadProc(procRoot string, pid int) (Proc, error) {
 		return p, fmt.Errorf("pid %d: status: no NSpid line (kernel older than 4.1?)", pid)
 	}
 	p.Comm, p.PPid, p.NSpid = st.Name, st.PPid, st.NSpid
+	if len(st.NSsid) > 0 {
+		p.Sid = st.NSsid[len(st.NSsid)-1]
+	}
 	if p.PidNS, err = os.Readlink(filepath.Join(dir, "ns", "pid")); err != nil {
 		return p, nsErr(pid, err)
 	}

@@ -72,13 +72,13 @@ func TestProcReadFixture(t *testing.T) {
 		pid  int
 		want Proc
 	}{
-		{1, Proc{Pid: 1, PPid: 0, Comm: "systemd", NSpid: []int{1}, PidNS: fxHostPidNS, IPCNS: fxHostIPCNS}},
-		{4000, Proc{Pid: 4000, PPid: 1, Comm: "migshm-init", NSpid: []int{4000, 1}, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS}},
-		{4001, Proc{Pid: 4001, PPid: 4000, Comm: "shmcounter", NSpid: []int{4001, 2}, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS,
+		{1, Proc{Pid: 1, PPid: 0, Comm: "systemd", NSpid: []int{1}, Sid: 1, PidNS: fxHostPidNS, IPCNS: fxHostIPCNS}},
+		{4000, Proc{Pid: 4000, PPid: 1, Comm: "migshm-init", NSpid: []int{4000, 1}, Sid: 1, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS}},
+		{4001, Proc{Pid: 4001, PPid: 4000, Comm: "shmcounter", NSpid: []int{4001, 2}, Sid: 2, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS,
 			SysV: []Attachment{{Shmid: fxPrivShmid}, {Shmid: fxKeyedShmid, Key: fxKeyMIGS}}}},
-		{4002, Proc{Pid: 4002, PPid: 4000, Comm: "shmcounter", NSpid: []int{4002, 3}, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS,
+		{4002, Proc{Pid: 4002, PPid: 4000, Comm: "shmcounter", NSpid: []int{4002, 3}, Sid: 3, PidNS: fxWorkPidNS, IPCNS: fxWorkIPCNS,
 			SysV: []Attachment{{Shmid: fxKeyedShmid, Key: fxKeyMIGS}}}},
-		{5000, Proc{Pid: 5000, PPid: 1, Comm: "sleep", NSpid: []int{5000}, PidNS: fxHostPidNS, IPCNS: fxWorkIPCNS}},
+		{5000, Proc{Pid: 5000, PPid: 1, Comm: "sleep", NSpid: []int{5000}, Sid: 5000, PidNS: fxHostPidNS, IPCNS: fxWorkIPCNS}},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.pid), func(t *testing.T) {

@@ -18,6 +18,8 @@ type Status struct {
 	// NSpid is the pid in each nested PID namespace, outermost first; nil on kernels
 	// older than 4.1, which do not show it.
 	NSpid []int
+	// NSsid is the session id in each nested PID namespace, outermost first.
+	NSsid []int
 	// RssAnon is the anonymous resident memory in bytes; 0 for kernel threads and
 	// zombies, which have no memory of their own.
 	RssAnon uint64
@@ -51,6 +53,14 @@ func ParseStatus(r io.Reader) (Status, error) {
 					return Status{}, fmt.Errorf("bad NSpid %q", v)
 				}
 				st.NSpid = append(st.NSpid, n)
+			}
+		case "NSsid":
+			for _, f := range strings.Fields(v) {
+				n, err := strconv.Atoi(f)
+				if err != nil {
+					return Status{}, fmt.Errorf("bad NSsid %q", v)
+				}
+				st.NSsid = append(st.NSsid, n)
 			}
 		case "RssAnon":
 			n, err := parseKB(v)

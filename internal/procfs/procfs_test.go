@@ -325,8 +325,8 @@ func TestParseStatus(t *testing.T) {
 		want    Status
 		wantErr string // substring of the error; empty means success
 	}{
-		{file: "nested.status", want: Status{Name: "shmcounter", PPid: 4200, NSpid: []int{4242, 7}}},
-		{file: "host.status", want: Status{Name: "sleep", PPid: 1, NSpid: []int{100}}},
+		{file: "nested.status", want: Status{Name: "shmcounter", PPid: 4200, NSpid: []int{4242, 7}, NSsid: []int{4242, 7}}},
+		{file: "host.status", want: Status{Name: "sleep", PPid: 1, NSpid: []int{100}, NSsid: []int{100}}},
 		{file: "old.status", want: Status{Name: "sleep", PPid: 1}}, // a kernel without NSpid
 		{file: "bad.status", wantErr: "bad NSpid"},
 		{file: "badppid.status", wantErr: `bad PPid "nope"`},

@@ -220,7 +220,10 @@ type RemoveWorkloadRequest struct {
 // while a migration is in flight (the workload died; the migration is then aborted);
 // running is not.
 type SetWorkloadStateRequest struct {
-	ID         string               `json:"id"`
+	ID string `json:"id"`
+	// Node, if set, is the node reporting: a report from another node than the
+	// workload's (a source that moved it away a moment ago) is refused as stale.
+	Node       string               `json:"node,omitempty"`
 	State      record.WorkloadState `json:"state"`
 	ExitStatus int                  `json:"exit_status"`
 	At         int64                `json:"at,omitempty"` // unix nanos; recorded as ExitedAt

@@ -162,6 +162,10 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, record.ErrMigrationInFlight)
 	}
 	old, existed := t.workloads[w.ID]
+	if existed && old.Node != w.Node {
+		// Only a migration's done moves a workload; this is a report from where it was.
+		return fmt.Errorf("upsert workload %q from node %s: it runs on %s: %w", w.ID, w.Node, old.Node, record.ErrNotOwner)
+	}
 	if !existed {
 		if m, ok := t.groupMigration(w.Group); ok {
 			return fmt.Errorf("upsert workload %q: its ipc group %s is moving (migration %s): %w", w.ID, w.Group, m.ID, record.ErrMigrationInFlight)
@@ -211,6 +215,9 @@ func (t *Table) setWorkloadState(r SetWorkloadStateRequest) error {
 	w, ok := t.workloads[r.ID]
 	if !ok {
 		return fmt.Errorf("set workload %q state: %w", r.ID, record.ErrUnknownWorkload)
+	}
+	if r.Node != "" && r.Node != w.Node {
+		return fmt.Errorf("set workload %q state from node %s: it runs on %s: %w", r.ID, r.Node, w.Node, record.ErrNotOwner)
 	}
 	switch r.State {
 	case record.WorkloadExited:

@@ -156,11 +156,22 @@ func TestApply(t *testing.T) {
 			cmd:  shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w9", Name: "name-w1", Node: "node-a", Group: "g"}},
 			want: record.ErrExists,
 		},
-		{name: "upsert keeps its own name", cmd: upsertWL("w1", "node-b", "grp-1"), check: func(t *testing.T, tb *shmowner.Table) {
-			if w := wantWorkload(t, tb, "w1"); w.Name != "name-w1" || w.Node != "node-b" {
+		{name: "upsert keeps its own name", cmd: upsertWL("w1", "node-a", "grp-1"), check: func(t *testing.T, tb *shmowner.Table) {
+			if w := wantWorkload(t, tb, "w1"); w.Name != "name-w1" || w.Node != "node-a" {
 				t.Errorf("workload = %+v", w)
 			}
 		}},
+		// A node that moved a workload away a moment ago reports what it last saw: stale.
+		{name: "upsert from another node than the workload's", cmd: upsertWL("w1", "node-b", "grp-1"), want: record.ErrNotOwner},
+		{name: "upsert from the source after the move", setup: done, cmd: upsertWL("w1", "node-a", "grp-1"), want: record.ErrNotOwner},
+		{name: "exit reported by the source after the move", setup: done,
+			cmd: shmowner.SetWorkloadStateRequest{ID: "w1", Node: "node-a", State: record.WorkloadExited}, want: record.ErrNotOwner},
+		{name: "exit reported by the workload's node", setup: done,
+			cmd: shmowner.SetWorkloadStateRequest{ID: "w1", Node: "node-b", State: record.WorkloadExited}, check: func(t *testing.T, tb *shmowner.Table) {
+				if w := wantWorkload(t, tb, "w1"); w.State != record.WorkloadExited {
+					t.Errorf("workload = %+v", w)
+				}
+			}},
 		{name: "probe changes nothing", cmd: shmowner.ProbeRequest{Seq: 7}, check: func(t *testing.T, tb *shmowner.Table) {
 			if n := len(tb.Workloads()); n != 4 {
 				t.Errorf("%d workloads after a probe, want 4", n)

@@ -162,10 +162,14 @@ type Problem struct {
 
 // CheckReport is what a check found. OK is true when Problems is empty.
 type CheckReport struct {
-	Workload    string    `json:"workload"` // id
-	Name        string    `json:"name"`
-	Source      string    `json:"source"`
-	Target      string    `json:"target"`
+	Workload string `json:"workload"` // id
+	Name     string `json:"name"`
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	// Group is the workload's IPC group; Members the names of every workload that moves
+	// with it (itself first): a group moves as one tree.
+	Group       string    `json:"group,omitempty"`
+	Members     []string  `json:"members,omitempty"`
 	OK          bool      `json:"ok"`
 	Processes   int       `json:"processes"`
 	Segments    int       `json:"segments"`

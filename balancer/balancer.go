@@ -364,10 +364,14 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 	lastDone := map[string]record.Migration{} // by workload
 	for _, m := range t.Migrations() {
 		at := max(m.StartedAt, m.UpdatedAt)
-		lastAct[m.Workload] = max(lastAct[m.Workload], at)
+		for _, id := range m.Moves() { // a group's members move together
+			lastAct[id] = max(lastAct[id], at)
+		}
 		if !m.Phase.Terminal() {
 			p.inflight++
-			inflight[m.Workload] = m
+			for _, id := range m.Moves() {
+				inflight[id] = m
+			}
 			for _, id := range []string{m.Source, m.Target} {
 				if n := byID[id]; n != nil {
 					n.busy = true
@@ -381,8 +385,10 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 			}
 		}
 		if m.Phase == record.PhaseDone {
-			if prev, ok := lastDone[m.Workload]; !ok || m.UpdatedAt >= prev.UpdatedAt {
-				lastDone[m.Workload] = m
+			for _, id := range m.Moves() {
+				if prev, ok := lastDone[id]; !ok || m.UpdatedAt >= prev.UpdatedAt {
+					lastDone[id] = m
+				}
 			}
 		}
 	}

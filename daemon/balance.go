@@ -132,13 +132,19 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*api.
 		return rep, nil
 	}
 
-	// Start the moves in order; the moves of a group stop at the first that fails, so a
-	// refused member does not split its group.
+	// Start one migration per group on its node: it moves every member of the group
+	// (the balancer plans a group's moves together, to one target). A refused group's
+	// other members are not started either.
 	failedGroup := map[string]bool{}
+	startedGroup := map[string]bool{}
 	for i := range rep.Moves {
 		mv := &rep.Moves[i]
 		if failedGroup[mv.Group] {
 			mv.Error = "not started: an earlier member of its group could not move"
+			continue
+		}
+		if startedGroup[mv.Group] {
+			mv.Started = true // by the migration of its group
 			continue
 		}
 		if err := d.startBalanceMove(ctx, t, *mv); err != nil {
@@ -149,6 +155,7 @@ func (d *Daemon) balancePass(ctx context.Context, dryRun, drainOnly bool) (*api.
 			continue
 		}
 		mv.Started = true
+		startedGroup[mv.Group] = true
 		d.log.Info("balancer: moving", "workload", mv.Name, "from", mv.From, "to", mv.To, "kind", mv.Kind, "reason", mv.Reason)
 	}
 	d.recordPass(rep)

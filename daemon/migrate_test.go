@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -177,7 +178,7 @@ func (c *cluster) waitSettled(via *tnode, name, comm string) api.Workload {
 			return false, err.Error()
 		}
 		for _, m := range ms {
-			if m.Workload == w.ID && !m.Phase.Terminal() {
+			if m.MovesWorkload(w.ID) && !m.Phase.Terminal() {
 				return false, fmt.Sprintf("migration %s in phase %s", m.ID, m.Phase)
 			}
 		}
@@ -367,10 +368,15 @@ func TestMoveRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := c.waitSettled(n1, "counter", "shmcounter")
-	// A sharer outside the workload: a second workload in the same IPC group.
-	if _, err := c.cli(n1, "run", "--name", "sharer", "--ipc-group", w.Group, "--", "sleep", "1000"); err != nil {
+	// A sharer outside the workload's tree: a host process that joined its IPC namespace.
+	outsider := exec.Command("nsenter", "-t", strconv.Itoa(w.InitPid), "--ipc", "--", "sleep", "1000")
+	if err := outsider.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = outsider.Process.Kill()
+		_ = outsider.Wait()
+	})
 	// A workload with an established TCP connection (to a listener in its own netns).
 	if _, err := c.cli(n1, "run", "--name", "tcp", "--", "bash", "-c",
 		"exec 3<>/dev/tcp/127.0.0.1/7421; exec sleep 1000"); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -119,4 +120,128 @@ func TestDaemonizingProgramMoves(t *testing.T) {
 	if _, ok := workloadByName(ws, "nodir"); ok {
 		t.Fatal("run --dir /nonexistent left a workload in the table")
 	}
+}
+
+// memberOK returns how many "ok member=N" lines a shmgroup log has, and fails on "BAD".
+func memberOK(t *testing.T, log string) int {
+	t.Helper()
+	b, _ := os.ReadFile(log)
+	if strings.Contains(string(b), "BAD") {
+		t.Fatalf("a member found the group's segment inconsistent:\n%s", b)
+	}
+	return strings.Count(string(b), "ok member=")
+}
+
+// TestGroupMovesAsOne: three workloads of one IPC group (python3-sysv-ipc members
+// sharing a segment under a semaphore, each checking the group's invariant) run as one
+// tree and move as one: by hand, naming one member (the move says it takes the group),
+// and by the balancer when their node drains. A member moving alone is refused with the
+// reason; a member stops on its own while the others go on.
+func TestGroupMovesAsOne(t *testing.T) {
+	testenv.RequireCRIU(t)
+	src, err := testwork.SourceDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(src, "thirdparty", "shmgroup.py")
+	c := newCluster(t, 3, 0)
+	for i, nd := range c.nodes {
+		c.start(nd, append(c.memberArgs(i), "--balance-interval", "1s")...)
+	}
+	c.waitMembers(c.nodes[0], 3)
+	n1 := c.nodes[0]
+	names := []string{"trio0", "trio1", "trio2"}
+	before, _ := filepath.Glob("/run/migshm/groups/trio-*") // left by a killed earlier run
+	for i, name := range names {
+		// Debian's python3 (python3-sysv-ipc is installed for it), not a PATH shim.
+		if _, err := c.cli(n1, "run", "--name", name, "--ipc-group", "trio", "--",
+			"/usr/bin/python3", script, "0x7e57", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := map[string]string{}
+	for _, name := range names {
+		w := c.waitSettled(n1, name, "python3")
+		logs[name] = filepath.Join(c.wdir, w.ID, "stdout.log")
+	}
+	counting := func(where string) {
+		t.Helper()
+		at := map[string]int{}
+		for _, name := range names {
+			at[name] = memberOK(t, logs[name])
+		}
+		for _, name := range names {
+			wait.For(t, 20*time.Second, name+" to count "+where, func() (bool, string) {
+				n := memberOK(t, logs[name])
+				return n > at[name], fmt.Sprintf("%d ok lines, %d before", n, at[name])
+			})
+		}
+	}
+	counting("on n1")
+	onNode := func(node string) {
+		t.Helper()
+		for _, name := range names {
+			if w := c.waitSettled(n1, name, "python3"); w.Node != node {
+				t.Fatalf("%s runs on %s, want %s with its group", name, w.Node, node)
+			}
+		}
+	}
+
+	// migshm check names the members that move with the one asked about.
+	out, err := c.cli(n1, "check", "trio1", "n2")
+	if err != nil || !strings.Contains(out, "moves with:") || !strings.Contains(out, "trio0, trio2") {
+		t.Fatalf("check trio1 n2: %v\n%s", err, out)
+	}
+	// By hand: moving one member moves the group, and says so.
+	out, err = c.cli(c.nodes[2], "move", "trio1", "n2")
+	if err != nil || !strings.Contains(out, "with its ipc group: trio0, trio2") {
+		t.Fatalf("move trio1 n2: %v\n%s", err, out)
+	}
+	onNode("n2")
+	counting("on n2")
+	segs, err := n1.c.Segments(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := groupSegments(segs, "trio"); len(gs) != 1 || gs[0].Owner != "n2" {
+		t.Fatalf("segments of the group after the move: %+v", gs)
+	}
+	if running, stopped := c.copies("python3"); running != 1 || stopped != 0 {
+		t.Fatalf("after the move: %d running and %d stopped copies of the group, want 1 and 0", running, stopped)
+	}
+
+	// By the balancer: n2 drains, and the group leaves it whole.
+	if out, err := c.cli(n1, "drain", "n2", "--timeout", "2m"); err != nil {
+		t.Fatalf("drain n2: %v\n%s", err, out)
+	}
+	w0 := c.waitSettled(n1, "trio0", "python3")
+	if w0.Node == "n2" {
+		t.Fatal("trio0 still on n2 after the drain")
+	}
+	onNode(w0.Node)
+	counting("after the drain")
+
+	// A member stops on its own; the others go on; the last one's stop ends the group.
+	if _, err := c.cli(n1, "stop", "trio0"); err != nil {
+		t.Fatal(err)
+	}
+	if w := c.workload(n1, "trio0"); w.State != record.WorkloadExited || w.ExitStatus != 0 {
+		t.Fatalf("trio0 after stop: %s, status %d", w.State, w.ExitStatus)
+	}
+	names = names[1:]
+	counting("without trio0")
+	for _, name := range names {
+		if _, err := c.cli(n1, "stop", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if running, stopped := c.copies("python3"); running+stopped != 0 {
+		t.Fatalf("%d running and %d stopped copies of the group after every member stopped", running, stopped)
+	}
+	// The group init ends with its last member, and takes its directory with it.
+	wait.For(t, 10*time.Second, "the group's directory to go", func() (bool, string) {
+		dirs, _ := filepath.Glob("/run/migshm/groups/trio-*")
+		dirs = slices.DeleteFunc(dirs, func(d string) bool { return slices.Contains(before, d) })
+		return len(dirs) == 0, fmt.Sprint(dirs)
+	})
 }

@@ -63,7 +63,8 @@ type GroupSpec struct {
 	NetNS string
 	// InitPath: as Spec.InitPath.
 	InitPath string
-	// Log, if set, is where the group init writes its own errors (append-only).
+	// Log, if set, is where the group init writes why it could not start (append-only);
+	// once ready it keeps no file open but /dev/null.
 	Log string
 }
 
@@ -281,6 +282,13 @@ func runGroupInit() int {
 	if err := os.WriteFile(filepath.Join(dir, groupReady), nil, 0o600); err != nil {
 		fmt.Fprintf(os.Stderr, "migshm-init: group: %v\n", err)
 		return 127
+	}
+	// From here on the init reports through answer files only. Its log is let go, so
+	// that no open file ties the group to a path its next node may lack.
+	if null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0); err == nil {
+		_ = unix.Dup3(int(null.Fd()), 1, 0)
+		_ = unix.Dup3(int(null.Fd()), 2, 0)
+		null.Close()
 	}
 	tick := time.NewTicker(groupRescan)
 	defer tick.Stop()

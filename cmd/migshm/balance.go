@@ -183,7 +183,9 @@ func (d *drainWatch) poll(ctx context.Context) error {
 		}
 		for _, m := range migs {
 			if !m.Phase.Terminal() && m.Source == d.node {
-				moving[m.Workload] = m.Target
+				for _, id := range m.Moves() {
+					moving[id] = m.Target
+				}
 			}
 		}
 		for _, w := range left {

@@ -179,7 +179,26 @@ func (p *progress) describe(ev api.MoveEvent) string {
 	if name := p.workloadNames()[m.Workload]; name != "" && name != m.Workload {
 		w += " " + name
 	}
+	if others := memberNames(m, p.workloadNames()); others != "" {
+		w += " with its ipc group: " + others + ","
+	}
 	return fmt.Sprintf("%s %s -> %s", w, m.Source, m.Target)
+}
+
+// memberNames lists the workloads a migration moves besides the one asked for ("" if
+// none): a group moves as one tree.
+func memberNames(m *api.Migration, names map[string]string) string {
+	var out []string
+	for _, id := range m.Members {
+		if id == m.Workload {
+			continue
+		}
+		if n := names[id]; n != "" {
+			id = n
+		}
+		out = append(out, id)
+	}
+	return strings.Join(out, ", ")
 }
 
 // workloadNames maps workload ids to names, as far as the daemon answers.
@@ -228,6 +247,9 @@ func printSummary(w io.Writer, ev api.MoveEvent, names map[string]string) {
 	what := m.Workload
 	if n := names[m.Workload]; n != "" && n != m.Workload {
 		what += " (" + n + ")"
+	}
+	if others := memberNames(m, names); others != "" {
+		what += " with " + others
 	}
 	fmt.Fprintf(w, "migration %s: done, %s moved from %s to %s\n", m.ID, what, m.Source, m.Target)
 	st := ev.Summary
@@ -343,6 +365,9 @@ func printMigrations(out io.Writer, migs []api.Migration, names map[string]strin
 		if n := names[m.Workload]; n != "" {
 			wl = n
 		}
+		if len(m.Members) > 1 {
+			wl += fmt.Sprintf(" (+%d of its group)", len(m.Members)-1)
+		}
 		down := "-"
 		if m.Stats != nil {
 			down = span(m.Stats.FrozenNS)
@@ -434,6 +459,9 @@ func printCheckReport(out io.Writer, r api.CheckReport) error {
 	}
 	w := newTable(out)
 	fmt.Fprintf(w, "workload:\t%s on %s\n", name, r.Source)
+	if len(r.Members) > 1 {
+		fmt.Fprintf(w, "moves with:\tipc group %s: %s\n", r.Group, strings.Join(r.Members[1:], ", "))
+	}
 	fmt.Fprintf(w, "target:\t%s\n", r.Target)
 	// A check that stops at its first problem (target not active, tree not movable)
 	// leaves the figures out.

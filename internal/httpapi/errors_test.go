@@ -50,6 +50,7 @@ var shmownerSentinels = []sentinelCase{
 	{"ErrSameNode", record.ErrSameNode, "same_node", http.StatusConflict},
 	{"ErrNodeNotActive", record.ErrNodeNotActive, "node_not_active", http.StatusConflict},
 	{"ErrNotOwner", record.ErrNotOwner, "not_owner", http.StatusConflict},
+	{"ErrGroupSplit", record.ErrGroupSplit, "group_split", http.StatusConflict},
 	{"ErrExists", record.ErrExists, "exists", http.StatusConflict},
 	{"ErrInvalid", record.ErrInvalid, "invalid", http.StatusBadRequest},
 }

@@ -31,7 +31,8 @@ func Peer(cfg Config) http.Handler {
 		return s.Target.Pages(r.Context(), caller(r), r.PathValue("id"), r.Body)
 	}))
 	mux.Handle("POST "+migration.PathFiles, s.handle(func(r *http.Request) (any, error) {
-		return struct{}{}, s.Target.File(r.Context(), caller(r), r.PathValue("id"), r.URL.Query().Get("name"), r.Body)
+		q := r.URL.Query()
+		return struct{}{}, s.Target.File(r.Context(), caller(r), r.PathValue("id"), q.Get("workload"), q.Get("name"), r.Body)
 	}))
 	mux.Handle("POST "+migration.PathImages, s.handle(func(r *http.Request) (any, error) {
 		return s.Target.Images(r.Context(), caller(r), r.PathValue("id"), r.Body)

@@ -65,14 +65,30 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 			mg.ID, w.Name, mg.Source, mg.Target, mg.Phase)
 		return rep, nil
 	}
-	rec, running := e.wl.Running(w.ID)
-	if !running {
+	if _, running := e.wl.Running(w.ID); !running {
 		return rep, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
+	}
+	rep.Group = w.Group
+	recs, err := e.group(table, w)
+	switch {
+	case errors.Is(err, record.ErrGroupSplit):
+		add("group-split", "%v", err)
+		return rep, nil
+	case errors.Is(err, api.ErrNotMovable):
+		add("group", "%v", err)
+		return rep, nil
+	case err != nil:
+		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+	}
+	dirs := make([]string, len(recs))
+	for i, r := range recs {
+		rep.Members = append(rep.Members, r.Name)
+		dirs[i] = e.wl.Dir(r.ID)
 	}
 	if _, err := e.criu.CachedCheck(ctx); err != nil {
 		add("criu-source", "CRIU does not work on %s: %v", e.self, err)
 	}
-	tree, err := migrate.Preflight{}.Check(rec.InitPid)
+	tree, err := migrate.Preflight{}.Check(recs[0].GroupPid)
 	var nm *migrate.NotMovableError
 	switch {
 	case errors.As(err, &nm):
@@ -82,9 +98,9 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 		return rep, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	rep.Processes = len(tree.Procs)
-	// The engine ships the workload's own files (logs) itself; everything else the tree
+	// The engine ships the members' own files (logs) itself; everything else the tree
 	// reopens by path must already be on the target.
-	in, err := migrate.Inspect("/proc", tree, e.wl.Dir(w.ID))
+	in, err := migrate.Inspect("/proc", tree, dirs...)
 	if err != nil {
 		return rep, fmt.Errorf("check %s: %w", w.Name, err)
 	}

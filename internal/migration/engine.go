@@ -51,12 +51,14 @@ type Table interface {
 	IsMember() bool
 }
 
-// Workloads is what the engine needs of this node's supervisor.
+// Workloads is what the engine needs of this node's supervisor. A migration moves an IPC
+// group's tree: the group init and every member under it.
 type Workloads interface {
 	Running(id string) (supervisor.Record, bool)
 	Record(id string) (supervisor.Record, bool)
-	Adopt(rec supervisor.Record, proc *workload.Process) error
-	Release(id string, removeFiles bool)
+	GroupMembers(group string) []supervisor.Record
+	Adopt(recs []supervisor.Record, groupInit *workload.Process) error
+	Release(group string, ids []string, removeFiles, removeGroupDir bool)
 	Dir(id string) string
 }
 

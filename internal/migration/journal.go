@@ -25,9 +25,24 @@ type journal struct {
 	Source string `json:"source"`
 	Epoch  uint64 `json:"epoch"`
 	Shared bool   `json:"shared"` // the workload dir is the source's too
-	// Record is the workload: on a target as it will run there (pid set once
-	// restored), on a source as it runs there.
-	Record supervisor.Record `json:"record"`
+	// GroupShared: the group's request directory is the source's too.
+	GroupShared bool `json:"group_shared"`
+	// Records are the group's members, the one the move was asked for first: on a
+	// target as they will run there (pids set once restored), on a source as they run
+	// there.
+	Records []supervisor.Record `json:"records"`
+}
+
+// root returns the group init's host pid and start time.
+func (j journal) root() (int, uint64) { return j.Records[0].GroupPid, j.Records[0].GroupStart }
+
+// ids returns the members' workload ids.
+func (j journal) ids() []string {
+	ids := make([]string, len(j.Records))
+	for i, r := range j.Records {
+		ids[i] = r.ID
+	}
+	return ids
 }
 
 const (
@@ -66,6 +81,9 @@ func readJournal(path string) (journal, error) {
 	}
 	if err := json.Unmarshal(b, &j); err != nil {
 		return j, fmt.Errorf("journal %s: %w", path, err)
+	}
+	if len(j.Records) == 0 {
+		return j, fmt.Errorf("journal %s names no workload", path)
 	}
 	return j, nil
 }

@@ -97,7 +97,7 @@ func (e *Engine) recoverSource(ctx context.Context, table *shmowner.Table, id st
 	phase := mg.Phase
 	if !phase.Terminal() {
 		e.log.Warn("migration has no driver any more (this daemon restarted); rolling it back",
-			"migration", id, "workload", j.Record.Name, "phase", phase)
+			"migration", id, "workload", j.Records[0].Name, "phase", phase)
 		phase, err = e.settle(id, mg.Epoch, record.PhaseAborted,
 			fmt.Sprintf("the source daemon on %s stopped during phase %s", e.self, mg.Phase), nil)
 		if err != nil {
@@ -105,13 +105,14 @@ func (e *Engine) recoverSource(ctx context.Context, table *shmowner.Table, id st
 			return
 		}
 	}
-	rec := j.Record
-	w, err := workload.WatchProcess(rec.InitPid, rec.InitStart)
+	rec := j.Records[0]
+	root, rootStart := j.root()
+	w, err := workload.WatchProcess(root, rootStart)
 	alive := err == nil
 	switch phase {
 	case record.PhaseAborted:
 		if alive {
-			if err := migrate.ResumeTree(rec.InitPid); err != nil {
+			if err := migrate.ResumeTree(root); err != nil {
 				e.log.Error("resume the workload after an aborted migration", "migration", id, "err", err)
 				w.Close()
 				return
@@ -119,8 +120,8 @@ func (e *Engine) recoverSource(ctx context.Context, table *shmowner.Table, id st
 			e.log.Info("workload runs here again after an aborted migration", "migration", id, "workload", rec.Name)
 		}
 	case record.PhaseDone:
-		if known, ok := e.wl.Record(rec.ID); ok && known.InitPid == rec.InitPid {
-			e.wl.Release(rec.ID, !j.Shared)
+		if known, ok := e.wl.Record(rec.ID); ok && known.GroupPid == root {
+			e.wl.Release(rec.Group, j.ids(), !j.Shared, !j.GroupShared)
 		} else if alive {
 			_ = w.Signal(unix.SIGKILL)
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)

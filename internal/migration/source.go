@@ -28,13 +28,15 @@ const (
 	settleTimeout = 2 * time.Minute
 )
 
-// sourceRun is one migration driven by this node.
+// sourceRun is one migration driven by this node: of workload w and the other members
+// of its IPC group, as one tree.
 type sourceRun struct {
 	e      *Engine
 	log    *slog.Logger
 	id     string
 	w      record.Workload
-	rec    supervisor.Record // the workload as it runs here
+	recs   []supervisor.Record // the group's members as they run here, w first
+	root   int                 // the group init's host pid: the root of the tree that moves
 	target record.Node
 	remote Remote
 	epoch  uint64
@@ -43,10 +45,11 @@ type sourceRun struct {
 	emit   func(api.MoveEvent)
 	start  time.Time
 
-	stats  record.MigrationStats
-	pc     *migrate.Precopier
-	shared bool // the target sees this node's workload dir (one host, shared filesystem)
-	frozen bool // the tree may be stopped by a dump
+	stats       record.MigrationStats
+	pc          *migrate.Precopier
+	shared      bool // the target sees this node's workload dir (one host, shared filesystem)
+	groupShared bool // the target sees the group's request dir
+	frozen      bool // the tree may be stopped by a dump
 }
 
 // Move starts moving workload w, which runs on this node, as req asks. It returns once
@@ -100,17 +103,18 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 	}
 	table := e.table.Table()
 	tn, _ := table.Node(req.Target)
-	rec, running := e.wl.Running(w.ID)
-	if !running {
-		return startErr(fmt.Errorf("move %s: not running here: %w", w.Name, api.ErrNotRunning))
+	recs, err := e.group(table, w)
+	if err != nil {
+		return startErr(fmt.Errorf("move %s: %w", w.Name, err))
 	}
-	s := &sourceRun{e: e, id: newMigrationID(), w: w, rec: rec, target: tn, remote: e.peers.Target(tn.APIAddr),
-		epoch: table.GroupEpoch(w.Group), req: req, emit: emit, start: time.Now()}
+	s := &sourceRun{e: e, id: newMigrationID(), w: w, recs: recs, root: recs[0].GroupPid, target: tn,
+		remote: e.peers.Target(tn.APIAddr), epoch: table.GroupEpoch(w.Group), req: req, emit: emit, start: time.Now()}
 	s.log = e.log.With("migration", s.id, "workload", w.Name, "peer", tn.ID)
 	s.dir = filepath.Join(e.cfg.ImageDir, "out-"+s.id)
+	members := s.journal().ids()
 	pctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	err = e.table.Apply(pctx, shmowner.PlanMigrationType, shmowner.PlanMigrationRequest{
-		ID: s.id, Workload: w.ID, Target: tn.ID, Epoch: s.epoch, At: time.Now().UnixNano(), Reason: req.Reason})
+		ID: s.id, Workload: w.ID, Members: members, Target: tn.ID, Epoch: s.epoch, At: time.Now().UnixNano(), Reason: req.Reason})
 	cancel()
 	if err != nil {
 		// Plan is the first write: if its outcome is unknown, recovery aborts the record
@@ -121,12 +125,12 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 	e.driving[w.ID] = s.id
 	e.mu.Unlock()
 	_ = startErr(nil)
-	if err := e.saveJournal(journal{ID: s.id, Role: roleSource, Source: e.self, Epoch: s.epoch, Record: rec}); err != nil {
+	if err := e.saveJournal(s.journal()); err != nil {
 		return s.fail(fmt.Errorf("write the migration journal: %w", err))
 	}
-	s.log.Info("migration planned", "target", tn.ID, "epoch", s.epoch)
+	s.log.Info("migration planned", "target", tn.ID, "epoch", s.epoch, "members", len(members))
 	s.event(api.MoveEvent{Event: api.EventPhase, Phase: string(record.PhasePlanned), Record: &record.Migration{
-		ID: s.id, Workload: w.ID, Source: e.self, Target: tn.ID, Phase: record.PhasePlanned,
+		ID: s.id, Workload: w.ID, Members: members, Source: e.self, Target: tn.ID, Phase: record.PhasePlanned,
 		Epoch: s.epoch, StartedAt: s.start.UnixNano(), UpdatedAt: s.start.UnixNano()}})
 	faults.At(string(record.PhasePlanned))
 
@@ -135,6 +139,43 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 		return nil
 	}
 	return s.fail(err)
+}
+
+// group returns the records of w's IPC group's members running here, w first: what a
+// move of w moves. Every running member of the group must run here, under one init.
+func (e *Engine) group(table *shmowner.Table, w record.Workload) ([]supervisor.Record, error) {
+	rec, running := e.wl.Running(w.ID)
+	if !running {
+		return nil, fmt.Errorf("not running here: %w", api.ErrNotRunning)
+	}
+	if rec.GroupPid == 0 {
+		return nil, fmt.Errorf("it was started by a daemon without ipc group inits; restart it to make it movable: %w", api.ErrNotMovable)
+	}
+	recs := []supervisor.Record{rec}
+	here := map[string]bool{rec.ID: true}
+	for _, m := range e.wl.GroupMembers(w.Group) {
+		if m.ID == rec.ID {
+			continue
+		}
+		if m.GroupPid != rec.GroupPid || m.GroupStart != rec.GroupStart {
+			return nil, fmt.Errorf("members %s and %s of ipc group %s run under different group inits: %w", rec.Name, m.Name, w.Group, api.ErrNotMovable)
+		}
+		recs = append(recs, m)
+		here[m.ID] = true
+	}
+	for _, o := range table.Workloads() {
+		if o.Group == w.Group && o.State != record.WorkloadExited && !here[o.ID] {
+			return nil, fmt.Errorf("member %s of its ipc group %s does not run here (the table has it %s on %s); "+
+				"a group moves whole: %w", o.Name, w.Group, o.State, o.Node, record.ErrGroupSplit)
+		}
+	}
+	return recs, nil
+}
+
+// journal is what this source keeps on disk about the migration.
+func (s *sourceRun) journal() journal {
+	return journal{ID: s.id, Role: roleSource, Source: s.e.self, Epoch: s.epoch, Shared: s.shared,
+		GroupShared: s.groupShared, Records: s.recs}
 }
 
 func (s *sourceRun) event(ev api.MoveEvent) {
@@ -170,24 +211,32 @@ func (s *sourceRun) run(ctx context.Context) error {
 	// The target learns the migration and says whether it sees this node's workload dir
 	// (a token file only this node wrote), so neither side copies files onto themselves
 	// nor removes files the other uses.
-	token := newMigrationID()
 	wdir := s.e.wl.Dir(s.w.ID)
-	tokenFile := filepath.Join(wdir, ".migration-"+s.id)
-	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", tokenFile, err)
+	req := PrepareRequest{Records: s.recs, Dir: wdir, Token: newMigrationID()}
+	tokens := map[string]string{wdir: req.Token}
+	if gdir := s.recs[0].GroupDir; gdir != "" {
+		req.GroupToken = newMigrationID()
+		tokens[gdir] = req.GroupToken
 	}
-	cctx, cancel := context.WithTimeout(ctx, stepTimeout)
-	prep, err := s.remote.Prepare(cctx, s.id, PrepareRequest{Record: s.rec, Dir: wdir, Token: token})
-	cancel()
-	os.Remove(tokenFile)
+	prep, err := func() (PrepareResult, error) {
+		for dir, tok := range tokens {
+			file := filepath.Join(dir, ".migration-"+s.id)
+			defer os.Remove(file)
+			if err := os.WriteFile(file, []byte(tok), 0o600); err != nil {
+				return PrepareResult{}, fmt.Errorf("write %s: %w", file, err)
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, stepTimeout)
+		defer cancel()
+		return s.remote.Prepare(cctx, s.id, req)
+	}()
 	if err != nil {
 		return fmt.Errorf("prepare %s: %w", s.target.ID, err)
 	}
-	s.shared = prep.Shared
-	if s.shared {
-		// Recovery must know the workload dir is not this node's alone.
-		if err := s.e.saveJournal(journal{ID: s.id, Role: roleSource, Source: s.e.self, Epoch: s.epoch,
-			Shared: true, Record: s.rec}); err != nil {
+	s.shared, s.groupShared = prep.Shared, prep.GroupShared
+	if s.shared || s.groupShared {
+		// Recovery must know which dirs are not this node's alone.
+		if err := s.e.saveJournal(s.journal()); err != nil {
 			return fmt.Errorf("write the migration journal: %w", err)
 		}
 	}
@@ -207,8 +256,8 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 		return err
 	}
 	policy := migrate.PrecopyPolicy{MaxDowntime: time.Duration(s.req.MaxDowntimeMS) * time.Millisecond, MaxRounds: s.req.MaxRounds}
-	initPid := s.rec.InitPid
-	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(initPid) })
+	root := s.root
+	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(root) })
 	var rate float64 // best bytes/s seen on the wire
 	var prevChanged int64
 	for round := 1; ; round++ {
@@ -268,7 +317,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	images := filepath.Join(s.dir, "images")
 	s.frozen = true
 	t0 := time.Now()
-	dump, err := s.e.criu.Dump(fctx, migrate.DumpOptions{Pid: s.rec.InitPid, ImagesDir: images,
+	dump, err := s.e.criu.Dump(fctx, migrate.DumpOptions{Pid: s.root, ImagesDir: images,
 		WorkDir: filepath.Join(s.dir, "work"), LeaveStopped: true})
 	if err != nil {
 		return fmt.Errorf("dump: %w", err)
@@ -284,7 +333,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	cancel()
 	fctx, cancel = context.WithTimeout(ctx, migrate.FreezeBudget(dump.ImageBytes))
 	defer cancel()
-	digests, err := workload.QuickDigestSegments(s.rec.InitPid)
+	digests, err := workload.QuickDigestSegments(s.root)
 	if err != nil {
 		return fmt.Errorf("digest segments at the freeze: %w", err)
 	}
@@ -355,7 +404,7 @@ func (s *sourceRun) finish(frozenAt time.Time) {
 		s.log.Warn("target did not confirm the resume; it resumes from the record when it can", "err", err)
 	}
 	s.stats.FrozenNS = int64(time.Since(frozenAt))
-	s.e.wl.Release(s.w.ID, !s.shared)
+	s.e.wl.Release(s.w.Group, s.journal().ids(), !s.shared, !s.groupShared)
 	os.Remove(s.e.sourceJournalPath(s.id))
 	s.stats.TotalNS = int64(time.Since(s.start))
 	if err := s.e.table.Apply(ctx, shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: s.id, Stats: s.stats}); err != nil {
@@ -395,7 +444,7 @@ func (s *sourceRun) fail(cause error) error {
 		s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
 	}
 	if s.frozen {
-		if err := migrate.ResumeTree(s.rec.InitPid); err != nil {
+		if err := migrate.ResumeTree(s.root); err != nil {
 			s.log.Error("resume the source tree after an abort", "err", err)
 		}
 	}
@@ -450,26 +499,28 @@ func (e *Engine) leaderRecord(ctx context.Context, id string) (record.Migration,
 	return e.table.Table().Migration(id)
 }
 
-// shipFiles copies the workload's log files to the target (separate filesystems only).
+// shipFiles copies the members' log files to the target (separate filesystems only).
 func (s *sourceRun) shipFiles(ctx context.Context) error {
-	for _, name := range []string{supervisor.StdoutFile, supervisor.StderrFile} {
-		f, err := os.Open(filepath.Join(s.e.wl.Dir(s.w.ID), name))
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		err = s.remote.File(ctx, s.id, name, f)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("ship %s: %w", name, err)
+	for _, rec := range s.recs {
+		for _, name := range []string{supervisor.StdoutFile, supervisor.StderrFile} {
+			f, err := os.Open(filepath.Join(s.e.wl.Dir(rec.ID), name))
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			err = s.remote.File(ctx, s.id, rec.ID, name, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("ship %s of %s: %w", name, rec.Name, err)
+			}
 		}
 	}
 	return nil
 }
 
-// treePids returns the host pids of the workload tree rooted at initPid.
+// treePids returns the host pids of the tree rooted at initPid.
 func treePids(initPid int) ([]int, error) {
 	procs, _, err := workload.ReadAll("/proc")
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -103,8 +104,8 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 	if err != nil {
 		return PrepareResult{}, err
 	}
-	if req.Record.ID != mg.Workload {
-		return PrepareResult{}, fmt.Errorf("migration %s moves %s, not %s: %w", id, mg.Workload, req.Record.ID, api.ErrBadRequest)
+	if err := sameMembers(mg, req.Records); err != nil {
+		return PrepareResult{}, fmt.Errorf("migration %s: %w", id, err)
 	}
 	dir := filepath.Join(e.cfg.ImageDir, "in-"+id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -116,21 +117,37 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 		return PrepareResult{}, err
 	}
 	shared := false
-	if want := filepath.Join(e.cfg.WorkloadDir, req.Record.ID); want == req.Dir && req.Token != "" {
-		b, err := os.ReadFile(filepath.Join(want, ".migration-"+id))
-		shared = err == nil && string(b) == req.Token
+	if want := filepath.Join(e.cfg.WorkloadDir, req.Records[0].ID); want == req.Dir {
+		shared = hasToken(want, id, req.Token)
 	}
-	rec := req.Record
-	rec.Node = e.self
-	rec.InitPid, rec.InitStart = 0, 0
-	j := journal{ID: id, Role: roleTarget, Source: mg.Source, Epoch: mg.Epoch, Shared: shared, Record: rec}
+	gdir := req.Records[0].GroupDir
+	groupShared := hasToken(gdir, id, req.GroupToken)
+	recs := make([]supervisor.Record, len(req.Records))
+	for i, rec := range req.Records {
+		rec.Node = e.self
+		rec.InitPid, rec.InitStart, rec.GroupPid, rec.GroupStart = 0, 0, 0, 0
+		recs[i] = rec
+	}
+	j := journal{ID: id, Role: roleTarget, Source: mg.Source, Epoch: mg.Epoch, Shared: shared, GroupShared: groupShared, Records: recs}
 	if err := e.saveJournal(j); err != nil {
 		store.Close()
 		os.RemoveAll(dir)
 		return PrepareResult{}, err
 	}
-	if !shared {
-		if err := os.MkdirAll(filepath.Join(e.cfg.WorkloadDir, rec.ID), 0o700); err != nil {
+	// The restored tree reopens its members' logs and finds its group dir at the paths
+	// it had.
+	var mkdirs []string
+	if gdir != "" && !groupShared {
+		mkdirs = append(mkdirs, gdir)
+	}
+	for _, rec := range recs {
+		if !shared {
+			mkdirs = append(mkdirs, filepath.Join(e.cfg.WorkloadDir, rec.ID))
+		}
+	}
+	for _, d := range mkdirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			store.Close()
 			return PrepareResult{}, err
 		}
 	}
@@ -142,9 +159,39 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 	}
 	e.targets[id] = &targetState{j: j, dir: dir, store: store}
 	e.mu.Unlock()
-	e.log.Info("incoming migration", "migration", id, "workload", rec.Name, "peer", mg.Source, "shared_dir", shared)
+	e.log.Info("incoming migration", "migration", id, "workload", recs[0].Name, "members", len(recs), "peer", mg.Source,
+		"shared_dir", shared, "shared_group_dir", groupShared)
 	faults.At("target-prepared")
-	return PrepareResult{Shared: shared}, nil
+	return PrepareResult{Shared: shared, GroupShared: groupShared}, nil
+}
+
+// sameMembers checks that recs are the records of the workloads migration mg moves, in
+// its order.
+func sameMembers(mg record.Migration, recs []supervisor.Record) error {
+	want := mg.Moves()
+	if len(recs) != len(want) {
+		return fmt.Errorf("it moves %d workloads, the request names %d: %w", len(want), len(recs), api.ErrBadRequest)
+	}
+	for i, rec := range recs {
+		if rec.ID != want[i] {
+			return fmt.Errorf("it moves %s, not %s: %w", want[i], rec.ID, api.ErrBadRequest)
+		}
+		alone := rec.NSPid == 1 && rec.GroupDir == "" && len(recs) == 1
+		if !alone && (rec.NSPid <= 1 || !filepath.IsAbs(rec.GroupDir) || rec.GroupDir != recs[0].GroupDir) {
+			return fmt.Errorf("the record of %s names neither a workload alone nor a member of a group tree: %w", rec.ID, api.ErrBadRequest)
+		}
+	}
+	return nil
+}
+
+// hasToken reports whether dir holds the token file of migration id with content token:
+// then the target sees the source's very dir.
+func hasToken(dir, id, token string) bool {
+	if token == "" {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, ".migration-"+id))
+	return err == nil && string(b) == token
 }
 
 // Pages takes one pre-copy round of migration id.
@@ -164,9 +211,9 @@ func (e *Engine) Pages(ctx context.Context, caller, id string, pages io.Reader) 
 	return PagesResult{Pages: n}, nil
 }
 
-// File takes one of the workload's own files (its logs) when the nodes do not share
-// the workload dir.
-func (e *Engine) File(ctx context.Context, caller, id, name string, content io.Reader) error {
+// File takes one of a member's own files (its logs) when the nodes do not share the
+// workload dir.
+func (e *Engine) File(ctx context.Context, caller, id, wl, name string, content io.Reader) error {
 	t, err := e.open(ctx, caller, id)
 	if err != nil {
 		return err
@@ -174,10 +221,13 @@ func (e *Engine) File(ctx context.Context, caller, id, name string, content io.R
 	if name != supervisor.StdoutFile && name != supervisor.StderrFile {
 		return fmt.Errorf("files: %q is not a workload file: %w", name, api.ErrBadRequest)
 	}
+	if !slices.Contains(t.j.ids(), wl) {
+		return fmt.Errorf("files: migration %s does not move workload %q: %w", id, wl, api.ErrBadRequest)
+	}
 	if t.j.Shared {
 		return nil // the very same file
 	}
-	if err := atomicfile.WriteFrom(filepath.Join(e.cfg.WorkloadDir, t.j.Record.ID, name), content, 0o600); err != nil {
+	if err := atomicfile.WriteFrom(filepath.Join(e.cfg.WorkloadDir, wl, name), content, 0o600); err != nil {
 		return fmt.Errorf("receive %s: %w", name, err)
 	}
 	return nil
@@ -231,9 +281,8 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)
 	}
 	t.proc = workload.Attach(res.Pid)
-	st, err := workload.StartTime("/proc", res.Pid)
+	err = e.findMembers(t, res.Pid)
 	if err == nil {
-		t.j.Record.InitPid, t.j.Record.InitStart = res.Pid, st
 		err = e.saveJournal(t.j)
 	}
 	if err != nil {
@@ -245,6 +294,30 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 	e.log.Info("restored, stopped until the commit", "migration", id, "pid", res.Pid, "took", time.Since(start))
 	faults.At("target-restored")
 	return RestoreResult{Pid: res.Pid, RestoreNS: int64(time.Since(start))}, nil
+}
+
+// findMembers fills in the host pids of the restored group init (pid) and of its
+// members, found by the pids they have in the group's PID namespace.
+func (e *Engine) findMembers(t *targetState, pid int) error {
+	st, err := workload.StartTime("/proc", pid)
+	if err != nil {
+		return err
+	}
+	procs, _, err := workload.ReadAll("/proc")
+	if err != nil {
+		return err
+	}
+	for i := range t.j.Records {
+		rec := &t.j.Records[i]
+		m := workload.Member{Pid: pid, NSPid: 1, Start: st} // a workload alone: the init is its own
+		if rec.NSPid != 1 {
+			if m, err = workload.MemberByNSPid(procs, pid, rec.NSPid); err != nil {
+				return fmt.Errorf("member %s: %w", rec.Name, err)
+			}
+		}
+		rec.InitPid, rec.InitStart, rec.GroupPid, rec.GroupStart = m.Pid, m.Start, pid, st
+	}
+	return nil
 }
 
 // Resume resumes the restored tree of migration id once the table says it is done.
@@ -300,17 +373,17 @@ func (e *Engine) resumeTarget(id string) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	rec := t.j.Record
-	if rec.InitPid == 0 {
+	root, _ := t.j.root()
+	if root == 0 {
 		return fmt.Errorf("migration %s is done but %s never restored it: %w", id, e.self, api.ErrNotRunning)
 	}
-	if err := e.wl.Adopt(rec, t.proc); err != nil {
+	if err := e.wl.Adopt(t.j.Records, t.proc); err != nil {
 		return fmt.Errorf("adopt the restored tree of migration %s: %w", id, err)
 	}
-	if err := migrate.ResumeTree(rec.InitPid); err != nil {
+	if err := migrate.ResumeTree(root); err != nil {
 		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
 	}
-	e.log.Info("moved workload runs here", "migration", id, "workload", rec.Name, "pid", rec.InitPid)
+	e.log.Info("moved workload runs here", "migration", id, "workload", t.j.Records[0].Name, "members", len(t.j.Records), "pid", root)
 	e.closeTarget(id, t)
 	return nil
 }
@@ -331,9 +404,9 @@ func (e *Engine) abortTarget(id string) error {
 	case t.proc != nil:
 		_ = t.proc.Kill()
 		_, _ = t.proc.Wait()
-	case t.j.Record.InitPid != 0:
+	case t.j.Records[0].GroupPid != 0:
 		// Restored by an earlier run of this daemon: no longer our child.
-		if w, err := workload.WatchProcess(t.j.Record.InitPid, t.j.Record.InitStart); err == nil {
+		if w, err := workload.WatchProcess(t.j.root()); err == nil {
 			_ = w.Signal(unix.SIGKILL)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_ = w.Wait(ctx)
@@ -342,10 +415,15 @@ func (e *Engine) abortTarget(id string) error {
 		}
 	}
 	t.proc = nil
-	if !t.j.Shared {
-		os.RemoveAll(filepath.Join(e.cfg.WorkloadDir, t.j.Record.ID))
+	for _, rec := range t.j.Records {
+		if !t.j.Shared {
+			os.RemoveAll(filepath.Join(e.cfg.WorkloadDir, rec.ID))
+		}
 	}
-	e.log.Info("aborted migration cleaned up", "migration", id, "workload", t.j.Record.Name)
+	if gdir := t.j.Records[0].GroupDir; gdir != "" && !t.j.GroupShared {
+		os.RemoveAll(gdir)
+	}
+	e.log.Info("aborted migration cleaned up", "migration", id, "workload", t.j.Records[0].Name)
 	e.closeTarget(id, t)
 	return nil
 }

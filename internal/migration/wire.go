@@ -20,7 +20,7 @@ const (
 	PathCheck   = "/peer/v1/migrations/target-check"
 	PathPrepare = "/peer/v1/migrations/{id}/prepare"
 	PathPages   = "/peer/v1/migrations/{id}/pages"  // body: a pre-copy round's page stream
-	PathFiles   = "/peer/v1/migrations/{id}/files"  // ?name=FILE; body: the file
+	PathFiles   = "/peer/v1/migrations/{id}/files"  // ?workload=ID&name=FILE; body: the file
 	PathImages  = "/peer/v1/migrations/{id}/images" // body: the image stream
 	PathRestore = "/peer/v1/migrations/{id}/restore"
 	PathResume  = "/peer/v1/migrations/{id}/resume"
@@ -43,14 +43,19 @@ type TargetCheckResult struct {
 
 // PrepareRequest opens a migration on the target.
 type PrepareRequest struct {
-	Record supervisor.Record `json:"record"` // the source's record of the workload
-	Dir    string            `json:"dir"`    // the source's workload dir of it
-	Token  string            `json:"token"`  // content of Dir/.migration-ID, if the target can read it the dir is shared
+	// Records are the source's records of the group's members, the one the move was
+	// asked for first.
+	Records []supervisor.Record `json:"records"`
+	Dir     string              `json:"dir"`   // the source's workload dir of Records[0]
+	Token   string              `json:"token"` // content of Dir/.migration-ID, if the target can read it the dir is shared
+	// GroupToken is the content of the group dir's .migration-ID: the same test for it.
+	GroupToken string `json:"group_token"`
 }
 
-// PrepareResult says whether the target sees the source's workload dir.
+// PrepareResult says whether the target sees the source's workload dir and group dir.
 type PrepareResult struct {
-	Shared bool `json:"shared"`
+	Shared      bool `json:"shared"`
+	GroupShared bool `json:"group_shared"`
 }
 
 // PagesResult is the target's receipt of a pre-copy round.
@@ -81,7 +86,7 @@ type Remote interface {
 	Check(ctx context.Context, req TargetCheckRequest) (TargetCheckResult, error)
 	Prepare(ctx context.Context, id string, req PrepareRequest) (PrepareResult, error)
 	Pages(ctx context.Context, id string, pages io.Reader) (PagesResult, error)
-	File(ctx context.Context, id, name string, content io.Reader) error
+	File(ctx context.Context, id, workload, name string, content io.Reader) error
 	Images(ctx context.Context, id string, images io.Reader) (ImagesResult, error)
 	Restore(ctx context.Context, id string, req RestoreRequest) (RestoreResult, error)
 	Resume(ctx context.Context, id string) error
@@ -111,8 +116,8 @@ func (r clientRemote) Pages(ctx context.Context, id string, pages io.Reader) (Pa
 	return res, r.c.Upload(ctx, path(PathPages, id), pages, &res)
 }
 
-func (r clientRemote) File(ctx context.Context, id, name string, content io.Reader) error {
-	return r.c.Upload(ctx, path(PathFiles, id)+"?"+url.Values{"name": {name}}.Encode(), content, nil)
+func (r clientRemote) File(ctx context.Context, id, workload, name string, content io.Reader) error {
+	return r.c.Upload(ctx, path(PathFiles, id)+"?"+url.Values{"workload": {workload}, "name": {name}}.Encode(), content, nil)
 }
 
 func (r clientRemote) Images(ctx context.Context, id string, images io.Reader) (ImagesResult, error) {

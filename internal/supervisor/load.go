@@ -91,7 +91,7 @@ func (s *Supervisor) Load(now time.Time) (record.LoadVector, map[string]record.W
 			continue
 		}
 		n++
-		if tree, err := workload.FindTree(procs, l.rec.InitPid); err == nil {
+		if tree, err := workload.FindSubtree(procs, l.rec.InitPid); err == nil {
 			trees[l.rec.ID], pids[l.rec.ID] = tree, tree.Pids()
 		}
 	}

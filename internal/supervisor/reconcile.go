@@ -55,7 +55,7 @@ func (s *Supervisor) reconcile(ctx context.Context) {
 			continue
 		}
 		want := l.rec.workload()
-		if tree, err := workload.FindTree(procs, l.rec.InitPid); err == nil {
+		if tree, err := workload.FindSubtree(procs, l.rec.InitPid); err == nil {
 			want.Pids = tree.Pids()
 		}
 		g.livePid = l.rec.InitPid

@@ -6,6 +6,7 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -44,21 +45,29 @@ const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 // Record is what a node keeps on disk about a workload it runs, so that a restarted
 // daemon finds its workloads again (they outlive the daemon).
 type Record struct {
-	ID        string   `json:"id"`
-	Name      string   `json:"name"`
-	Group     string   `json:"group"`
-	Node      string   `json:"node"`
-	Args      []string `json:"args"`
-	InitPid   int      `json:"init_pid"`
-	InitStart uint64   `json:"init_start"` // start time in ticks: pid + start name one process
-	StartedAt int64    `json:"started_at"`
+	ID    string   `json:"id"`
+	Name  string   `json:"name"`
+	Group string   `json:"group"`
+	Node  string   `json:"node"`
+	Args  []string `json:"args"`
+	// InitPid is the host pid of the workload's member init, the root of its subtree;
+	// NSPid its pid in the group's PID namespace, which a migration keeps.
+	InitPid   int    `json:"init_pid"`
+	InitStart uint64 `json:"init_start"` // start time in ticks: pid + start name one process
+	NSPid     int    `json:"ns_pid"`
+	// GroupPid is the host pid of the group init (PID 1 of the group's namespaces),
+	// GroupDir its request directory.
+	GroupPid   int    `json:"group_pid"`
+	GroupStart uint64 `json:"group_start"`
+	GroupDir   string `json:"group_dir"`
+	StartedAt  int64  `json:"started_at"`
 }
 
 // localWL is a workload running (or run) on this node.
 type localWL struct {
 	rec    Record
 	watch  *workload.Watch   // nil once exited or if it was gone at re-attach
-	proc   *workload.Process // non-nil if this daemon started it (it must reap it)
+	proc   *workload.Process // a workload alone whose init this daemon started or restored: it must reap it
 	exited chan struct{}     // closed when the init is gone
 	status int               // exit status once exited; -1 if unknown (init killed, no record)
 	at     int64             // exit time, unix nanos
@@ -104,9 +113,12 @@ type Supervisor struct {
 	dir      string
 	initPath string
 
-	mu   sync.Mutex
-	wl   map[string]*localWL
-	kick chan struct{} // a reconcile is due now
+	mu     sync.Mutex
+	wl     map[string]*localWL
+	groups map[string]*localGroup // by group name: the inits of groups running here
+	kick   chan struct{}          // a reconcile is due now
+	// groupMu serialises joining groups, so that two runs into a new group start one init.
+	groupMu sync.Mutex
 
 	ctx    context.Context // ends when Run returns; watchers end with it
 	cancel context.CancelFunc
@@ -119,7 +131,7 @@ type Supervisor struct {
 // Run follows them.
 func New(cfg Config, table Table) (*Supervisor, error) {
 	s := &Supervisor{cfg: cfg, table: table, log: cfg.Log.With("component", "supervisor"), dir: cfg.Dir,
-		wl: map[string]*localWL{}, kick: make(chan struct{}, 1)}
+		wl: map[string]*localWL{}, groups: map[string]*localGroup{}, kick: make(chan struct{}, 1)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
 	if s.initPath, err = installInit(cfg.InitDir); err != nil {
@@ -161,6 +173,9 @@ func (s *Supervisor) reattach() error {
 			close(l.exited)
 		} else if w, err := workload.WatchProcess(rec.InitPid, rec.InitStart); err == nil {
 			l.watch = w
+			if err := s.attachGroup(rec, nil); err != nil {
+				s.log.Warn("workload runs but its group init is gone", "workload", rec.Name, "err", err)
+			}
 			s.log.Info("re-attached to workload", "workload", rec.Name, "pid", rec.InitPid)
 		} else {
 			l.status, l.at = -1, time.Now().UnixNano()
@@ -168,6 +183,12 @@ func (s *Supervisor) reattach() error {
 			s.log.Warn("workload ended while the daemon was down and left no exit status", "workload", rec.Name, "pid", rec.InitPid)
 		}
 		s.wl[rec.ID] = l
+	}
+	// The directory of a group that ended while the daemon was down goes.
+	for _, l := range s.wl {
+		if d := l.rec.GroupDir; d != "" && s.groups[l.rec.Group] == nil {
+			os.RemoveAll(d)
+		}
 	}
 	return nil
 }
@@ -224,17 +245,17 @@ func (s *Supervisor) follow(l *localWL) {
 			s.mu.Unlock()
 			return
 		}
-		status := -1
+		// The init records the status; one killed before it could is known from wait
+		// if this daemon is its parent, else unknown (-1) unless Stop recorded its kill.
+		status, at := -1, time.Now().UnixNano()
 		if l.proc != nil {
 			if ps, err := l.proc.Wait(); err == nil {
 				status = exitCode(ps.Sys().(syscall.WaitStatus))
 			}
 		}
-		at := time.Now().UnixNano()
 		if ex, err := workload.ReadExitStatus(s.path(l.rec.ID, exitFile)); err == nil {
 			status, at = ex.Status, ex.At
 		} else if status >= 0 {
-			// The init was killed before it could record the status; keep what wait saw.
 			_ = atomicfile.Write(s.path(l.rec.ID, exitFile), mustJSON(workload.ExitRecord{Status: status, At: at}), 0o600)
 		}
 		l.watch.Close()
@@ -299,14 +320,8 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 				req.Name, w.ID, w.Node, record.ErrExists)
 		}
 	}
-	group, ipcns := id, ""
-	if req.Group != "" {
-		group = req.Group
-		var err error
-		if ipcns, err = s.groupIPCNS(table, group); err != nil {
-			return record.Workload{}, err
-		}
-	}
+	// A workload run without a group is a group of its own, named by its id.
+	group := cmp.Or(req.Group, id)
 	env := append([]string{defaultPath}, req.Env...)
 	dir := req.Dir
 	if dir == "" {
@@ -332,76 +347,67 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	if err := os.Mkdir(wdir, 0o700); err != nil {
 		return record.Workload{}, fmt.Errorf("run: %w", err)
 	}
-	p, err := workload.Start(workload.Spec{
-		Args: req.Args, Env: env, Dir: dir, Hostname: req.Name, IPCNS: ipcns,
+	spec := workload.Spec{
+		Args: req.Args, Env: env, Dir: dir,
 		Stdout: filepath.Join(wdir, StdoutFile), Stderr: filepath.Join(wdir, StderrFile),
-		StatusFile: filepath.Join(wdir, exitFile), InitPath: s.initPath, PidFile: pidFile,
-	})
+		StatusFile: filepath.Join(wdir, exitFile), PidFile: pidFile,
+	}
+	var rec Record
+	var proc *workload.Process
+	var err error
+	if req.Group == "" {
+		rec, proc, err = s.startAlone(spec, req.Name)
+	} else {
+		rec, err = s.joinGroup(ctx, table, group, spec)
+	}
 	if err != nil {
 		os.RemoveAll(wdir)
+		if code, _ := api.Code(err); code != "internal" {
+			return record.Workload{}, err
+		}
 		return record.Workload{}, fmt.Errorf("run %s: %v: %w", req.Args[0], err, api.ErrBadRequest)
 	}
+	watch, err := workload.WatchProcess(rec.InitPid, rec.InitStart)
+	if err != nil {
+		os.RemoveAll(wdir)
+		return record.Workload{}, fmt.Errorf("run: %w", err)
+	}
 	fail := func(err error) (record.Workload, error) {
-		_ = p.Kill()
-		_, _ = p.Wait()
+		_ = workload.KillTree(rec.InitPid)
+		if proc != nil {
+			_, _ = proc.Wait()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = watch.Wait(ctx)
+		cancel()
+		watch.Close()
 		os.RemoveAll(wdir)
 		return record.Workload{}, err
 	}
-	st, err := workload.StartTime("/proc", p.Pid)
-	if err != nil {
-		return fail(fmt.Errorf("run: %w", err))
-	}
-	watch, err := workload.WatchProcess(p.Pid, st)
-	if err != nil {
-		return fail(fmt.Errorf("run: %w", err))
-	}
 	if pidFile != "" {
-		if _, err := waitPidFile(ctx, p.Pid, watch, pidFile, pidFileTimeout); err != nil {
-			watch.Close()
+		if _, err := waitPidFile(ctx, rec.InitPid, watch, pidFile, pidFileTimeout); err != nil {
 			if tail := lastLines(filepath.Join(wdir, StderrFile), 3); tail != "" {
 				err = fmt.Errorf("%w; its stderr ends with:\n%s", err, tail)
 			}
 			return fail(err)
 		}
 	}
-	rec := Record{ID: id, Name: req.Name, Group: group, Node: s.cfg.Self, Args: req.Args,
-		InitPid: p.Pid, InitStart: st, StartedAt: time.Now().UnixNano()}
+	rec.ID, rec.Name, rec.Group, rec.Node, rec.Args, rec.StartedAt = id, req.Name, group, s.cfg.Self, req.Args, time.Now().UnixNano()
 	if err := atomicfile.Write(filepath.Join(wdir, recordFile), mustJSON(rec), 0o600); err != nil {
-		watch.Close()
 		return fail(fmt.Errorf("run: save record: %w", err))
 	}
 	w := rec.workload()
 	if err := s.table.Apply(ctx, shmowner.UpsertWorkloadType, shmowner.UpsertWorkloadRequest{Workload: w}); err != nil {
-		watch.Close()
 		return fail(fmt.Errorf("run: register workload: %w", err))
 	}
-	l := &localWL{rec: rec, watch: watch, proc: p, exited: make(chan struct{})}
+	l := &localWL{rec: rec, watch: watch, proc: proc, exited: make(chan struct{})}
 	s.mu.Lock()
 	s.wl[id] = l
 	s.follow(l)
 	s.mu.Unlock()
-	s.log.Info("workload started", "workload", rec.Name, "id", id, "pid", p.Pid, "group", group)
+	s.log.Info("workload started", "workload", rec.Name, "id", id, "pid", rec.InitPid, "group", group)
 	s.poke()
 	return w, nil
-}
-
-// groupIPCNS returns the IPC namespace (its /proc path) a new member of IPC group
-// joins: that of a running member, "" if the group has none yet. A group lives on one
-// node: a group running elsewhere is an error.
-func (s *Supervisor) groupIPCNS(table *shmowner.Table, group string) (string, error) {
-	for _, w := range table.Workloads() {
-		if w.Group != group || w.State == record.WorkloadExited {
-			continue
-		}
-		if w.Node != s.cfg.Self {
-			return "", fmt.Errorf("run: ipc group %s lives on node %s; run this workload there "+
-				"(`migshm --socket <that node's socket> run --ipc-group %s ...`): %w", group, w.Node, group, api.ErrBadRequest)
-		}
-		if l := s.get(w.ID); l != nil && !l.isExited() {
-			return fmt.Sprintf("/proc/%d/ns/ipc", l.rec.InitPid), nil
-		}
-	}
-	return "", nil
 }
 
 func (r Record) workload() record.Workload {
@@ -409,8 +415,8 @@ func (r Record) workload() record.Workload {
 		Group: r.Group, State: record.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt}
 }
 
-// stop sends SIGTERM to the workload (its init forwards it), then SIGKILL to the init
-// after timeout (the kernel then kills its whole PID namespace), and records the exit.
+// Stop sends SIGTERM to the workload (its member init forwards it as a service manager
+// does), then after timeout kills its whole subtree, and records the exit.
 func (s *Supervisor) Stop(ctx context.Context, id string, timeout time.Duration) (record.Workload, error) {
 	s.mu.Lock()
 	l := s.wl[id]
@@ -426,11 +432,15 @@ func (s *Supervisor) Stop(ctx context.Context, id string, timeout time.Duration)
 	case <-l.exited:
 	case <-time.After(timeout):
 		s.log.Warn("workload ignored SIGTERM; killing it", "workload", l.rec.Name, "after", timeout)
-		_ = l.watch.Signal(unix.SIGKILL)
+		// Killed, its init records no status: record the kill's.
+		if _, err := os.Stat(s.path(id, exitFile)); err != nil {
+			_ = atomicfile.Write(s.path(id, exitFile), mustJSON(workload.ExitRecord{Status: 128 + int(unix.SIGKILL), At: time.Now().UnixNano()}), 0o600)
+		}
+		_ = workload.KillTree(l.rec.InitPid)
 		select {
 		case <-l.exited:
 		case <-time.After(10 * time.Second):
-			return record.Workload{}, fmt.Errorf("stop %s: init %d survived SIGKILL for 10s", l.rec.Name, l.rec.InitPid)
+			return record.Workload{}, fmt.Errorf("stop %s: its init %d survived SIGKILL for 10s", l.rec.Name, l.rec.InitPid)
 		}
 	case <-ctx.Done():
 		return record.Workload{}, ctx.Err()
@@ -448,7 +458,7 @@ func (s *Supervisor) Stop(ctx context.Context, id string, timeout time.Duration)
 
 func (s *Supervisor) recordExit(ctx context.Context, l *localWL) error {
 	return s.table.Apply(ctx, shmowner.SetWorkloadStateType, shmowner.SetWorkloadStateRequest{
-		ID: l.rec.ID, State: record.WorkloadExited, ExitStatus: l.status, At: l.at})
+		ID: l.rec.ID, Node: s.cfg.Self, State: record.WorkloadExited, ExitStatus: l.status, At: l.at})
 }
 
 // remove forgets an exited workload: its table record and its files.
@@ -498,38 +508,9 @@ func (s *Supervisor) Running(id string) (Record, bool) {
 // Dir returns the directory of workload id: its record and its log files.
 func (s *Supervisor) Dir(id string) string { return filepath.Join(s.dir, id) }
 
-// release removes the copy of a workload that moved to another node: it kills the
-// (stopped) tree and forgets it without recording an exit. removeFiles removes its
-// workload dir too; not when the dir is shared with the node it moved to.
-func (s *Supervisor) Release(id string, removeFiles bool) {
-	s.mu.Lock()
-	l := s.wl[id]
-	delete(s.wl, id)
-	s.mu.Unlock()
-	if l == nil {
-		return
-	}
-	l.moved.Store(true)
-	if !l.isExited() && l.watch != nil {
-		_ = l.watch.Signal(unix.SIGKILL)
-		select {
-		case <-l.exited:
-		case <-time.After(10 * time.Second):
-			s.log.Error("the stopped copy of a moved workload survived SIGKILL for 10s", "workload", l.rec.Name, "pid", l.rec.InitPid)
-		}
-	}
-	if removeFiles {
-		if err := os.RemoveAll(filepath.Join(s.dir, id)); err != nil {
-			s.log.Warn("remove the files of a moved workload", "workload", l.rec.Name, "err", err)
-		}
-	}
-	s.log.Info("workload moved away; local copy removed", "workload", l.rec.Name, "pid", l.rec.InitPid)
-}
-
-// adopt takes over a workload restored on this node by a migration: it writes its
-// record (the workload dir is this node's from now on) and follows it. proc is the
-// restored init if this daemon is its parent (nil after a restart).
-func (s *Supervisor) Adopt(rec Record, proc *workload.Process) error {
+// adopt takes over one member of a group restored here (see Adopt); proc is its init
+// if it is a workload alone and this daemon its parent.
+func (s *Supervisor) adopt(rec Record, proc *workload.Process) error {
 	s.mu.Lock()
 	if l := s.wl[rec.ID]; l != nil && !l.isExited() {
 		s.mu.Unlock()
@@ -541,7 +522,7 @@ func (s *Supervisor) Adopt(rec Record, proc *workload.Process) error {
 	s.mu.Unlock()
 	watch, err := workload.WatchProcess(rec.InitPid, rec.InitStart)
 	if err != nil {
-		return fmt.Errorf("the restored init %d is gone: %w", rec.InitPid, err)
+		return fmt.Errorf("the restored init %d of %s is gone: %w", rec.InitPid, rec.Name, err)
 	}
 	if err := os.MkdirAll(filepath.Join(s.dir, rec.ID), 0o700); err != nil {
 		watch.Close()
@@ -559,7 +540,6 @@ func (s *Supervisor) Adopt(rec Record, proc *workload.Process) error {
 	s.wl[rec.ID] = l
 	s.follow(l)
 	s.mu.Unlock()
-	s.poke()
 	return nil
 }
 

@@ -194,13 +194,24 @@ var (
 func Parse(expr string) (Expr, error) {
 	var e Expr
 	s := scanner{src: expr}
+	depth := 0 // of parentheses
 	for {
 		s.space()
 		if s.eof() {
+			if depth != 0 {
+				return e, fmt.Errorf("%q: %d unclosed (", expr, depth)
+			}
 			return e, nil
 		}
 		c := s.peek()
 		switch {
+		case c == '(' || c == ')':
+			if c == '(' {
+				depth++
+			} else if depth--; depth < 0 {
+				return e, fmt.Errorf("%q: ) without ( at offset %d", expr, s.pos)
+			}
+			s.pos++
 		case c == '"' || c == '\'' || c == '`':
 			if err := s.str(&e); err != nil {
 				return e, err
@@ -253,7 +264,7 @@ func Parse(expr string) (Expr, error) {
 				}
 				e.Selectors = append(e.Selectors, sel)
 			}
-		case strings.IndexByte("(),+-*/%^=!<>@", c) >= 0:
+		case strings.IndexByte(",+-*/%^=!<>@", c) >= 0:
 			s.pos++
 		case c == '#': // a comment, to the end of the line
 			for !s.eof() && s.peek() != '\n' {

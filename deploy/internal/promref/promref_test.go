@@ -37,7 +37,7 @@ func TestParse(t *testing.T) {
 				tt.want, tt.grouping, tt.vars)
 		}
 	}
-	for _, bad := range []string{`{__name__="up"}`, `m{x="y"`, `m{x}`, `m{x=y}`, `sum by (x`, `m["5m"`, `"open`, `m{x="$"}`} {
+	for _, bad := range []string{`{__name__="up"}`, `m{x="y"`, `m{x}`, `m{x=y}`, `sum by (x`, `m["5m"`, `"open`, `m{x="$"}`, `sum(rate(m[5m])`, `m)`} {
 		if e, err := Parse(bad); err == nil {
 			t.Errorf("Parse(%q) = %+v, want an error", bad, e)
 		}

@@ -210,6 +210,38 @@ func TestGroupMovesAsOne(t *testing.T) {
 		t.Fatalf("after the move: %d running and %d stopped copies of the group, want 1 and 0", running, stopped)
 	}
 
+	// A group lives on one node: a member started into it elsewhere is refused.
+	if out, err := c.cli(n1, "run", "--name", "trio9", "--ipc-group", "trio", "--", "sleep", "100"); err == nil ||
+		!strings.Contains(err.Error(), "ipc group trio lives on node n2") {
+		t.Fatalf("run into trio on n1: %v\n%s", err, out)
+	}
+	// A workload run alone takes no members.
+	if _, err := c.cli(n1, "run", "--name", "alone", "--", "sleep", "100"); err != nil {
+		t.Fatal(err)
+	}
+	alone := c.workload(n1, "alone")
+	if out, err := c.cli(n1, "run", "--name", "joiner", "--ipc-group", alone.Group, "--", "sleep", "100"); err == nil ||
+		!strings.Contains(err.Error(), "runs alone (started without --ipc-group)") {
+		t.Fatalf("run into a workload alone: %v\n%s", err, out)
+	}
+	if _, err := c.cli(n1, "stop", "alone"); err != nil {
+		t.Fatal(err)
+	}
+	// A daemon that forks, calls setsid and forks again cannot move inside a group (CRIU
+	// restores its session only under the tree's init): check names it and why.
+	daemonScript := filepath.Join(src, "thirdparty", "shmdaemon.pl")
+	pidFile := filepath.Join(t.TempDir(), "pdg.pid")
+	if _, err := c.cli(n1, "run", "--name", "pdg", "--ipc-group", "pdgroup", "--pidfile", pidFile, "--",
+		"perl", daemonScript, pidFile, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.cli(n1, "check", "pdg", "n3"); err == nil || !strings.Contains(out+fmt.Sprint(err), "orphaned-session") {
+		t.Fatalf("check of a daemonized program in a group: %v\n%s", err, out)
+	}
+	if _, err := c.cli(n1, "stop", "pdg"); err != nil {
+		t.Fatal(err)
+	}
+
 	// By the balancer: n2 drains, and the group leaves it whole.
 	if out, err := c.cli(n1, "drain", "n2", "--timeout", "2m"); err != nil {
 		t.Fatalf("drain n2: %v\n%s", err, out)

@@ -36,6 +36,7 @@ import (
 const benchUsage = `usage: migshm-lab bench [--sizes 100,512,1024] [--rate 1gbit] [--dirty 5] [--runs 1]
                         [--prefix bench] [--keep] [--json] [--max-downtime D]
                         [--skip-baseline | --skip-migshm] [--dir /var/tmp] [--settle 3s]
+                        [--group N]
 
 Brings up two nodes on this machine (scripts/cluster up 2 --rate RATE --prefix P, one
 migshmd each) and, for every size, moves the shmbench workload (half private memory,
@@ -45,6 +46,8 @@ half SysV shm, dirtying --dirty % of its pages per second) from n1 to n2 twice:
             copied to n2 as a plain tar over one TCP connection through the throttled
             link, criu restore in n2's netns; downtime = total = dump start to restore done
   migshm    migshm run on n1, then migshm move --json WORKLOAD n2 (pre-copy, then freeze)
+  group     with --group N, also: the same total memory as an IPC group of N shmbench
+            members (migshm run --ipc-group), moved by one migshm move of one member
 
 and prints a table per size: downtime, total time, bytes on the wire, the ratios against
 the baseline of the same run, and migshm's rounds and dump/ship/restore split. Progress
@@ -68,6 +71,7 @@ type benchConfig struct {
 	SkipMigshm   bool          `json:"skip_migshm,omitempty"`
 	Dir          string        `json:"images_dir"`
 	Settle       time.Duration `json:"settle_ns"`
+	Group        int           `json:"group,omitempty"`
 	Root         string        `json:"-"`
 }
 
@@ -94,6 +98,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fset.BoolVar(&cfg.SkipMigshm, "skip-migshm", false, "do not measure migshm move (the cluster runs no daemons)")
 	fset.StringVar(&cfg.Dir, "dir", "/var/tmp", "where the baseline's images are dumped and copied to, as a user would (on disk)")
 	fset.DurationVar(&cfg.Settle, "settle", 3*time.Second, "how long the workload dirties memory before it is moved")
+	fset.IntVar(&cfg.Group, "group", 0, "also move the workload as an IPC group of this many members (0: not)")
 	fset.StringVar(&cfg.Root, "root", "", "the migshm checkout (scripts/cluster, bin/); default: found from the working directory")
 	if err := fset.Parse(args); err != nil {
 		return nil, err
@@ -121,6 +126,10 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 		return nil, fmt.Errorf("bench: --max-downtime %v: give at least 1ms (or 0 for migshm's default)", cfg.MaxDowntime)
 	case cfg.MaxDowntime > 0 && cfg.SkipMigshm:
 		return nil, errors.New("bench: --max-downtime is for migshm move, which --skip-migshm skips")
+	case cfg.Group < 0 || cfg.Group == 1 || cfg.Group > 16:
+		return nil, fmt.Errorf("bench: --group %d: give 2 to 16 members (or 0 for none)", cfg.Group)
+	case cfg.Group > 0 && cfg.SkipMigshm:
+		return nil, errors.New("bench: --group is moved by migshm, which --skip-migshm skips")
 	case cfg.Settle < 0:
 		return nil, fmt.Errorf("bench: --settle %v: must not be negative", cfg.Settle)
 	case !filepath.IsAbs(cfg.Dir):
@@ -251,6 +260,10 @@ type benchRun struct {
 	Baseline *measurement `json:"baseline,omitempty"`
 	Migshm   *measurement `json:"migshm,omitempty"`
 	Ratios   *ratios      `json:"ratios,omitempty"`
+	// Group is the same memory moved as an IPC group (--group); GroupRatios against the
+	// same baseline.
+	Group       *measurement `json:"group,omitempty"`
+	GroupRatios *ratios      `json:"group_ratios,omitempty"`
 }
 
 // sizeResult holds every run at one size and, with more than one run, the medians.
@@ -276,7 +289,7 @@ func (s *sizeResult) summarize() {
 		s.Median = nil
 		return
 	}
-	var bases, migs []measurement
+	var bases, migs, groups []measurement
 	for _, r := range s.Runs {
 		if r.Baseline != nil {
 			bases = append(bases, *r.Baseline)
@@ -284,9 +297,13 @@ func (s *sizeResult) summarize() {
 		if r.Migshm != nil {
 			migs = append(migs, *r.Migshm)
 		}
+		if r.Group != nil {
+			groups = append(groups, *r.Group)
+		}
 	}
-	med := &benchRun{Baseline: medianOf(bases), Migshm: medianOf(migs)}
+	med := &benchRun{Baseline: medianOf(bases), Migshm: medianOf(migs), Group: medianOf(groups)}
 	med.Ratios = compare(med.Baseline, med.Migshm)
+	med.GroupRatios = compare(med.Baseline, med.Group)
 	s.Median = med
 }
 
@@ -421,15 +438,19 @@ func writeTables(w io.Writer, rep *benchReport) error {
 			if r.Run == 0 {
 				label = "median"
 			}
-			for _, m := range []*measurement{r.Baseline, r.Migshm} {
+			for _, row := range []struct {
+				m  *measurement
+				rs *ratios
+			}{{r.Baseline, nil}, {r.Migshm, r.Ratios}, {r.Group, r.GroupRatios}} {
+				m := row.m
 				if m == nil {
 					continue
 				}
 				dx, tx, wx, rounds := "-", "-", "-", "-"
-				if m.Method == "migshm" {
+				if m.Method != "baseline" {
 					rounds = strconv.Itoa(m.Rounds)
-					if r.Ratios != nil {
-						dx, tx, wx = fmtRatio(r.Ratios.Downtime), fmtRatio(r.Ratios.Total), fmtRatio(r.Ratios.Wire)
+					if row.rs != nil {
+						dx, tx, wx = fmtRatio(row.rs.Downtime), fmtRatio(row.rs.Total), fmtRatio(row.rs.Wire)
 					}
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", label, m.Method,
@@ -471,6 +492,8 @@ baseline  criu dump (tree killed) in n1's netns to %s (disk; page cache, no fsyn
           sent as an uncompressed tar over one TCP connection n1 -> n2 through the throttled link
           into a directory on n2, criu restore in n2's netns from that copy
 migshm    migshm run on n1, then migshm move --json WORKLOAD n2 (--max-downtime: %s)
+group of N  (--group N) the same memory as N members of one IPC group, 1/N each, moved by one
+          migshm move of one member (one dump of the group's tree)
 workload  testdata/shmbench, moved after it dirtied memory for %v
 `, cfg.Dir, md, cfg.Settle)
 }
@@ -728,15 +751,24 @@ func runBench(ctx context.Context, cfg *benchConfig) (rep *benchReport, err erro
 				r.Baseline = m
 			}
 			if !cfg.SkipMigshm && ctx.Err() == nil {
-				m, err := b.moveWithMigshm(ctx, tag, sr, runNo)
+				m, err := b.moveWithMigshm(ctx, tag, sr, runNo, 1)
 				if err != nil {
 					b.logf("%s: migshm failed: %v", tag, err)
 					errs = append(errs, fmt.Errorf("%s: migshm: %w", tag, err))
 				}
 				r.Migshm = m
 			}
+			if cfg.Group > 0 && ctx.Err() == nil {
+				m, err := b.moveWithMigshm(ctx, tag, sr, runNo, cfg.Group)
+				if err != nil {
+					b.logf("%s: migshm group failed: %v", tag, err)
+					errs = append(errs, fmt.Errorf("%s: migshm group: %w", tag, err))
+				}
+				r.Group = m
+			}
 			r.Ratios = compare(r.Baseline, r.Migshm)
-			if r.Baseline != nil || r.Migshm != nil {
+			r.GroupRatios = compare(r.Baseline, r.Group)
+			if r.Baseline != nil || r.Migshm != nil || r.Group != nil {
 				sr.Runs = append(sr.Runs, r)
 			}
 		}
@@ -808,6 +840,13 @@ func (b *bench) clusterDown() error {
 func (b *bench) shmbenchArgs(s sizeResult) []string {
 	return []string{b.bins.ShmBench, "--private-mib", strconv.Itoa(s.PrivateMiB), "--shm-mib", strconv.Itoa(s.ShmMiB),
 		"--dirty-pct-per-sec", strconv.FormatFloat(b.cfg.Dirty, 'g', -1, 64)}
+}
+
+// memberArgs is shmbench as member i of a group of n sharing s's memory: 1/n of each
+// part (at least 1 MiB), a segment of its own key.
+func (b *bench) memberArgs(s sizeResult, i, n int) []string {
+	part := sizeResult{PrivateMiB: max(s.PrivateMiB/n, 1), ShmMiB: max(s.ShmMiB/n, 1)}
+	return append(b.shmbenchArgs(part), "--key", strconv.Itoa(0x4d494755+i))
 }
 
 // baseline moves the workload the way a user would script it without migshm.
@@ -1073,28 +1112,53 @@ func untar(r io.Reader, dst string) error {
 
 // moveWithMigshm starts the workload with migshm run on n1 and moves it to n2 with
 // migshm move --json.
-func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, runNo int) (*measurement, error) {
-	name := fmt.Sprintf("bench-%d-%d", s.TotalMiB, runNo)
-	sock := b.nodes[0].Socket
-	b.logf("%s: migshm: migshm run --name %s on n1", tag, name)
-	args := append([]string{"run", "--name", name, "--dir", "/", "--"}, b.shmbenchArgs(s)...)
-	if _, err := b.cli(ctx, sock, args...); err != nil {
-		return nil, err
+// moveWithMigshm runs the workload on n1 (as an IPC group of members shmbench members
+// when members > 1) and moves it to n2 with one migshm move.
+func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, runNo, members int) (*measurement, error) {
+	base := fmt.Sprintf("bench-%d-%d", s.TotalMiB, runNo)
+	names := []string{base}
+	method := "migshm"
+	if members > 1 {
+		method = fmt.Sprintf("group of %d", members)
+		names = nil
+		for i := range members {
+			names = append(names, fmt.Sprintf("%s-g%d", base, i))
+		}
 	}
+	sock := b.nodes[0].Socket
 	defer func() {
-		// Stop and forget it wherever it runs now, even if the bench was interrupted.
+		// Stop and forget them wherever they run now, even if the bench was interrupted.
 		cctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if _, err := b.cli(cctx, sock, "stop", "--timeout", "5s", name); err != nil {
-			b.logf("%s: migshm: stop %s: %v", tag, name, err)
-		}
-		if _, err := b.cli(cctx, sock, "rm", name); err != nil {
-			b.logf("%s: migshm: rm %s: %v", tag, name, err)
+		for _, name := range names {
+			if _, err := b.cli(cctx, sock, "stop", "--timeout", "5s", name); err != nil {
+				b.logf("%s: %s: stop %s: %v", tag, method, name, err)
+			}
+			if _, err := b.cli(cctx, sock, "rm", name); err != nil {
+				b.logf("%s: %s: rm %s: %v", tag, method, name, err)
+			}
 		}
 	}()
-	logs := func(ctx context.Context) ([]byte, error) { return b.cli(ctx, sock, "logs", name) }
-	if err := b.waitReady(ctx, logs); err != nil {
-		return nil, err
+	for i, name := range names {
+		b.logf("%s: %s: migshm run --name %s on n1", tag, method, name)
+		args := []string{"run", "--name", name, "--dir", "/", "--"}
+		if members > 1 {
+			args = append([]string{"run", "--name", name, "--dir", "/", "--ipc-group", base, "--"}, b.memberArgs(s, i, members)...)
+		} else {
+			args = append(args, b.shmbenchArgs(s)...)
+		}
+		if _, err := b.cli(ctx, sock, args...); err != nil {
+			return nil, err
+		}
+	}
+	name := names[0]
+	logsOf := func(name string) func(ctx context.Context) ([]byte, error) {
+		return func(ctx context.Context) ([]byte, error) { return b.cli(ctx, sock, "logs", name) }
+	}
+	for _, n := range names {
+		if err := b.waitReady(ctx, logsOf(n)); err != nil {
+			return nil, err
+		}
 	}
 
 	moveArgs := []string{"--socket", sock, "move", "--json"}
@@ -1102,7 +1166,7 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 		moveArgs = append(moveArgs, "--max-downtime", b.cfg.MaxDowntime.String())
 	}
 	moveArgs = append(moveArgs, name, b.nodes[1].ID)
-	b.logf("%s: migshm: migshm %s", tag, strings.Join(moveArgs, " "))
+	b.logf("%s: %s: migshm %s", tag, method, strings.Join(moveArgs, " "))
 	// A move that hangs must not hang the bench: far more than the link needs to carry the
 	// workload a few times over.
 	mctx, cancel := context.WithTimeout(ctx, 2*time.Minute+time.Duration(s.TotalMiB)*time.Second)
@@ -1120,7 +1184,7 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 	}
 	last, perr := parseMoveStream(out, func(ev api.MoveEvent) {
 		if d := describeEvent(ev); d != "" {
-			b.logf("%s: migshm: move: %s", tag, d)
+			b.logf("%s: %s: move: %s", tag, method, d)
 		}
 	})
 	_, _ = io.Copy(io.Discard, out)
@@ -1137,6 +1201,7 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 		return nil, fmt.Errorf("migshm move: %w (stderr: %s)", werr, strings.TrimSpace(stderr.String()))
 	}
 	m := fromSummary(last.Summary, wall)
+	m.Method = method
 
 	// It must run on n2 now, and go on running.
 	psOut, err := b.cli(ctx, sock, "ps", "--json")
@@ -1147,11 +1212,13 @@ func (b *bench) moveWithMigshm(ctx context.Context, tag string, s sizeResult, ru
 	if err := json.Unmarshal(psOut, &ws); err != nil {
 		return &m, fmt.Errorf("migshm ps --json: %w", err)
 	}
-	if err := checkMoved(ws, name, b.nodes[1].ID); err != nil {
-		return &m, err
-	}
-	if err := b.waitTicking(ctx, logs); err != nil {
-		return &m, fmt.Errorf("moved workload: %w", err)
+	for _, name := range names {
+		if err := checkMoved(ws, name, b.nodes[1].ID); err != nil {
+			return &m, err
+		}
+		if err := b.waitTicking(ctx, logsOf(name)); err != nil {
+			return &m, fmt.Errorf("moved workload %s: %w", name, err)
+		}
 	}
 	return &m, nil
 }

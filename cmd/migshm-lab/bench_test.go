@@ -101,13 +101,13 @@ func TestParseBenchFlags(t *testing.T) {
 	}
 
 	cfg, err = parseBenchFlags([]string{"--sizes", "64", "--rate", "100mbit", "--dirty", "2.5", "--runs", "3",
-		"--prefix", "b2", "--keep", "--json", "--max-downtime", "150ms", "--skip-baseline"}, io.Discard)
+		"--prefix", "b2", "--keep", "--json", "--max-downtime", "150ms", "--skip-baseline", "--group", "3"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = benchConfig{Sizes: []int{64}, Rate: "100mbit", RateBits: 1e8, Dirty: 2.5, Runs: 3, Prefix: "b2",
 		Keep: true, JSON: true, MaxDowntime: 150 * time.Millisecond, SkipBaseline: true, Dir: "/var/tmp",
-		Settle: 3 * time.Second}
+		Settle: 3 * time.Second, Group: 3}
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Errorf("parsed = %+v, want %+v", *cfg, want)
 	}
@@ -126,6 +126,9 @@ func TestParseBenchFlags(t *testing.T) {
 		{"--skip-migshm", "--max-downtime", "100ms"},
 		{"--dir", "var/tmp"},
 		{"--settle", "-1s"},
+		{"--group", "1"},
+		{"--group", "17"},
+		{"--skip-migshm", "--group", "3"},
 		{"extra"},
 		{"--no-such-flag"},
 	} {

@@ -273,6 +273,10 @@ type SetMigrationPhaseRequest struct {
 	Error string       `json:"error,omitempty"`
 	// Stats, if set, replaces the migration's figures.
 	Stats *record.MigrationStats `json:"stats,omitempty"`
+	// Placed, with PhaseDone, names the host pid of each moved workload's init on the
+	// target, so the table is right from the commit on (the target's reports then fill in
+	// the rest of its processes).
+	Placed map[string]int `json:"placed,omitempty"`
 }
 
 // SetMigrationStatsRequest replaces a migration's figures, in any phase.

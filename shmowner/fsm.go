@@ -379,6 +379,9 @@ func (t *Table) setMigrationPhase(r SetMigrationPhaseRequest) error {
 		for _, id := range m.Moves() {
 			if w, ok := t.workloads[id]; ok { // a workload with a migration in flight cannot be removed
 				w.Node = m.Target
+				if pid := r.Placed[id]; pid > 0 {
+					w.InitPid, w.Pids = pid, []int{pid}
+				}
 				if w.State == record.WorkloadMigrating {
 					w.State = record.WorkloadRunning
 				}

@@ -325,9 +325,12 @@ func TestApply(t *testing.T) {
 			cmd: plan("g2", "w4", "node-c", 1), want: record.ErrMigrationInFlight},
 		{name: "done moves every member", setup: []any{shmowner.PlanMigrationRequest{ID: "g1", Workload: "w3", Members: []string{"w3", "w4"}, Target: "node-b", Epoch: 1, At: 1000},
 			phase("g1", record.PhaseFrozen, 1), phase("g1", record.PhaseRestored, 1)},
-			cmd: phase("g1", record.PhaseDone, 1), check: func(t *testing.T, tb *shmowner.Table) {
-				for _, id := range []string{"w3", "w4"} {
-					if w := wantWorkload(t, tb, id); w.Node != "node-b" || w.State != record.WorkloadRunning {
+			cmd: shmowner.SetMigrationPhaseRequest{ID: "g1", Phase: record.PhaseDone, Epoch: 1, Placed: map[string]int{"w3": 900, "w4": 901}},
+			check: func(t *testing.T, tb *shmowner.Table) {
+				for i, id := range []string{"w3", "w4"} {
+					// The table names the inits the target restored from the commit on.
+					if w := wantWorkload(t, tb, id); w.Node != "node-b" || w.State != record.WorkloadRunning ||
+						w.InitPid != 900+i || !slices.Equal(w.Pids, []int{900 + i}) {
 						t.Errorf("%s = %+v", id, w)
 					}
 				}

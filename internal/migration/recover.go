@@ -67,7 +67,7 @@ func (e *Engine) recover(ctx context.Context) {
 			continue
 		}
 		if _, err := e.settle(mg.ID, mg.Epoch, record.PhaseAborted,
-			fmt.Sprintf("the source daemon on %s stopped during phase %s", e.self, mg.Phase), nil); err != nil {
+			fmt.Sprintf("the source daemon on %s stopped during phase %s", e.self, mg.Phase), nil, nil); err != nil {
 			e.log.Warn("cannot settle migration yet", "migration", mg.ID, "err", err)
 		}
 	}
@@ -99,7 +99,7 @@ func (e *Engine) recoverSource(ctx context.Context, table *shmowner.Table, id st
 		e.log.Warn("migration has no driver any more (this daemon restarted); rolling it back",
 			"migration", id, "workload", j.Records[0].Name, "phase", phase)
 		phase, err = e.settle(id, mg.Epoch, record.PhaseAborted,
-			fmt.Sprintf("the source daemon on %s stopped during phase %s", e.self, mg.Phase), nil)
+			fmt.Sprintf("the source daemon on %s stopped during phase %s", e.self, mg.Phase), nil, nil)
 		if err != nil {
 			e.log.Warn("cannot settle migration yet", "migration", id, "err", err)
 			return

@@ -47,9 +47,10 @@ type sourceRun struct {
 
 	stats       record.MigrationStats
 	pc          *migrate.Precopier
-	shared      bool // the target sees this node's workload dir (one host, shared filesystem)
-	groupShared bool // the target sees the group's request dir
-	frozen      bool // the tree may be stopped by a dump
+	shared      bool           // the target sees this node's workload dir (one host, shared filesystem)
+	groupShared bool           // the target sees the group's request dir
+	frozen      bool           // the tree may be stopped by a dump
+	placed      map[string]int // the members' init pids on the target, once restored
 }
 
 // Move starts moving workload w, which runs on this node, as req asks. It returns once
@@ -361,9 +362,11 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	}
 
 	t2 := time.Now()
-	if _, err := s.remote.Restore(fctx, s.id, RestoreRequest{Segments: digests}); err != nil {
+	res, err := s.remote.Restore(fctx, s.id, RestoreRequest{Segments: digests})
+	if err != nil {
 		return fmt.Errorf("restore on %s: %w", s.target.ID, err)
 	}
+	s.placed = res.Members
 	s.stats.RestoreNS = int64(time.Since(t2))
 	if err := s.phase(ctx, record.PhaseRestored); err != nil {
 		return err
@@ -383,7 +386,7 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 func (s *sourceRun) commit() error {
 	st := s.stats
 	st.TotalNS = int64(time.Since(s.start))
-	phase, err := s.e.settle(s.id, s.epoch, record.PhaseDone, "", &st)
+	phase, err := s.e.settle(s.id, s.epoch, record.PhaseDone, "", &st, s.placed)
 	if err != nil {
 		return err
 	}
@@ -425,7 +428,7 @@ func (s *sourceRun) fail(cause error) error {
 	s.log.Warn("migration failed; rolling back", "err", cause)
 	st := s.stats
 	st.TotalNS = int64(time.Since(s.start))
-	phase, err := s.e.settle(s.id, s.epoch, record.PhaseAborted, cause.Error(), &st)
+	phase, err := s.e.settle(s.id, s.epoch, record.PhaseAborted, cause.Error(), &st, nil)
 	if err != nil {
 		// Neither outcome could be recorded: leave both copies as they are (the source
 		// stopped, the target's stopped too); recovery settles it once the cluster has a
@@ -465,14 +468,14 @@ func (s *sourceRun) fail(cause error) error {
 // settle drives migration id to the terminal phase want (done or aborted) and returns
 // the terminal phase it has: want, or the other one if that was recorded first. It
 // keeps trying through elections; an error means it could not find out in time.
-func (e *Engine) settle(id string, epoch uint64, want record.Phase, reason string, st *record.MigrationStats) (record.Phase, error) {
+func (e *Engine) settle(id string, epoch uint64, want record.Phase, reason string, st *record.MigrationStats, placed map[string]int) (record.Phase, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
 	var last error
 	for {
 		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
 		err := e.table.Apply(actx, shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{
-			ID: id, Phase: want, Epoch: epoch, At: time.Now().UnixNano(), Error: reason, Stats: st})
+			ID: id, Phase: want, Epoch: epoch, At: time.Now().UnixNano(), Error: reason, Stats: st, Placed: placed})
 		acancel()
 		if err == nil {
 			return want, nil

@@ -293,7 +293,11 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 	}
 	e.log.Info("restored, stopped until the commit", "migration", id, "pid", res.Pid, "took", time.Since(start))
 	faults.At("target-restored")
-	return RestoreResult{Pid: res.Pid, RestoreNS: int64(time.Since(start))}, nil
+	members := make(map[string]int, len(t.j.Records))
+	for _, rec := range t.j.Records {
+		members[rec.ID] = rec.InitPid
+	}
+	return RestoreResult{Pid: res.Pid, RestoreNS: int64(time.Since(start)), Members: members}, nil
 }
 
 // findMembers fills in the host pids of the restored group init (pid) and of its

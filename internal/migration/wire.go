@@ -79,6 +79,8 @@ type RestoreRequest struct {
 type RestoreResult struct {
 	Pid       int   `json:"pid"`
 	RestoreNS int64 `json:"restore_ns"`
+	// Members is the host pid of each member's init in the restored tree, by workload id.
+	Members map[string]int `json:"members,omitempty"`
 }
 
 // Remote is the target side of migrations as the source sees it: one node.

@@ -164,6 +164,14 @@ func TestGroupMovesAsOne(t *testing.T) {
 		w := c.waitSettled(n1, name, "python3")
 		logs[name] = filepath.Join(c.wdir, w.ID, "stdout.log")
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for name, log := range logs {
+				b, _ := os.ReadFile(strings.TrimSuffix(log, "stdout.log") + "stderr.log")
+				t.Logf("---- %s stderr ----\n%s", name, tailLines(string(b), 20))
+			}
+		}
+	})
 	counting := func(where string) {
 		t.Helper()
 		at := map[string]int{}

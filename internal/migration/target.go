@@ -274,6 +274,12 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 		return RestoreResult{}, err
 	}
 	start := time.Now()
+	// The freeze made every semop blocked at the dump return EINTR; issue them again.
+	if n, err := migrate.RestartInterruptedSemop(filepath.Join(t.dir, "images")); err != nil {
+		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)
+	} else if n > 0 {
+		e.log.Info("semop calls the freeze interrupted will be issued again", "migration", id, "threads", n)
+	}
 	res, err := e.criu.Restore(ctx, migrate.RestoreOptions{
 		ImagesDir: filepath.Join(t.dir, "images"), WorkDir: filepath.Join(t.dir, "work"),
 		LeaveStopped: true, BeforeResume: migrate.VerifySegments(req.Segments)})

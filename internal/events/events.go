@@ -185,11 +185,13 @@ type Log struct {
 	start   int         // index in buf of the oldest event
 	last    uint64      // Seq of the newest event, 0 if none yet
 	changed chan struct{}
+	done    chan struct{} // closed by Close
+	once    sync.Once
 }
 
 // NewLog returns a Log that keeps the newest n events (n < 1: 1).
 func NewLog(n int) *Log {
-	return &Log{buf: make([]api.Event, 0, max(n, 1)), changed: make(chan struct{})}
+	return &Log{buf: make([]api.Event, 0, max(n, 1)), changed: make(chan struct{}), done: make(chan struct{})}
 }
 
 // Append numbers evs and adds them, dropping the oldest beyond the Log's size, and wakes
@@ -235,6 +237,13 @@ func (l *Log) Follow(seq uint64) ([]api.Event, <-chan struct{}) {
 	}
 	return out, l.changed
 }
+
+// Close tells the followers to stop following (Done): the daemon is going away.
+// Appending and listing still work.
+func (l *Log) Close() { l.once.Do(func() { close(l.done) }) }
+
+// Done is closed by Close.
+func (l *Log) Done() <-chan struct{} { return l.done }
 
 // Interval is how often the daemon's Watch reads the table.
 const Interval = 200 * time.Millisecond

@@ -246,3 +246,18 @@ func TestWatch(t *testing.T) {
 		t.Errorf("an unchanged table logged more events: %d", n)
 	}
 }
+
+func TestLogClose(t *testing.T) {
+	l := NewLog(2)
+	l.Close()
+	l.Close()
+	select {
+	case <-l.Done():
+	default:
+		t.Fatal("Done not closed after Close")
+	}
+	l.Append(evs("a")...)
+	if got := seqs(l.Since(0)); got != "1:a " {
+		t.Errorf("after Close Since(0) = %q", got)
+	}
+}

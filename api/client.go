@@ -345,3 +345,34 @@ func (c *Client) Balance(ctx context.Context, dryRun bool) (BalanceReport, error
 func (c *Client) LastBalance(ctx context.Context) (BalanceReport, error) {
 	return call[BalanceReport](ctx, c, http.MethodGet, "/v1/balance/last", nil)
 }
+
+// Events returns the table changes the node kept whose Seq is greater than since,
+// oldest first. Each node numbers its own events and keeps only its newest ones.
+func (c *Client) Events(ctx context.Context, since uint64) ([]Event, error) {
+	return call[[]Event](ctx, c, http.MethodGet, "/v1/events?since="+strconv.FormatUint(since, 10), nil)
+}
+
+// FollowEvents calls onEvent for each table change the node kept after since, then for
+// each new one as the node sees it, until ctx ends (it returns nil then) or the stream
+// breaks (an error: the node went away).
+func (c *Client) FollowEvents(ctx context.Context, since uint64, onEvent func(Event)) error {
+	resp, err := c.Open(ctx, http.MethodGet, "/v1/events?follow=true&since="+strconv.FormatUint(since, 10), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev Event
+		if err := dec.Decode(&ev); err != nil {
+			if ctx.Err() != nil {
+				return nil // the caller stopped following
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%s ended the event stream (the daemon stopped?)", c.target)
+			}
+			return fmt.Errorf("reading the event stream from %s: %w", c.target, err)
+		}
+		onEvent(ev)
+	}
+}

@@ -244,3 +244,29 @@ type BalanceReport struct {
 	LastMoves   []BalanceMove `json:"last_moves,omitempty"`
 	LastMovesAt int64         `json:"last_moves_at,omitempty"`
 }
+
+// Event is one change of the table as a node applied it (GET /v1/events): a node's
+// state, a workload starting, exiting or moving, a migration's phase, a segment's
+// owner. The daemon finds them by comparing the table with what it was a moment ago,
+// so each node numbers its own (Seq) and a change undone within that moment may be
+// missed.
+type Event struct {
+	Seq    uint64 `json:"seq"`              // this node's number of the event, from 1
+	At     int64  `json:"at"`               // unix nanos, when the node saw the change
+	Kind   string `json:"kind"`             // node, workload, migration or segment
+	ID     string `json:"id"`               // of the node, workload, migration or segment (group/shmid)
+	Name   string `json:"name,omitempty"`   // of the workload, if any
+	Change string `json:"change"`           // what happened, e.g. down, started, moved, frozen, owner
+	Node   string `json:"node,omitempty"`   // where: the workload's node, a migration's source
+	From   string `json:"from,omitempty"`   // a move's or owner change's former node
+	To     string `json:"to,omitempty"`     // its new node
+	Detail string `json:"detail,omitempty"` // e.g. exit status, abort error, members moved
+}
+
+// Event kinds.
+const (
+	EventKindNode      = "node"
+	EventKindWorkload  = "workload"
+	EventKindMigration = "migration"
+	EventKindSegment   = "segment"
+)

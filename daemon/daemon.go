@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/migshm/migshm/internal/cluster"
+	"github.com/migshm/migshm/internal/events"
 	"github.com/migshm/migshm/internal/httpapi"
 	"github.com/migshm/migshm/internal/metrics"
 	"github.com/migshm/migshm/internal/migration"
@@ -40,6 +41,7 @@ type Daemon struct {
 	// metricsAddr is where the metrics are served, "" if they are not.
 	metricsAddr string
 	bal         balanceState // the leader's balancer passes
+	events      *events.Log  // the table's changes as this node saw them (GET /v1/events)
 
 	// ctx ends when the daemon stops: its loops, and what they start, run under it.
 	ctx     context.Context
@@ -57,7 +59,7 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d := &Daemon{cfg: cfg, log: log, ready: make(chan struct{})}
+	d := &Daemon{cfg: cfg, log: log, ready: make(chan struct{}), events: events.NewLog(eventsKept)}
 	d.ctx, d.stop = context.WithCancel(context.Background())
 	return d, nil
 }
@@ -98,6 +100,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.goFn(func() { d.balanceLoop(bg) })
 	d.goFn(func() { d.loadLoop(bg) })
 	d.goFn(func() { d.sup.Run(bg) })
+	d.goFn(func() { events.Watch(bg, d.cluster.Table, events.Interval, d.events) })
 
 	<-ctx.Done()
 	d.log.Info("shutting down; workloads keep running")
@@ -112,6 +115,9 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.wg.Wait()
 	return nil
 }
+
+// eventsKept is how many of the table's events a node keeps for GET /v1/events.
+const eventsKept = 1000
 
 func (d *Daemon) goFn(fn func()) {
 	d.wg.Add(1)
@@ -205,11 +211,16 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		_ = os.Remove(cfg.Socket)
 	})
 	hc := httpapi.Config{Service: (*service)(d), Cluster: d.cluster, Members: d.cluster, Target: d.engine,
-		Peers: d.peers, Log: d.log}
-	d.serve(&http.Server{Handler: httpapi.Local(hc), ConnContext: httpapi.PeerCredContext,
-		ReadHeaderTimeout: 10 * time.Second}, lln, "local api")
-	d.serve(&http.Server{Handler: httpapi.Peer(hc), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slogErrorLog(d.log, "peer api")}, pln, "peer api")
+		Peers: d.peers, Log: d.log, Events: d.events}
+	local := &http.Server{Handler: httpapi.Local(hc), ConnContext: httpapi.PeerCredContext,
+		ReadHeaderTimeout: 10 * time.Second}
+	// Shutdown waits for open requests: end the event followers' streams first.
+	local.RegisterOnShutdown(d.events.Close)
+	d.serve(local, lln, "local api")
+	peerSrv := &http.Server{Handler: httpapi.Peer(hc), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slogErrorLog(d.log, "peer api")}
+	peerSrv.RegisterOnShutdown(d.events.Close)
+	d.serve(peerSrv, pln, "peer api")
 	return d.serveMetrics()
 }
 

@@ -31,7 +31,7 @@ func newApp() *cli.App {
 			runCommand(), psCommand(), stopCommand(), logsCommand(), rmCommand(),
 			nodesCommand(), segmentsCommand(), statusCommand(), leaveCommand(),
 			moveCommand(), migrationsCommand(), checkCommand(), drainCommand(), undrainCommand(),
-			pinCommand(), unpinCommand(), balanceCommand(), topCommand(), doctorCommand(), tlsCommand(),
+			pinCommand(), unpinCommand(), balanceCommand(), topCommand(), eventsCommand(), doctorCommand(), tlsCommand(),
 			completionCommand(), manCommand(),
 		},
 	})

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/events"
 	"github.com/migshm/migshm/internal/httpapi"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/shmowner/record"
@@ -50,6 +51,8 @@ type fakeDaemon struct {
 	// last is the leader's newest balancer pass (GET /v1/balance/last, and the balancer
 	// section of GET /v1/status); nil: the leader does not answer.
 	last *api.BalanceReport
+	// events are the table's events the router serves (GET /v1/events): fakeEvents.
+	events *events.Log
 
 	mu    sync.Mutex
 	calls []apiCall
@@ -71,7 +74,10 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	f.migrations = fakeMigrations()
 	f.status = fakeStatus
 	f.balance = fakeBalance(time.Now())
-	router := httpapi.Local(httpapi.Config{Service: f, Cluster: fakeCluster{}, Log: slog.New(slog.DiscardHandler)})
+	f.events = events.NewLog(100)
+	f.events.Append(fakeEvents()...)
+	router := httpapi.Local(httpapi.Config{Service: f, Cluster: fakeCluster{}, Log: slog.New(slog.DiscardHandler),
+		Events: f.events})
 
 	ln, err := net.Listen("unix", f.sock)
 	if err != nil {
@@ -367,6 +373,7 @@ var localRoutes = []string{
 	"POST /v1/balance",
 	"GET /v1/balance/last",
 	"POST /v1/probe",
+	"GET /v1/events",
 }
 
 // notFromCLI are the routes, and the Service methods behind them, that no migshm

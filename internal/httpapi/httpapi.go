@@ -15,6 +15,7 @@ import (
 	"log/slog"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/events"
 	"github.com/migshm/migshm/internal/migration"
 	"github.com/migshm/migshm/internal/peer"
 )
@@ -98,7 +99,10 @@ type Config struct {
 	Members Members     // peer API only
 	Target  Target      // peer API only
 	Peers   *peer.Peers // to relay requests; nil: this node serves everything itself
-	Log     *slog.Logger
+	// Events are the table's changes as this node saw them (GET /v1/events); nil: the
+	// route answers not_ready.
+	Events *events.Log
+	Log    *slog.Logger
 }
 
 // server holds the handlers' dependencies.

@@ -78,6 +78,7 @@ func (s *server) userRoutes(mux *http.ServeMux) {
 		return s.onLeader(r, r.Method, r.URL.Path, nil, &api.BalanceReport{},
 			func() (any, error) { return s.Service.LastBalance(r.Context()) })
 	}))
+	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("POST /v1/probe", s.handle(func(r *http.Request) (any, error) {
 		return struct{}{}, s.Service.Probe(r.Context())
 	}))
@@ -273,4 +274,54 @@ func (s *server) leave(r *http.Request, req api.LeaveRequest) (any, error) {
 	}
 	return s.onLeader(r, http.MethodPost, "/v1/leave", req, &api.LeaveResult{},
 		func() (any, error) { return s.Service.Leave(r.Context(), req) })
+}
+
+// events serves GET /v1/events?since=SEQ: the table changes this node saw after SEQ
+// that it still keeps, as a JSON array; with follow=true (or 1) an NDJSON stream of
+// them, then of each new one as it comes, until the client goes away or the Log is
+// closed (the daemon stops). The events are
+// this node's own, never relayed: each node numbers its own.
+func (s *server) events(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var since uint64
+	if v := q.Get("since"); v != "" {
+		var err error
+		if since, err = strconv.ParseUint(v, 10, 64); err != nil {
+			writeError(w, s.Log, fmt.Errorf("since %q: want an event number: %w", v, api.ErrBadRequest))
+			return
+		}
+	}
+	if s.Events == nil {
+		writeError(w, s.Log, fmt.Errorf("this node keeps no events: %w", api.ErrNotReady))
+		return
+	}
+	if f := q.Get("follow"); f != "true" && f != "1" {
+		evs := s.Events.Since(since)
+		if evs == nil {
+			evs = []api.Event{}
+		}
+		writeJSON(w, http.StatusOK, evs)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	out := newFlushWriter(w)
+	out.Flush() // the client sees the answer before the first event
+	enc := json.NewEncoder(out)
+	for {
+		evs, changed := s.Events.Follow(since)
+		for _, ev := range evs {
+			if enc.Encode(ev) != nil {
+				return
+			}
+			since = ev.Seq
+		}
+		select {
+		case <-changed:
+		case <-r.Context().Done():
+			return
+		case <-s.Events.Done():
+			return
+		}
+	}
 }

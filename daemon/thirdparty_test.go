@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/internal/wait"
@@ -217,6 +219,30 @@ func TestGroupMovesAsOne(t *testing.T) {
 	if running, stopped := c.copies("python3"); running != 1 || stopped != 0 {
 		t.Fatalf("after the move: %d running and %d stopped copies of the group, want 1 and 0", running, stopped)
 	}
+	// migshm events, from a node that took no part, saw the migration end and every
+	// member move.
+	wait.For(t, 10*time.Second, "the move's events on n3", func() (bool, string) {
+		out, err := c.cli(c.nodes[2], "events", "--json")
+		if err != nil {
+			return false, err.Error()
+		}
+		var evs []api.Event
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var ev api.Event
+			if json.Unmarshal([]byte(line), &ev) == nil {
+				evs = append(evs, ev)
+			}
+		}
+		moved := map[string]bool{}
+		done := false
+		for _, ev := range evs {
+			if ev.Kind == api.EventKindWorkload && ev.Change == "moved" && ev.To == "n2" {
+				moved[ev.Name] = true
+			}
+			done = done || (ev.Kind == api.EventKindMigration && ev.Change == "done")
+		}
+		return done && len(moved) == 3, fmt.Sprintf("done %v, moved %v, in %d events", done, moved, len(evs))
+	})
 
 	// A group lives on one node: a member started into it elsewhere is refused.
 	if out, err := c.cli(n1, "run", "--name", "trio9", "--ipc-group", "trio", "--", "sleep", "100"); err == nil ||

@@ -219,6 +219,16 @@ func TestGroupMovesAsOne(t *testing.T) {
 	if running, stopped := c.copies("python3"); running != 1 || stopped != 0 {
 		t.Fatalf("after the move: %d running and %d stopped copies of the group, want 1 and 0", running, stopped)
 	}
+	// migshm top --once lists every node and every member where it runs.
+	out, err = c.cli(c.nodes[2], "top", "--once")
+	if err != nil {
+		t.Fatalf("top --once: %v\n%s", err, out)
+	}
+	for _, want := range append([]string{"n1", "n2", "n3"}, names...) {
+		if !strings.Contains(out, want) {
+			t.Fatalf("top --once does not show %s:\n%s", want, out)
+		}
+	}
 	// migshm events, from a node that took no part, saw the migration end and every
 	// member move.
 	wait.For(t, 10*time.Second, "the move's events on n3", func() (bool, string) {

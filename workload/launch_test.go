@@ -219,8 +219,10 @@ func TestStartLivesWithItsProcesses(t *testing.T) {
 			dir := t.TempDir()
 			out, pidFile := filepath.Join(dir, "out"), filepath.Join(dir, "daemon.pid")
 			// The daemon exits 3 on SIGTERM; its helper (not in the pidfile) exits 5.
-			daemon := `echo \$\$ >` + pidFile + `; trap 'exit 3' TERM; while :; do sleep 0.05; done`
-			helper := `trap 'exit 5' TERM; while :; do sleep 0.05; done`
+			// Each installs its trap before it says it is there: a SIGTERM that came before
+			// the trap would end it with 143.
+			daemon := `trap 'exit 3' TERM; echo \$\$ >` + pidFile + `; while :; do sleep 0.05; done`
+			helper := `trap 'exit 5' TERM; echo helper-ready; while :; do sleep 0.05; done`
 			script := `sh -c "` + daemon + `" & sh -c "` + helper + `" & echo started; exit 0`
 			if !tc.pidFile {
 				script = `sh -c "` + helper + `" & echo started; exit 0`
@@ -260,6 +262,7 @@ func TestStartLivesWithItsProcesses(t *testing.T) {
 				}
 				return shells == want, fmt.Sprintf("%d shells left under the init, want %d: %v", shells, want, tree.Procs)
 			})
+			waitFile(t, out, "helper-ready")
 			if tc.pidFile {
 				waitFile(t, pidFile, "\n")
 			}

@@ -100,7 +100,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.goFn(func() { d.balanceLoop(bg) })
 	d.goFn(func() { d.loadLoop(bg) })
 	d.goFn(func() { d.sup.Run(bg) })
-	d.goFn(func() { events.Watch(bg, d.cluster.Table, events.Interval, d.events) })
 
 	<-ctx.Done()
 	d.log.Info("shutting down; workloads keep running")
@@ -243,7 +242,7 @@ func (d *Daemon) openRaft(host string, tc *pki.Config, cleanups *[]func()) (*shm
 	trans := cluster.NewTransport(sl, hlog.Named("transport"))
 	store, err := shmowner.Open(shmowner.StoreConfig{
 		NodeID: cfg.NodeID, Dir: filepath.Join(cfg.DataDir, "raft"), Bootstrap: cfg.Bootstrap,
-		Transport: trans, Logger: hlog,
+		Transport: trans, Logger: hlog, OnChange: d.events.Record,
 	})
 	if err != nil {
 		_ = trans.Close()

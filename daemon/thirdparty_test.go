@@ -229,8 +229,8 @@ func TestGroupMovesAsOne(t *testing.T) {
 			t.Fatalf("top --once does not show %s:\n%s", want, out)
 		}
 	}
-	// migshm events, from a node that took no part, saw the migration end and every
-	// member move.
+	// migshm events, from a node that took no part, saw every phase of the migration in
+	// order, and every member move.
 	wait.For(t, 10*time.Second, "the move's events on n3", func() (bool, string) {
 		out, err := c.cli(c.nodes[2], "events", "--json")
 		if err != nil {
@@ -244,14 +244,17 @@ func TestGroupMovesAsOne(t *testing.T) {
 			}
 		}
 		moved := map[string]bool{}
-		done := false
+		var phases []string
 		for _, ev := range evs {
 			if ev.Kind == api.EventKindWorkload && ev.Change == "moved" && ev.To == "n2" {
 				moved[ev.Name] = true
 			}
-			done = done || (ev.Kind == api.EventKindMigration && ev.Change == "done")
+			if ev.Kind == api.EventKindMigration && ev.To == "n2" {
+				phases = append(phases, ev.Change)
+			}
 		}
-		return done && len(moved) == 3, fmt.Sprintf("done %v, moved %v, in %d events", done, moved, len(evs))
+		all := []string{"planned", "precopy", "frozen", "shipped", "restored", "done"}
+		return slices.Equal(phases, all) && len(moved) == 3, fmt.Sprintf("phases %v (want %v), moved %v, in %d events", phases, all, moved, len(evs))
 	})
 
 	// A group lives on one node: a member started into it elsewhere is refused.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/shmowner/record"
@@ -20,12 +21,24 @@ type FSM struct {
 	// applied is the index of the last entry Apply finished. Raft's own AppliedIndex
 	// moves when an entry is handed to the FSM goroutine, before the table shows it.
 	applied atomic.Uint64
+
+	// onChange, if set, sees the table before and after each entry and snapshot (see
+	// StoreConfig.OnChange); last is the "after" it was given last time. Both are used
+	// only on raft's FSM goroutine, which calls Apply and Restore one at a time.
+	onChange func(prev, cur *Table, at time.Time)
+	last     *Table
 }
 
 var _ raft.FSM = (*FSM)(nil)
 
 // NewFSM returns an FSM with an empty table.
 func NewFSM() *FSM { return &FSM{t: NewTable()} }
+
+// NewObservedFSM returns an FSM with an empty table that calls onChange as
+// StoreConfig.OnChange says.
+func NewObservedFSM(onChange func(prev, cur *Table, at time.Time)) *FSM {
+	return &FSM{t: NewTable(), onChange: onChange}
+}
 
 // Table returns a deep copy of the current table.
 func (f *FSM) Table() *Table {
@@ -38,10 +51,30 @@ func (f *FSM) Table() *Table {
 // wrapping a sentinel); it panics on an entry it cannot decode.
 func (f *FSM) Apply(l *raft.Log) any {
 	defer f.applied.Store(l.Index)
-	if err := f.apply(l.Data); err != nil {
-		return err
+	err := f.apply(l.Data)
+	at := l.AppendedAt // when the leader took the entry: true on replay too
+	if at.IsZero() {
+		at = time.Now()
 	}
+	if err != nil {
+		return err // a refused command changed nothing
+	}
+	f.changed(at)
 	return nil
+}
+
+// changed hands onChange the table before and after the last entry or snapshot.
+func (f *FSM) changed(at time.Time) {
+	if f.onChange == nil {
+		return
+	}
+	cur := f.Table()
+	prev := f.last
+	if prev == nil {
+		prev = NewTable()
+	}
+	f.last = cur
+	f.onChange(prev, cur, at)
 }
 
 // AppliedIndex returns the index of the last entry the table reflects (0 before the
@@ -432,6 +465,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	f.t = t
 	f.mu.Unlock()
+	f.changed(time.Now())
 	return nil
 }
 

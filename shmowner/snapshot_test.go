@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/shmowner"
@@ -188,5 +189,32 @@ func TestGoldenSnapshot(t *testing.T) {
 	}
 	if w, ok := tb.Workload("wl-5"); !ok || w.State != record.WorkloadExited || w.ExitStatus != 3 {
 		t.Errorf("wl-5 = %+v %v", w, ok)
+	}
+}
+
+// TestObservedFSM: an observer sees the table before and after each applied entry and
+// each restored snapshot, and nothing for a refused entry.
+func TestObservedFSM(t *testing.T) {
+	type change struct{ prev, cur string }
+	var seen []change
+	g := shmowner.NewObservedFSM(func(prev, cur *shmowner.Table, at time.Time) {
+		if at.IsZero() {
+			t.Error("observer called without a time")
+		}
+		seen = append(seen, change{tableJSON(t, prev), tableJSON(t, cur)})
+	})
+	empty := tableJSON(t, shmowner.NewTable())
+	shmownertest.MustApply(t, g, regNode("leftover"))
+	after1 := tableJSON(t, g.Table())
+	if err := shmownertest.Apply(t, g, nodeState("nope", record.NodeDraining)); err == nil {
+		t.Fatal("state of an unknown node was set")
+	}
+	f := scenarioFSM(t)
+	if err := g.Restore(io.NopCloser(bytes.NewReader(persist(t, f).Bytes()))); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	want := []change{{empty, after1}, {after1, tableJSON(t, f.Table())}}
+	if !reflect.DeepEqual(seen, want) {
+		t.Errorf("observer saw %d changes:\n%v\nwant %d:\n%v", len(seen), seen, len(want), want)
 	}
 }

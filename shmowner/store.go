@@ -50,6 +50,11 @@ type StoreConfig struct {
 	Transport raft.Transport // nil: a TCP transport on BindAddr, closed by Close
 	Logger    hclog.Logger   // nil: warnings and errors to stderr
 	Raft      *raft.Config   // nil: RaftConfig(NodeID); LocalID is always set to NodeID
+	// OnChange, if set, is called after every applied entry (replayed ones at start
+	// included) and every restored snapshot, with the table before and after it and the
+	// time the leader appended the entry (now, for a snapshot). It runs on raft's FSM
+	// goroutine, so it must be quick and must not modify the tables.
+	OnChange func(prev, cur *Table, at time.Time)
 }
 
 // Store is the raft-replicated ownership table of one node.
@@ -84,7 +89,7 @@ func Open(cfg StoreConfig) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	s := &Store{fsm: NewFSM(), trans: cfg.Transport}
+	s := &Store{fsm: NewObservedFSM(cfg.OnChange), trans: cfg.Transport}
 	ok := false
 	defer func() {
 		if !ok {

@@ -22,8 +22,9 @@ func eventsCommand() *cli.Command {
 			"a migration; a segment's new owner. The node keeps its last 1000 events and numbers\n" +
 			"them (the numbers are that node's own and restart with it); --since N prints those\n" +
 			"after N. -f keeps following, until interrupted.\n\n" +
-			"The node finds the changes by reading its table every 200ms: a change undone within\n" +
-			"that time (a node down and back up, a phase passed through) may be missing.\n\n" +
+			"Each event is stamped with the time the leader took the change and comes from the\n" +
+			"node applying it, so none is missed, however fast; a node that restarts lists again\n" +
+			"the changes of the log it replays.\n\n" +
 			"With --json each event is one JSON object on a line (NDJSON), as it comes.\n\n" +
 			"Examples:\n  migshm events\n  migshm events -f\n  migshm events -f --json | jq -c 'select(.kind == \"migration\")'\n" +
 			"  migshm events --since 120",

@@ -1,10 +1,9 @@
 // Package events turns the table's changes into a stream of api.Events: Diff compares
-// two tables, Log keeps the newest events for the API to list and follow, and Watch
-// feeds a Log from a node's table.
+// two tables, Log keeps the newest events for the API to list and follow, and
+// Log.Record feeds it from the FSM, one applied entry at a time.
 package events
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -245,34 +244,13 @@ func (l *Log) Close() { l.once.Do(func() { close(l.done) }) }
 // Done is closed by Close.
 func (l *Log) Done() <-chan struct{} { return l.done }
 
-// Interval is how often the daemon's Watch reads the table.
-const Interval = 200 * time.Millisecond
-
-// Watch reads the table with get every interval, until ctx ends, and appends what
-// changed since the last read to log, stamped with the time it saw it. The table holds
-// states, not transitions: a change undone between two reads (a node down and up again,
-// a phase passed through) is missed, and several changes of one read share one time.
-// A nil table from get is skipped.
-func Watch(ctx context.Context, get func() *shmowner.Table, every time.Duration, log *Log) {
-	prev := get()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		cur := get()
-		if cur == nil {
-			continue
-		}
-		evs := Diff(prev, cur)
-		now := time.Now().UnixNano()
-		for i := range evs {
-			evs[i].At = now
-		}
-		log.Append(evs...)
-		prev = cur
+// Record appends to l what changed from prev to cur, stamped with at: the shape of
+// shmowner.StoreConfig.OnChange, so a node's log gets every entry's changes as its FSM
+// applies them (and, after a restart, those of the entries it replays).
+func (l *Log) Record(prev, cur *shmowner.Table, at time.Time) {
+	evs := Diff(prev, cur)
+	for i := range evs {
+		evs[i].At = at.UnixNano()
 	}
+	l.Append(evs...)
 }

@@ -1,17 +1,19 @@
 package events
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
+	"github.com/migshm/migshm/shmowner/shmownertest"
 )
 
 // table builds a table from its records, through its snapshot document.
@@ -210,40 +212,66 @@ func TestLogFollowerWakes(t *testing.T) {
 	}
 }
 
-func TestWatch(t *testing.T) {
-	tables := []*shmowner.Table{
-		table(t, []record.Node{node("n1", record.NodeActive)}, nil, nil, nil),
-		nil, // skipped
-		table(t, []record.Node{node("n1", record.NodeDown)}, nil, nil, nil),
+// TestRecordFromFSM feeds a Log from a real FSM, as the daemon does, and walks a
+// migration through its phases entry after entry, faster than any poll: every phase is
+// there, in order, stamped with the time its entry was appended.
+func TestRecordFromFSM(t *testing.T) {
+	l := NewLog(100)
+	f := shmowner.NewObservedFSM(l.Record)
+	base := time.Unix(1_800_000_000, 0)
+	var index uint64
+	apply := func(req any) error {
+		index++
+		e := &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: shmownertest.Entry(t, req),
+			AppendedAt: base.Add(time.Duration(index) * time.Millisecond)}
+		err, _ := f.Apply(e).(error)
+		return err
 	}
-	var reads atomic.Int32
-	get := func() *shmowner.Table {
-		i := int(reads.Add(1)) - 1
-		return tables[min(i, len(tables)-1)]
+	phase := func(p record.Phase) shmowner.SetMigrationPhaseRequest {
+		return shmowner.SetMigrationPhaseRequest{ID: "m1", Phase: p, At: 1}
 	}
-	l := NewLog(10)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); Watch(ctx, get, time.Millisecond, l) }()
-	deadline := time.Now().Add(10 * time.Second)
-	var got []api.Event
-	for len(got) == 0 && time.Now().Before(deadline) {
-		var changed <-chan struct{}
-		if got, changed = l.Follow(0); len(got) == 0 {
-			select {
-			case <-changed:
-			case <-time.After(time.Second):
-			}
+	reqs := []any{
+		shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "n1:1", APIAddr: "n1:2"},
+		shmowner.RegisterNodeRequest{ID: "n2", RaftAddr: "n2:1", APIAddr: "n2:2"},
+		shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Name: "db", Node: "n1", InitPid: 10, Pids: []int{10}, Group: "g1"}},
+		shmowner.PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2", At: 1, Reason: "by hand"},
+		phase(record.PhasePrecopy), phase(record.PhaseFrozen), phase(record.PhaseShipped),
+		phase(record.PhaseRestored), phase(record.PhaseDone),
+	}
+	for i, req := range reqs {
+		if err := apply(req); err != nil {
+			t.Fatalf("request %d (%T): %v", i, req, err)
 		}
 	}
-	cancel()
-	<-done
-	if len(got) != 1 || line(got[0]) != "node n1  down node=n1 -> " || got[0].At == 0 || got[0].Seq != 1 {
-		t.Fatalf("Watch logged %+v, want n1 down, stamped", got)
+	// A refused entry changes nothing and logs nothing.
+	if err := apply(shmowner.PlanMigrationRequest{ID: "m2", Workload: "nope", Target: "n2", At: 1}); err == nil {
+		t.Fatal("a migration of an unknown workload was planned")
 	}
-	time.Sleep(5 * time.Millisecond)
-	if n := len(l.Since(0)); n != 1 {
-		t.Errorf("an unchanged table logged more events: %d", n)
+	got := l.Since(0)
+	want := []string{
+		"node n1  joined node=n1 -> ",
+		"node n2  joined node=n2 -> ",
+		"workload w1 db started node=n1 -> ",
+		"migration m1 db planned node=n1 n1->n2 by hand",
+		"workload w1 db migrating node=n1 -> ",
+		"migration m1 db precopy node=n1 n1->n2 ",
+		"migration m1 db frozen node=n1 n1->n2 ",
+		"migration m1 db shipped node=n1 n1->n2 ",
+		"migration m1 db restored node=n1 n1->n2 ",
+		"migration m1 db done node=n1 n1->n2 ",
+		"workload w1 db moved node=n2 n1->n2 ",
+	}
+	if g := lines(got); !slices.Equal(g, want) {
+		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(g, "\n"), strings.Join(want, "\n"))
+	}
+	// Each is stamped with its entry's AppendedAt: the planned one is entry 4.
+	if at := got[3].At; at != base.Add(4*time.Millisecond).UnixNano() {
+		t.Errorf("planned stamped %v, want entry 4's AppendedAt", time.Unix(0, at))
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].At < got[i-1].At || got[i].Seq != got[i-1].Seq+1 {
+			t.Errorf("event %d (at %d, seq %d) out of order after %d (at %d, seq %d)", i, got[i].At, got[i].Seq, i-1, got[i-1].At, got[i-1].Seq)
+		}
 	}
 }
 

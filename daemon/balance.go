@@ -28,6 +28,7 @@ const moveRetryAfter = time.Minute
 type balanceState struct {
 	passOnce sync.Once
 	pass     chan struct{} // one pass at a time: holds a token while a pass runs
+	soon     chan struct{} // a drain has work: pass now, not at the next tick (see tableChanged)
 
 	mu          sync.Mutex
 	last        *api.BalanceReport
@@ -75,8 +76,8 @@ func workloadLoads(t *shmowner.Table) map[string]balancer.WorkloadLoad {
 	return out
 }
 
-// balanceLoop runs a balancer pass every balance-interval while this node leads. With
-// auto-balance off only drain moves are started.
+// balanceLoop runs a balancer pass every balance-interval while this node leads, and
+// at once when a drain has work. With auto-balance off only drain moves are started.
 func (d *Daemon) balanceLoop(ctx context.Context) {
 	t := time.NewTicker(d.cfg.BalanceInterval)
 	defer t.Stop()
@@ -85,6 +86,7 @@ func (d *Daemon) balanceLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-d.bal.soon:
 		}
 		if !d.cluster.IsLeader() {
 			continue
@@ -371,3 +373,30 @@ func (d *Daemon) lastBalance(ctx context.Context) (*api.BalanceReport, error) {
 }
 
 func ago(d time.Duration) string { return d.Round(time.Second).String() }
+
+// tableChanged sees each change the FSM applies (shmowner.StoreConfig.OnChange): it logs
+// its events and, when a node starts draining or a migration off a draining node ends,
+// asks for a balancer pass now, so a drain does not wait out balance-interval before
+// each batch of moves. It runs on raft's FSM goroutine and never blocks.
+func (d *Daemon) tableChanged(prev, cur *shmowner.Table, at time.Time) {
+	evs := d.events.Record(prev, cur, at)
+	if !slices.ContainsFunc(evs, func(ev api.Event) bool { return drainWork(ev, cur) }) {
+		return
+	}
+	select {
+	case d.bal.soon <- struct{}{}:
+	default: // a pass is asked for already
+	}
+}
+
+// drainWork reports whether ev gives a draining node's workloads something to do.
+func drainWork(ev api.Event, cur *shmowner.Table) bool {
+	switch {
+	case ev.Kind == api.EventKindNode && ev.Change == string(record.NodeDraining):
+		return true
+	case ev.Kind == api.EventKindMigration && (ev.Change == string(record.PhaseDone) || ev.Change == string(record.PhaseAborted)):
+		n, ok := cur.Node(ev.From)
+		return ok && n.State == record.NodeDraining
+	}
+	return false
+}

@@ -59,7 +59,8 @@ func New(cfg Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	d := &Daemon{cfg: cfg, log: log, ready: make(chan struct{}), events: events.NewLog(eventsKept)}
+	d := &Daemon{cfg: cfg, log: log, ready: make(chan struct{}), events: events.NewLog(eventsKept),
+		bal: balanceState{soon: make(chan struct{}, 1)}}
 	d.ctx, d.stop = context.WithCancel(context.Background())
 	return d, nil
 }
@@ -242,7 +243,7 @@ func (d *Daemon) openRaft(host string, tc *pki.Config, cleanups *[]func()) (*shm
 	trans := cluster.NewTransport(sl, hlog.Named("transport"))
 	store, err := shmowner.Open(shmowner.StoreConfig{
 		NodeID: cfg.NodeID, Dir: filepath.Join(cfg.DataDir, "raft"), Bootstrap: cfg.Bootstrap,
-		Transport: trans, Logger: hlog, OnChange: d.events.Record,
+		Transport: trans, Logger: hlog, OnChange: d.tableChanged,
 	})
 	if err != nil {
 		_ = trans.Close()

@@ -241,6 +241,9 @@ func (d *drainWatch) print() {
 			if i < 0 {
 				continue // moved or stopped since
 			}
+			if _, ok := d.moving[s.Workload]; ok {
+				continue // "in flight": the line above says it is moving
+			}
 			what = d.left[i].Name + " not moved"
 		}
 		if key := s.Workload + "\x00" + s.Reason; !d.told[key] {

@@ -246,11 +246,13 @@ func (l *Log) Done() <-chan struct{} { return l.done }
 
 // Record appends to l what changed from prev to cur, stamped with at: the shape of
 // shmowner.StoreConfig.OnChange, so a node's log gets every entry's changes as its FSM
-// applies them (and, after a restart, those of the entries it replays).
-func (l *Log) Record(prev, cur *shmowner.Table, at time.Time) {
+// applies them (and, after a restart, those of the entries it replays). It returns
+// the events appended.
+func (l *Log) Record(prev, cur *shmowner.Table, at time.Time) []api.Event {
 	evs := Diff(prev, cur)
 	for i := range evs {
 		evs[i].At = at.UnixNano()
 	}
 	l.Append(evs...)
+	return evs
 }

@@ -217,7 +217,7 @@ func TestLogFollowerWakes(t *testing.T) {
 // there, in order, stamped with the time its entry was appended.
 func TestRecordFromFSM(t *testing.T) {
 	l := NewLog(100)
-	f := shmowner.NewObservedFSM(l.Record)
+	f := shmowner.NewObservedFSM(func(prev, cur *shmowner.Table, at time.Time) { l.Record(prev, cur, at) })
 	base := time.Unix(1_800_000_000, 0)
 	var index uint64
 	apply := func(req any) error {

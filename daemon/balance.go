@@ -239,7 +239,12 @@ func (d *Daemon) startBalanceMove(ctx context.Context, t *shmowner.Table, mv api
 	if !ok {
 		return fmt.Errorf("workload %s: %w", mv.Workload, record.ErrUnknownWorkload)
 	}
-	req := api.MoveRequest{Workload: w.ID, Target: mv.To, Reason: "balancer: " + mv.Kind + ": " + mv.Reason}
+	// The policy's reasons start with their rule's kind ("drain: n1 is draining; ...").
+	reason := mv.Reason
+	if !strings.HasPrefix(reason, mv.Kind+":") {
+		reason = mv.Kind + ": " + reason
+	}
+	req := api.MoveRequest{Workload: w.ID, Target: mv.To, Reason: "balancer: " + reason}
 	if err := migration.Validate(t, w, req); err != nil {
 		return err
 	}

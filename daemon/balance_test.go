@@ -123,7 +123,7 @@ func TestBalance(t *testing.T) {
 		if m.Phase != record.PhaseDone {
 			t.Errorf("migration %s of %s: %s (%s), want done", m.ID, m.Workload, m.Phase, m.Error)
 		}
-		if !strings.HasPrefix(m.Reason, "balancer: cpu") {
+		if !strings.HasPrefix(m.Reason, "balancer: cpu: ") || strings.Contains(m.Reason, "cpu: cpu:") {
 			t.Errorf("migration %s: reason %q, want the balancer's cpu rule", m.ID, m.Reason)
 		}
 		moved[m.Workload]++

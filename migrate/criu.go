@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/migshm/migshm/internal/nsutil"
+	"github.com/migshm/migshm/internal/procfs"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
@@ -187,6 +189,13 @@ func (c *CRIU) Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) 
 	}
 	if ownMountNS(opts.Pid) {
 		externalMounts(ro)
+		binds, err := nodeBinds(opts.Pid)
+		if err != nil {
+			return nil, fmt.Errorf("criu dump of pid %d: %w", opts.Pid, err)
+		}
+		for _, point := range binds {
+			ro.External = append(ro.External, externalMount(point))
+		}
 	}
 	if d, ok := ctx.Deadline(); ok {
 		// CRIU cannot be cancelled through swrk; bound at least the time it may take
@@ -284,6 +293,15 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 		// mounts as binds of this node's own.
 		ro.Root = proto.String("/")
 		externalMounts(ro)
+		// The mounts the dump named by their mount point (nodeBinds) are bound from
+		// this node's own at the same point.
+		points, err := mountPoints("self")
+		if err != nil {
+			return nil, fmt.Errorf("criu restore: %w", err)
+		}
+		for _, point := range points {
+			ro.External = append(ro.External, externalMount(point))
+		}
 	}
 	n := &restoreNotify{before: opts.BeforeResume}
 	logFile := filepath.Join(workDir.Name(), logName)
@@ -339,6 +357,56 @@ func externalMounts(ro *rpc.CriuOpts) {
 	ro.AutoExtMnt = proto.Bool(true)
 	ro.ExtMasters = proto.Bool(true)
 }
+
+// nodeBinds returns the mount points in pid's mount namespace that are copies of this
+// node's binds of a directory (a private /tmp bound from /var/lib/..., a container's
+// volume). CRIU's automatic detection would record them by the directory bound, which
+// is this node's own and may not exist elsewhere; named by their mount point, each
+// node binds its own mount at that point (as runc names a container's binds).
+func nodeBinds(pid int) ([]string, error) {
+	own, err := readMounts("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	node := map[string]procfs.Mount{}
+	for _, m := range own {
+		node[m.Point] = m // the last mount at a point is the one seen
+	}
+	theirs, err := readMounts(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		return nil, fmt.Errorf("read the mounts of pid %d: %w", pid, err)
+	}
+	var out []string
+	for _, m := range theirs {
+		if n, ok := node[m.Point]; ok && m.Root != "/" && n.Root == m.Root && n.Dev == m.Dev && namable(m.Point) {
+			out = append(out, m.Point)
+		}
+	}
+	return out, nil
+}
+
+// mountPoints returns the mount points of process pid ("self" for this one) but "/".
+func mountPoints(pid string) ([]string, error) {
+	ms, err := readMounts("/proc/" + pid + "/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Point != "/" && namable(m.Point) && !slices.Contains(out, m.Point) {
+			out = append(out, m.Point)
+		}
+	}
+	return out, nil
+}
+
+// externalMount is CRIU's --external for a mount known by its mount point: on dump, the
+// mount at point gets the key point; on restore, key point is bound from point.
+func externalMount(point string) string { return "mnt[" + point + "]:" + point }
+
+// namable reports whether point can be written in CRIU's "mnt[KEY]:VAL" (CRIU ends the
+// key at the first "]"); other mounts are left to its automatic detection.
+func namable(point string) bool { return !strings.ContainsAny(point, "]\n") }
 
 type restoreNotify struct {
 	criu.NoNotify

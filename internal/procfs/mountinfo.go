@@ -12,6 +12,7 @@ import (
 type Mount struct {
 	ID     int    // unique mount id (also fdinfo's mnt_id)
 	Dev    string // "major:minor" of the file system
+	Root   string // the directory of the file system mounted ("/" unless a bind of a subdirectory)
 	Point  string // mount point, as the process sees it
 	FSType string
 }
@@ -38,7 +39,7 @@ func ParseMountinfo(r io.Reader) ([]Mount, error) {
 		if err != nil {
 			return nil, fmt.Errorf("malformed mountinfo line %q", sc.Text())
 		}
-		out = append(out, Mount{ID: id, Dev: f[2], Point: unescape(f[4]), FSType: f[sep+1]})
+		out = append(out, Mount{ID: id, Dev: f[2], Root: unescape(f[3]), Point: unescape(f[4]), FSType: f[sep+1]})
 	}
 	return out, sc.Err()
 }

@@ -176,6 +176,16 @@ type CheckReport struct {
 	MemoryBytes uint64    `json:"memory_bytes"` // what the target must hold during the move: the memory (private resident + shm) and its images
 	TargetFree  uint64    `json:"target_free_bytes"`
 	Problems    []Problem `json:"problems"`
+	// Carries are the directories and small files the tree needs that the target
+	// lacks: a move makes and copies them there (nodes that share no disk).
+	Carries []CarriedFile `json:"carries,omitempty"`
+}
+
+// CarriedFile is a file or directory a move carries to its target.
+type CarriedFile struct {
+	Path  string `json:"path"`
+	Bytes int64  `json:"bytes"`
+	Dir   bool   `json:"dir,omitempty"`
 }
 
 // MigrationStats are the figures of a migration (the table's record).

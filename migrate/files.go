@@ -1,8 +1,11 @@
 package migrate
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -21,7 +24,29 @@ type FileNeed struct {
 	// (a log), which CRIU reopens whatever its size.
 	Size int64 `json:"size"`
 	Dir  bool  `json:"dir"`
+	// Bytes is a regular file's size on the source, whether CRIU checks it or not; Mode,
+	// UID and GID are its permission bits and owner: what a target that lacks the file or
+	// directory creates it with.
+	Bytes int64  `json:"bytes,omitempty"`
+	Mode  uint32 `json:"mode,omitempty"`
+	UID   uint32 `json:"uid,omitempty"`
+	GID   uint32 `json:"gid,omitempty"`
+	// Digest is the SHA-256 (hex) of a file open as an fd and small enough to carry
+	// (MaxCarryFile): a target with a file of the same size but other content at the
+	// path would have CRIU reopen the wrong data.
+	Digest string `json:"digest,omitempty"`
 }
+
+// What a move carries of the files its tree reopens by path and the target lacks: the
+// directories, and the regular files it has open (not executables or mapped libraries:
+// software must be installed on every node) of at most MaxCarryFile bytes each and
+// MaxCarryTotal in all.
+// They are read while the tree is frozen, so the target gets what the dump saw. A
+// larger file must be on the target already (or on storage every node shares).
+const (
+	MaxCarryFile  = 16 << 20
+	MaxCarryTotal = 64 << 20
+)
 
 // Kinds of FileNeed, strongest first: a path needed in several ways is listed once, as
 // the first of these.
@@ -64,14 +89,21 @@ func needs(v procView, procs []procFiles, skipDirs []string) ([]FileNeed, error)
 		if err != nil {
 			return fmt.Errorf("stat %s: %w", path, err)
 		}
-		n := FileNeed{Path: path, Kind: kind}
+		n := FileNeed{Path: path, Kind: kind, Mode: uint32(info.Mode().Perm())}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			n.UID, n.GID = st.Uid, st.Gid
+		}
 		switch {
 		case info.IsDir():
 			n.Dir = true
 		case info.Mode().IsRegular():
-			n.Size = info.Size()
+			n.Size, n.Bytes = info.Size(), info.Size()
 			if !sizeChecked {
 				n.Size = -1
+			}
+			if kind == NeedFd && n.Bytes <= MaxCarryFile && !under(path, []string{"/proc", "/sys", "/dev"}) {
+				// One that cannot be read (gone since, say) is compared by size only.
+				n.Digest, _ = digestFile(procPath)
 			}
 		default:
 			return nil // devices, sockets, fifos: blockers judges those
@@ -83,6 +115,9 @@ func needs(v procView, procs []procFiles, skipDirs []string) ([]FileNeed, error)
 		}
 		if needRank[kind] < needRank[old.Kind] {
 			old.Kind = kind
+		}
+		if old.Digest == "" {
+			old.Digest = n.Digest
 		}
 		if old.Size < 0 && n.Size >= 0 {
 			old.Size = n.Size
@@ -175,31 +210,50 @@ func (v procView) fdFlags(pid, fd int) (uint64, error) {
 // FileProblem is a FileNeed the target cannot meet.
 type FileProblem struct {
 	Path   string
-	Reason string // "missing", "size", "type"
+	Reason string // "missing", "size", "type", "content", "too-large"
 	Detail string
 }
 
 // Reasons of a FileProblem.
 const (
-	FileMissing = "missing"
-	FileSize    = "size"
-	FileType    = "type"
+	FileMissing  = "missing"
+	FileSize     = "size"
+	FileType     = "type"
+	FileContent  = "content"
+	FileTooLarge = "too-large"
 )
 
-// CheckFiles runs on the target: each need must exist with the same type and, for
-// regular files whose size CRIU checks, the same size. It returns one problem per
-// mismatch (nil if none), each naming the path and what to do. root "" or "/" is the
-// real file system; tests pass a temp dir.
-func CheckFiles(root string, needs []FileNeed) []FileProblem {
-	var out []FileProblem
+// CheckFiles runs on the target, node: each need must exist with the same type, for
+// regular files whose size CRIU checks the same size, and for files with a digest the
+// same content. What is missing and may be carried (see MaxCarryFile) is returned in
+// carry, directories before what they hold; every other mismatch is a problem naming
+// the path and what to do. root "" or "/" is the real file system; tests pass a temp dir.
+func CheckFiles(root, node string, needs []FileNeed) (problems []FileProblem, carry []FileNeed) {
+	var carried int64
 	for _, n := range needs {
 		p := n.Path
 		if root != "" && root != "/" {
 			p = filepath.Join(root, n.Path)
 		}
 		info, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) && (n.Dir || n.Kind == NeedFd) {
+			switch {
+			case n.Dir:
+				carry = append(carry, n)
+				continue
+			case n.Bytes > MaxCarryFile || carried+n.Bytes > MaxCarryTotal:
+				problems = append(problems, FileProblem{Path: n.Path, Reason: FileTooLarge, Detail: fmt.Sprintf(
+					"%s (%s) is missing on %s, and a move carries files of at most %s each and %s in all: "+
+						"copy it there, at the same path, or keep it on storage every node shares",
+					n.Path, sizeString(n.Bytes), node, sizeString(MaxCarryFile), sizeString(MaxCarryTotal))})
+				continue
+			}
+			carried += n.Bytes
+			carry = append(carry, n)
+			continue
+		}
 		if err != nil {
-			out = append(out, FileProblem{Path: n.Path, Reason: FileMissing, Detail: missingDetail(n, err)})
+			problems = append(problems, FileProblem{Path: n.Path, Reason: FileMissing, Detail: missingDetail(n, node, err)})
 			continue
 		}
 		want := "regular file"
@@ -207,17 +261,50 @@ func CheckFiles(root string, needs []FileNeed) []FileProblem {
 			want = "directory"
 		}
 		if got := fileType(info.Mode()); got != want {
-			out = append(out, FileProblem{Path: n.Path, Reason: FileType, Detail: fmt.Sprintf(
-				"%s is a %s on this node but a %s on the source: %s", n.Path, got, want, sameThere(n))})
+			problems = append(problems, FileProblem{Path: n.Path, Reason: FileType, Detail: fmt.Sprintf(
+				"%s is a %s on %s but a %s on the source: %s", n.Path, got, node, want, sameThere(n))})
 			continue
 		}
 		if !n.Dir && n.Size >= 0 && info.Size() != n.Size {
-			out = append(out, FileProblem{Path: n.Path, Reason: FileSize, Detail: fmt.Sprintf(
-				"%s is %d bytes on this node but %d bytes on the source, and CRIU refuses to reopen a file "+
-					"whose size changed: %s", n.Path, info.Size(), n.Size, sameThere(n))})
+			problems = append(problems, FileProblem{Path: n.Path, Reason: FileSize, Detail: fmt.Sprintf(
+				"%s is %d bytes on %s but %d bytes on the source, and CRIU refuses to reopen a file "+
+					"whose size changed: %s", n.Path, info.Size(), node, n.Size, sameThere(n))})
+			continue
+		}
+		if n.Digest != "" && info.Size() == n.Bytes {
+			if d, err := digestFile(p); err != nil || d != n.Digest {
+				problems = append(problems, FileProblem{Path: n.Path, Reason: FileContent, Detail: fmt.Sprintf(
+					"%s on %s has the size of the workload's but other content, and CRIU would reopen %s's: "+
+						"remove it there (the move then carries the workload's) or make it the same", n.Path, node, node)})
+			}
 		}
 	}
-	return out
+	sort.SliceStable(carry, func(i, j int) bool { return carry[i].Path < carry[j].Path }) // a dir before what it holds
+	return problems, carry
+}
+
+// digestFile returns the SHA-256 of the file at path, in hex.
+func digestFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func sizeString(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 func fileType(m fs.FileMode) string {
@@ -250,17 +337,17 @@ func sameThere(n FileNeed) string {
 	return "copy the same file there, at the same path"
 }
 
-func missingDetail(n FileNeed, err error) string {
-	why := "is missing on this node"
+func missingDetail(n FileNeed, node string, err error) string {
+	why := "is missing on " + node
 	var pe *fs.PathError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case errors.Is(err, syscall.ENOTDIR):
 		why += " (a parent of it is not a directory)"
 	case errors.As(err, &pe):
-		why = fmt.Sprintf("cannot be read on this node (%v)", pe.Err)
+		why = fmt.Sprintf("cannot be read on %s (%v)", node, pe.Err)
 	default:
-		why = fmt.Sprintf("cannot be read on this node (%v)", err)
+		why = fmt.Sprintf("cannot be read on %s (%v)", node, err)
 	}
 	switch n.Kind {
 	case NeedExe:

@@ -1,10 +1,13 @@
 package migrate
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -49,6 +52,15 @@ func TestNeededFilesFixture(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := in.Files
+			for i, n := range got {
+				if !n.Dir && n.Size >= 0 && n.Bytes != n.Size {
+					t.Errorf("%s: bytes %d, size %d", n.Path, n.Bytes, n.Size)
+				}
+				if n.Digest != "" {
+					t.Errorf("%s: a digest of a file the fixture cannot hold: %s", n.Path, n.Digest)
+				}
+				got[i].Bytes, got[i].Mode, got[i].UID, got[i].GID = 0, 0, 0, 0 // the fixture's stat has none
+			}
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got\n%s\nwant\n%s", fmtNeeds(got), fmtNeeds(tc.want))
 			}
@@ -106,6 +118,8 @@ func TestCheckFiles(t *testing.T) {
 	mk("/srv/app/app.log", 12345)
 	mk("/srv/app/data.db", 4096)
 	mk("/srv/app/notadir", 1)
+	mk("/srv/app/same.dat", 100)
+	mk("/srv/app/other.dat", 100)
 	mkdir("/srv/app/cache")
 	mkdir("/data")
 	if err := os.Symlink("server", filepath.Join(root, "/opt/app/bin/link")); err != nil {
@@ -113,35 +127,46 @@ func TestCheckFiles(t *testing.T) {
 	}
 
 	needs := []FileNeed{
-		{Path: "/opt/app/bin/server", Kind: "exe", Size: 1000},        // fine
-		{Path: "/opt/app/bin/link", Kind: "exe", Size: 1000},          // fine, through a symlink
-		{Path: "/opt/app/lib/libfoo.so", Kind: "map", Size: 4096},     // size
-		{Path: "/opt/app/lib/libbar.so", Kind: "map", Size: 10},       // missing
-		{Path: "/srv/app/app.log", Kind: "fd", Size: -1},              // fine: size not checked
-		{Path: "/srv/app/data.db", Kind: "fd", Size: 8192},            // size
-		{Path: "/srv/app/cache", Kind: "fd", Size: 10},                // type: a directory here
-		{Path: "/srv/app/data.db/x", Kind: "fd", Size: 1},             // missing (ENOTDIR)
-		{Path: "/srv/app/notadir", Kind: "cwd", Dir: true},            // type: a file here
-		{Path: "/data", Kind: "cwd", Dir: true},                       // fine
-		{Path: "/srv/gone", Kind: "cwd", Dir: true},                   // missing
-		{Path: "/usr/local/bin/migshmd", Kind: "exe", Size: 9000000},  // missing
-		{Path: "/var/lib/app/queue", Kind: "fd", Dir: false, Size: 0}, // missing
+		{Path: "/opt/app/bin/server", Kind: "exe", Size: 1000},                                                              // fine
+		{Path: "/opt/app/bin/link", Kind: "exe", Size: 1000},                                                                // fine, through a symlink
+		{Path: "/opt/app/lib/libfoo.so", Kind: "map", Size: 4096},                                                           // size
+		{Path: "/opt/app/lib/libbar.so", Kind: "map", Size: 10},                                                             // missing
+		{Path: "/srv/app/app.log", Kind: "fd", Size: -1},                                                                    // fine: size not checked
+		{Path: "/srv/app/data.db", Kind: "fd", Size: 8192},                                                                  // size
+		{Path: "/srv/app/cache", Kind: "fd", Size: 10},                                                                      // type: a directory here
+		{Path: "/srv/app/data.db/x", Kind: "fd", Size: 1},                                                                   // missing (ENOTDIR)
+		{Path: "/srv/app/notadir", Kind: "cwd", Dir: true},                                                                  // type: a file here
+		{Path: "/data", Kind: "cwd", Dir: true},                                                                             // fine
+		{Path: "/srv/gone", Kind: "cwd", Dir: true},                                                                         // missing
+		{Path: "/usr/local/bin/migshmd", Kind: "exe", Size: 9000000},                                                        // missing
+		{Path: "/var/lib/app/queue", Kind: "fd", Dir: false, Size: 0},                                                       // missing: carried
+		{Path: "/srv/app/same.dat", Kind: "fd", Size: 100, Bytes: 100, Digest: digestOf(make([]byte, 100))},                 // fine
+		{Path: "/srv/app/other.dat", Kind: "fd", Size: 100, Bytes: 100, Digest: digestOf([]byte(strings.Repeat("x", 100)))}, // content
+		{Path: "/srv/app/big.dat", Kind: "fd", Size: MaxCarryFile + 1, Bytes: MaxCarryFile + 1},                             // missing, too large
+		{Path: "/srv/app/new.dat", Kind: "fd", Size: 7, Bytes: 7},                                                           // missing: carried
 	}
 	want := []struct {
 		path, reason string
 		detail       []string
 	}{
-		{"/opt/app/lib/libfoo.so", "size", []string{"is 10 bytes on this node but 4096 bytes on the source", "install the same build there, at the same path"}},
-		{"/opt/app/lib/libbar.so", "missing", []string{"/opt/app/lib/libbar.so is missing on this node", "mapped", "install the same build there, at the same path"}},
-		{"/srv/app/data.db", "size", []string{"4096 bytes on this node but 8192", "refuses", "copy the same file there"}},
-		{"/srv/app/cache", "type", []string{"/srv/app/cache is a directory on this node but a regular file on the source"}},
-		{"/srv/app/data.db/x", "missing", []string{"/srv/app/data.db/x is missing on this node (a parent of it is not a directory)"}},
-		{"/srv/app/notadir", "type", []string{"is a regular file on this node but a directory on the source", "create the same directory there"}},
-		{"/srv/gone", "missing", []string{"directory /srv/gone is missing on this node", "runs in it"}},
-		{"/usr/local/bin/migshmd", "missing", []string{"/usr/local/bin/migshmd is missing on this node: the workload runs it; install the same build there, at the same path"}},
-		{"/var/lib/app/queue", "missing", []string{"has it open", "copy the same file there"}},
+		{"/opt/app/lib/libfoo.so", "size", []string{"is 10 bytes on n2 but 4096 bytes on the source", "install the same build there, at the same path"}},
+		{"/opt/app/lib/libbar.so", "missing", []string{"/opt/app/lib/libbar.so is missing on n2", "mapped", "install the same build there, at the same path"}},
+		{"/srv/app/data.db", "size", []string{"4096 bytes on n2 but 8192", "refuses", "copy the same file there"}},
+		{"/srv/app/cache", "type", []string{"/srv/app/cache is a directory on n2 but a regular file on the source"}},
+		{"/srv/app/data.db/x", "missing", []string{"/srv/app/data.db/x is missing on n2 (a parent of it is not a directory)"}},
+		{"/srv/app/notadir", "type", []string{"is a regular file on n2 but a directory on the source", "create the same directory there"}},
+		{"/usr/local/bin/migshmd", "missing", []string{"/usr/local/bin/migshmd is missing on n2: the workload runs it; install the same build there, at the same path"}},
+		{"/srv/app/other.dat", "content", []string{"/srv/app/other.dat on n2 has the size of the workload's but other content", "remove it there"}},
+		{"/srv/app/big.dat", "too-large", []string{"/srv/app/big.dat (16.0 MiB) is missing on n2", "at most 16.0 MiB each and 64.0 MiB in all", "copy it there"}},
 	}
-	got := CheckFiles(root, needs)
+	got, carry := CheckFiles(root, "n2", needs)
+	var carried []string
+	for _, n := range carry {
+		carried = append(carried, n.Path)
+	}
+	if want := []string{"/srv/app/new.dat", "/srv/gone", "/var/lib/app/queue"}; !slices.Equal(carried, want) {
+		t.Errorf("carried %v, want %v", carried, want)
+	}
 	for _, p := range got {
 		t.Logf("%s %s: %s", p.Reason, p.Path, p.Detail)
 	}
@@ -159,7 +184,7 @@ func TestCheckFiles(t *testing.T) {
 		}
 	}
 
-	if p := CheckFiles(root, nil); p != nil {
+	if p, c := CheckFiles(root, "n2", nil); p != nil || c != nil {
 		t.Errorf("no needs: got %+v", p)
 	}
 	// The real root: this test's own binary and the root directory are there.
@@ -172,8 +197,13 @@ func TestCheckFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range []string{"", "/"} {
-		if p := CheckFiles(r, []FileNeed{{Path: exe, Kind: "exe", Size: st.Size()}, {Path: "/", Kind: "cwd", Dir: true}}); p != nil {
+		if p, c := CheckFiles(r, "n2", []FileNeed{{Path: exe, Kind: "exe", Size: st.Size()}, {Path: "/", Kind: "cwd", Dir: true}}); p != nil || c != nil {
 			t.Errorf("root %q: got %+v", r, p)
 		}
 	}
+}
+
+func digestOf(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }

@@ -210,12 +210,19 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	if n, ok := byPath["/"]; !ok || !n.Dir {
 		t.Errorf("needs lack the cwd /: %+v", n)
 	}
-	if p := migrate.CheckFiles("/", needs); p != nil {
-		t.Errorf("this node lacks files its own workload uses: %+v", p)
+	if p, c := migrate.CheckFiles("/", "here", needs); p != nil || c != nil {
+		t.Errorf("this node lacks files its own workload uses: %+v, carry %+v", p, c)
 	}
-	// In an empty root everything but the root directory itself is missing.
-	if p := migrate.CheckFiles(t.TempDir(), needs); len(p) != len(needs)-1 {
-		t.Errorf("an empty root: %d problems for %d needs: %+v", len(p), len(needs), p)
+	// In an empty root everything but the root directory itself is missing: the
+	// binary and its libraries are problems, the directories and open files carried.
+	p, c := migrate.CheckFiles(t.TempDir(), "empty", needs)
+	if len(p)+len(c) != len(needs)-1 || len(p) == 0 {
+		t.Errorf("an empty root: %d problems and %d carried for %d needs: %+v %+v", len(p), len(c), len(needs), p, c)
+	}
+	for _, n := range c {
+		if n.Kind == migrate.NeedExe || n.Kind == migrate.NeedMap {
+			t.Errorf("an empty root would be given the software %s (%s)", n.Path, n.Kind)
+		}
 	}
 
 	// Without the skip, the logs are needed, but their size is not (append-only).

@@ -475,6 +475,13 @@ func printCheckReport(out io.Writer, r api.CheckReport) error {
 	case r.MemoryBytes > 0:
 		fmt.Fprintf(w, "memory:\t%s needed, free memory on %s unknown\n", human(r.MemoryBytes), r.Target)
 	}
+	for _, f := range r.Carries {
+		what := human(uint64(f.Bytes))
+		if f.Dir {
+			what = "directory"
+		}
+		fmt.Fprintf(w, "carries:\t%s (%s), missing on %s\n", f.Path, what, r.Target)
+	}
 	if r.OK {
 		fmt.Fprintf(w, "result:\tmovable\n")
 	} else {

@@ -34,6 +34,9 @@ func Peer(cfg Config) http.Handler {
 		q := r.URL.Query()
 		return struct{}{}, s.Target.File(r.Context(), caller(r), r.PathValue("id"), q.Get("workload"), q.Get("name"), r.Body)
 	}))
+	mux.Handle("POST "+migration.PathCarry, s.handle(func(r *http.Request) (any, error) {
+		return struct{}{}, s.Target.Carry(r.Context(), caller(r), r.PathValue("id"), r.URL.Query().Get("path"), r.Body)
+	}))
 	mux.Handle("POST "+migration.PathImages, s.handle(func(r *http.Request) (any, error) {
 		return s.Target.Images(r.Context(), caller(r), r.PathValue("id"), r.Body)
 	}))
@@ -48,7 +51,7 @@ func Peer(cfg Config) http.Handler {
 	}))
 	// Pages, files and images are data streams: their readers bound them.
 	streams := map[string]bool{"POST " + migration.PathPages: true, "POST " + migration.PathFiles: true,
-		"POST " + migration.PathImages: true}
+		"POST " + migration.PathCarry: true, "POST " + migration.PathImages: true}
 	return s.peersOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); !streams[pattern] {
 			r.Body = http.MaxBytesReader(w, r.Body, maxBody)

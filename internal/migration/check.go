@@ -43,7 +43,13 @@ func Validate(table *shmowner.Table, w record.Workload, req api.MoveRequest) err
 
 // Check finds every reason workload w (running on this node) cannot move to target
 // now. It changes nothing. An error means the check itself could not run.
-func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (rep api.CheckReport, err error) {
+func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (api.CheckReport, error) {
+	rep, _, err := e.check(ctx, w, target)
+	return rep, err
+}
+
+// check is Check, also returning the files the tree reopens by path.
+func (e *Engine) check(ctx context.Context, w record.Workload, target string) (rep api.CheckReport, files []migrate.FileNeed, err error) {
 	rep = api.CheckReport{Workload: w.ID, Name: w.Name, Source: e.self, Target: target, Problems: []api.Problem{}}
 	add := func(reason, format string, args ...any) {
 		rep.Problems = append(rep.Problems, api.Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
@@ -53,32 +59,32 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 	tn, ok := table.Node(target)
 	switch {
 	case !ok:
-		return rep, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, record.ErrUnknownNode)
+		return rep, nil, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, record.ErrUnknownNode)
 	case target == e.self:
-		return rep, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, record.ErrSameNode)
+		return rep, nil, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, record.ErrSameNode)
 	case tn.State != record.NodeActive:
 		add("target-state", "node %s is %s; only an active node takes workloads", target, tn.State)
-		return rep, nil
+		return rep, files, nil
 	}
 	if mg, ok := table.ActiveMigration(w.ID); ok {
 		add("migration-in-flight", "migration %s of %s (%s -> %s) is in phase %s; wait for it (`migshm migrations`)",
 			mg.ID, w.Name, mg.Source, mg.Target, mg.Phase)
-		return rep, nil
+		return rep, files, nil
 	}
 	if _, running := e.wl.Running(w.ID); !running {
-		return rep, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
+		return rep, nil, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
 	}
 	rep.Group = w.Group
 	recs, err := e.group(table, w)
 	switch {
 	case errors.Is(err, record.ErrGroupSplit):
 		add("group-split", "%v", err)
-		return rep, nil
+		return rep, files, nil
 	case errors.Is(err, api.ErrNotMovable):
 		add("group", "%v", err)
-		return rep, nil
+		return rep, files, nil
 	case err != nil:
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+		return rep, nil, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	dirs := make([]string, len(recs))
 	for i, r := range recs {
@@ -93,17 +99,18 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 	switch {
 	case errors.As(err, &nm):
 		add(string(nm.Reason), "%s", nm.Detail)
-		return rep, nil
+		return rep, files, nil
 	case err != nil:
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+		return rep, nil, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	rep.Processes = len(tree.Procs)
 	// The engine ships the members' own files (logs) itself; everything else the tree
 	// reopens by path must already be on the target.
 	in, err := migrate.Inspect("/proc", tree, dirs...)
 	if err != nil {
-		return rep, fmt.Errorf("check %s: %w", w.Name, err)
+		return rep, nil, fmt.Errorf("check %s: %w", w.Name, err)
 	}
+	files = in.Files
 	rep.Segments = len(in.Segments)
 	for _, b := range in.Blockers {
 		add(b.Reason, "%s", b.Detail)
@@ -120,11 +127,14 @@ func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (r
 	res, err := e.peers.Target(tn.APIAddr).Check(cctx, req)
 	if err != nil {
 		add("target-unreachable", "node %s does not answer: %v", target, err)
-		return rep, nil
+		return rep, files, nil
 	}
 	rep.TargetFree = res.FreeBytes
 	rep.Problems = append(rep.Problems, res.Problems...)
-	return rep, nil
+	for _, n := range res.Carry {
+		rep.Carries = append(rep.Carries, api.CarriedFile{Path: n.Path, Bytes: n.Bytes, Dir: n.Dir})
+	}
+	return rep, files, nil
 }
 
 // CheckTarget answers a source's check on this node, the candidate target.
@@ -154,9 +164,11 @@ func (e *Engine) CheckTarget(ctx context.Context, req TargetCheckRequest) (Targe
 		add("target-memory", "node %s has %s available; moving this workload needs about %s (its memory, and its images while it restores)",
 			e.self, humanBytes(free), humanBytes(need))
 	}
-	for _, p := range migrate.CheckFiles("/", req.Files) {
+	problems, carry := migrate.CheckFiles("/", e.self, req.Files)
+	for _, p := range problems {
 		add("file-"+p.Reason, "%s", p.Detail)
 	}
+	res.Carry = carry
 	if _, running := e.wl.Running(req.Workload); running {
 		add("target-has-workload", "node %s still runs a copy of %s", e.self, req.Workload)
 	}

@@ -31,6 +31,9 @@ type journal struct {
 	// target as they will run there (pids set once restored), on a source as they run
 	// there.
 	Records []supervisor.Record `json:"records"`
+	// Carried are the paths a target made for the tree (directories first): an abort
+	// removes them again.
+	Carried []string `json:"carried,omitempty"`
 }
 
 // root returns the group init's host pid and start time.

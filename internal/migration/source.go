@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/migshm/migshm/api"
@@ -47,10 +48,12 @@ type sourceRun struct {
 
 	stats       record.MigrationStats
 	pc          *migrate.Precopier
-	shared      bool           // the target sees this node's workload dir (one host, shared filesystem)
-	groupShared bool           // the target sees the group's request dir
-	frozen      bool           // the tree may be stopped by a dump
-	placed      map[string]int // the members' init pids on the target, once restored
+	files       []migrate.FileNeed // what the tree reopens by path, as the check found it
+	carry       []string           // the files of those the target lacks: sent while frozen
+	shared      bool               // the target sees this node's workload dir (one host, shared filesystem)
+	groupShared bool               // the target sees the group's request dir
+	frozen      bool               // the tree may be stopped by a dump
+	placed      map[string]int     // the members' init pids on the target, once restored
 }
 
 // Move starts moving workload w, which runs on this node, as req asks. It returns once
@@ -95,7 +98,7 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 		e.mu.Unlock()
 	}()
 
-	rep, err := e.Check(ctx, w, req.Target)
+	rep, files, err := e.check(ctx, w, req.Target)
 	if err != nil {
 		return startErr(err)
 	}
@@ -108,7 +111,7 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 	if err != nil {
 		return startErr(fmt.Errorf("move %s: %w", w.Name, err))
 	}
-	s := &sourceRun{e: e, id: newMigrationID(), w: w, recs: recs, root: recs[0].GroupPid, target: tn,
+	s := &sourceRun{e: e, id: newMigrationID(), w: w, recs: recs, root: recs[0].GroupPid, target: tn, files: files,
 		remote: e.peers.Target(tn.APIAddr), epoch: table.GroupEpoch(w.Group), req: req, emit: emit, start: time.Now()}
 	s.log = e.log.With("migration", s.id, "workload", w.Name, "peer", tn.ID)
 	s.dir = filepath.Join(e.cfg.ImageDir, "out-"+s.id)
@@ -213,7 +216,7 @@ func (s *sourceRun) run(ctx context.Context) error {
 	// (a token file only this node wrote), so neither side copies files onto themselves
 	// nor removes files the other uses.
 	wdir := s.e.wl.Dir(s.w.ID)
-	req := PrepareRequest{Records: s.recs, Dir: wdir, Token: newMigrationID()}
+	req := PrepareRequest{Records: s.recs, Dir: wdir, Token: newMigrationID(), Files: s.files}
 	tokens := map[string]string{wdir: req.Token}
 	if gdir := s.recs[0].GroupDir; gdir != "" {
 		req.GroupToken = newMigrationID()
@@ -234,7 +237,7 @@ func (s *sourceRun) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("prepare %s: %w", s.target.ID, err)
 	}
-	s.shared, s.groupShared = prep.Shared, prep.GroupShared
+	s.shared, s.groupShared, s.carry = prep.Shared, prep.GroupShared, prep.Carry
 	if s.shared || s.groupShared {
 		// Recovery must know which dirs are not this node's alone.
 		if err := s.e.saveJournal(s.journal()); err != nil {
@@ -344,6 +347,9 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 		if err := s.shipFiles(fctx); err != nil {
 			return err
 		}
+	}
+	if err := s.carryFiles(fctx); err != nil {
+		return err
 	}
 	opts := migrate.StreamOptions{Paged: migrate.PagesImage}
 	if s.pc != nil {
@@ -519,6 +525,28 @@ func (s *sourceRun) shipFiles(ctx context.Context) error {
 				return fmt.Errorf("ship %s of %s: %w", name, rec.Name, err)
 			}
 		}
+	}
+	return nil
+}
+
+// carryFiles sends the files the target lacks, as the frozen tree sees them (through
+// its root, so in its own mount namespace).
+func (s *sourceRun) carryFiles(ctx context.Context) error {
+	for _, file := range s.carry {
+		f, err := os.Open(filepath.Join("/proc", strconv.Itoa(s.root), "root", file))
+		if err != nil {
+			return fmt.Errorf("carry %s: %w", file, err)
+		}
+		var size int64
+		if st, err := f.Stat(); err == nil {
+			size = st.Size()
+		}
+		err = s.remote.Carry(ctx, s.id, file, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("carry %s to %s: %w", file, s.target.ID, err)
+		}
+		s.stats.FinalBytes += uint64(size) // sent while frozen
 	}
 	return nil
 }

@@ -31,7 +31,8 @@ type targetState struct {
 	j     journal
 	dir   string
 	store *migrate.PageStore
-	proc  *workload.Process // the restored init while it is our child and not yet adopted
+	proc  *workload.Process           // the restored init while it is our child and not yet adopted
+	carry map[string]migrate.FileNeed // the files this node lacks, by path, until they came
 }
 
 // pageStore returns the store of the pre-copied pages, nil once the images came.
@@ -129,7 +130,33 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 		recs[i] = rec
 	}
 	j := journal{ID: id, Role: roleTarget, Source: mg.Source, Epoch: mg.Epoch, Shared: shared, GroupShared: groupShared, Records: recs}
+	problems, carry := migrate.CheckFiles("/", e.self, req.Files)
+	if len(problems) > 0 {
+		store.Close()
+		os.RemoveAll(dir)
+		return PrepareResult{}, fmt.Errorf("migration %s: %w", id, filesError(problems))
+	}
+	// The directories the tree needs are made now (and removed by an abort); the files
+	// come while it is frozen (Carry).
+	files := map[string]migrate.FileNeed{}
+	var res PrepareResult
+	for _, n := range carry {
+		if !n.Dir {
+			files[n.Path] = n
+			res.Carry = append(res.Carry, n.Path)
+			continue
+		}
+		made, err := makeDir(n)
+		j.Carried = append(j.Carried, made...)
+		if err != nil {
+			removeCarried(j.Carried)
+			store.Close()
+			os.RemoveAll(dir)
+			return PrepareResult{}, fmt.Errorf("migration %s: make %s: %w", id, n.Path, err)
+		}
+	}
 	if err := e.saveJournal(j); err != nil {
+		removeCarried(j.Carried)
 		store.Close()
 		os.RemoveAll(dir)
 		return PrepareResult{}, err
@@ -157,12 +184,13 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 		store.Close()
 		return PrepareResult{}, fmt.Errorf("migration %s is already open here: %w", id, record.ErrExists)
 	}
-	e.targets[id] = &targetState{j: j, dir: dir, store: store}
+	e.targets[id] = &targetState{j: j, dir: dir, store: store, carry: files}
 	e.mu.Unlock()
 	e.log.Info("incoming migration", "migration", id, "workload", recs[0].Name, "members", len(recs), "peer", mg.Source,
-		"shared_dir", shared, "shared_group_dir", groupShared)
+		"shared_dir", shared, "shared_group_dir", groupShared, "carry", len(res.Carry), "made_dirs", len(j.Carried))
 	faults.At("target-prepared")
-	return PrepareResult{Shared: shared, GroupShared: groupShared}, nil
+	res.Shared, res.GroupShared = shared, groupShared
+	return res, nil
 }
 
 // sameMembers checks that recs are the records of the workloads migration mg moves, in
@@ -231,6 +259,28 @@ func (e *Engine) File(ctx context.Context, caller, id, wl, name string, content 
 		return fmt.Errorf("receive %s: %w", name, err)
 	}
 	return nil
+}
+
+// Carry takes a file of the tree that this node said it lacks (PrepareResult.Carry),
+// read on the source while the tree is frozen. It never replaces a file: one that
+// appeared at the path since is an error.
+func (e *Engine) Carry(ctx context.Context, caller, id, file string, content io.Reader) error {
+	t, err := e.open(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, ok := t.carry[file]
+	if !ok {
+		return fmt.Errorf("carry: migration %s carries no file %q to %s: %w", id, file, e.self, api.ErrBadRequest)
+	}
+	if err := writeNew(n, content); err != nil {
+		return fmt.Errorf("carry %s: %w", file, err)
+	}
+	delete(t.carry, file)
+	t.j.Carried = append(t.j.Carried, file)
+	return e.saveJournal(t.j)
 }
 
 // Images takes the final images of migration id.
@@ -433,6 +483,7 @@ func (e *Engine) abortTarget(id string) error {
 	if gdir := t.j.Records[0].GroupDir; gdir != "" && !t.j.GroupShared {
 		os.RemoveAll(gdir)
 	}
+	removeCarried(t.j.Carried)
 	e.log.Info("aborted migration cleaned up", "migration", id, "workload", t.j.Records[0].Name)
 	e.closeTarget(id, t)
 	return nil

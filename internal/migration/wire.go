@@ -21,6 +21,7 @@ const (
 	PathPrepare = "/peer/v1/migrations/{id}/prepare"
 	PathPages   = "/peer/v1/migrations/{id}/pages"  // body: a pre-copy round's page stream
 	PathFiles   = "/peer/v1/migrations/{id}/files"  // ?workload=ID&name=FILE; body: the file
+	PathCarry   = "/peer/v1/migrations/{id}/carry"  // ?path=PATH; body: a file the target said it lacks
 	PathImages  = "/peer/v1/migrations/{id}/images" // body: the image stream
 	PathRestore = "/peer/v1/migrations/{id}/restore"
 	PathResume  = "/peer/v1/migrations/{id}/resume"
@@ -39,6 +40,8 @@ type TargetCheckRequest struct {
 type TargetCheckResult struct {
 	FreeBytes uint64        `json:"free_bytes"`
 	Problems  []api.Problem `json:"problems"`
+	// Carry are the files and directories the target lacks and a move would carry.
+	Carry []migrate.FileNeed `json:"carry,omitempty"`
 }
 
 // PrepareRequest opens a migration on the target.
@@ -50,12 +53,18 @@ type PrepareRequest struct {
 	Token   string              `json:"token"` // content of Dir/.migration-ID, if the target can read it the dir is shared
 	// GroupToken is the content of the group dir's .migration-ID: the same test for it.
 	GroupToken string `json:"group_token"`
+	// Files are what the tree reopens by path (migrate.Inspection.Files): the target
+	// checks them again and says which files it lacks.
+	Files []migrate.FileNeed `json:"files"`
 }
 
-// PrepareResult says whether the target sees the source's workload dir and group dir.
+// PrepareResult says whether the target sees the source's workload dir and group dir,
+// and which files it lacks (the directories it made already): the source sends those
+// while the tree is frozen.
 type PrepareResult struct {
-	Shared      bool `json:"shared"`
-	GroupShared bool `json:"group_shared"`
+	Shared      bool     `json:"shared"`
+	GroupShared bool     `json:"group_shared"`
+	Carry       []string `json:"carry,omitempty"`
 }
 
 // PagesResult is the target's receipt of a pre-copy round.
@@ -89,6 +98,7 @@ type Remote interface {
 	Prepare(ctx context.Context, id string, req PrepareRequest) (PrepareResult, error)
 	Pages(ctx context.Context, id string, pages io.Reader) (PagesResult, error)
 	File(ctx context.Context, id, workload, name string, content io.Reader) error
+	Carry(ctx context.Context, id, file string, content io.Reader) error
 	Images(ctx context.Context, id string, images io.Reader) (ImagesResult, error)
 	Restore(ctx context.Context, id string, req RestoreRequest) (RestoreResult, error)
 	Resume(ctx context.Context, id string) error
@@ -120,6 +130,10 @@ func (r clientRemote) Pages(ctx context.Context, id string, pages io.Reader) (Pa
 
 func (r clientRemote) File(ctx context.Context, id, workload, name string, content io.Reader) error {
 	return r.c.Upload(ctx, path(PathFiles, id)+"?"+url.Values{"workload": {workload}, "name": {name}}.Encode(), content, nil)
+}
+
+func (r clientRemote) Carry(ctx context.Context, id, file string, content io.Reader) error {
+	return r.c.Upload(ctx, path(PathCarry, id)+"?"+url.Values{"path": {file}}.Encode(), content, nil)
 }
 
 func (r clientRemote) Images(ctx context.Context, id string, images io.Reader) (ImagesResult, error) {

@@ -99,19 +99,53 @@ type cluster struct {
 	migshmd string
 	migshm  string
 	caDir   string
-	wdir    string // workload dir shared by the nodes (one host, one filesystem)
+	wdir    string // workload dir: shared by the nodes (one host, one filesystem) unless private
+	private []string // the paths each node has its own (newPrivateCluster)
 	nodes   []*tnode
 }
 
+// nodePath returns where the host sees path as node nd sees it.
+func (c *cluster) nodePath(nd *tnode, path string) string { return nd.net.HostPath(path, c.private...) }
+
 // newCluster brings up n node namespaces with a cluster CA and a certificate per node;
 // daemons are started for the first members (node 1 bootstraps, the others join it).
+// The nodes share the host's files, the workload dir included.
 func newCluster(t *testing.T, n, members int) *cluster {
 	t.Helper()
+	return newClusterWith(t, n, members, false)
+}
+
+// newPrivateCluster is newCluster on nodes that share no disk (scripts/cluster
+// --private-fs): each has its own /tmp, /var/tmp, /run/migshm and workload dir. The
+// test's own temp dirs and the binaries the tests build stay shared, as a real
+// cluster's OS image and installed programs are.
+func newPrivateCluster(t *testing.T, n, members int) *cluster {
+	t.Helper()
+	return newClusterWith(t, n, members, true)
+}
+
+func newClusterWith(t *testing.T, n, members int, private bool) *cluster {
+	t.Helper()
 	migshmd, migshm := binaries(t)
-	nets := netnode.Up(t, n)
 	dir := t.TempDir()
+	wdir := filepath.Join(dir, "workloads")
+	var opts netnode.Options
+	if private {
+		shared := []string{filepath.Dir(dir)}
+		built, _ := filepath.Glob(filepath.Join(os.TempDir(), "migshm-*")) // binaries, test workloads
+		for _, b := range built {
+			if info, err := os.Stat(b); err == nil && info.IsDir() {
+				shared = append(shared, b)
+			}
+		}
+		opts = netnode.Options{PrivateFS: true, Private: []string{wdir}, Share: shared}
+	}
+	nets := netnode.UpWith(t, n, opts)
 	c := &cluster{t: t, dir: dir, migshmd: migshmd, migshm: migshm, caDir: filepath.Join(dir, "ca"),
-		wdir: filepath.Join(dir, "workloads")}
+		wdir: wdir}
+	if private {
+		c.private = []string{"/tmp", "/var/tmp", "/run/migshm", wdir}
+	}
 	if err := pki.InitCA(c.caDir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +227,11 @@ func (c *cluster) restart(nd *tnode) {
 	defer logf.Close()
 	// nsenter --net keeps the host's mount namespace (ip netns exec would make one per
 	// start, and a restarted daemon's CRIU could not dump workloads of the last one).
-	cmd := exec.Command("nsenter", append([]string{"--net=" + nd.net.NetNSPath, c.migshmd}, nd.args...)...)
+	ns := []string{"--net=" + nd.net.NetNSPath}
+	if nd.net.MntNSPath != "" {
+		ns = append(ns, "--mount="+nd.net.MntNSPath)
+	}
+	cmd := exec.Command("nsenter", append(append(ns, c.migshmd), nd.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), nd.env...)
 	if err := cmd.Start(); err != nil {

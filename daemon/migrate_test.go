@@ -229,7 +229,7 @@ func lastEvent(evs []api.MoveEvent) api.MoveEvent {
 func TestMoveRoundTrips(t *testing.T) {
 	testenv.RequireCRIU(t)
 	bins := testwork.Build(t)
-	c := newCluster(t, 3, 3)
+	c := newPrivateCluster(t, 3, 3) // nodes that share no disk, as real hosts
 	n1 := c.nodes[0]
 	if _, err := c.cli(n1, "run", "--name", "counter", "--", bins.ShmCounter, "--workers", "4"); err != nil {
 		t.Fatal(err)
@@ -319,6 +319,15 @@ func TestMoveRoundTrips(t *testing.T) {
 		}
 		if err := syscallKillTree(wa.InitPid, "SIGUSR2"); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// Each node has a workload dir of its own: the counter's logs travelled with it and
+	// are on its node only.
+	wc := c.workload(n1, "counter")
+	for _, nd := range c.nodes {
+		_, err := os.Stat(c.nodePath(nd, filepath.Join(c.wdir, wc.ID, "stdout.log")))
+		if has := err == nil; has != (nd.id == wc.Node) {
+			t.Errorf("counter runs on %s, and %s has its log: %v", wc.Node, nd.id, has)
 		}
 	}
 	// Nothing left behind: no journals, no images, and every record is done.
@@ -665,5 +674,73 @@ func TestMoveTargetDiskFull(t *testing.T) {
 			js, _ := os.ReadDir(filepath.Join(n2.dir, "migrations"))
 			return len(es) == 0 && len(js) == 0, fmt.Sprintf("images %v, journals %v", es, js)
 		})
+	}
+}
+
+// TestMoveCarriesFiles: on nodes that share no disk, a move carries the directory a
+// program runs in and the small file it holds open, and refuses, naming the file, what
+// it cannot carry: a file too large, and a same-size file with other content on the
+// target.
+func TestMoveCarriesFiles(t *testing.T) {
+	testenv.RequireCRIU(t)
+	c := newPrivateCluster(t, 3, 3)
+	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	// It reads its file back every 100 ms and stops if the content changes.
+	script := `mkdir -p /tmp/app && cd /tmp/app && echo v1 > data && exec 3<data
+while :; do [ "$(cat /proc/self/fd/3)" = v1 ] || exit 7; sleep 0.1; done`
+	if _, err := c.cli(n1, "run", "--name", "holder", "--", "sh", "-c", script); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSettled(n1, "holder", "sleep")
+	out, err := c.cli(n1, "check", "holder", "n2")
+	if err != nil || !strings.Contains(out, "carries:    /tmp/app (directory), missing on n2") ||
+		!strings.Contains(out, "carries:    /tmp/app/data (3 B), missing on n2") {
+		t.Fatalf("check holder n2: %v\n%s", err, out)
+	}
+	for _, to := range []*tnode{n2, n3, n1} { // back to n1, which still has its own copy
+		if evs, err := c.move(n1, "holder", to.id); err != nil {
+			t.Fatalf("move holder to %s: %v\nevents: %+v", to.id, err, evs)
+		}
+		w := c.waitSettled(n1, "holder", "sleep")
+		if w.Node != to.id || w.State != record.WorkloadRunning {
+			t.Fatalf("after the move to %s: %+v", to.id, w)
+		}
+		if b, err := os.ReadFile(c.nodePath(to, "/tmp/app/data")); err != nil || string(b) != "v1\n" {
+			t.Fatalf("%s's /tmp/app/data: %q, %v", to.id, b, err)
+		}
+		// The table's pids follow the tree within a segment-interval of the move.
+		wait.For(t, 10*time.Second, "the shell in /tmp/app on "+to.id, func() (bool, string) {
+			w := c.workload(n1, "holder")
+			for _, pid := range w.Pids {
+				if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); string(comm) == "sh\n" {
+					cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+					return err == nil && cwd == "/tmp/app", fmt.Sprintf("pid %d runs in %q (%v)", pid, cwd, err)
+				}
+			}
+			return false, fmt.Sprintf("no shell among %v", w.Pids)
+		})
+	}
+	// n2 now holds a file of the same size with other content: never reopened, never replaced.
+	stale := c.nodePath(n2, "/tmp/app/data")
+	if err := os.WriteFile(stale, []byte("v2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.cli(n1, "move", "holder", "n2"); err == nil || !strings.Contains(out+err.Error(), "file-content: /tmp/app/data on n2 has the size of the workload's but other content") {
+		t.Fatalf("move onto another /tmp/app/data: %v\n%s", err, out)
+	}
+	if b, _ := os.ReadFile(stale); string(b) != "v2\n" {
+		t.Errorf("n2's own file was changed: %q", b)
+	}
+	// A file larger than a move carries.
+	big := `dd if=/dev/zero of=/tmp/big bs=1M count=17 2>/dev/null && exec 3</tmp/big && exec sleep 1000`
+	if _, err := c.cli(n1, "run", "--name", "big", "--", "sh", "-c", big); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSettled(n1, "big", "sleep")
+	if out, err := c.cli(n1, "check", "big", "n3"); err == nil || !strings.Contains(out, "file-too-large: /tmp/big (17.0 MiB) is missing on n3") {
+		t.Fatalf("check big n3: %v\n%s", err, out)
+	}
+	if w := c.workload(n1, "holder"); w.Node != "n1" || w.State != record.WorkloadRunning {
+		t.Fatalf("holder after the refusals: %+v", w)
 	}
 }

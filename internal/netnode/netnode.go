@@ -27,11 +27,39 @@ type Node struct {
 	NetNS     string // netns name, e.g. "mtab12cd-n1"
 	NetNSPath string // /run/netns/NAME, for setns(2) or "nsenter --net="
 	Addr      string // IPv4 address of the node's eth0, e.g. "10.213.0.11"
+	// With Options.PrivateFS: the node's mount namespace ("nsenter --mount=") and the
+	// host directory that holds its private paths (node path P is FS+P on the host).
+	MntNSPath string
+	FS        string
+}
+
+// Options are scripts/cluster up's file-system options.
+type Options struct {
+	PrivateFS bool     // --private-fs: nodes that share no disk
+	Private   []string // --private PATH: more paths each node has its own
+	Share     []string // --share PATH: paths kept shared inside private ones
+}
+
+// HostPath returns where the host sees path as the node sees it: under FS if path is
+// one of the node's private paths (private lists them), else path itself.
+func (n Node) HostPath(path string, private ...string) string {
+	if n.FS == "" {
+		return path
+	}
+	for _, p := range private {
+		if path == p || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
+			return filepath.Join(n.FS, path)
+		}
+	}
+	return path
 }
 
 // Command returns a command that runs name with args inside the node's network namespace
-// (via "ip netns exec").
+// (via "ip netns exec"), and its mount namespace if it has one (via nsenter).
 func (n Node) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if n.MntNSPath != "" {
+		return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.NetNSPath, "--mount=" + n.MntNSPath, name}, args...)...)
+	}
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NetNS, name}, args...)...)
 }
 
@@ -39,7 +67,7 @@ func (n Node) Command(ctx context.Context, name string, args ...string) *exec.Cm
 var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
 
 // nodeLineRE matches the lines "node I netns=NS addr=A" printed by scripts/cluster up.
-var nodeLineRE = regexp.MustCompile(`^node ([0-9]+) netns=(\S+) addr=(\S+)$`)
+var nodeLineRE = regexp.MustCompile(`^node ([0-9]+) netns=(\S+) addr=(\S+)(?: mntns=(\S+) fs=(\S+))?$`)
 
 const (
 	upTimeout   = 2 * time.Minute
@@ -49,6 +77,12 @@ const (
 // Up brings up n nodes under a fresh prefix and registers a cleanup that tears them down.
 // It skips the test when not running as root (fails when CI=true).
 func Up(tb testing.TB, n int) []Node {
+	tb.Helper()
+	return UpWith(tb, n, Options{})
+}
+
+// UpWith is Up with file-system options.
+func UpWith(tb testing.TB, n int, o Options) []Node {
 	tb.Helper()
 	RequireRoot(tb)
 	if n < 1 {
@@ -66,7 +100,17 @@ func Up(tb testing.TB, n int) []Node {
 	ctx, cancel := context.WithTimeout(context.Background(), upTimeout)
 	defer cancel()
 	// The tests start their own daemons (or none): the network only.
-	out, err := runScript(ctx, "up", strconv.Itoa(n), "--prefix", prefix, "--no-daemons")
+	args := []string{"up", strconv.Itoa(n), "--prefix", prefix, "--no-daemons"}
+	if o.PrivateFS {
+		args = append(args, "--private-fs")
+		for _, p := range o.Private {
+			args = append(args, "--private", p)
+		}
+		for _, p := range o.Share {
+			args = append(args, "--share", p)
+		}
+	}
+	out, err := runScript(ctx, args...)
 	if err != nil {
 		tb.Fatalf("scripts/cluster up %d --prefix %s: %v\n%s", n, prefix, err, out)
 	}
@@ -151,6 +195,8 @@ func parseNodes(out []byte) ([]Node, error) {
 			NetNS:     m[2],
 			NetNSPath: filepath.Join("/run/netns", m[2]),
 			Addr:      m[3],
+			MntNSPath: m[4],
+			FS:        m[5],
 		})
 	}
 	return nodes, sc.Err()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -277,14 +278,14 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestParseNodes(t *testing.T) {
-	out := []byte("node 1 netns=mtx-n1 addr=10.213.0.11\nnoise\nnode 2 netns=mtx-n2 addr=10.213.0.12\n")
+	out := []byte("node 1 netns=mtx-n1 addr=10.213.0.11\nnoise\nnode 2 netns=mtx-n2 addr=10.213.0.12 mntns=/run/m/mtx-n2 fs=/var/fs/n2\n")
 	nodes, err := parseNodes(out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []Node{
 		{Index: 1, NetNS: "mtx-n1", NetNSPath: "/run/netns/mtx-n1", Addr: "10.213.0.11"},
-		{Index: 2, NetNS: "mtx-n2", NetNSPath: "/run/netns/mtx-n2", Addr: "10.213.0.12"},
+		{Index: 2, NetNS: "mtx-n2", NetNSPath: "/run/netns/mtx-n2", Addr: "10.213.0.12", MntNSPath: "/run/m/mtx-n2", FS: "/var/fs/n2"},
 	}
 	if len(nodes) != len(want) {
 		t.Fatalf("got %v, want %v", nodes, want)
@@ -301,5 +302,42 @@ func TestParseNodes(t *testing.T) {
 		if p := newPrefix(); !prefixRE.MatchString(p) || len(p) != 8 {
 			t.Fatalf("bad prefix %q", p)
 		}
+	}
+}
+
+// TestPrivateFS: with --private-fs each node has its own /tmp (and the --private paths),
+// which the host sees under the node's FS dir, while --share paths and the rest of the
+// host's files stay common to all.
+func TestPrivateFS(t *testing.T) {
+	shared := t.TempDir() // under /tmp: private on the nodes unless shared
+	private := filepath.Join(shared, "own")
+	nodes := UpWith(t, 2, Options{PrivateFS: true, Private: []string{private}, Share: []string{shared}})
+	sh := func(n Node, cmd string) string {
+		t.Helper()
+		out, err := n.Command(testCtx(t), "sh", "-c", cmd).CombinedOutput()
+		if err != nil {
+			t.Fatalf("node %d: %s: %v\n%s", n.Index, cmd, err, out)
+		}
+		return string(out)
+	}
+	for _, n := range nodes {
+		sh(n, fmt.Sprintf("echo node%d > /tmp/who && echo node%d > %s/who", n.Index, n.Index, private))
+	}
+	for _, n := range nodes {
+		want := fmt.Sprintf("node%d\n", n.Index)
+		if got := sh(n, "cat /tmp/who "+private+"/who"); got != want+want {
+			t.Errorf("node %d reads %q, want its own files", n.Index, got)
+		}
+		if b, err := os.ReadFile(n.HostPath("/tmp/who", "/tmp")); err != nil || string(b) != want {
+			t.Errorf("the host reads node %d's /tmp/who at %s: %q %v", n.Index, n.HostPath("/tmp/who", "/tmp"), b, err)
+		}
+	}
+	if _, err := os.Stat("/tmp/who"); err == nil {
+		t.Error("a node's /tmp/who is in the host's /tmp")
+	}
+	// The shared dir is one for all.
+	sh(nodes[0], "echo common > "+shared+"/note")
+	if got := sh(nodes[1], "cat "+shared+"/note"); got != "common\n" {
+		t.Errorf("node 2 reads %q from the shared dir", got)
 	}
 }

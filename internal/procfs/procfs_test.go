@@ -442,16 +442,18 @@ func TestParseMountinfo(t *testing.T) {
 35 22 0:4 net:[4026532301] /run/netns/migshm-n1 rw shared:5 - nsfs nsfs rw
 40 22 0:40 / /mnt/with\040space rw - tmpfs tmpfs rw
 41 22 0:41 / /proc rw,nosuid - proc proc rw
+42 22 254:0 /var/lib/x/fs/n1/tmp /tmp rw - ext4 /dev/vda rw
 `
 	got, err := ParseMountinfo(strings.NewReader(in))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []Mount{
-		{ID: 22, Dev: "0:21", Point: "/", FSType: "ext4"},
-		{ID: 35, Dev: "0:4", Point: "/run/netns/migshm-n1", FSType: "nsfs"},
-		{ID: 40, Dev: "0:40", Point: "/mnt/with space", FSType: "tmpfs"},
-		{ID: 41, Dev: "0:41", Point: "/proc", FSType: "proc"},
+		{ID: 22, Dev: "0:21", Root: "/", Point: "/", FSType: "ext4"},
+		{ID: 35, Dev: "0:4", Root: "net:[4026532301]", Point: "/run/netns/migshm-n1", FSType: "nsfs"},
+		{ID: 40, Dev: "0:40", Root: "/", Point: "/mnt/with space", FSType: "tmpfs"},
+		{ID: 41, Dev: "0:41", Root: "/", Point: "/proc", FSType: "proc"},
+		{ID: 42, Dev: "254:0", Root: "/var/lib/x/fs/n1/tmp", Point: "/tmp", FSType: "ext4"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v\nwant %+v", got, want)

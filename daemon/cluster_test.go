@@ -107,6 +107,20 @@ type cluster struct {
 // nodePath returns where the host sees path as node nd sees it.
 func (c *cluster) nodePath(nd *tnode, path string) string { return nd.net.HostPath(path, c.private...) }
 
+// workloadPath returns where the host sees path as the node that runs workload name
+// (as node via's table says) sees it: a workload's own files are on its node.
+func (c *cluster) workloadPath(via *tnode, name, path string) string {
+	c.t.Helper()
+	w := c.workload(via, name)
+	for _, nd := range c.nodes {
+		if nd.id == w.Node {
+			return c.nodePath(nd, path)
+		}
+	}
+	c.t.Fatalf("workload %s runs on %q, not a node of this cluster", name, w.Node)
+	return ""
+}
+
 // newCluster brings up n node namespaces with a cluster CA and a certificate per node;
 // daemons are started for the first members (node 1 bootstraps, the others join it).
 // The nodes share the host's files, the workload dir included.

@@ -680,11 +680,56 @@ func TestMoveTargetDiskFull(t *testing.T) {
 // TestMoveCarriesFiles: on nodes that share no disk, a move carries the directory a
 // program runs in and the small file it holds open, and refuses, naming the file, what
 // it cannot carry: a file too large, and a same-size file with other content on the
-// target.
+// target. A program holding its own /proc/self/maps open reads its own maps after
+// each move.
 func TestMoveCarriesFiles(t *testing.T) {
 	testenv.RequireCRIU(t)
 	c := newPrivateCluster(t, 3, 3)
 	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+
+	// Reads its maps through the fd it opened at the start, and checks its own
+	// executable is mapped there: the file must be its own /proc's, not the host's.
+	maps := `import os, sys, time
+f = open("/proc/self/maps")
+exe = os.path.realpath("/proc/self/exe")
+while True:
+    f.seek(0)
+    ok = exe in f.read()
+    print("ok" if ok else "BAD", flush=True)
+    if not ok:
+        sys.exit(3)
+    time.sleep(0.1)`
+	if _, err := c.cli(n1, "run", "--name", "maps", "--", "/usr/bin/python3", "-c", maps); err != nil {
+		t.Fatal(err)
+	}
+	wm := c.waitSettled(n1, "maps", "python3")
+	mapsLog := filepath.Join(c.wdir, wm.ID, "stdout.log")
+	readsOwn := func(where string) {
+		t.Helper()
+		before := -1
+		wait.For(t, 10*time.Second, "maps to read its own maps "+where, func() (bool, string) {
+			b, _ := os.ReadFile(c.workloadPath(n1, "maps", mapsLog))
+			if strings.Contains(string(b), "BAD") {
+				t.Fatalf("maps read another process's maps %s:\n%s", where, b)
+			}
+			n := strings.Count(string(b), "ok\n")
+			if before < 0 {
+				before = n
+			}
+			return n > before, fmt.Sprintf("%d ok lines, %d at first", n, before)
+		})
+	}
+	readsOwn("on n1")
+	for _, to := range []string{"n2", "n3"} {
+		if evs, err := c.move(n1, "maps", to); err != nil {
+			t.Fatalf("move maps to %s: %v\nevents: %+v", to, err, evs)
+		}
+		if w := c.waitSettled(n1, "maps", "python3"); w.Node != to {
+			t.Fatalf("maps runs on %s after its move to %s", w.Node, to)
+		}
+		readsOwn("on " + to)
+	}
+
 	// It reads its file back every 100 ms and stops if the content changes.
 	script := `mkdir -p /tmp/app && cd /tmp/app && echo v1 > data && exec 3<data
 while :; do [ "$(cat /proc/self/fd/3)" = v1 ] || exit 7; sleep 0.1; done`

@@ -47,14 +47,15 @@ func TestDaemonizingProgramMoves(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := filepath.Join(src, "thirdparty", "shmdaemon.pl")
-	c := newCluster(t, 3, 3)
+	c := newPrivateCluster(t, 3, 3)
 	n1 := c.nodes[0]
 	pidFile := filepath.Join(t.TempDir(), "shmdaemon.pid")
 	if _, err := c.cli(n1, "run", "--name", "pd", "--pidfile", pidFile, "--", "perl", script, pidFile, "3"); err != nil {
 		t.Fatal(err)
 	}
 	w := c.waitSettled(n1, "pd", "perl")
-	log := filepath.Join(c.wdir, w.ID, "stdout.log")
+	// Its log is in the workload dir of the node it runs on (each node has its own).
+	log := c.nodePath(n1, filepath.Join(c.wdir, w.ID, "stdout.log"))
 	wait.For(t, 10*time.Second, "the daemon to count", func() (bool, string) {
 		n := okTotal(t, log)
 		return n > 0, fmt.Sprintf("total %d", n)
@@ -69,6 +70,10 @@ func TestDaemonizingProgramMoves(t *testing.T) {
 			t.Fatalf("after the move the table says %s", after.Node)
 		}
 		before := okTotal(t, log)
+		log = c.nodePath(c.nodes[i+1], filepath.Join(c.wdir, w.ID, "stdout.log"))
+		if n := okTotal(t, log); n < before {
+			t.Fatalf("the log on %s counts %d, the source's %d: not carried whole", to, n, before)
+		}
 		wait.For(t, 10*time.Second, "the daemon to count on "+to, func() (bool, string) {
 			n := okTotal(t, log)
 			return n > before, fmt.Sprintf("total %d, was %d at the move", n, before)
@@ -146,7 +151,7 @@ func TestGroupMovesAsOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := filepath.Join(src, "thirdparty", "shmgroup.py")
-	c := newCluster(t, 3, 0)
+	c := newPrivateCluster(t, 3, 0)
 	// No timed balancer pass within the test: the drain below must ask for its own.
 	for i, nd := range c.nodes {
 		c.start(nd, append(c.memberArgs(i), "--balance-interval", "1h")...)
@@ -154,7 +159,15 @@ func TestGroupMovesAsOne(t *testing.T) {
 	c.waitMembers(c.nodes[0], 3)
 	n1 := c.nodes[0]
 	names := []string{"trio0", "trio1", "trio2"}
-	before, _ := filepath.Glob("/run/migshm/groups/trio-*") // left by a killed earlier run
+	// The group's directories, on every node (each has its own /run/migshm).
+	groupDirs := func() []string {
+		var dirs []string
+		for _, nd := range c.nodes {
+			d, _ := filepath.Glob(c.nodePath(nd, "/run/migshm/groups/trio-*"))
+			dirs = append(dirs, d...)
+		}
+		return dirs
+	}
 	for i, name := range names {
 		// Debian's python3 (python3-sysv-ipc is installed for it), not a PATH shim.
 		if _, err := c.cli(n1, "run", "--name", name, "--ipc-group", "trio", "--",
@@ -170,7 +183,7 @@ func TestGroupMovesAsOne(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for name, log := range logs {
-				b, _ := os.ReadFile(strings.TrimSuffix(log, "stdout.log") + "stderr.log")
+				b, _ := os.ReadFile(c.workloadPath(n1, name, strings.TrimSuffix(log, "stdout.log")+"stderr.log"))
 				t.Logf("---- %s stderr ----\n%s", name, tailLines(string(b), 20))
 			}
 		}
@@ -179,11 +192,11 @@ func TestGroupMovesAsOne(t *testing.T) {
 		t.Helper()
 		at := map[string]int{}
 		for _, name := range names {
-			at[name] = memberOK(t, logs[name])
+			at[name] = memberOK(t, c.workloadPath(n1, name, logs[name]))
 		}
 		for _, name := range names {
 			wait.For(t, 20*time.Second, name+" to count "+where, func() (bool, string) {
-				n := memberOK(t, logs[name])
+				n := memberOK(t, c.workloadPath(n1, name, logs[name]))
 				return n > at[name], fmt.Sprintf("%d ok lines, %d before", n, at[name])
 			})
 		}
@@ -210,6 +223,9 @@ func TestGroupMovesAsOne(t *testing.T) {
 	}
 	onNode("n2")
 	counting("on n2")
+	if dirs := groupDirs(); len(dirs) != 1 || !strings.HasPrefix(dirs[0], c.nodes[1].net.FS+"/") {
+		t.Fatalf("the group's directories after its move to n2: %v (want one, n2's)", dirs)
+	}
 	segs, err := n1.c.Segments(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -318,10 +334,10 @@ func TestGroupMovesAsOne(t *testing.T) {
 	if running, stopped := c.copies("python3"); running+stopped != 0 {
 		t.Fatalf("%d running and %d stopped copies of the group after every member stopped", running, stopped)
 	}
-	// The group init ends with its last member, and takes its directory with it.
-	wait.For(t, 10*time.Second, "the group's directory to go", func() (bool, string) {
-		dirs, _ := filepath.Glob("/run/migshm/groups/trio-*")
-		dirs = slices.DeleteFunc(dirs, func(d string) bool { return slices.Contains(before, d) })
+	// The group init ends with its last member, and takes its directory with it; the
+	// nodes it left removed theirs when it moved.
+	wait.For(t, 10*time.Second, "the group's directories to go", func() (bool, string) {
+		dirs := groupDirs()
 		return len(dirs) == 0, fmt.Sprint(dirs)
 	})
 }

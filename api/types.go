@@ -186,6 +186,9 @@ type CarriedFile struct {
 	Path  string `json:"path"`
 	Bytes int64  `json:"bytes"`
 	Dir   bool   `json:"dir,omitempty"`
+	// Replaces: the target has an outdated copy the workload's group left there when
+	// it moved away, unchanged since; the move replaces it.
+	Replaces bool `json:"replaces,omitempty"`
 }
 
 // MigrationStats are the figures of a migration (the table's record).

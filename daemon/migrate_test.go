@@ -776,12 +776,68 @@ while :; do [ "$(cat /proc/self/fd/3)" = v1 ] || exit 7; sleep 0.1; done`
 	if b, _ := os.ReadFile(stale); string(b) != "v2\n" {
 		t.Errorf("n2's own file was changed: %q", b)
 	}
+	// A program that rewrites its own file and checks it reads back what it wrote last.
+	// Each node it leaves keeps an outdated copy; coming back, the move replaces that.
+	counter := `import os, sys, time
+os.makedirs("/tmp/app2", exist_ok=True)
+f = open("/tmp/app2/state", "w+")
+n = 0
+while True:
+    f.seek(0)
+    got = f.read().strip()
+    if got and int(got) != n - 1:
+        print("BAD read %s after writing %d" % (got, n - 1), flush=True)
+        sys.exit(3)
+    f.seek(0)
+    f.write("%08d\n" % n)
+    f.flush()
+    n += 1
+    if n % 5 == 0:
+        print("ok", n, flush=True)
+    time.sleep(0.02)`
+	if _, err := c.cli(n1, "run", "--name", "rewriter", "--", "/usr/bin/python3", "-c", counter); err != nil {
+		t.Fatal(err)
+	}
+	wr := c.waitSettled(n1, "rewriter", "python3")
+	rlog := filepath.Join(c.wdir, wr.ID, "stdout.log")
+	advances := func(where string) {
+		t.Helper()
+		before := -1
+		wait.For(t, 10*time.Second, "rewriter to go on "+where, func() (bool, string) {
+			b, _ := os.ReadFile(c.workloadPath(n1, "rewriter", rlog))
+			if strings.Contains(string(b), "BAD") {
+				t.Fatalf("rewriter %s:\n%s", where, b)
+			}
+			n := strings.Count(string(b), "ok ")
+			if before < 0 {
+				before = n
+			}
+			return n > before, fmt.Sprintf("%d ok lines, %d at first", n, before)
+		})
+	}
+	advances("on n1")
+	for i, to := range []string{"n2", "n1", "n2"} {
+		if i > 0 {
+			out, err := c.cli(n1, "check", "rewriter", to)
+			if err != nil || !strings.Contains(out, "/tmp/app2/state (9 B), replaces the outdated copy it left on "+to) {
+				t.Fatalf("check rewriter %s: %v\n%s", to, err, out)
+			}
+		}
+		if evs, err := c.move(n1, "rewriter", to); err != nil {
+			t.Fatalf("move rewriter to %s: %v\nevents: %+v", to, err, evs)
+		}
+		advances("on " + to)
+	}
+
 	// A file larger than a move carries.
-	big := `dd if=/dev/zero of=/tmp/big bs=1M count=17 2>/dev/null && exec 3</tmp/big && exec sleep 1000`
+	big := `dd if=/dev/zero of=/tmp/big bs=1M count=17 2>/dev/null && exec 3</tmp/big && touch /tmp/big-held && exec sleep 1000`
 	if _, err := c.cli(n1, "run", "--name", "big", "--", "sh", "-c", big); err != nil {
 		t.Fatal(err)
 	}
-	c.waitSettled(n1, "big", "sleep")
+	wait.For(t, 10*time.Second, "big to hold its file", func() (bool, string) {
+		_, err := os.Stat(c.nodePath(n1, "/tmp/big-held"))
+		return err == nil, fmt.Sprint(err)
+	})
 	if out, err := c.cli(n1, "check", "big", "n3"); err == nil || !strings.Contains(out, "file-too-large: /tmp/big (17.0 MiB) is missing on n3") {
 		t.Fatalf("check big n3: %v\n%s", err, out)
 	}

@@ -35,6 +35,9 @@ type FileNeed struct {
 	// (MaxCarryFile): a target with a file of the same size but other content at the
 	// path would have CRIU reopen the wrong data.
 	Digest string `json:"digest,omitempty"`
+	// Replace is set by CheckFiles on a file to carry over the target's copy, which the
+	// target's replaceable said is the tree's own outdated one.
+	Replace bool `json:"replace,omitempty"`
 }
 
 // What a move carries of the files its tree reopens by path and the target lacks: the
@@ -226,10 +229,23 @@ const (
 // CheckFiles runs on the target, node: each need must exist with the same type, for
 // regular files whose size CRIU checks the same size, and for files with a digest the
 // same content. What is missing and may be carried (see MaxCarryFile) is returned in
-// carry, directories before what they hold; every other mismatch is a problem naming
-// the path and what to do. root "" or "/" is the real file system; tests pass a temp dir.
-func CheckFiles(root, node string, needs []FileNeed) (problems []FileProblem, carry []FileNeed) {
+// carry, directories before what they hold, and so is an open file that differs but
+// that replaceable (nil: none) says is the tree's own outdated copy; every other
+// mismatch is a problem naming the path and what to do. root "" or "/" is the real file
+// system; tests pass a temp dir.
+func CheckFiles(root, node string, needs []FileNeed, replaceable func(path string, info fs.FileInfo) bool) (problems []FileProblem, carry []FileNeed) {
 	var carried int64
+	take := func(n FileNeed, why string) {
+		if n.Bytes > MaxCarryFile || carried+n.Bytes > MaxCarryTotal {
+			problems = append(problems, FileProblem{Path: n.Path, Reason: FileTooLarge, Detail: fmt.Sprintf(
+				"%s (%s) %s on %s, and a move carries files of at most %s each and %s in all: "+
+					"copy it there, at the same path, or keep it on storage every node shares",
+				n.Path, sizeString(n.Bytes), why, node, sizeString(MaxCarryFile), sizeString(MaxCarryTotal))})
+			return
+		}
+		carried += n.Bytes
+		carry = append(carry, n)
+	}
 	for _, n := range needs {
 		p := n.Path
 		if root != "" && root != "/" {
@@ -237,19 +253,17 @@ func CheckFiles(root, node string, needs []FileNeed) (problems []FileProblem, ca
 		}
 		info, err := os.Stat(p)
 		if errors.Is(err, fs.ErrNotExist) && (n.Dir || n.Kind == NeedFd) {
-			switch {
-			case n.Dir:
+			if n.Dir {
 				carry = append(carry, n)
-				continue
-			case n.Bytes > MaxCarryFile || carried+n.Bytes > MaxCarryTotal:
-				problems = append(problems, FileProblem{Path: n.Path, Reason: FileTooLarge, Detail: fmt.Sprintf(
-					"%s (%s) is missing on %s, and a move carries files of at most %s each and %s in all: "+
-						"copy it there, at the same path, or keep it on storage every node shares",
-					n.Path, sizeString(n.Bytes), node, sizeString(MaxCarryFile), sizeString(MaxCarryTotal))})
-				continue
+			} else {
+				take(n, "is missing")
 			}
-			carried += n.Bytes
-			carry = append(carry, n)
+			continue
+		}
+		if err == nil && n.Kind == NeedFd && !n.Dir && info.Mode().IsRegular() && n.Digest != "" &&
+			replaceable != nil && replaceable(n.Path, info) && !sameFile(p, info, n) {
+			n.Replace = true
+			take(n, "is an outdated copy")
 			continue
 		}
 		if err != nil {
@@ -281,6 +295,15 @@ func CheckFiles(root, node string, needs []FileNeed) (problems []FileProblem, ca
 	}
 	sort.SliceStable(carry, func(i, j int) bool { return carry[i].Path < carry[j].Path }) // a dir before what it holds
 	return problems, carry
+}
+
+// sameFile reports whether the file at p (with info) has n's size and digest.
+func sameFile(p string, info fs.FileInfo, n FileNeed) bool {
+	if info.Size() != n.Bytes {
+		return false
+	}
+	d, err := digestFile(p)
+	return err == nil && d == n.Digest
 }
 
 // digestFile returns the SHA-256 of the file at path, in hex.

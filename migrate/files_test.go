@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -159,7 +160,7 @@ func TestCheckFiles(t *testing.T) {
 		{"/srv/app/other.dat", "content", []string{"/srv/app/other.dat on n2 has the size of the workload's but other content", "remove it there"}},
 		{"/srv/app/big.dat", "too-large", []string{"/srv/app/big.dat (16.0 MiB) is missing on n2", "at most 16.0 MiB each and 64.0 MiB in all", "copy it there"}},
 	}
-	got, carry := CheckFiles(root, "n2", needs)
+	got, carry := CheckFiles(root, "n2", needs, nil)
 	var carried []string
 	for _, n := range carry {
 		carried = append(carried, n.Path)
@@ -184,7 +185,24 @@ func TestCheckFiles(t *testing.T) {
 		}
 	}
 
-	if p, c := CheckFiles(root, "n2", nil); p != nil || c != nil {
+	// A copy the target says is the tree's own outdated one is replaced, not refused;
+	// an identical one is left alone.
+	problems, carry := CheckFiles(root, "n2", needs, func(p string, _ fs.FileInfo) bool {
+		return p == "/srv/app/other.dat" || p == "/srv/app/same.dat"
+	})
+	if len(problems) != len(want)-1 || slices.ContainsFunc(problems, func(p FileProblem) bool { return p.Path == "/srv/app/other.dat" }) {
+		t.Errorf("with other.dat replaceable: problems %+v", problems)
+	}
+	var replaced []string
+	for _, n := range carry {
+		if n.Replace {
+			replaced = append(replaced, n.Path)
+		}
+	}
+	if !slices.Equal(replaced, []string{"/srv/app/other.dat"}) {
+		t.Errorf("replaced %v, want only /srv/app/other.dat", replaced)
+	}
+	if p, c := CheckFiles(root, "n2", nil, nil); p != nil || c != nil {
 		t.Errorf("no needs: got %+v", p)
 	}
 	// The real root: this test's own binary and the root directory are there.
@@ -197,7 +215,7 @@ func TestCheckFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range []string{"", "/"} {
-		if p, c := CheckFiles(r, "n2", []FileNeed{{Path: exe, Kind: "exe", Size: st.Size()}, {Path: "/", Kind: "cwd", Dir: true}}); p != nil || c != nil {
+		if p, c := CheckFiles(r, "n2", []FileNeed{{Path: exe, Kind: "exe", Size: st.Size()}, {Path: "/", Kind: "cwd", Dir: true}}, nil); p != nil || c != nil {
 			t.Errorf("root %q: got %+v", r, p)
 		}
 	}

@@ -210,12 +210,12 @@ func TestResourcesOfMovableWorkload(t *testing.T) {
 	if n, ok := byPath["/"]; !ok || !n.Dir {
 		t.Errorf("needs lack the cwd /: %+v", n)
 	}
-	if p, c := migrate.CheckFiles("/", "here", needs); p != nil || c != nil {
+	if p, c := migrate.CheckFiles("/", "here", needs, nil); p != nil || c != nil {
 		t.Errorf("this node lacks files its own workload uses: %+v, carry %+v", p, c)
 	}
 	// In an empty root everything but the root directory itself is missing: the
 	// binary and its libraries are problems, the directories and open files carried.
-	p, c := migrate.CheckFiles(t.TempDir(), "empty", needs)
+	p, c := migrate.CheckFiles(t.TempDir(), "empty", needs, nil)
 	if len(p)+len(c) != len(needs)-1 || len(p) == 0 {
 		t.Errorf("an empty root: %d problems and %d carried for %d needs: %+v %+v", len(p), len(c), len(needs), p, c)
 	}

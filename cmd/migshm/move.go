@@ -480,7 +480,11 @@ func printCheckReport(out io.Writer, r api.CheckReport) error {
 		if f.Dir {
 			what = "directory"
 		}
-		fmt.Fprintf(w, "carries:\t%s (%s), missing on %s\n", f.Path, what, r.Target)
+		why := "missing on " + r.Target
+		if f.Replaces {
+			why = "replaces the outdated copy it left on " + r.Target
+		}
+		fmt.Fprintf(w, "carries:\t%s (%s), %s\n", f.Path, what, why)
 	}
 	if r.OK {
 		fmt.Fprintf(w, "result:\tmovable\n")

@@ -60,9 +60,10 @@ func makeDir(n migrate.FileNeed) ([]string, error) {
 	return made, nil
 }
 
-// writeNew writes content to n.Path, which must not exist, with n's mode and owner: to
-// a temporary file first, then linked into place (link fails on an existing name).
-func writeNew(n migrate.FileNeed, content io.Reader) error {
+// writeFile writes content to n.Path with n's mode and owner: to a temporary file
+// first, then linked into place, which fails on an existing name, or, for n.Replace
+// (an outdated copy the caller checked), renamed over it.
+func writeFile(n migrate.FileNeed, content io.Reader) error {
 	dir := filepath.Dir(n.Path)
 	f, err := os.CreateTemp(dir, ".migshm-carry-*")
 	if err != nil {
@@ -88,6 +89,9 @@ func writeNew(n migrate.FileNeed, content io.Reader) error {
 	}
 	if err != nil {
 		return err
+	}
+	if n.Replace {
+		return os.Rename(tmp, n.Path)
 	}
 	if err := os.Link(tmp, n.Path); err != nil {
 		if errors.Is(err, fs.ErrExist) {

@@ -118,7 +118,7 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	// The target holds the images (in tmpfs) and the restored memory at once.
 	mem := in.MemoryBytes * 2
 	rep.MemoryBytes = mem
-	req := TargetCheckRequest{Workload: w.ID, MemoryBytes: mem, Files: in.Files}
+	req := TargetCheckRequest{Workload: w.ID, Group: w.Group, MemoryBytes: mem, Files: in.Files}
 	if req.CPUInfo, err = e.criu.CPUInfo(ctx); err != nil {
 		add("criu-source", "CRIU cannot describe this node's CPU: %v", err)
 	}
@@ -132,7 +132,7 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	rep.TargetFree = res.FreeBytes
 	rep.Problems = append(rep.Problems, res.Problems...)
 	for _, n := range res.Carry {
-		rep.Carries = append(rep.Carries, api.CarriedFile{Path: n.Path, Bytes: n.Bytes, Dir: n.Dir})
+		rep.Carries = append(rep.Carries, api.CarriedFile{Path: n.Path, Bytes: n.Bytes, Dir: n.Dir, Replaces: n.Replace})
 	}
 	return rep, files, nil
 }
@@ -164,7 +164,7 @@ func (e *Engine) CheckTarget(ctx context.Context, req TargetCheckRequest) (Targe
 		add("target-memory", "node %s has %s available; moving this workload needs about %s (its memory, and its images while it restores)",
 			e.self, humanBytes(free), humanBytes(need))
 	}
-	problems, carry := migrate.CheckFiles("/", e.self, req.Files)
+	problems, carry := migrate.CheckFiles("/", e.self, req.Files, e.isLeftover(req.Group))
 	for _, p := range problems {
 		add("file-"+p.Reason, "%s", p.Detail)
 	}

@@ -34,6 +34,9 @@ type journal struct {
 	// Carried are the paths a target made for the tree (directories first): an abort
 	// removes them again.
 	Carried []string `json:"carried,omitempty"`
+	// Replaced are the outdated copies a target replaced (see leftover.go): kept by an
+	// abort, no longer noted as leftovers once the tree runs here.
+	Replaced []string `json:"replaced,omitempty"`
 }
 
 // root returns the group init's host pid and start time.

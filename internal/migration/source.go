@@ -414,6 +414,7 @@ func (s *sourceRun) finish(frozenAt time.Time) {
 	}
 	s.stats.FrozenNS = int64(time.Since(frozenAt))
 	s.e.wl.Release(s.w.Group, s.journal().ids(), !s.shared, !s.groupShared)
+	s.e.noteLeftovers(s.w.Group, s.files)
 	os.Remove(s.e.sourceJournalPath(s.id))
 	s.stats.TotalNS = int64(time.Since(s.start))
 	if err := s.e.table.Apply(ctx, shmowner.SetMigrationStatsType, shmowner.SetMigrationStatsRequest{ID: s.id, Stats: s.stats}); err != nil {

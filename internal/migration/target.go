@@ -130,7 +130,7 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 		recs[i] = rec
 	}
 	j := journal{ID: id, Role: roleTarget, Source: mg.Source, Epoch: mg.Epoch, Shared: shared, GroupShared: groupShared, Records: recs}
-	problems, carry := migrate.CheckFiles("/", e.self, req.Files)
+	problems, carry := migrate.CheckFiles("/", e.self, req.Files, e.isLeftover(req.Records[0].Group))
 	if len(problems) > 0 {
 		store.Close()
 		os.RemoveAll(dir)
@@ -144,7 +144,9 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 		if !n.Dir {
 			files[n.Path] = n
 			res.Carry = append(res.Carry, n.Path)
-			continue
+			// Its directory, if that is missing too and the tree does not hold it (else
+			// it is in carry, with its mode), is made as mkdir -p would.
+			n = migrate.FileNeed{Path: filepath.Dir(n.Path), Dir: true, Mode: 0o755}
 		}
 		made, err := makeDir(n)
 		j.Carried = append(j.Carried, made...)
@@ -275,11 +277,21 @@ func (e *Engine) Carry(ctx context.Context, caller, id, file string, content io.
 	if !ok {
 		return fmt.Errorf("carry: migration %s carries no file %q to %s: %w", id, file, e.self, api.ErrBadRequest)
 	}
-	if err := writeNew(n, content); err != nil {
+	if n.Replace {
+		info, err := os.Lstat(file)
+		if err != nil || !e.isLeftover(t.j.Records[0].Group)(file, info) {
+			return fmt.Errorf("carry %s: the outdated copy on %s changed since the check; it is left alone: %w", file, e.self, api.ErrNotMovable)
+		}
+	}
+	if err := writeFile(n, content); err != nil {
 		return fmt.Errorf("carry %s: %w", file, err)
 	}
 	delete(t.carry, file)
-	t.j.Carried = append(t.j.Carried, file)
+	if n.Replace {
+		t.j.Replaced = append(t.j.Replaced, file)
+	} else {
+		t.j.Carried = append(t.j.Carried, file)
+	}
 	return e.saveJournal(t.j)
 }
 
@@ -443,6 +455,7 @@ func (e *Engine) resumeTarget(id string) error {
 	if err := migrate.ResumeTree(root); err != nil {
 		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
 	}
+	e.forgetLeftovers(t.j.Records[0].Group, t.j.Replaced)
 	e.log.Info("moved workload runs here", "migration", id, "workload", t.j.Records[0].Name, "members", len(t.j.Records), "pid", root)
 	e.closeTarget(id, t)
 	return nil
@@ -484,6 +497,7 @@ func (e *Engine) abortTarget(id string) error {
 		os.RemoveAll(gdir)
 	}
 	removeCarried(t.j.Carried)
+	e.noteLeftoverPaths(t.j.Records[0].Group, t.j.Replaced) // the group's copies still: newer ones
 	e.log.Info("aborted migration cleaned up", "migration", id, "workload", t.j.Records[0].Name)
 	e.closeTarget(id, t)
 	return nil

@@ -31,6 +31,7 @@ const (
 // TargetCheckRequest is what the source asks the target before a move.
 type TargetCheckRequest struct {
 	Workload    string             `json:"workload"`
+	Group       string             `json:"group"` // its IPC group, whose outdated files the target may replace
 	MemoryBytes uint64             `json:"memory_bytes"`
 	CPUInfo     []byte             `json:"cpuinfo"`
 	Files       []migrate.FileNeed `json:"files"`

@@ -112,6 +112,10 @@ type MoveRequest struct {
 	MaxRounds int `json:"max_rounds,omitempty"`
 	// NoPrecopy skips pre-copy: freeze, dump and ship everything at once.
 	NoPrecopy bool `json:"no_precopy,omitempty"`
+	// MaxFreezeMS caps the frozen window: a move that would keep the workload frozen
+	// longer aborts, and the workload resumes on its node. 0: no cap beyond the
+	// size-based bound (and the target's progress timeout).
+	MaxFreezeMS int64 `json:"max_freeze_ms,omitempty"`
 	// Reason is recorded on the migration (Migration.Reason): empty for an operator;
 	// the balancer sets "balancer: KIND: why".
 	Reason string `json:"reason,omitempty"`
@@ -123,6 +127,10 @@ const (
 	EventRound = "round" // a pre-copy round ended (Round)
 	EventDone  = "done"  // the migration committed (Migration, Summary)
 	EventError = "error" // the migration failed or was refused (Error, Code); see Migration.Phase
+	// EventStalled: the target has not answered for a while (Error says since when and
+	// why); frozen, the move aborts at the progress timeout, running it waits.
+	EventStalled   = "stalled"
+	EventAnswering = "answering" // the target answers again after EventStalled
 )
 
 // MoveEvent is one line of a move's progress stream.

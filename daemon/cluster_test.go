@@ -99,7 +99,7 @@ type cluster struct {
 	migshmd string
 	migshm  string
 	caDir   string
-	wdir    string // workload dir: shared by the nodes (one host, one filesystem) unless private
+	wdir    string   // workload dir: shared by the nodes (one host, one filesystem) unless private
 	private []string // the paths each node has its own (newPrivateCluster)
 	nodes   []*tnode
 }

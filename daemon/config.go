@@ -15,6 +15,7 @@ import (
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/balancer"
 	"github.com/migshm/migshm/internal/metrics"
+	"github.com/migshm/migshm/internal/migration"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/migrate"
 	"github.com/urfave/cli/v2"
@@ -58,6 +59,7 @@ type Config struct {
 	SegmentInterval time.Duration // how often local workloads' segments and pids are read
 	LoadInterval    time.Duration // how often this node reports its load
 	StopTimeout     time.Duration // default grace period of `migshm stop` before SIGKILL
+	ProgressTimeout time.Duration // a move's target silent this long while the workload is frozen: abort
 
 	// Balancing. The leader's settings are the cluster's: give every node the same.
 	AutoBalance      bool          // the leader moves workloads on its own (drains run either way)
@@ -118,6 +120,9 @@ func (c *Config) Normalize() error {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
 	}
+	if c.ProgressTimeout == 0 {
+		c.ProgressTimeout = migration.DefaultProgressTimeout
+	}
 	if c.NodeID != "" && pki.ValidateName(c.NodeID) != nil {
 		return fmt.Errorf("node-id %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
 	}
@@ -167,6 +172,9 @@ func (c *Config) Normalize() error {
 	if c.CapacityCores < 0 {
 		return fmt.Errorf("capacity-cores %v: want > 0, or 0 for this host's CPUs", c.CapacityCores)
 	}
+	if c.ProgressTimeout < 200*time.Millisecond {
+		return fmt.Errorf("progress-timeout %v: at least 200ms (a healthy peer answers within milliseconds, but not always within fewer)", c.ProgressTimeout)
+	}
 	if c.StopTimeout < 100*time.Millisecond {
 		return fmt.Errorf("stop-timeout %v: give workloads at least 100ms to exit before SIGKILL", c.StopTimeout)
 	}
@@ -212,6 +220,8 @@ func Flags() []cli.Flag {
 		dur("segment-interval", "how often workloads' segments are read", time.Second),
 		dur("load-interval", "how often this node reports its load", 5*time.Second),
 		dur("stop-timeout", "default grace period of migshm stop before SIGKILL", 10*time.Second),
+		dur("progress-timeout", "a move whose target does not answer for this long while the workload is frozen aborts, "+
+			"and the workload resumes on its node (while it runs, the move waits and says it is stalled)", migration.DefaultProgressTimeout),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "auto-balance", EnvVars: env("auto-balance"), Value: true,
 			Usage: "as leader, move workloads to balance CPU and memory on its own (--auto-balance=false: only drains and `migshm balance`)"}),
 		dur("balance-interval", "how often the leader runs the balancer", DefaultBalanceInterval),
@@ -284,6 +294,7 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 		SegmentInterval: c.Duration("segment-interval"),
 		LoadInterval:    c.Duration("load-interval"),
 		StopTimeout:     c.Duration("stop-timeout"),
+		ProgressTimeout: c.Duration("progress-timeout"),
 
 		AutoBalance:      c.Bool("auto-balance"),
 		BalanceInterval:  c.Duration("balance-interval"),

@@ -322,7 +322,7 @@ func TestNormalizeDefaults(t *testing.T) {
 		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr,
 		TLSCA: "/srv/m/tls/ca.crt", TLSCert: "/srv/m/tls/node.crt", TLSKey: "/srv/m/tls/node.key",
-		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second,
+		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,
 		// A Config built by hand balances only when told (AutoBalance false), with
 		// zero thresholds and cooldowns as given; the interval and cap need a value.
 		BalanceInterval: DefaultBalanceInterval, MaxMigrations: 4,
@@ -419,7 +419,7 @@ func TestExampleConfigLoads(t *testing.T) {
 		TLSCA: "/var/lib/migshmd/tls/ca.crt", TLSCert: "/var/lib/migshmd/tls/node.crt", TLSKey: "/var/lib/migshmd/tls/node.key",
 		DataDir: DefaultDataDir, WorkloadDir: DefaultDataDir + "/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr, LogLevel: "info",
-		SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second,
+		SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,
 		MetricsAddr: "127.0.0.1:9641", AutoBalance: true, BalanceInterval: DefaultBalanceInterval, BalanceThreshold: 0.1,
 		BalanceMargin: 0.005, WorkloadCooldown: 5 * time.Minute, NodeCooldown: 30 * time.Second, MaxMigrations: 4,
 		MemFloor: 512 << 20,

@@ -197,7 +197,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	}
 	warnIfNotTmpfs(d.log, cfg.ImageDir)
 	d.engine = migration.New(migration.Config{WorkloadDir: cfg.WorkloadDir, ImageDir: cfg.ImageDir,
-		DataDir: cfg.DataDir, CRIU: cfg.CRIU, Log: d.log}, d.cluster, d.sup, migration.OverPeers(d.peers))
+		DataDir: cfg.DataDir, CRIU: cfg.CRIU, Log: d.log, ProgressTimeout: cfg.ProgressTimeout}, d.cluster, d.sup, migration.OverPeers(d.peers))
 
 	// Local API: unix socket, root only.
 	lln, err := listenUnix(cfg.Socket)

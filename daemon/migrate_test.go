@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -843,5 +844,129 @@ while True:
 	}
 	if w := c.workload(n1, "holder"); w.Node != "n1" || w.State != record.WorkloadRunning {
 		t.Fatalf("holder after the refusals: %+v", w)
+	}
+}
+
+// TestLinkCuts cuts the target's link for real (its port on the switch goes down):
+//   - during pre-copy, for about the progress timeout: the move says it is stalled,
+//     that the target answers again once the link is back, and completes;
+//   - while the workload is frozen, for good: the move aborts within the progress
+//     timeout and the workload runs on the source again, the one copy there is; when the
+//     link returns the target cleans up from the table.
+func TestLinkCuts(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	const progress = 2 * time.Second
+	c := newCluster(t, 3, 0)
+	// Pauses give the test time to cut: in pre-copy before the first round, and frozen
+	// after the dump, before anything ships.
+	env := []string{faults.Env + "=pause-at:precopy:3s,pause-at:dumped:1s"}
+	for i, nd := range c.nodes {
+		c.startWithEnv(nd, env, append(c.memberArgs(i), "--progress-timeout", progress.String())...)
+	}
+	c.waitMembers(c.nodes[0], 3)
+	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	if _, err := c.cli(n1, "run", "--name", "writer", "--", bins.ShmWriter, "--size", "16777216", "--interval-ms", "5"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSettled(n1, "writer", "shmwriter")
+	inPhase := func(via *tnode, p record.Phase) {
+		t.Helper()
+		wait.For(t, 20*time.Second, "the migration in phase "+string(p), func() (bool, string) {
+			ms, err := via.c.Migrations(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, m := range ms {
+				if m.Phase == p {
+					return true, ""
+				}
+			}
+			return false, fmt.Sprintf("%d migrations", len(ms))
+		})
+	}
+	type result struct {
+		evs []api.MoveEvent
+		err error
+		at  time.Time
+	}
+	moveAsync := func(via *tnode, to string) <-chan result {
+		done := make(chan result, 1)
+		go func() {
+			evs, err := c.move(via, "writer", to)
+			done <- result{evs, err, time.Now()}
+		}()
+		return done
+	}
+	link := func(nd *tnode, up bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := nd.net.SetLink(ctx, up); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// 1. Cut in pre-copy: stalled, answering again, done.
+	done := moveAsync(n1, "n2")
+	inPhase(n1, record.PhasePrecopy)
+	link(n2, false)
+	time.Sleep(progress) // within the source's 3 s pause: nothing else waits on n2
+	link(n2, true)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("move through a pre-copy cut: %v\nevents: %+v", r.err, r.evs)
+	}
+	var kinds []string
+	for _, ev := range r.evs {
+		if ev.Event == api.EventStalled || ev.Event == api.EventAnswering {
+			kinds = append(kinds, ev.Event)
+		}
+	}
+	if !slices.Equal(kinds, []string{api.EventStalled, api.EventAnswering}) {
+		t.Fatalf("the move through a pre-copy cut said %v, want stalled then answering; events %+v", kinds, r.evs)
+	}
+	if w := c.waitSettled(n1, "writer", "shmwriter"); w.Node != "n2" {
+		t.Fatalf("writer on %s after the move, want n2", w.Node)
+	}
+
+	// 2. Cut while frozen, for good: aborted within the progress timeout, running on n2.
+	done = moveAsync(n2, "n3")
+	inPhase(n2, record.PhaseFrozen)
+	link(n3, false)
+	cutAt := time.Now()
+	r = <-done
+	if r.err == nil || !strings.Contains(r.err.Error(), "n3 did not answer for") || !strings.Contains(r.err.Error(), "still runs on n2") {
+		t.Fatalf("move cut while frozen: %v, want an abort naming n3's silence\nevents: %+v", r.err, r.evs)
+	}
+	w := c.waitSettled(n2, "writer", "shmwriter")
+	if w.Node != "n2" || w.State != record.WorkloadRunning {
+		t.Fatalf("after the aborted move: %+v", w)
+	}
+	if running, stopped := c.copies("shmwriter"); running != 1 || stopped != 0 {
+		t.Fatalf("after the abort: %d running and %d stopped copies, want 1 and 0", running, stopped)
+	}
+	ms, err := n2.c.Migrations(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frozen time.Duration
+	for _, m := range ms {
+		if m.Target == "n3" && m.Stats != nil {
+			frozen = time.Duration(m.Stats.FrozenNS)
+		}
+	}
+	t.Logf("cut while frozen: the move ended %v after the cut (progress-timeout %v, the source's pause after the dump 1s); recorded frozen time %v",
+		r.at.Sub(cutAt).Round(time.Millisecond), progress, frozen)
+
+	// The link back: n3 learns the abort from the table and keeps nothing.
+	link(n3, true)
+	wait.For(t, 30*time.Second, "n3 to clean up the aborted move", func() (bool, string) {
+		ents, _ := os.ReadDir(n3.imageDir())
+		j, _ := filepath.Glob(filepath.Join(n3.dir, "migrations", "*.json"))
+		return len(ents) == 0 && len(j) == 0, fmt.Sprintf("images %d, journals %v", len(ents), j)
+	})
+	if running, stopped := c.copies("shmwriter"); running != 1 || stopped != 0 {
+		t.Fatalf("with the link back: %d running and %d stopped copies, want 1 and 0", running, stopped)
 	}
 }

@@ -31,7 +31,9 @@ func moveCommand() *cli.Command {
 			"within --max-downtime (or after --max-rounds), the workload is frozen, the rest is\n" +
 			"dumped and shipped, and NODE restores it with its SysV segments, keys and shmids.\n" +
 			"On any failure before the restore is confirmed the move is rolled back and the\n" +
-			"workload goes on running where it was.\n\n" +
+			"workload goes on running where it was. A NODE that stops answering while the\n" +
+			"workload is frozen aborts the move within the daemon's progress-timeout (2s);\n" +
+			"--max-freeze caps the whole frozen window the same way.\n\n" +
 			"migshm prints each step as it happens and a summary at the end; interrupting it stops\n" +
 			"the printing, not the move (see `migshm migrations`). Try `migshm check WORKLOAD NODE`\n" +
 			"first to see whether a move can work.\n\n" +
@@ -39,11 +41,13 @@ func moveCommand() *cli.Command {
 			"  migshm move db1 n2\n" +
 			"  migshm move 4242 n3 --max-downtime 100ms --max-rounds 12\n" +
 			"  migshm move w3f2a n2 --no-precopy\n" +
+			"  migshm move db1 n2 --max-freeze 5s\n" +
 			"  migshm move db1 n2 --json | jq -c 'select(.event == \"round\") | .round'",
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "max-downtime", Usage: "downtime to aim for: pre-copy goes on while the changed pages would take longer to ship", DefaultText: "300ms"},
 			&cli.IntFlag{Name: "max-rounds", Usage: "most pre-copy rounds before freezing anyway", DefaultText: "8"},
 			&cli.BoolFlag{Name: "no-precopy", Usage: "no pre-copy: freeze, dump and ship everything at once (longest downtime, fewest bytes)"},
+			&cli.DurationFlag{Name: "max-freeze", Usage: "abort, and resume the workload where it runs, if it would stay frozen longer than this", DefaultText: "no cap"},
 			&cli.BoolFlag{Name: "json", Usage: "print each event as one line of JSON as it happens"},
 		},
 		Action: withArgs(func(c *cli.Context, args []string) error {
@@ -64,6 +68,13 @@ func moveCommand() *cli.Command {
 					return fmt.Errorf("--max-rounds %d: give at least 1 (or --no-precopy for none)", n)
 				}
 				req.MaxRounds = n
+			}
+			if c.IsSet("max-freeze") {
+				d := c.Duration("max-freeze")
+				if d < time.Millisecond {
+					return fmt.Errorf("--max-freeze %s: give at least 1ms", d)
+				}
+				req.MaxFreezeMS = d.Milliseconds()
 			}
 			if req.NoPrecopy && (c.IsSet("max-rounds") || c.IsSet("max-downtime")) {
 				return errors.New("--no-precopy does no pre-copy rounds: --max-rounds and --max-downtime have nothing to bound")
@@ -156,6 +167,10 @@ func (p *progress) event(ev api.MoveEvent) {
 		if ev.Round != nil {
 			fmt.Fprintln(p.w, roundLine(*ev.Round))
 		}
+	case api.EventStalled:
+		fmt.Fprintf(p.w, "stalled: %s\n", ev.Error)
+	case api.EventAnswering:
+		fmt.Fprintln(p.w, "the target answers again")
 	case api.EventDone:
 		printSummary(p.w, ev, p.workloadNames())
 	}

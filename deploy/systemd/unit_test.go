@@ -259,6 +259,7 @@ var fileKeys = map[string]valueKind{
 	"segment-interval": kindDuration,
 	"load-interval":    kindDuration,
 	"stop-timeout":     kindDuration,
+	"progress-timeout": kindDuration,
 	"metrics-addr":     kindString,
 
 	"auto-balance":      kindBool,

@@ -87,6 +87,7 @@ type Target interface {
 	Pages(ctx context.Context, caller, id string, pages io.Reader) (migration.PagesResult, error)
 	File(ctx context.Context, caller, id, workload, name string, content io.Reader) error
 	Carry(ctx context.Context, caller, id, path string, content io.Reader) error
+	Ping(caller, id string) error
 	Images(ctx context.Context, caller, id string, images io.Reader) (migration.ImagesResult, error)
 	Restore(ctx context.Context, caller, id string, req migration.RestoreRequest) (migration.RestoreResult, error)
 	Resume(ctx context.Context, caller, id string) error

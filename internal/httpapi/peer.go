@@ -46,6 +46,9 @@ func Peer(cfg Config) http.Handler {
 	mux.Handle("POST "+migration.PathResume, s.handle(func(r *http.Request) (any, error) {
 		return struct{}{}, s.Target.Resume(r.Context(), caller(r), r.PathValue("id"))
 	}))
+	mux.Handle("GET "+migration.PathPing, s.handle(func(r *http.Request) (any, error) {
+		return struct{}{}, s.Target.Ping(caller(r), r.PathValue("id"))
+	}))
 	mux.Handle("POST "+migration.PathAbort, s.handle(func(r *http.Request) (any, error) {
 		return struct{}{}, s.Target.Abort(r.Context(), caller(r), r.PathValue("id"))
 	}))

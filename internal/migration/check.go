@@ -32,8 +32,8 @@ func Validate(table *shmowner.Table, w record.Workload, req api.MoveRequest) err
 	if w.Pinned {
 		return fmt.Errorf("move: workload %s is pinned to %s; `migshm unpin %s` first: %w", w.Name, w.Node, w.Name, api.ErrNotMovable)
 	}
-	if req.MaxDowntimeMS < 0 || req.MaxRounds < 0 {
-		return fmt.Errorf("move: max downtime and max rounds must not be negative: %w", api.ErrBadRequest)
+	if req.MaxDowntimeMS < 0 || req.MaxRounds < 0 || req.MaxFreezeMS < 0 {
+		return fmt.Errorf("move: max downtime, max rounds and max freeze must not be negative: %w", api.ErrBadRequest)
 	}
 	if req.MaxRounds > 100 {
 		return fmt.Errorf("move: max rounds %d: at most 100: %w", req.MaxRounds, api.ErrBadRequest)

@@ -32,6 +32,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
@@ -74,7 +75,14 @@ type Config struct {
 	DataDir     string // the journal lives in DataDir/migrations
 	CRIU        string // criu binary ("" : migrate.FindCRIU's default)
 	Log         *slog.Logger
+	// ProgressTimeout is how long a target may not answer: while the workload is frozen
+	// the move then aborts and the workload resumes here; while it runs the move waits
+	// and says it is stalled. 0: DefaultProgressTimeout.
+	ProgressTimeout time.Duration
 }
+
+// DefaultProgressTimeout is Config.ProgressTimeout's default.
+const DefaultProgressTimeout = 2 * time.Second
 
 // Engine runs this node's part of migrations, as source and as target.
 type Engine struct {
@@ -99,6 +107,9 @@ type Engine struct {
 
 // New returns the engine of the node table.Self().
 func New(cfg Config, table Table, wl Workloads, peers Peers) *Engine {
+	if cfg.ProgressTimeout <= 0 {
+		cfg.ProgressTimeout = DefaultProgressTimeout
+	}
 	e := &Engine{cfg: cfg, self: table.Self(), table: table, wl: wl, peers: peers,
 		log: cfg.Log.With("component", "migrate"), criu: &migrate.CRIU{Path: cfg.CRIU},
 		driving: map[string]string{}, targets: map[string]*targetState{}}

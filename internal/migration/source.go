@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/migshm/migshm/api"
@@ -24,6 +25,9 @@ import (
 const (
 	// stepTimeout bounds one request to the target outside the frozen window.
 	stepTimeout = 30 * time.Second
+	// abortTimeout bounds telling a target of an abort; one that misses it cleans up
+	// from the table.
+	abortTimeout = 5 * time.Second
 	// settleTimeout bounds how long the source tries to learn or set a migration's fate
 	// before it leaves the record to recovery.
 	settleTimeout = 2 * time.Minute
@@ -53,6 +57,8 @@ type sourceRun struct {
 	shared      bool               // the target sees this node's workload dir (one host, shared filesystem)
 	groupShared bool               // the target sees the group's request dir
 	frozen      bool               // the tree may be stopped by a dump
+	emitMu      sync.Mutex         // events come from the migration and its target watch
+	frozenAt    time.Time          // when the dump stopped the tree (zero before)
 	placed      map[string]int     // the members' init pids on the target, once restored
 }
 
@@ -185,6 +191,8 @@ func (s *sourceRun) journal() journal {
 func (s *sourceRun) event(ev api.MoveEvent) {
 	ev.At = time.Now().UnixNano()
 	ev.Migration = s.id
+	s.emitMu.Lock()
+	defer s.emitMu.Unlock()
 	s.emit(ev)
 }
 
@@ -246,11 +254,89 @@ func (s *sourceRun) run(ctx context.Context) error {
 	}
 
 	if !s.req.NoPrecopy {
-		if err := s.precopy(ctx); err != nil {
+		// While the workload runs a silent target only makes the move wait: say so.
+		pctx, stop := context.WithCancelCause(ctx)
+		watched := s.watch(pctx, nil)
+		err := s.precopy(ctx)
+		stop(nil)
+		<-watched
+		if err != nil {
 			return err
 		}
 	}
 	return s.freezeAndMove(ctx)
+}
+
+// errStalled is the cause of a frozen window cut short: the target stopped answering,
+// or it would last longer than --max-freeze.
+var errStalled = errors.New("the frozen window was cut short")
+
+// watch starts watchTarget on ctx and returns a channel closed when it returned.
+func (s *sourceRun) watch(ctx context.Context, abort context.CancelCauseFunc) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.watchTarget(ctx, abort)
+	}()
+	return done
+}
+
+// watchTarget asks the target every quarter of the progress timeout whether it still
+// holds the migration, until ctx ends. A target silent for half the timeout is
+// reported stalled (and answering again when it is back). With abort (the frozen
+// window), silence for the whole timeout cuts the window short: the move aborts and the
+// workload resumes here, instead of waiting out the size-based bound on a cut link.
+func (s *sourceRun) watchTarget(ctx context.Context, abort context.CancelCauseFunc) {
+	limit := s.e.cfg.ProgressTimeout
+	tick := time.NewTicker(max(limit/4, 10*time.Millisecond))
+	defer tick.Stop()
+	lastOK, stalled := time.Now(), false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, limit/2)
+		err := s.remote.Ping(pctx, s.id)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			if stalled {
+				s.log.Info("target answers again", "after", time.Since(lastOK).Round(time.Millisecond))
+				s.event(api.MoveEvent{Event: api.EventAnswering})
+			}
+			lastOK, stalled = time.Now(), false
+			continue
+		}
+		quiet := time.Since(lastOK)
+		if !stalled && quiet >= limit/2 {
+			stalled = true
+			what := "the move waits for it"
+			if abort != nil {
+				what = fmt.Sprintf("the workload is frozen: the move aborts if it stays silent for %v", limit)
+			}
+			msg := fmt.Sprintf("%s has not answered for %v (%v); %s", s.target.ID, quiet.Round(time.Millisecond), err, what)
+			s.log.Warn("target stalled", "quiet", quiet.Round(time.Millisecond), "err", err)
+			s.event(api.MoveEvent{Event: api.EventStalled, Error: msg})
+		}
+		if abort != nil && quiet >= limit {
+			abort(fmt.Errorf("%w: %s did not answer for %v while the workload was frozen (progress-timeout %v): %v",
+				errStalled, s.target.ID, quiet.Round(time.Millisecond), limit, err))
+			return
+		}
+	}
+}
+
+// cut returns, for an err of a frozen window ctx that was cut short, the reason it was
+// (what failed then, a shipment or a restore, failed of it); else err.
+func cut(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); err != nil && cause != nil && errors.Is(cause, errStalled) {
+		return cause
+	}
+	return err
 }
 
 // precopy sends the workload's memory to the target while it runs, round after round,
@@ -316,7 +402,22 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	if err := s.phase(ctx, record.PhaseFrozen); err != nil {
 		return err
 	}
-	fctx, cancel := context.WithTimeout(ctx, migrate.DumpTimeout)
+	// The frozen window ends early when the target stops answering or --max-freeze is up.
+	wctx, abort := context.WithCancelCause(ctx)
+	if s.req.MaxFreezeMS > 0 {
+		d := time.Duration(s.req.MaxFreezeMS) * time.Millisecond
+		var stop context.CancelFunc
+		wctx, stop = context.WithTimeoutCause(wctx, d, fmt.Errorf("%w: the workload would stay frozen longer than --max-freeze %v", errStalled, d))
+		defer stop()
+	}
+	watched := s.watch(wctx, abort)
+	defer func() { abort(nil); <-watched }()
+	return cut(wctx, s.frozenWindow(ctx, wctx))
+}
+
+// frozenWindow is freezeAndMove's frozen part, on wctx (cut short by the watch).
+func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
+	fctx, cancel := context.WithTimeout(wctx, migrate.DumpTimeout)
 	defer cancel()
 	images := filepath.Join(s.dir, "images")
 	s.frozen = true
@@ -332,10 +433,11 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 	if dump.Frozen <= 0 {
 		frozenAt = t0
 	}
+	s.frozenAt = frozenAt
 	s.stats.DumpNS = int64(time.Since(t0))
 	s.stats.WorkloadBytes = uint64(dump.ImageBytes)
 	cancel()
-	fctx, cancel = context.WithTimeout(ctx, migrate.FreezeBudget(dump.ImageBytes))
+	fctx, cancel = context.WithTimeout(wctx, migrate.FreezeBudget(dump.ImageBytes))
 	defer cancel()
 	digests, err := workload.QuickDigestSegments(s.root)
 	if err != nil {
@@ -378,7 +480,11 @@ func (s *sourceRun) freezeAndMove(ctx context.Context) error {
 		return err
 	}
 
-	// The commit. From here on nothing rolls back.
+	// The commit. From here on nothing rolls back; a target gone silent is not
+	// committed to (it could not resume the workload).
+	if err := wctx.Err(); err != nil {
+		return err
+	}
 	s.stats.FrozenNS = int64(time.Since(frozenAt))
 	if err := s.commit(); err != nil {
 		return err
@@ -435,6 +541,9 @@ func (s *sourceRun) fail(cause error) error {
 	s.log.Warn("migration failed; rolling back", "err", cause)
 	st := s.stats
 	st.TotalNS = int64(time.Since(s.start))
+	if !s.frozenAt.IsZero() {
+		st.FrozenNS = int64(time.Since(s.frozenAt)) // until the abort is recorded and the tree resumes
+	}
 	phase, err := s.e.settle(s.id, s.epoch, record.PhaseAborted, cause.Error(), &st, nil)
 	if err != nil {
 		// Neither outcome could be recorded: leave both copies as they are (the source
@@ -448,16 +557,21 @@ func (s *sourceRun) fail(cause error) error {
 		s.finish(time.Now().Add(-time.Duration(s.stats.FrozenNS)))
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
-	defer cancel()
-	if err := s.remote.Abort(ctx, s.id); err != nil && !errors.Is(err, record.ErrUnknownMigration) {
-		s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
-	}
+	// The table says aborted, so the target never resumes its copy: resume ours first,
+	// then tell the target, which may be cut off (it cleans up from the record then).
 	if s.frozen {
 		if err := migrate.ResumeTree(s.root); err != nil {
 			s.log.Error("resume the source tree after an abort", "err", err)
 		}
 	}
+	// Not waited for: a cut-off target would hold up the answer for abortTimeout.
+	s.e.goFn(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), abortTimeout)
+		defer cancel()
+		if err := s.remote.Abort(ctx, s.id); err != nil && !errors.Is(err, record.ErrUnknownMigration) {
+			s.log.Warn("target did not confirm the abort; it cleans up from the record", "err", err)
+		}
+	})
 	os.Remove(s.e.sourceJournalPath(s.id))
 	rec, _ := s.e.table.Table().Migration(s.id) // this node's copy may lag the abort
 	rec.Phase, rec.Error = record.PhaseAborted, cause.Error()

@@ -90,6 +90,20 @@ func (e *Engine) target(id string) (*targetState, error) {
 	return t, nil
 }
 
+// Ping answers a source watching its target (see watchTarget): this node holds
+// migration id, opened by caller. It reads nothing of the table, so it answers at once
+// whatever Raft is doing.
+func (e *Engine) Ping(caller, id string) error {
+	t, err := e.target(id)
+	if err != nil {
+		return err
+	}
+	if t.j.Source != caller {
+		return fmt.Errorf("migration %s comes from %s, not %s: %w", id, t.j.Source, caller, record.ErrNotOwner)
+	}
+	return nil
+}
+
 // open checks an incoming request of an open migration and returns its state.
 func (e *Engine) open(ctx context.Context, caller, id string) (*targetState, error) {
 	if _, err := e.incoming(ctx, caller, id); err != nil {

@@ -26,6 +26,7 @@ const (
 	PathRestore = "/peer/v1/migrations/{id}/restore"
 	PathResume  = "/peer/v1/migrations/{id}/resume"
 	PathAbort   = "/peer/v1/migrations/{id}/abort"
+	PathPing    = "/peer/v1/migrations/{id}/ping" // the target is there and holds the migration
 )
 
 // TargetCheckRequest is what the source asks the target before a move.
@@ -104,6 +105,7 @@ type Remote interface {
 	Restore(ctx context.Context, id string, req RestoreRequest) (RestoreResult, error)
 	Resume(ctx context.Context, id string) error
 	Abort(ctx context.Context, id string) error
+	Ping(ctx context.Context, id string) error
 }
 
 // clientRemote is a Remote over a peer API client.
@@ -149,6 +151,10 @@ func (r clientRemote) Restore(ctx context.Context, id string, req RestoreRequest
 
 func (r clientRemote) Resume(ctx context.Context, id string) error {
 	return r.c.Call(ctx, http.MethodPost, path(PathResume, id), struct{}{}, nil)
+}
+
+func (r clientRemote) Ping(ctx context.Context, id string) error {
+	return r.c.Call(ctx, http.MethodGet, path(PathPing, id), nil, nil)
 }
 
 func (r clientRemote) Abort(ctx context.Context, id string) error {

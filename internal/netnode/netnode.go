@@ -63,6 +63,21 @@ func (n Node) Command(ctx context.Context, name string, args ...string) *exec.Cm
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.NetNS, name}, args...)...)
 }
 
+// SetLink takes the node's port on the switch down (up false) or up again: a real cut
+// of its link, as a pulled cable is; its daemon and workloads go on running.
+func (n Node) SetLink(ctx context.Context, up bool) error {
+	prefix := strings.TrimSuffix(n.NetNS, "-n"+strconv.Itoa(n.Index))
+	state := "down"
+	if up {
+		state = "up"
+	}
+	out, err := exec.CommandContext(ctx, "ip", "-n", prefix+"-sw", "link", "set", "vn"+strconv.Itoa(n.Index), state).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("set node %d's link %s: %v: %s", n.Index, state, err, out)
+	}
+	return nil
+}
+
 // prefixRE is the prefix rule of scripts/cluster.
 var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
 

@@ -341,3 +341,27 @@ func TestPrivateFS(t *testing.T) {
 		t.Errorf("node 2 reads %q from the shared dir", got)
 	}
 }
+
+// TestSetLink: a node whose link is down reaches nobody; up again, it does.
+func TestSetLink(t *testing.T) {
+	nodes := Up(t, 2)
+	ping := func() error {
+		return nodes[1].Command(testCtx(t), "ping", "-n", "-q", "-c1", "-W1", nodes[0].Addr).Run()
+	}
+	if err := ping(); err != nil {
+		t.Fatalf("before the cut: %v", err)
+	}
+	if err := nodes[1].SetLink(testCtx(t), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(); err == nil {
+		t.Fatal("node 2 reaches node 1 with its link down")
+	}
+	if err := nodes[1].SetLink(testCtx(t), true); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 10*time.Second, "node 2 to reach node 1 again", func() (bool, string) {
+		err := ping()
+		return err == nil, fmt.Sprint(err)
+	})
+}

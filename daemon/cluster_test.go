@@ -145,7 +145,10 @@ func newClusterWith(t *testing.T, n, members int, private bool) *cluster {
 	wdir := filepath.Join(dir, "workloads")
 	var opts netnode.Options
 	if private {
-		shared := []string{filepath.Dir(dir)}
+		// The checkout too: the CLI runs workloads in its cwd, and the tests run scripts
+		// of testdata/ (a CI clone may live under /tmp).
+		_, file, _, _ := runtime.Caller(0)
+		shared := []string{filepath.Dir(dir), filepath.Clean(filepath.Join(filepath.Dir(file), ".."))}
 		built, _ := filepath.Glob(filepath.Join(os.TempDir(), "migshm-*")) // binaries, test workloads
 		for _, b := range built {
 			if info, err := os.Stat(b); err == nil && info.IsDir() {

@@ -29,8 +29,14 @@ my $sem = semget(IPC_PRIVATE, 1, IPC_CREAT | 0600) // die "semget: $!";
 semop($sem, pack("s!s!s!", 0, 1, 0)) or die "semop: $!";    # 1: the mutex is free
 shmwrite($shm, pack("Q<*", (0) x ($workers + 1)), 0, $size) or die "shmwrite: $!";
 
-sub lock   { semop($sem, pack("s!s!s!", 0, -1, SEM_UNDO)) or die "lock: $!" }
-sub unlock { semop($sem, pack("s!s!s!", 0, 1, SEM_UNDO)) or die "unlock: $!" }
+# semop is never restarted after a signal handler ran (signal(7)): SIGTERM while the
+# master waits for the mutex fails it with EINTR, so retry as careful daemons do.
+sub semop_retry {
+	my ($what, $op) = @_;
+	until (semop($sem, $op)) { die "$what: $!" unless $!{EINTR} }
+}
+sub lock   { semop_retry("lock",   pack("s!s!s!", 0, -1, SEM_UNDO)) }
+sub unlock { semop_retry("unlock", pack("s!s!s!", 0, 1,  SEM_UNDO)) }
 
 my @kids;
 for my $i (1 .. $workers) {

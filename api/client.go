@@ -318,6 +318,16 @@ func (c *Client) Undrain(ctx context.Context, node string) (Node, error) {
 	return call[Node](ctx, c, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+"/undrain", struct{}{})
 }
 
+// Revoke puts a node certificate on the cluster's denylist.
+func (c *Client) Revoke(ctx context.Context, req RevokeRequest) (Revocation, error) {
+	return call[Revocation](ctx, c, http.MethodPost, "/v1/revocations", req)
+}
+
+// Revocations lists the cluster's denylist.
+func (c *Client) Revocations(ctx context.Context) ([]Revocation, error) {
+	return call[[]Revocation](ctx, c, http.MethodGet, "/v1/revocations", nil)
+}
+
 // Pin keeps a workload (id, name, host pid or unique id prefix) where it runs: the
 // balancer never moves it, not even off a draining node.
 func (c *Client) Pin(ctx context.Context, ref string) (Workload, error) {

@@ -22,6 +22,7 @@ type Status struct {
 	Member       bool   `json:"member"`     // this node is in the Raft configuration
 	Leader       string `json:"leader"`     // leader's node id, "" if none is known
 	LeaderAddr   string `json:"leader_addr"`
+	LeaderAPI    string `json:"leader_api,omitempty"` // the leader's peer API address (where joins go)
 	Term         uint64 `json:"term"`
 	CommitIndex  uint64 `json:"commit_index"`
 	AppliedIndex uint64 `json:"applied_index"`
@@ -93,11 +94,21 @@ type JoinRequest struct {
 
 // The table's records, as the API carries them.
 type (
-	Node      = record.Node
-	Workload  = record.Workload
-	Segment   = record.Segment
-	Migration = record.Migration
+	Node       = record.Node
+	Workload   = record.Workload
+	Segment    = record.Segment
+	Migration  = record.Migration
+	Revocation = record.Revocation
 )
+
+// RevokeRequest puts a node certificate on the cluster's denylist: Serial is its serial
+// number in hex (as `openssl x509 -serial` or `migshm tls revoke CERT` read it), Node
+// the name it was issued for.
+type RevokeRequest struct {
+	Serial string `json:"serial"`
+	Node   string `json:"node"`
+	Reason string `json:"reason,omitempty"`
+}
 
 // MoveRequest asks to move a workload to another node (POST /v1/migrations). The
 // answer is a stream of MoveEvent, one JSON object per line, ending with an event

@@ -121,7 +121,7 @@ func node(id string, st record.NodeState) record.Node {
 	// Every node reports the same busy host, as nodes sharing one kernel do: the
 	// balancer must not read it.
 	// Its figures were measured over the second before t0.
-	return record.Node{ID: id, State: st, Load: record.LoadVector{CPU: 0.99, RunQueue: 40, MemFreeBytes: 64 * gib, MemTotalBytes: 128 * gib,
+	return record.Node{ID: id, State: st, Drain: st == record.NodeDraining, Load: record.LoadVector{CPU: 0.99, RunQueue: 40, MemFreeBytes: 64 * gib, MemTotalBytes: 128 * gib,
 		Since: t0.Add(-time.Second).UnixNano()}}
 }
 

@@ -384,6 +384,13 @@ func ago(d time.Duration) string { return d.Round(time.Second).String() }
 // asks for a balancer pass now, so a drain does not wait out balance-interval before
 // each batch of moves. It runs on raft's FSM goroutine and never blocks.
 func (d *Daemon) tableChanged(prev, cur *shmowner.Table, at time.Time) {
+	if revs := cur.Revocations(); len(revs) != len(prev.Revocations()) || d.revoked.Load() == nil {
+		m := make(map[string]bool, len(revs))
+		for _, r := range revs {
+			m[r.Serial] = true
+		}
+		d.revoked.Store(&m)
+	}
 	evs := d.events.Record(prev, cur, at)
 	if !slices.ContainsFunc(evs, func(ev api.Event) bool { return drainWork(ev, cur) }) {
 		return

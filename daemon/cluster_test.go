@@ -12,12 +12,14 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +30,7 @@ import (
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/netnode"
 	"github.com/migshm/migshm/internal/nsutil"
+	"github.com/migshm/migshm/internal/peer"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/internal/wait"
@@ -543,6 +546,20 @@ func TestCluster(t *testing.T) {
 			}
 			return false, "missing"
 		})
+		// Drained while down (a cordon), it must come back draining, not active. Its
+		// workloads are pinned first so that the drain moves none of them.
+		var pinned []string
+		for _, w := range after {
+			if w.Node == old && w.State == record.WorkloadRunning {
+				if _, err := c.cli(survivors[0], "pin", w.Name); err != nil {
+					t.Fatal(err)
+				}
+				pinned = append(pinned, w.Name)
+			}
+		}
+		if _, err := c.cli(survivors[0], "drain", "--no-wait", old); err != nil {
+			t.Fatalf("drain of a down node: %v", err)
+		}
 		// The old leader comes back from its data dir and catches up.
 		c.restart(leader)
 		wait.For(t, 20*time.Second, "the old leader rejoined and caught up", func() (bool, string) {
@@ -559,8 +576,28 @@ func TestCluster(t *testing.T) {
 					state = string(n.State)
 				}
 			}
-			return s.Member && s.Leader != "" && ok && state == "active", fmt.Sprintf("%+v node state %s", s, state)
+			return s.Member && s.Leader != "" && ok && state == "draining", fmt.Sprintf("%+v node state %s", s, state)
 		})
+		if _, err := c.cli(survivors[0], "undrain", old); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range pinned {
+			if _, err := c.cli(survivors[0], "unpin", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ns, _ := survivors[0].c.Nodes(context.Background())
+		for _, n := range ns {
+			if n.ID == old && (n.State != record.NodeActive || n.Drain) {
+				t.Fatalf("%s after undrain: %s drain=%v", old, n.State, n.Drain)
+			}
+		}
+		ws, _ := survivors[0].c.Workloads(context.Background())
+		for _, name := range pinned {
+			if w, ok := workloadByName(ws, name); !ok || w.Node != old {
+				t.Errorf("pinned %s moved off the drained node: %+v", name, w)
+			}
+		}
 	})
 
 	t.Run("daemon restart re-attaches to running workloads", func(t *testing.T) {
@@ -783,6 +820,51 @@ func TestPeersNeedClusterCertificate(t *testing.T) {
 		}
 	})
 
+	t.Run("forged forwarded requests", func(t *testing.T) {
+		fwd := func(by string) http.Header { return http.Header{peer.ForwardedHeader: {by}} }
+		leaderAPI := peerAPI // sent to the leader, so that nothing is refused only for not leading
+		for _, nd := range c.nodes {
+			if nd.id == leaderOf(t, n1) {
+				leaderAPI = nd.net.Addr + ":7421"
+			}
+		}
+		for _, tc := range []struct {
+			name, path, body string
+			header           http.Header
+			want             string
+		}{
+			// Once, a join marked as relayed skipped the name check.
+			{"join relayed, as someone else", "/peer/v1/join",
+				fmt.Sprintf(`{"id":"evil","raft_addr":"%s:7420","api_addr":"%s:7421"}`, outsider.net.Addr, outsider.net.Addr),
+				fwd("n2"), "the caller's certificate is for"},
+			{"relay mark naming another node", "/peer/v1/join",
+				fmt.Sprintf(`{"id":"n2","raft_addr":"%s:7420","api_addr":"%s:7421"}`, outsider.net.Addr, outsider.net.Addr),
+				fwd("n1"), `marked as relayed by \"n1\"`},
+			{"load report under another node's name", "/peer/v1/apply",
+				`{"type":4,"body":{"id":"n1","load":{"cpu":0.99},"at":1}}`, fwd("n2"), `reports for node \"n1\"`},
+			{"workload placed on another node", "/peer/v1/apply",
+				`{"type":5,"body":{"workload":{"id":"fake","group":"fake","node":"n1"}}}`, nil, `reports for node \"n1\"`},
+		} {
+			status, resp, err := peerRequestWith(outsider.net.NetNSPath, leaderAPI, member.ClientTLS(), "POST", tc.path, tc.body, tc.header)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status != http.StatusForbidden || !strings.Contains(resp, tc.want) {
+				t.Errorf("%s: %d %s, want 403 saying %s", tc.name, status, resp, tc.want)
+			}
+		}
+		ns, _ := n1.c.Nodes(context.Background())
+		ws, _ := n1.c.Workloads(context.Background())
+		if len(ns) != 2 || slices.ContainsFunc(ws, func(w api.Workload) bool { return w.ID == "fake" }) {
+			t.Fatalf("a forged request changed the table: nodes %+v workloads %+v", ns, ws)
+		}
+		for _, n := range ns {
+			if n.ID == "n1" && n.Load.CPU == 0.99 {
+				t.Fatal("a forged load report was recorded")
+			}
+		}
+	})
+
 	t.Run("malformed forwarded command is refused before the log", func(t *testing.T) {
 		for _, body := range []string{
 			`{"type":5,"body":{"workload":"not an object"}}`,
@@ -798,11 +880,106 @@ func TestPeersNeedClusterCertificate(t *testing.T) {
 			t.Fatalf("leader unwell after bad commands: %v", err)
 		}
 	})
+	// Last: it revokes the certificate the subtests above use.
+	t.Run("certificate rotated on SIGHUP, the old one revoked", func(t *testing.T) {
+		n2 := c.nodes[1]
+		oldCopy := filepath.Join(t.TempDir(), "old-node.crt")
+		b, err := os.ReadFile(filepath.Join(n2.tls, "node.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(oldCopy, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		oldSerial := member.Serial()
+		if _, err := pki.IssueNode(c.caDir, "n2", pki.NodeOptions{IPs: []net.IP{net.ParseIP(n2.net.Addr)}}); err != nil {
+			t.Fatal(err)
+		}
+		renewed, err := pki.Load(filepath.Join(n2.tls, "ca.crt"), filepath.Join(n2.tls, "node.crt"), filepath.Join(n2.tls, "node.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n2.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		n2API := n2.net.Addr + ":7421"
+		wait.For(t, 10*time.Second, "n2 to serve its renewed certificate", func() (bool, string) {
+			serial, err := servedSerial(outsider.net.NetNSPath, n2API, renewed.ClientTLS())
+			return err == nil && serial.Cmp(renewed.Serial()) == 0, fmt.Sprintf("%v %v", serial, err)
+		})
+		if _, err := c.cli(n1, "tls", "revoke", oldCopy, "--reason", "rotated"); err != nil {
+			t.Fatal(err)
+		}
+		var revs []api.Revocation
+		revoked := func(nd *tnode) {
+			t.Helper()
+			out, err := c.cli(nd, "tls", "revoked", "--json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal([]byte(out), &revs); err != nil {
+				t.Fatalf("tls revoked --json: %v\n%s", err, out)
+			}
+		}
+		revoked(n2)
+		if len(revs) != 1 || revs[0].Serial != oldSerial.Text(16) || revs[0].Node != "n2" || revs[0].Reason != "rotated" {
+			t.Fatalf("revoked: %+v", revs)
+		}
+		// Every node refuses the old certificate, the renewed one works.
+		// The client only gets TLS's alert; the server's log says why.
+		for _, nd := range []*tnode{n1, n2} {
+			addr := nd.net.Addr + ":7421"
+			wait.For(t, 10*time.Second, "the old certificate refused by "+nd.id, func() (bool, string) {
+				status, resp, err := peerRequest(outsider.net.NetNSPath, addr, member.ClientTLS(), "GET", "/v1/nodes", "")
+				return err != nil && strings.Contains(err.Error(), "bad certificate") &&
+						strings.Contains(c.logOf(nd), `certificate of \"n2\" (serial `+oldSerial.Text(16)+`) is revoked`),
+					fmt.Sprintf("%d %s %v", status, resp, err)
+			})
+			if status, resp, err := peerRequest(outsider.net.NetNSPath, addr, renewed.ClientTLS(), "GET", "/v1/nodes", ""); err != nil || status != http.StatusOK {
+				t.Errorf("renewed certificate at %s: %v %d %s", addr, err, status, resp)
+			}
+		}
+		// n2 still works as a member: its writes go to the leader on new connections.
+		if _, err := c.cli(n2, "run", "--name", "after-rotation", "--", "sleep", "600"); err != nil {
+			t.Fatalf("n2 after the rotation: %v\n%s", err, tailLines(c.logOf(n2), 20))
+		}
+		// A bad revocation changes nothing.
+		if _, err := c.cli(n1, "tls", "revoke", "--serial", "xyz", "--node", "n2"); err == nil || !strings.Contains(err.Error(), `serial "xyz"`) {
+			t.Errorf("revoke of a malformed serial: %v", err)
+		}
+		revoked(n1)
+		if len(revs) != 1 {
+			t.Errorf("revoked after a refused revoke: %+v", revs)
+		}
+	})
 }
 
 // peerRequest makes one HTTPS request from inside the network namespace at nsPath
 // (the connection is made synchronously on the namespace's thread).
 func peerRequest(nsPath, addr string, cfg *tls.Config, method, path, body string) (int, string, error) {
+	return peerRequestWith(nsPath, addr, cfg, method, path, body, nil)
+}
+
+// servedSerial returns the serial of the certificate the TLS server at addr presents.
+func servedSerial(nsPath, addr string, cfg *tls.Config) (*big.Int, error) {
+	var raw net.Conn
+	if err := nsutil.Do(nsutil.Net, nsPath, func() (err error) {
+		raw, err = net.DialTimeout("tcp", addr, 5*time.Second)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	conn := tls.Client(raw, cfg)
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := conn.Handshake(); err != nil {
+		return nil, err
+	}
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber, nil
+}
+
+// peerRequestWith is peerRequest with header added to the request.
+func peerRequestWith(nsPath, addr string, cfg *tls.Config, method, path, body string, header http.Header) (int, string, error) {
 	var conn *tls.Conn
 	err := nsutil.Do(nsutil.Net, nsPath, func() error {
 		d := &net.Dialer{Timeout: 5 * time.Second}
@@ -826,6 +1003,9 @@ func peerRequest(nsPath, addr string, cfg *tls.Config, method, path, body string
 		return 0, "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
 	if err := req.Write(conn); err != nil {
 		return 0, "", err
 	}
@@ -837,6 +1017,39 @@ func peerRequest(nsPath, addr string, cfg *tls.Config, method, path, body string
 	var buf bytes.Buffer
 	_, _ = buf.ReadFrom(resp.Body)
 	return resp.StatusCode, buf.String(), nil
+}
+
+// TestRetentionPrunes: the leader prunes exited workloads beyond retain-exited, oldest
+// first, through the log; a pruned workload's name is free again.
+func TestRetentionPrunes(t *testing.T) {
+	netnode.RequireRoot(t)
+	c := newCluster(t, 1, 0)
+	nd := c.nodes[0]
+	c.start(nd, "--bootstrap", "--retain-exited", "2")
+	c.waitMembers(nd, 1)
+	for i := range 4 {
+		name := fmt.Sprintf("job%d", i)
+		if _, err := c.cli(nd, "run", "--name", name, "--", "true"); err != nil {
+			t.Fatal(err)
+		}
+		wait.For(t, 10*time.Second, name+" exited", func() (bool, string) {
+			ws, _ := nd.c.Workloads(context.Background())
+			w, ok := workloadByName(ws, name)
+			return ok && w.State == record.WorkloadExited, string(w.State)
+		})
+	}
+	wait.For(t, 10*time.Second, "the two oldest exited workloads pruned", func() (bool, string) {
+		ws, _ := nd.c.Workloads(context.Background())
+		var names []string
+		for _, w := range ws {
+			names = append(names, w.Name)
+		}
+		slices.Sort(names)
+		return slices.Equal(names, []string{"job2", "job3"}), fmt.Sprint(names)
+	})
+	if _, err := c.cli(nd, "run", "--name", "job0", "--", "sleep", "600"); err != nil {
+		t.Fatalf("the name of a pruned workload is not free: %v", err)
+	}
 }
 
 // TestReadyNotification: under systemd (Type=notify) the daemon says READY=1 only once

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/migshm/migshm/internal/metrics"
 	"github.com/migshm/migshm/internal/migration"
 	"github.com/migshm/migshm/internal/pki"
+	"github.com/migshm/migshm/internal/retention"
 	"github.com/migshm/migshm/migrate"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
@@ -60,6 +62,8 @@ type Config struct {
 	LoadInterval    time.Duration // how often this node reports its load
 	StopTimeout     time.Duration // default grace period of `migshm stop` before SIGKILL
 	ProgressTimeout time.Duration // a move's target silent this long while the workload is frozen: abort
+	// Retention is the history the leader keeps in the table; zero: retention.DefaultPolicy.
+	Retention retention.Policy
 
 	// Balancing. The leader's settings are the cluster's: give every node the same.
 	AutoBalance      bool          // the leader moves workloads on its own (drains run either way)
@@ -123,6 +127,16 @@ func (c *Config) Normalize() error {
 	if c.ProgressTimeout == 0 {
 		c.ProgressTimeout = migration.DefaultProgressTimeout
 	}
+	if c.Retention == (retention.Policy{}) {
+		c.Retention = retention.DefaultPolicy()
+	}
+	if c.Retention.Batch == 0 {
+		c.Retention.Batch = retention.DefaultPolicy().Batch
+	}
+	if c.Retention.Migrations < 0 || c.Retention.Exited < 0 || c.Retention.MaxAge < 0 {
+		return fmt.Errorf("retain-migrations %d, retain-exited %d, retain-age %v: none may be negative (0 keeps none, or no age limit for retain-age)",
+			c.Retention.Migrations, c.Retention.Exited, c.Retention.MaxAge)
+	}
 	if c.NodeID != "" && pki.ValidateName(c.NodeID) != nil {
 		return fmt.Errorf("node-id %q: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
 	}
@@ -169,8 +183,9 @@ func (c *Config) Normalize() error {
 	if err := c.balancerConfig(nil).Validate(); err != nil {
 		return fmt.Errorf("balancer settings: %w", err)
 	}
-	if c.CapacityCores < 0 {
-		return fmt.Errorf("capacity-cores %v: want > 0, or 0 for this host's CPUs", c.CapacityCores)
+	// NaN or Inf would reach every load report, which JSON cannot encode.
+	if !(c.CapacityCores >= 0) || math.IsInf(c.CapacityCores, 0) {
+		return fmt.Errorf("capacity-cores %v: want a finite value > 0, or 0 for this host's CPUs", c.CapacityCores)
 	}
 	if c.ProgressTimeout < 200*time.Millisecond {
 		return fmt.Errorf("progress-timeout %v: at least 200ms (a healthy peer answers within milliseconds, but not always within fewer)", c.ProgressTimeout)
@@ -222,6 +237,12 @@ func Flags() []cli.Flag {
 		dur("stop-timeout", "default grace period of migshm stop before SIGKILL", 10*time.Second),
 		dur("progress-timeout", "a move whose target does not answer for this long while the workload is frozen aborts, "+
 			"and the workload resumes on its node (while it runs, the move waits and says it is stalled)", migration.DefaultProgressTimeout),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "retain-migrations", EnvVars: env("retain-migrations"), Value: retention.DefaultPolicy().Migrations,
+			Usage: "ended migrations the table keeps, newest first (older ones are pruned; metrics keep their totals)"}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "retain-exited", EnvVars: env("retain-exited"), Value: retention.DefaultPolicy().Exited,
+			Usage: "exited workloads the table keeps, newest first (a pruned one's name is free again)"}),
+		dur("retain-age", "ended migrations and exited workloads older than this are pruned whatever their count; 0: no age limit",
+			retention.DefaultPolicy().MaxAge),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "auto-balance", EnvVars: env("auto-balance"), Value: true,
 			Usage: "as leader, move workloads to balance CPU and memory on its own (--auto-balance=false: only drains and `migshm balance`)"}),
 		dur("balance-interval", "how often the leader runs the balancer", DefaultBalanceInterval),
@@ -295,6 +316,9 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 		LoadInterval:    c.Duration("load-interval"),
 		StopTimeout:     c.Duration("stop-timeout"),
 		ProgressTimeout: c.Duration("progress-timeout"),
+		// Batch set: a policy of all zeros from the flags keeps nothing, it is not "unset".
+		Retention: retention.Policy{Migrations: c.Int("retain-migrations"), Exited: c.Int("retain-exited"),
+			MaxAge: c.Duration("retain-age"), Batch: retention.DefaultPolicy().Batch},
 
 		AutoBalance:      c.Bool("auto-balance"),
 		BalanceInterval:  c.Duration("balance-interval"),

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"github.com/migshm/migshm/internal/retention"
 	"io"
 	"os"
 	"path/filepath"
@@ -182,6 +183,11 @@ func TestConfigFile(t *testing.T) {
 		{name: "named file missing", noFile: true, wantErr: "config file FILE"},
 		{name: "env-named file missing", noFile: true, env: true, wantErr: "config file FILE"},
 		{name: "empty file", text: "", want: func(c Config) bool { return c.NodeID == "" }},
+		// All zeros keeps no history; it does not fall back to the defaults.
+		{name: "retention keeps none", text: "retain-migrations = 0\nretain-exited = 0\nretain-age = \"0s\"\n",
+			want: func(c Config) bool {
+				return c.Retention == retention.Policy{Batch: retention.DefaultPolicy().Batch}
+			}},
 		{name: "malformed", text: "node-id = \"n1\n", wantErr: "config file FILE"},
 		{name: "malformed default", text: "node-id = [", asDef: true, wantErr: "config file FILE"},
 		{name: "bool as string", text: `bootstrap = "yes"`, wantErr: "bootstrap"},
@@ -265,6 +271,8 @@ func TestNormalize(t *testing.T) {
 	}{
 		{"defaults", func(*Config) {}, ""},
 		{"node-id ok", func(c *Config) { c.NodeID = "node-1.a_b" }, ""},
+		{"retention negative", func(c *Config) { c.Retention = retention.Policy{Migrations: 5, Exited: -1} }, "retain-exited -1"},
+		{"retention none kept", func(c *Config) { c.Retention = retention.Policy{MaxAge: time.Hour} }, ""},
 		{"node-id leading dash", func(c *Config) { c.NodeID = "-n1" }, "node-id"},
 		{"node-id space", func(c *Config) { c.NodeID = "n 1" }, "node-id"},
 		{"node-id slash", func(c *Config) { c.NodeID = "n/1" }, "node-id"},
@@ -325,7 +333,7 @@ func TestNormalizeDefaults(t *testing.T) {
 		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,
 		// A Config built by hand balances only when told (AutoBalance false), with
 		// zero thresholds and cooldowns as given; the interval and cap need a value.
-		BalanceInterval: DefaultBalanceInterval, MaxMigrations: 4,
+		BalanceInterval: DefaultBalanceInterval, MaxMigrations: 4, Retention: retention.DefaultPolicy(),
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Normalize filled\n %+v\nwant\n %+v", c, want)
@@ -422,7 +430,7 @@ func TestExampleConfigLoads(t *testing.T) {
 		SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,
 		MetricsAddr: "127.0.0.1:9641", AutoBalance: true, BalanceInterval: DefaultBalanceInterval, BalanceThreshold: 0.1,
 		BalanceMargin: 0.005, WorkloadCooldown: 5 * time.Minute, NodeCooldown: 30 * time.Second, MaxMigrations: 4,
-		MemFloor: 512 << 20,
+		MemFloor: 512 << 20, Retention: retention.DefaultPolicy(),
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("%s gives\n %+v\nwant\n %+v", exampleConfig, cfg, want)
@@ -541,6 +549,7 @@ func TestBalancerSettingsChecked(t *testing.T) {
 	for _, args := range [][]string{
 		{"--balance-threshold", "-0.1"}, {"--balance-margin", "-1"}, {"--node-cooldown", "-1s"},
 		{"--max-migrations", "-2"}, {"--balance-interval", "10ms"}, {"--capacity-cores", "-1"}, {"--mem-floor", "lots"},
+		{"--capacity-cores", "NaN"}, {"--capacity-cores", "+Inf"}, // FuzzConfig: JSON cannot encode the load reports
 	} {
 		if _, err := loadConfig(t, filepath.Join(t.TempDir(), "absent.toml"), args...); err == nil {
 			t.Errorf("%v: accepted", args)

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,6 +25,7 @@ import (
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/shmowner"
+	"golang.org/x/sys/unix"
 )
 
 // Version is the daemon's build, set with -ldflags "-X github.com/migshm/migshm/daemon.Version=...".
@@ -42,6 +46,10 @@ type Daemon struct {
 	metricsAddr string
 	bal         balanceState // the leader's balancer passes
 	events      *events.Log  // the table's changes as this node saw them (GET /v1/events)
+	tls         *pki.Config  // this node's certificate, reloaded on SIGHUP
+	// revoked is the table's denylist of certificate serials (lower-case hex), kept
+	// current by tableChanged and read at every TLS handshake.
+	revoked atomic.Pointer[map[string]bool]
 
 	// ctx ends when the daemon stops: its loops, and what they start, run under it.
 	ctx     context.Context
@@ -101,6 +109,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.goFn(func() { d.balanceLoop(bg) })
 	d.goFn(func() { d.loadLoop(bg) })
 	d.goFn(func() { d.sup.Run(bg) })
+	d.goFn(func() { d.reloadOnHangup(bg) })
 
 	<-ctx.Done()
 	d.log.Info("shutting down; workloads keep running")
@@ -153,6 +162,11 @@ func (d *Daemon) open(cleanups *[]func()) error {
 			"make one with `migshm tls node %s` or drop --node-id", cfg.NodeID, cfg.TLSCert, cn, cfg.NodeID)
 	}
 	d.log = d.log.With("node", cfg.NodeID)
+	d.tls = tc
+	tc.SetRevoked(func(serial *big.Int) bool {
+		m := d.revoked.Load()
+		return m != nil && (*m)[serial.Text(16)]
+	})
 	for _, dir := range []string{cfg.DataDir, cfg.WorkloadDir, filepath.Dir(cfg.Socket)} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("create %s: %w", dir, err)
@@ -211,7 +225,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		_ = os.Remove(cfg.Socket)
 	})
 	hc := httpapi.Config{Service: (*service)(d), Cluster: d.cluster, Members: d.cluster, Target: d.engine,
-		Peers: d.peers, Log: d.log, Events: d.events}
+		Peers: d.peers, Log: d.log, Events: d.events, Revoked: tc.Revoked}
 	local := &http.Server{Handler: httpapi.Local(hc), ConnContext: httpapi.PeerCredContext,
 		ReadHeaderTimeout: 10 * time.Second}
 	// Shutdown waits for open requests: end the event followers' streams first.
@@ -300,4 +314,32 @@ func defaultAdvertise() (string, error) {
 		}
 	}
 	return "", errors.New("no non-loopback IPv4 address to advertise to other nodes; set --advertise (MIGSHMD_ADVERTISE)")
+}
+
+// reloadOnHangup reloads the node's certificate, key and CA on SIGHUP (`systemctl
+// reload migshmd`): renewed files take effect at the next handshake, without a restart.
+func (d *Daemon) reloadOnHangup(ctx context.Context) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, unix.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := d.ReloadTLS(); err != nil {
+				d.log.Error("reload TLS files: keeping the current ones", "err", err)
+			}
+		}
+	}
+}
+
+// ReloadTLS reads the node's TLS files again (see pki.Config.Reload).
+func (d *Daemon) ReloadTLS() error {
+	if err := d.tls.Reload(d.cfg.TLSCA, d.cfg.TLSCert, d.cfg.TLSKey); err != nil {
+		return err
+	}
+	d.peers.Renew() // pooled connections carry the old certificate, which may be revoked next
+	d.log.Info("reloaded TLS files", "serial", d.tls.Serial().Text(16), "expires", d.tls.NotAfter().Format(time.RFC3339))
+	return nil
 }

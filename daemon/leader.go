@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/internal/cluster"
+	"github.com/migshm/migshm/internal/retention"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 )
@@ -47,7 +48,7 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 			case cluster.PeerFailed:
 				if leading && time.Since(e.LastContact) > downAfter {
 					// A draining node that dies is down too (its migrations get
-					// aborted); it comes back active and must be drained again.
+					// aborted); its Drain flag stays, so it comes back draining.
 					d.setNodeState(ctx, e.Peer, record.NodeActive, record.NodeDown)
 					d.setNodeState(ctx, e.Peer, record.NodeDraining, record.NodeDown)
 				}
@@ -66,6 +67,7 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 			}
 			if leading {
 				d.engine.AbortOrphans(ctx)
+				d.prune(ctx)
 			}
 		}
 	}
@@ -90,7 +92,7 @@ func (d *Daemon) becameLeader(ctx context.Context) {
 
 // setNodeState moves a node from state from to state to, on this node as the leader
 // (what it saw of a node must not be applied by another leader), and does nothing if
-// the node is in any other state: a draining node stays draining.
+// the node is in any other state. A cordoned node made active becomes draining (fsm.go).
 func (d *Daemon) setNodeState(ctx context.Context, id string, from, to record.NodeState) {
 	n, ok := d.cluster.Table().Node(id)
 	if !ok || n.State != from {
@@ -103,4 +105,20 @@ func (d *Daemon) setNodeState(ctx context.Context, id string, from, to record.No
 		return
 	}
 	d.log.Info("node state changed", "peer", id, "from", from, "to", to)
+}
+
+// prune removes from the table what the retention policy says is old history, one
+// batch per call: the leader calls it every second, so a backlog drains in batches.
+func (d *Daemon) prune(ctx context.Context) {
+	req, ok := retention.Plan(d.cluster.Table(), d.cfg.Retention, time.Now())
+	if !ok {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := d.cluster.ApplyHere(cctx, shmowner.PruneType, req); err != nil {
+		d.log.Warn("prune old records", "err", err)
+		return
+	}
+	d.log.Info("pruned old records", "migrations", len(req.Migrations), "workloads", len(req.Workloads))
 }

@@ -3,12 +3,15 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"math/big"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/httpapi"
 	"github.com/migshm/migshm/internal/migration"
+	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 )
@@ -131,29 +134,59 @@ func (s *service) Move(w api.Workload, req api.MoveRequest, emit func(api.MoveEv
 	return s.engine.Move(w, req, emit)
 }
 
-// SetDrain makes a node draining (it takes no new workloads; the balancer moves every
-// workload it can off it) or active again.
+// SetDrain cordons a node (it takes no new workloads; the balancer moves every workload
+// it can off it) or lifts the cordon. The cordon is a flag of its own: a node that is
+// down keeps it and comes back draining.
 func (s *service) SetDrain(ctx context.Context, id string, drain bool) (api.Node, error) {
-	op, from, to := "drain", record.NodeActive, record.NodeDraining
-	if !drain {
-		op, from, to = "undrain", record.NodeDraining, record.NodeActive
-	}
+	op := map[bool]string{true: "drain", false: "undrain"}[drain]
 	n, ok := s.cluster.FreshTable(ctx).Node(id)
 	switch {
 	case !ok:
 		return n, fmt.Errorf("%s: no node %q (see `migshm nodes`): %w", op, id, record.ErrUnknownNode)
-	case n.State == to:
+	case n.Drain == drain:
 		return n, nil
-	case n.State != from:
-		return n, fmt.Errorf("%s %s: the node is %s, not %s (a down node: start its daemon, or remove it with `migshm leave %s --force`): %w",
-			op, id, n.State, from, id, record.ErrNodeNotActive)
+	case n.State == record.NodeLeft:
+		return n, fmt.Errorf("%s %s: the node has left the cluster: %w", op, id, record.ErrNodeNotActive)
 	}
-	if err := s.cluster.Apply(ctx, shmowner.SetNodeStateType, shmowner.SetNodeStateRequest{ID: id, State: to}); err != nil {
+	if err := s.cluster.Apply(ctx, shmowner.SetNodeDrainType, shmowner.SetNodeDrainRequest{ID: id, Drain: drain}); err != nil {
 		return n, fmt.Errorf("%s %s: %w", op, id, err)
 	}
-	s.log.Info("node state changed", "peer", id, "from", from, "to", to, "by", "operator")
+	s.log.Info("node cordon changed", "peer", id, "drain", drain, "state", n.State, "by", "operator")
 	n, _ = s.cluster.FreshTable(ctx).Node(id)
 	return n, nil
+}
+
+// Revoke puts a node certificate on the cluster's denylist. It refuses this node's own
+// certificate: revoke it from another node, after this one has a new certificate
+// (`migshm tls node`, then SIGHUP).
+func (s *service) Revoke(ctx context.Context, req api.RevokeRequest) (api.Revocation, error) {
+	serial, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(req.Serial, ":", "")), "0x"), 16)
+	if !ok || serial.Sign() <= 0 {
+		return api.Revocation{}, fmt.Errorf("revoke: serial %q: want the certificate's serial number in hex: %w", req.Serial, api.ErrBadRequest)
+	}
+	if pki.ValidateName(req.Node) != nil {
+		return api.Revocation{}, fmt.Errorf("revoke: node %q: want the name the certificate was issued for: %w", req.Node, api.ErrBadRequest)
+	}
+	if serial.Cmp(s.tls.Serial()) == 0 {
+		return api.Revocation{}, fmt.Errorf("revoke: %s is the certificate of %s, the node serving this request; renew it "+
+			"(`migshm tls node %s`, copy, `systemctl reload migshmd`) and revoke the old one from another node: %w",
+			serial.Text(16), s.cfg.NodeID, s.cfg.NodeID, api.ErrBadRequest)
+	}
+	rev := api.Revocation{Serial: serial.Text(16), Node: req.Node, Reason: req.Reason, At: time.Now().UnixNano()}
+	if err := s.cluster.Apply(ctx, shmowner.RevokeType, shmowner.RevokeRequest{Revocation: rev}); err != nil {
+		return api.Revocation{}, fmt.Errorf("revoke %s: %w", rev.Serial, err)
+	}
+	s.log.Warn("certificate revoked", "serial", rev.Serial, "peer", rev.Node, "reason", rev.Reason, "by", "operator")
+	for _, r := range s.cluster.FreshTable(ctx).Revocations() {
+		if r.Serial == rev.Serial {
+			return r, nil
+		}
+	}
+	return rev, nil
+}
+
+func (s *service) Revocations(ctx context.Context) []api.Revocation {
+	return s.cluster.FreshTable(ctx).Revocations()
 }
 
 // SetPinned pins a workload (nothing moves it) or unpins it.

@@ -89,3 +89,69 @@ func TestDrainingSurvivesRegistration(t *testing.T) {
 		t.Errorf("n2 = %+v, want active", n)
 	}
 }
+
+// TestDrainIsACordon: the Drain flag outlives the node going down. A drained node
+// the leader marks down and then up again comes back draining; one undrained while
+// down comes back active; a drain set while down takes effect when it is back.
+func TestDrainIsACordon(t *testing.T) {
+	down := func(id string) shmowner.SetNodeStateRequest {
+		return shmowner.SetNodeStateRequest{ID: id, State: record.NodeDown}
+	}
+	up := func(id string) shmowner.SetNodeStateRequest {
+		return shmowner.SetNodeStateRequest{ID: id, State: record.NodeActive}
+	}
+	tb := shmownertest.Table(t,
+		shmowner.RegisterNodeRequest{ID: "n1"}, shmowner.RegisterNodeRequest{ID: "n2"}, shmowner.RegisterNodeRequest{ID: "n3"},
+		shmowner.SetNodeDrainRequest{ID: "n1", Drain: true}, down("n1"), up("n1"),
+		shmowner.SetNodeDrainRequest{ID: "n2", Drain: true}, down("n2"), shmowner.SetNodeDrainRequest{ID: "n2"}, up("n2"),
+		down("n3"), shmowner.SetNodeDrainRequest{ID: "n3", Drain: true},
+	)
+	for id, want := range map[string]record.Node{
+		"n1": {State: record.NodeDraining, Drain: true},
+		"n2": {State: record.NodeActive},
+		"n3": {State: record.NodeDown, Drain: true},
+	} {
+		if n, _ := tb.Node(id); n.State != want.State || n.Drain != want.Drain {
+			t.Errorf("%s = %s drain=%v, want %s drain=%v", id, n.State, n.Drain, want.State, want.Drain)
+		}
+	}
+	tb = shmownertest.Table(t, shmowner.RegisterNodeRequest{ID: "n1"}, shmowner.SetNodeDrainRequest{ID: "n1", Drain: true},
+		down("n1"), shmowner.RegisterNodeRequest{ID: "n1"})
+	if n, _ := tb.Node("n1"); n.State != record.NodeDraining {
+		t.Errorf("a drained node that registers again is %s, want draining", n.State)
+	}
+	tb = shmownertest.Table(t, shmowner.RegisterNodeRequest{ID: "n1"}, shmowner.SetNodeDrainRequest{ID: "n1", Drain: true},
+		shmowner.SetNodeDrainRequest{ID: "n1"})
+	if n, _ := tb.Node("n1"); n.State != record.NodeActive || n.Drain {
+		t.Errorf("undrained node = %s drain=%v, want active", n.State, n.Drain)
+	}
+	if err := shmownertest.Apply(t, shmowner.NewFSM(), shmowner.SetNodeDrainRequest{ID: "nope", Drain: true}); !errors.Is(err, record.ErrUnknownNode) {
+		t.Errorf("drain unknown node: %v", err)
+	}
+}
+
+// TestReporter: the commands a node sends about itself name it; the others name no one.
+func TestReporter(t *testing.T) {
+	for _, tc := range []struct {
+		req  any
+		want string
+	}{
+		{shmowner.RegisterNodeRequest{ID: "n1"}, "n1"},
+		{shmowner.ReportLoadRequest{ID: "n2"}, "n2"},
+		{shmowner.SetSegmentsRequest{Node: "n3", Group: "g"}, "n3"},
+		{shmowner.SetWorkloadStateRequest{ID: "w1", Node: "n4"}, "n4"},
+		{shmowner.SetWorkloadStateRequest{ID: "w1"}, ""},
+		{shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w1", Node: "n5"}}, "n5"},
+		{shmowner.PlanMigrationRequest{ID: "m1", Workload: "w1", Target: "n2"}, ""},
+		{shmowner.SetNodeDrainRequest{ID: "n1", Drain: true}, ""},
+		{shmowner.RemoveNodeRequest{ID: "n1"}, ""},
+	} {
+		e := shmownertest.Entry(t, tc.req)
+		if got := shmowner.Reporter(shmowner.MessageType(e[0]), e[1:]); got != tc.want {
+			t.Errorf("Reporter(%T) = %q, want %q", tc.req, got, tc.want)
+		}
+	}
+	if got := shmowner.Reporter(shmowner.ReportLoadType, []byte(`{"id":`)); got != "" {
+		t.Errorf("Reporter of a body that does not decode = %q", got)
+	}
+}

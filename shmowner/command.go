@@ -38,6 +38,18 @@ const (
 	// SetWorkloadPinnedType pins or unpins a workload. Not ignorable: a node that
 	// missed a pin could move a pinned workload.
 	SetWorkloadPinnedType MessageType = 13 // SetWorkloadPinnedRequest
+
+	// SetNodeDrainType sets or clears a node's cordon. Not ignorable: a node that
+	// missed it would place workloads on a drained node.
+	SetNodeDrainType MessageType = 14 // SetNodeDrainRequest
+
+	// PruneType removes old records (retention). Not ignorable: a node that kept an
+	// exited workload would refuse its name to a new one where others accept it.
+	PruneType MessageType = 15 // PruneRequest
+
+	// RevokeType puts a certificate on the denylist. Not ignorable: a node that missed
+	// it would still talk to the revoked certificate.
+	RevokeType MessageType = 16 // RevokeRequest
 )
 
 // IgnoreUnknownFlag marks a message type that a node which does not know it may skip
@@ -61,6 +73,9 @@ func init() {
 	register[ProbeRequest](ProbeType, "Probe", nil)
 	register(SetMigrationStatsType, "SetMigrationStats", (*Table).setMigrationStats)
 	register(SetWorkloadPinnedType, "SetWorkloadPinned", (*Table).setWorkloadPinned)
+	register(SetNodeDrainType, "SetNodeDrain", (*Table).setNodeDrain)
+	register(PruneType, "Prune", (*Table).prune)
+	register(RevokeType, "Revoke", (*Table).revoke)
 }
 
 // command is a registered message type.
@@ -137,6 +152,33 @@ func CheckCommand(t MessageType, body []byte) error {
 	return nil
 }
 
+// Reporter returns the node a command speaks for: the node that registers itself,
+// reports its load, its segments or its workloads' state. Only that node may send it
+// (cluster.ApplyForwarded), so that no member reports under another's name. "" for
+// commands any member may send (plans, phases, pins, drains) and for bodies that do
+// not decode (CheckCommand refuses those).
+func Reporter(t MessageType, body []byte) string {
+	var r struct {
+		ID       string `json:"id"`
+		Node     string `json:"node"`
+		Workload struct {
+			Node string `json:"node"`
+		} `json:"workload"`
+	}
+	if json.Unmarshal(body, &r) != nil {
+		return ""
+	}
+	switch t {
+	case RegisterNodeType, ReportLoadType:
+		return r.ID
+	case SetSegmentsType, SetWorkloadStateType:
+		return r.Node
+	case UpsertWorkloadType:
+		return r.Workload.Node
+	}
+	return ""
+}
+
 // TypeOf returns the message type whose request type is req's (req may also be a
 // pointer to a request), and false if none is.
 func TypeOf(req any) (MessageType, bool) {
@@ -172,10 +214,19 @@ type RemoveNodeRequest struct {
 	ID string `json:"id"`
 }
 
-// SetNodeStateRequest sets a node's state.
+// SetNodeStateRequest sets a node's state. A node whose Drain flag is set that is made
+// active becomes draining instead; making a node draining sets its Drain flag.
 type SetNodeStateRequest struct {
 	ID    string           `json:"id"`
 	State record.NodeState `json:"state"`
+}
+
+// SetNodeDrainRequest sets a node's Drain flag (the operator's cordon) or clears it. An
+// up node becomes draining or active with it; a down node stays down and comes back
+// in the state the flag says.
+type SetNodeDrainRequest struct {
+	ID    string `json:"id"`
+	Drain bool   `json:"drain"`
 }
 
 // ReportLoadRequest records a node's load. At (unix nanos) is taken by the reporter;
@@ -277,6 +328,21 @@ type SetMigrationPhaseRequest struct {
 	// target, so the table is right from the commit on (the target's reports then fill in
 	// the rest of its processes).
 	Placed map[string]int `json:"placed,omitempty"`
+}
+
+// PruneRequest removes the records the leader's retention chose: migrations that are
+// done or aborted, and exited workloads. An id that is unknown or no longer prunable
+// (a workload started again) is skipped: the request was decided on an older table.
+// Each pruned migration is added to its source's Pruned totals.
+type PruneRequest struct {
+	Migrations []string `json:"migrations,omitempty"`
+	Workloads  []string `json:"workloads,omitempty"`
+}
+
+// RevokeRequest puts the certificate with Serial (lower-case hex, as
+// big.Int.Text(16)) on the denylist. Revoking a serial again keeps the first record.
+type RevokeRequest struct {
+	Revocation record.Revocation `json:"revocation"`
 }
 
 // SetMigrationStatsRequest replaces a migration's figures, in any phase.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,11 +109,9 @@ func (t *Table) registerNode(r RegisterNodeRequest) error {
 	if r.ID == "" {
 		return fmt.Errorf("register node: empty id: %w", record.ErrInvalid)
 	}
-	n, known := t.nodes[r.ID]
+	n := t.nodes[r.ID]
 	n.ID, n.RaftAddr, n.APIAddr = r.ID, r.RaftAddr, r.APIAddr
-	if !known || n.State != record.NodeDraining {
-		n.State = record.NodeActive // a draining node that restarts stays draining
-	}
+	n.State = upState(n.Drain) // a drained node that restarts stays draining
 	t.nodes[r.ID] = n
 	return nil
 }
@@ -133,9 +132,36 @@ func (t *Table) setNodeState(r SetNodeStateRequest) error {
 	if !r.State.Valid() {
 		return fmt.Errorf("set node %q state %q: %w", r.ID, r.State, record.ErrInvalid)
 	}
+	switch r.State {
+	case record.NodeDraining:
+		n.Drain = true
+	case record.NodeActive:
+		r.State = upState(n.Drain)
+	}
 	n.State = r.State
 	t.nodes[r.ID] = n
 	return nil
+}
+
+func (t *Table) setNodeDrain(r SetNodeDrainRequest) error {
+	n, ok := t.nodes[r.ID]
+	if !ok {
+		return fmt.Errorf("set node %q drain: %w", r.ID, record.ErrUnknownNode)
+	}
+	n.Drain = r.Drain
+	if n.State == record.NodeActive || n.State == record.NodeDraining {
+		n.State = upState(n.Drain)
+	}
+	t.nodes[r.ID] = n
+	return nil
+}
+
+// upState is the state of a node that is up: draining if it is cordoned.
+func upState(drain bool) record.NodeState {
+	if drain {
+		return record.NodeDraining
+	}
+	return record.NodeActive
 }
 
 func (t *Table) reportLoad(r ReportLoadRequest) error {
@@ -450,6 +476,54 @@ func (t *Table) setMigrationStats(r SetMigrationStatsRequest) error {
 	return nil
 }
 
+func (t *Table) prune(r PruneRequest) error {
+	for _, id := range r.Migrations {
+		m, ok := t.migrations[id]
+		if !ok || !m.Phase.Terminal() {
+			continue
+		}
+		p := t.pruned[m.Source]
+		p.Node = m.Source
+		if p.Ended == nil {
+			p.Ended = map[string]uint64{}
+		}
+		outcome := "aborted"
+		if m.Phase == record.PhaseDone {
+			outcome = "done"
+		}
+		p.Ended[outcome+"/"+m.Initiator()]++
+		if m.Stats != nil {
+			p.PrecopyBytes += m.Stats.PrecopyBytes
+			p.FinalBytes += m.Stats.FinalBytes
+		}
+		t.pruned[m.Source] = p
+		delete(t.migrations, id)
+	}
+	for _, id := range r.Workloads {
+		w, ok := t.workloads[id]
+		if !ok || w.State != record.WorkloadExited {
+			continue
+		}
+		if _, busy := t.ActiveMigration(id); busy {
+			continue
+		}
+		delete(t.workloads, id)
+		t.dropGroupIfUnused(w.Group)
+	}
+	return nil
+}
+
+func (t *Table) revoke(r RevokeRequest) error {
+	v := r.Revocation
+	if v.Serial == "" || strings.Trim(v.Serial, "0123456789abcdef") != "" || v.Node == "" {
+		return fmt.Errorf("revoke: serial %q (want lower-case hex) or node %q: %w", v.Serial, v.Node, record.ErrInvalid)
+	}
+	if _, ok := t.revoked[v.Serial]; !ok {
+		t.revoked[v.Serial] = v
+	}
+	return nil
+}
+
 // Snapshot captures a deep copy of the table; Persist does the I/O.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{t: f.Table()}, nil
@@ -489,11 +563,13 @@ const SnapshotVersion = 1
 
 // snapshotDoc is the JSON form of a Table: every record list sorted by id.
 type snapshotDoc struct {
-	Version    int                `json:"version"`
-	Nodes      []record.Node      `json:"nodes"`
-	Workloads  []record.Workload  `json:"workloads"`
-	Segments   []record.Segment   `json:"segments"`
-	Migrations []record.Migration `json:"migrations"`
+	Version    int                 `json:"version"`
+	Nodes      []record.Node       `json:"nodes"`
+	Workloads  []record.Workload   `json:"workloads"`
+	Segments   []record.Segment    `json:"segments"`
+	Migrations []record.Migration  `json:"migrations"`
+	Pruned     []record.Pruned     `json:"pruned,omitempty"`
+	Revoked    []record.Revocation `json:"revoked,omitempty"`
 }
 
 // MarshalJSON writes the versioned snapshot document.
@@ -504,6 +580,8 @@ func (t *Table) MarshalJSON() ([]byte, error) {
 		Workloads:  t.Workloads(),
 		Segments:   t.Segments(),
 		Migrations: t.Migrations(),
+		Pruned:     t.Pruned(),
+		Revoked:    t.Revocations(),
 	})
 }
 
@@ -520,6 +598,9 @@ func (t *Table) UnmarshalJSON(b []byte) error {
 	for _, v := range d.Nodes {
 		if _, dup := n.nodes[v.ID]; dup {
 			return fmt.Errorf("snapshot: node %q twice: %w", v.ID, record.ErrInvalid)
+		}
+		if v.State == record.NodeDraining {
+			v.Drain = true // written before the flag existed
 		}
 		n.nodes[v.ID] = v
 	}
@@ -540,6 +621,18 @@ func (t *Table) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("snapshot: migration %q twice: %w", v.ID, record.ErrInvalid)
 		}
 		n.migrations[v.ID] = v
+	}
+	for _, v := range d.Pruned {
+		if _, dup := n.pruned[v.Node]; dup {
+			return fmt.Errorf("snapshot: pruned totals of %q twice: %w", v.Node, record.ErrInvalid)
+		}
+		n.pruned[v.Node] = v
+	}
+	for _, v := range d.Revoked {
+		if _, dup := n.revoked[v.Serial]; dup {
+			return fmt.Errorf("snapshot: revocation of serial %s twice: %w", v.Serial, record.ErrInvalid)
+		}
+		n.revoked[v.Serial] = v
 	}
 	*t = *n
 	return nil

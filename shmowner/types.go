@@ -15,6 +15,8 @@ type Table struct {
 	workloads  map[string]record.Workload
 	segments   map[record.SegmentID]record.Segment
 	migrations map[string]record.Migration
+	pruned     map[string]record.Pruned     // by source node
+	revoked    map[string]record.Revocation // by serial
 }
 
 // NewTable returns an empty table.
@@ -24,6 +26,8 @@ func NewTable() *Table {
 		workloads:  map[string]record.Workload{},
 		segments:   map[record.SegmentID]record.Segment{},
 		migrations: map[string]record.Migration{},
+		pruned:     map[string]record.Pruned{},
+		revoked:    map[string]record.Revocation{},
 	}
 }
 
@@ -41,6 +45,12 @@ func (t *Table) clone() *Table {
 	}
 	for k, v := range t.migrations {
 		c.migrations[k] = v.Clone()
+	}
+	for k, v := range t.pruned {
+		c.pruned[k] = v.Clone()
+	}
+	for k, v := range t.revoked {
+		c.revoked[k] = v
 	}
 	return c
 }
@@ -89,6 +99,24 @@ func (t *Table) GroupEpoch(group string) uint64 {
 // Migrations returns all migrations sorted by ID.
 func (t *Table) Migrations() []record.Migration {
 	return sorted(t.migrations, record.Migration.Clone, func(a, b record.Migration) int { return cmp.Compare(a.ID, b.ID) })
+}
+
+// Pruned returns, per source node sorted by node, the totals of the migrations
+// retention removed.
+func (t *Table) Pruned() []record.Pruned {
+	return sorted(t.pruned, record.Pruned.Clone, func(a, b record.Pruned) int { return cmp.Compare(a.Node, b.Node) })
+}
+
+// Revocations returns the denylist sorted by serial.
+func (t *Table) Revocations() []record.Revocation {
+	return sorted(t.revoked, func(r record.Revocation) record.Revocation { return r },
+		func(a, b record.Revocation) int { return cmp.Compare(a.Serial, b.Serial) })
+}
+
+// Revoked reports whether the certificate with serial (lower-case hex) is revoked.
+func (t *Table) Revoked(serial string) bool {
+	_, ok := t.revoked[serial]
+	return ok
 }
 
 // sorted returns copies (clone) of the values of m, in the order of compare: the

@@ -41,8 +41,9 @@ func drainCommand() *cli.Command {
 			"on NODE, or --timeout passes. When the balancer leaves a workload where it is (pinned,\n" +
 			"no room elsewhere, ...), its reason is printed once; `migshm unpin`, `migshm move` or\n" +
 			"`migshm stop` deal with it.\n\n" +
-			"NODE stays draining after migshm exits, on timeout or interrupted too, until `migshm\n" +
-			"undrain NODE`. Running drain again on a draining node just waits.\n\n" +
+			"NODE stays draining after migshm exits, on timeout or interrupted too, and when its\n" +
+			"daemon restarts or the node goes down and comes back (a cordon), until `migshm undrain\n" +
+			"NODE`. Running drain again on a draining node just waits.\n\n" +
 			"Examples:\n  migshm drain n1\n  migshm drain n1 --timeout 30m\n  migshm drain n1 --no-wait\n" +
 			"  migshm drain n1 --json",
 		Flags: []cli.Flag{
@@ -304,7 +305,11 @@ func undrainCommand() *cli.Command {
 			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Node, error) {
 				return cl.Undrain(ctx, args[0])
 			}, func(w io.Writer, n api.Node) error {
-				fmt.Fprintf(w, "%s is %s: it takes new workloads\n", n.ID, n.State)
+				if n.State == record.NodeActive {
+					fmt.Fprintf(w, "%s is %s: it takes new workloads\n", n.ID, n.State)
+				} else {
+					fmt.Fprintf(w, "%s is %s and no longer cordoned: it takes new workloads once it is back\n", n.ID, n.State)
+				}
 				return nil
 			})
 		}),

@@ -53,6 +53,8 @@ type fakeDaemon struct {
 	last *api.BalanceReport
 	// events are the table's events the router serves (GET /v1/events): fakeEvents.
 	events *events.Log
+	// revoked is the denylist Revoke adds to.
+	revoked []api.Revocation
 
 	mu    sync.Mutex
 	calls []apiCall
@@ -306,6 +308,25 @@ func (f *fakeDaemon) SetPinned(_ context.Context, w api.Workload, pinned bool) (
 	return w, nil
 }
 
+func (f *fakeDaemon) Revoke(_ context.Context, req api.RevokeRequest) (api.Revocation, error) {
+	coverage.method("Revoke")
+	if req.Node == "" {
+		return api.Revocation{}, daemonErr(api.ErrBadRequest, "revoke: node %q", req.Node)
+	}
+	r := api.Revocation{Serial: req.Serial, Node: req.Node, Reason: req.Reason, At: 1_700_000_000_000_000_000}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoked = append(f.revoked, r)
+	return r, nil
+}
+
+func (f *fakeDaemon) Revocations(context.Context) []api.Revocation {
+	coverage.method("Revocations")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.revoked)
+}
+
 func (f *fakeDaemon) Probe(context.Context) error {
 	coverage.method("Probe")
 	return nil
@@ -369,6 +390,8 @@ var localRoutes = []string{
 	"POST /v1/nodes/{id}/drain",
 	"POST /v1/nodes/{id}/undrain",
 	"POST /v1/leave",
+	"GET /v1/revocations",
+	"POST /v1/revocations",
 	"GET /v1/balance",
 	"POST /v1/balance",
 	"GET /v1/balance/last",

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"slices"
 	"strings"
+	"text/tabwriter"
 	"time"
 
+	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/urfave/cli/v2"
 )
@@ -70,8 +75,79 @@ func tlsCommand() *cli.Command {
 				},
 				Action: withArgs(tlsNode),
 			},
+			{
+				Name:      "revoke",
+				Usage:     "put a node certificate on the cluster's denylist",
+				ArgsUsage: "[CERT-FILE]",
+				Description: "Tells the cluster (through the local daemon) never to accept CERT-FILE again: every\n" +
+					"daemon refuses TLS handshakes with it, as client and as server, and the requests of\n" +
+					"connections opened before. Use it for a node certificate that leaked, or the old one\n" +
+					"after a renewal. The denylist is in the replicated table: it holds for nodes that\n" +
+					"join later too. Revoke by file, or by --serial and --node when the file is gone.\n" +
+					"To rotate a node's certificate: `migshm tls node NAME`, copy the files, `systemctl\n" +
+					"reload migshmd` on that node (SIGHUP: no restart), then revoke the old one.\n" +
+					"A node that is gone for good also needs `migshm leave NAME --force`.\n\n" +
+					"Examples:\n  migshm tls revoke /etc/migshm/tls/n3.old/node.crt --reason \"renewed\"\n" +
+					"  migshm tls revoke --serial 5f2a9c... --node n3 --reason \"laptop stolen\"",
+				Flags: []cli.Flag{
+					jsonFlag(),
+					&cli.StringFlag{Name: "serial", Usage: "serial number of the certificate, in hex (instead of CERT-FILE)"},
+					&cli.StringFlag{Name: "node", Usage: "the node name the certificate was issued for (with --serial)"},
+					&cli.StringFlag{Name: "reason", Usage: "why, recorded with the revocation"},
+				},
+				Action: withArgs(tlsRevoke),
+			},
+			{
+				Name:  "revoked",
+				Usage: "list the cluster's revoked certificates",
+				Description: "Lists the denylist kept in the replicated table.\n\n" +
+					"Examples:\n  migshm tls revoked\n  migshm tls revoked --json",
+				Flags: []cli.Flag{jsonFlag()},
+				Action: withArgs(func(c *cli.Context, args []string) error {
+					if len(args) != 0 {
+						return fmt.Errorf("migshm tls revoked takes no arguments (got %q)", args)
+					}
+					return callAndShow(c, func(ctx context.Context, cl *api.Client) ([]api.Revocation, error) {
+						return cl.Revocations(ctx)
+					}, func(w io.Writer, revs []api.Revocation) error {
+						if len(revs) == 0 {
+							fmt.Fprintln(w, "no revoked certificates")
+							return nil
+						}
+						tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+						fmt.Fprintln(tw, "SERIAL\tNODE\tREVOKED\tREASON")
+						for _, r := range revs {
+							fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Serial, r.Node, time.Unix(0, r.At).UTC().Format(time.RFC3339), r.Reason)
+						}
+						return tw.Flush()
+					})
+				}),
+			},
 		},
 	}
+}
+
+// tlsRevoke revokes the certificate in the file named by args[0], or the one --serial
+// and --node name.
+func tlsRevoke(c *cli.Context, args []string) error {
+	req := api.RevokeRequest{Serial: c.String("serial"), Node: c.String("node"), Reason: c.String("reason")}
+	switch {
+	case len(args) == 1 && req.Serial == "" && req.Node == "":
+		cert, err := pki.ReadCertificate(args[0])
+		if err != nil {
+			return err
+		}
+		req.Serial, req.Node = cert.SerialNumber.Text(16), cert.Subject.CommonName
+	case len(args) == 0 && req.Serial != "" && req.Node != "":
+	default:
+		return errors.New("give the certificate file (`migshm tls revoke CERT-FILE`) or both --serial and --node, not both ways")
+	}
+	return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Revocation, error) {
+		return cl.Revoke(ctx, req)
+	}, func(w io.Writer, r api.Revocation) error {
+		_, err := fmt.Fprintf(w, "revoked certificate %s of %s: no node accepts it any more\n", r.Serial, r.Node)
+		return err
+	})
 }
 
 func tlsInit(c *cli.Context, args []string) error {

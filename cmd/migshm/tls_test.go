@@ -157,3 +157,52 @@ func TestTLSNodeHelpAfterName(t *testing.T) {
 		t.Errorf("--help wrote files: %v", entries)
 	}
 }
+
+// TestCLIRevoke: revoke reads the serial and name from the certificate file (or takes
+// them as flags) and lists the denylist; bad combinations are refused before any call.
+func TestCLIRevoke(t *testing.T) {
+	f := newFakeDaemon(t)
+	ca := filepath.Join(t.TempDir(), "ca")
+	if _, err := runTLS(t, "tls", "init", "--dir", ca); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runTLS(t, "tls", "node", "n3", "--dir", ca); err != nil {
+		t.Fatal(err)
+	}
+	certFile := filepath.Join(ca, "n3", "node.crt")
+	cert, err := pki.ReadCertificate(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := cert.SerialNumber.Text(16)
+	out := f.mustCLI(t, "tls", "revoke", certFile, "--reason", "renewed")
+	if want := "revoked certificate " + serial + " of n3: no node accepts it any more\n"; out != want {
+		t.Errorf("revoke prints %q, want %q", out, want)
+	}
+	calls := f.takeCalls()
+	if len(calls) != 1 || calls[0].Path != "/v1/revocations" || !strings.Contains(calls[0].Body, `"serial":"`+serial+`"`) ||
+		!strings.Contains(calls[0].Body, `"node":"n3"`) || !strings.Contains(calls[0].Body, `"reason":"renewed"`) {
+		t.Fatalf("calls %+v", calls)
+	}
+	f.mustCLI(t, "tls", "revoke", "--serial", "abc", "--node", "n9")
+	out = f.mustCLI(t, "tls", "revoked")
+	for _, want := range []string{"SERIAL", serial + "  n3", "renewed", "abc", "n9"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("revoked lists\n%s\nwithout %q", out, want)
+		}
+	}
+	f.takeCalls()
+	for _, args := range [][]string{
+		{"tls", "revoke"},
+		{"tls", "revoke", certFile, "--serial", "abc"},
+		{"tls", "revoke", "--serial", "abc"},
+		{"tls", "revoke", filepath.Join(ca, "nope.crt")},
+	} {
+		if _, err := f.cli(t, args...); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+	if calls := f.takeCalls(); len(calls) != 0 {
+		t.Errorf("refused revokes called the daemon: %+v", calls)
+	}
+}

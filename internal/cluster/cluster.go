@@ -138,11 +138,12 @@ func (c *Cluster) Apply(ctx context.Context, t shmowner.MessageType, body any) (
 	}
 }
 
-// ApplyForwarded commits a command another node sent to this one, the leader. It never
+// ApplyForwarded commits a command node from sent to this one, the leader. It never
 // forwards: if this node does not lead any more the sender gets ErrNotLeader and
 // retries. The body must decode as the FSM will decode it before it enters the log: an
-// entry the FSM cannot decode would stop every node.
-func (c *Cluster) ApplyForwarded(ctx context.Context, req api.ApplyRequest) error {
+// entry the FSM cannot decode would stop every node. A command that reports for a
+// node (shmowner.Reporter) is refused from any other node.
+func (c *Cluster) ApplyForwarded(ctx context.Context, from string, req api.ApplyRequest) error {
 	t := shmowner.MessageType(req.Type)
 	if t == 0 || len(req.Body) == 0 {
 		return fmt.Errorf("apply: empty command: %w", api.ErrBadRequest)
@@ -152,6 +153,10 @@ func (c *Cluster) ApplyForwarded(ctx context.Context, req api.ApplyRequest) erro
 	}
 	if err := shmowner.CheckCommand(t, req.Body); err != nil {
 		return fmt.Errorf("apply: %v: %w", err, api.ErrBadRequest)
+	}
+	if r := shmowner.Reporter(t, req.Body); r != "" && r != from {
+		return fmt.Errorf("apply %s: it reports for node %q, but %q sent it (a node reports only for itself): %w",
+			t, r, from, api.ErrForbidden)
 	}
 	return c.ApplyHere(ctx, t, req.Body)
 }
@@ -214,7 +219,10 @@ func (c *Cluster) Status() api.Status {
 		Node: c.cfg.Self, RaftAddr: c.cfg.RaftAddr, APIAddr: c.cfg.APIAddr, RaftState: st["state"],
 		Leader: id, LeaderAddr: addr, Term: u("term"), CommitIndex: u("commit_index"),
 		AppliedIndex: u("applied_index"), LastLogIndex: u("last_log_index"), LastContact: st["last_contact"],
-		Peers: []api.Peer{},
+		Peers: []api.Peer{}, LeaderAPI: c.LeaderAPI(),
+	}
+	if id == c.cfg.Self {
+		s.LeaderAPI = c.cfg.APIAddr
 	}
 	if f := c.store.Raft().GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {

@@ -53,8 +53,7 @@ func (c *Cluster) ensureMember(ctx context.Context, join []string, bootstrap boo
 		joined := false
 		for _, addr := range join {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := c.cfg.Peers.Client(addr).Call(cctx, "POST", "/peer/v1/join",
-				api.JoinRequest{ID: c.cfg.Self, RaftAddr: c.cfg.RaftAddr, APIAddr: c.cfg.APIAddr}, nil)
+			err := c.join(cctx, addr)
 			cancel()
 			if err == nil {
 				joined = true
@@ -78,4 +77,23 @@ func (c *Cluster) ensureMember(ctx context.Context, join []string, bootstrap boo
 	}
 	return c.Apply(wctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{
 		ID: c.cfg.Self, RaftAddr: c.cfg.RaftAddr, APIAddr: c.cfg.APIAddr})
+}
+
+// join asks the leader to add this node, over this node's own connection: only the
+// leader serves joins. Through a member that does not lead, it asks that member who
+// leads and joins there.
+func (c *Cluster) join(ctx context.Context, addr string) error {
+	req := api.JoinRequest{ID: c.cfg.Self, RaftAddr: c.cfg.RaftAddr, APIAddr: c.cfg.APIAddr}
+	err := c.cfg.Peers.Client(addr).Call(ctx, "POST", "/peer/v1/join", req, nil)
+	if !errors.Is(err, record.ErrNotLeader) {
+		return err
+	}
+	var st api.Status
+	if serr := c.cfg.Peers.Client(addr).Call(ctx, "GET", "/v1/status?stale=true", nil, &st); serr != nil || st.LeaderAPI == "" {
+		return fmt.Errorf("%w (and %s names no leader: %v)", err, addr, serr)
+	}
+	if err := c.cfg.Peers.Client(st.LeaderAPI).Call(ctx, "POST", "/peer/v1/join", req, nil); err != nil {
+		return fmt.Errorf("join through the leader %s (%s): %w", st.Leader, st.LeaderAPI, err)
+	}
+	return nil
 }

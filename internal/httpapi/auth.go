@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/peer"
 	"github.com/migshm/migshm/internal/pki"
 	"golang.org/x/sys/unix"
 )
@@ -64,11 +65,24 @@ func caller(r *http.Request) string {
 }
 
 // peersOnly refuses every caller of h without a client certificate (the TLS layer
-// already refused certificates of any other CA).
+// already refused certificates of any other CA), and requests whose relay mark names
+// another node than the caller.
 func (s *server) peersOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if caller(r) == "" {
+		cn := caller(r)
+		if cn == "" {
 			writeError(w, s.Log, fmt.Errorf("peer API needs a client certificate: %w", api.ErrForbidden))
+			return
+		}
+		if s.Revoked != nil && len(r.TLS.PeerCertificates) > 0 && s.Revoked(r.TLS.PeerCertificates[0]) {
+			writeError(w, s.Log, fmt.Errorf("the caller's certificate (%s) is revoked in this cluster: %w", cn, api.ErrForbidden))
+			return
+		}
+		// A relayed request names its relayer, which must be the caller: no member
+		// can pass its request off as another's.
+		if by := peer.ForwardedBy(r); by != "" && by != cn {
+			writeError(w, s.Log, fmt.Errorf("request marked as relayed by %q, but the caller's certificate is for %q: %w",
+				by, cn, api.ErrForbidden))
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -11,6 +11,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"log/slog"
 
@@ -49,6 +50,9 @@ type Service interface {
 	SetDrain(ctx context.Context, node string, drain bool) (api.Node, error)
 	SetPinned(ctx context.Context, w api.Workload, pinned bool) (api.Workload, error)
 	Probe(ctx context.Context) error
+	// Revoke puts a certificate on the denylist; Revocations lists it.
+	Revoke(ctx context.Context, req api.RevokeRequest) (api.Revocation, error)
+	Revocations(ctx context.Context) []api.Revocation
 
 	// Balance, LastBalance and Leave run on the leader.
 	Balance(ctx context.Context, dryRun bool) (*api.BalanceReport, error)
@@ -76,7 +80,7 @@ type Cluster interface {
 // Members is what the peer API asks of the cluster, on its leader.
 type Members interface {
 	Join(ctx context.Context, req api.JoinRequest) error
-	ApplyForwarded(ctx context.Context, req api.ApplyRequest) error
+	ApplyForwarded(ctx context.Context, from string, req api.ApplyRequest) error
 }
 
 // Target is the target side of migrations (migration.Engine); caller is the calling
@@ -105,6 +109,9 @@ type Config struct {
 	// route answers not_ready.
 	Events *events.Log
 	Log    *slog.Logger
+	// Revoked reports whether a peer's certificate is on the cluster's denylist: its
+	// requests are refused, on connections opened before the revocation too. Nil: none is.
+	Revoked func(*x509.Certificate) bool
 }
 
 // server holds the handlers' dependencies.

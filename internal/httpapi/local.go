@@ -66,6 +66,10 @@ func (s *server) userRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/nodes/{id}/drain", s.handle(s.drain(true)))
 	mux.HandleFunc("POST /v1/nodes/{id}/undrain", s.handle(s.drain(false)))
 	mux.HandleFunc("POST /v1/leave", s.handle(withBody(s.leave)))
+	mux.HandleFunc("GET /v1/revocations", s.handle(func(r *http.Request) (any, error) { return s.Service.Revocations(r.Context()), nil }))
+	mux.HandleFunc("POST /v1/revocations", s.handle(withBody(func(r *http.Request, req api.RevokeRequest) (any, error) {
+		return s.Service.Revoke(r.Context(), req)
+	})))
 	mux.HandleFunc("GET /v1/balance", s.handle(func(r *http.Request) (any, error) {
 		return s.onLeader(r, r.Method, r.URL.Path, nil, &api.BalanceReport{},
 			func() (any, error) { return s.Service.Balance(r.Context(), true) })

@@ -6,8 +6,8 @@ import (
 
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/migration"
-	"github.com/migshm/migshm/internal/peer"
 	"github.com/migshm/migshm/internal/pki"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 // Peer returns the handler of the peer API: other daemons', over mutual TLS. It serves
@@ -67,20 +67,24 @@ func Peer(cfg Config) http.Handler {
 // relayed, so a node that does not lead any more refuses it and the sender retries.
 func (s *server) apply(r *http.Request, req api.ApplyRequest) (any, error) {
 	return s.onLeader(r, http.MethodPost, "/peer/v1/apply", req, nil,
-		func() (any, error) { return struct{}{}, s.Members.ApplyForwarded(r.Context(), req) })
+		func() (any, error) { return struct{}{}, s.Members.ApplyForwarded(r.Context(), caller(r), req) })
 }
 
-// join adds a node to the cluster, on the leader. The first daemon to receive the
-// request checks that the joiner's certificate names the node it joins as.
+// join adds a node to the cluster. It is served only on the leader and only over the
+// joiner's own connection: the caller's certificate must name the node it joins as, and
+// a member that is not the leader refuses (the joiner asks it who leads and joins
+// there), so no member can join a node under a name other than its own.
 func (s *server) join(r *http.Request, req api.JoinRequest) (any, error) {
 	if pki.ValidateName(req.ID) != nil || req.RaftAddr == "" || req.APIAddr == "" {
 		return nil, fmt.Errorf("join: need a valid id, raft_addr and api_addr: %w", api.ErrBadRequest)
 	}
-	if peer.ForwardedBy(r) == "" {
-		if cn := caller(r); cn != req.ID {
-			return nil, fmt.Errorf("join as %q refused: the caller's certificate is for %q: %w", req.ID, cn, api.ErrForbidden)
-		}
+	if cn := caller(r); cn != req.ID {
+		return nil, fmt.Errorf("join as %q refused: the caller's certificate is for %q (a node joins only itself, "+
+			"over its own connection): %w", req.ID, cn, api.ErrForbidden)
 	}
-	return s.onLeader(r, http.MethodPost, "/peer/v1/join", req, nil,
-		func() (any, error) { return struct{}{}, s.Members.Join(r.Context(), req) })
+	if s.Peers != nil && !s.Cluster.IsLeader() {
+		return nil, fmt.Errorf("join: this node does not lead; join through the leader (%s, see its status): %w",
+			s.Cluster.LeaderAPI(), record.ErrNotLeader)
+	}
+	return struct{}{}, s.Members.Join(r.Context(), req)
 }

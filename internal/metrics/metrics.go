@@ -301,14 +301,23 @@ func (c *tableCollector) collectMigrations(ch chan<- prometheus.Metric, t *shmow
 	}
 	frozen := newConstHistogram(frozenBuckets)
 	var precopy, final uint64
+	for _, p := range t.Pruned() { // retention's: still counted in the totals
+		if p.Node != c.node {
+			continue
+		}
+		for k, v := range p.Ended {
+			if outcome, initiator, ok := strings.Cut(k, "/"); ok {
+				counts[[2]string{outcome, initiator}] += v
+			}
+		}
+		precopy += p.PrecopyBytes
+		final += p.FinalBytes
+	}
 	for _, m := range t.Migrations() {
 		if m.Source != c.node {
 			continue
 		}
-		initiator := "user"
-		if m.Reason != "" {
-			initiator = "balancer"
-		}
+		initiator := m.Initiator()
 		outcome := "in_flight"
 		switch m.Phase {
 		case record.PhaseDone:

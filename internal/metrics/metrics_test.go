@@ -1,12 +1,14 @@
 package metrics
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -481,4 +483,51 @@ func TestMetricsListenBusy(t *testing.T) {
 		!strings.Contains(err.Error(), "MIGSHMD_METRICS_ADDR") {
 		t.Fatalf("listen on a busy address: %v, want an error naming metrics-addr", err)
 	}
+}
+
+// TestMetricsTotalsSurvivePruning: counters read from the table are totals, so the
+// migrations retention prunes still count in them.
+func TestMetricsTotalsSurvivePruning(t *testing.T) {
+	names := []string{"migshm_migrations_total", "migshm_migration_bytes_total"}
+	gather := func(tb *shmowner.Table) string {
+		t.Helper()
+		m := New("n1", staticSource(tb, followerStats))
+		mfs, err := m.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		for _, mf := range mfs {
+			if slices.Contains(names, mf.GetName()) {
+				b.WriteString(mf.String() + "\n")
+			}
+		}
+		return b.String()
+	}
+	tb := metricsScenario(t)
+	before := gather(tb)
+	f := shmowner.NewFSM()
+	if err := f.Restore(io.NopCloser(strings.NewReader(mustJSON(t, tb)))); err != nil {
+		t.Fatal(err)
+	}
+	shmownertest.MustApply(t, f, shmowner.PruneRequest{Migrations: []string{"m1", "m2", "m3", "m5"}})
+	after := f.Table()
+	if len(after.Migrations()) != 1 {
+		t.Fatalf("%d migrations left after the prune, want m4", len(after.Migrations()))
+	}
+	if got := gather(after); got != before {
+		t.Errorf("totals changed by pruning:\nbefore %s\nafter  %s", before, got)
+	}
+	if !strings.Contains(before, "value:3500") { // pre-copy bytes of m1, m2 and m3
+		t.Errorf("scenario totals do not count m1: %s", before)
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

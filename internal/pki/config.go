@@ -5,15 +5,25 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
 // Config is a node's TLS identity: its certificate and key, and the cluster CA it trusts.
-// It is immutable; new certificates take effect on the next Load.
+// Reload replaces them while the node runs (certificate rotation): the TLS
+// configurations it hands out read the current ones at every handshake. SetRevoked
+// installs the cluster's denylist, checked at every handshake too.
 type Config struct {
+	cur     atomic.Pointer[identity]
+	revoked atomic.Pointer[func(serial *big.Int) bool]
+}
+
+// identity is one loaded set of files.
+type identity struct {
 	cert tls.Certificate // Leaf is set
 	pool *x509.CertPool
 	name string
@@ -86,23 +96,71 @@ func Load(caFile, certFile, keyFile string) (*Config, error) {
 				certFile, ErrUntrusted, leaf.Subject.CommonName)
 		}
 	}
-	return &Config{cert: cert, pool: pool, name: leaf.Subject.CommonName}, nil
+	c := &Config{}
+	c.cur.Store(&identity{cert: cert, pool: pool, name: leaf.Subject.CommonName})
+	return c, nil
+}
+
+// Reload reads the files again, checked as Load checks them, and makes them this
+// node's identity for every later handshake (connections already open keep theirs).
+// It refuses a certificate for another node name: a node's name is fixed.
+func (c *Config) Reload(caFile, certFile, keyFile string) error {
+	n, err := Load(caFile, certFile, keyFile)
+	if err != nil {
+		return err
+	}
+	if got, want := n.NodeName(), c.NodeName(); got != want {
+		return fmt.Errorf("node certificate %s is for %q, but this node is %q: %w (issue one with `migshm tls node %s`)",
+			certFile, got, want, ErrUntrusted, want)
+	}
+	c.cur.Store(n.cur.Load())
+	return nil
+}
+
+// SetRevoked installs the denylist: a peer whose certificate's serial it reports is
+// refused at the handshake, as server and as client.
+func (c *Config) SetRevoked(revoked func(serial *big.Int) bool) { c.revoked.Store(&revoked) }
+
+// Revoked reports whether cert is on the denylist.
+func (c *Config) Revoked(cert *x509.Certificate) bool {
+	f := c.revoked.Load()
+	return f != nil && cert != nil && (*f)(cert.SerialNumber)
+}
+
+// checkRevoked refuses a handshake with a peer whose certificate is revoked.
+func (c *Config) checkRevoked(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > 0 && c.Revoked(cs.PeerCertificates[0]) {
+		leaf := cs.PeerCertificates[0]
+		return fmt.Errorf("tls: certificate of %q (serial %s) is revoked in this cluster", leaf.Subject.CommonName, leaf.SerialNumber.Text(16))
+	}
+	return nil
 }
 
 // NodeName returns the name of this node: the common name of its certificate.
-func (c *Config) NodeName() string { return c.name }
+func (c *Config) NodeName() string { return c.cur.Load().name }
 
 // NotAfter returns when this node's certificate expires.
-func (c *Config) NotAfter() time.Time { return c.cert.Leaf.NotAfter }
+func (c *Config) NotAfter() time.Time { return c.cur.Load().cert.Leaf.NotAfter }
+
+// Serial returns the serial number of this node's current certificate.
+func (c *Config) Serial() *big.Int { return c.cur.Load().cert.Leaf.SerialNumber }
 
 // ServerTLS is the configuration of every peer listener: TLS 1.3 only, and the client
-// must present a certificate of the cluster CA for client use.
+// must present a certificate of the cluster CA for client use that is not revoked. Each
+// handshake takes the node's current identity (Reload).
 func (c *Config) ServerTLS() *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{c.cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    c.pool,
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			id := c.cur.Load()
+			return &tls.Config{
+				MinVersion:       tls.VersionTLS13,
+				Certificates:     []tls.Certificate{id.cert},
+				ClientAuth:       tls.RequireAndVerifyClientCert,
+				ClientCAs:        id.pool,
+				VerifyConnection: c.checkRevoked,
+			}, nil
+		},
 	}
 }
 
@@ -122,12 +180,23 @@ func (c *Config) ServerTLS() *tls.Config {
 //
 // With InsecureSkipVerify, ConnectionState.VerifiedChains stays empty on the client
 // side, so PeerName returns "" there: the caller knows whom it dialled.
+//
+// Each handshake presents the node's current certificate (Reload) and checks the server
+// against the current CA and the denylist.
 func (c *Config) ClientTLS() *tls.Config {
 	return &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		Certificates:       []tls.Certificate{c.cert},
+		MinVersion: tls.VersionTLS13,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			cert := c.cur.Load().cert
+			return &cert, nil
+		},
 		InsecureSkipVerify: true, // see above: VerifyConnection verifies the chain
-		VerifyConnection:   c.verifyServer,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if err := c.verifyServer(cs); err != nil {
+				return err
+			}
+			return c.checkRevoked(cs)
+		},
 	}
 }
 
@@ -138,7 +207,7 @@ func (c *Config) verifyServer(cs tls.ConnectionState) error {
 	}
 	leaf := cs.PeerCertificates[0]
 	opts := x509.VerifyOptions{
-		Roots:         c.pool,
+		Roots:         c.cur.Load().pool,
 		Intermediates: x509.NewCertPool(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}

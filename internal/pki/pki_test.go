@@ -106,7 +106,9 @@ func uncheckedConfig(t *testing.T, dir string) *Config {
 	if !pool.AppendCertsFromPEM(b) {
 		t.Fatal("no CA certificate")
 	}
-	return &Config{cert: cert, pool: pool, name: cert.Leaf.Subject.CommonName}
+	c := &Config{}
+	c.cur.Store(&identity{cert: cert, pool: pool, name: cert.Leaf.Subject.CommonName})
+	return c
 }
 
 func readCert(t *testing.T, path string) *x509.Certificate {

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"math/big"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,7 +90,7 @@ func TestServerRefusesClient(t *testing.T) {
 	caDir := newCA(t)
 	server := mustLoad(t, newNode(t, caDir, "n1", NodeOptions{}))
 	noCert := mustLoad(t, newNode(t, caDir, "n2", NodeOptions{})).ClientTLS()
-	noCert.Certificates = nil
+	noCert.GetClientCertificate = nil
 	for _, tt := range []struct {
 		name   string
 		client *tls.Config
@@ -98,7 +100,7 @@ func TestServerRefusesClient(t *testing.T) {
 		// The client of a foreign CA does not check the server, or it would hang up first.
 		{"foreign CA", &tls.Config{
 			MinVersion: tls.VersionTLS13, InsecureSkipVerify: true,
-			Certificates: mustLoad(t, newNode(t, newCA(t), "n2", NodeOptions{})).ClientTLS().Certificates,
+			GetClientCertificate: mustLoad(t, newNode(t, newCA(t), "n2", NodeOptions{})).ClientTLS().GetClientCertificate,
 		}, func(err error) bool {
 			var ua x509.UnknownAuthorityError
 			return errors.As(err, &ua)
@@ -167,4 +169,64 @@ func clientOnly(t *testing.T, caDir, name string) *Config {
 	tmpl := nodeTemplate(name, nil, nil, now, now.Add(time.Hour))
 	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	return uncheckedConfig(t, nodeFromTemplate(t, caDir, tmpl))
+}
+
+// TestReloadRotatesTheCertificate: after Reload, new handshakes present the renewed
+// certificate on both sides, without new tls.Configs; a certificate for another name
+// is refused and the old identity stays.
+func TestReloadRotatesTheCertificate(t *testing.T) {
+	caDir := newCA(t)
+	n1dir := newNode(t, caDir, "n1", NodeOptions{})
+	n1 := mustLoad(t, n1dir)
+	n2 := mustLoad(t, newNode(t, caDir, "n2", NodeOptions{}))
+	server, client := n1.ServerTLS(), n1.ClientTLS() // handed out once, as the daemon does
+	old := n1.Serial()
+	if r := handshake(t, server, n2.ClientTLS()); r.serverErr != nil || r.client.PeerCertificates[0].SerialNumber.Cmp(old) != 0 {
+		t.Fatalf("before the renewal: %+v", r.serverErr)
+	}
+	newNode(t, caDir, "n1", NodeOptions{}) // renews caDir/n1 in place
+	if err := n1.Reload(files(n1dir)); err != nil {
+		t.Fatal(err)
+	}
+	if n1.Serial().Cmp(old) == 0 {
+		t.Fatal("Reload kept the old certificate")
+	}
+	r := handshake(t, server, n2.ClientTLS())
+	if r.serverErr != nil || r.client.PeerCertificates[0].SerialNumber.Cmp(n1.Serial()) != 0 {
+		t.Errorf("as server after the renewal: %v, serial %v", r.serverErr, r.client.PeerCertificates)
+	}
+	r = handshake(t, n2.ServerTLS(), client)
+	if r.serverErr != nil || r.server.PeerCertificates[0].SerialNumber.Cmp(n1.Serial()) != 0 {
+		t.Errorf("as client after the renewal: %v", r.serverErr)
+	}
+	other := newNode(t, caDir, "n3", NodeOptions{})
+	if err := n1.Reload(files(other)); !errors.Is(err, ErrUntrusted) || n1.NodeName() != "n1" {
+		t.Errorf("Reload with n3's certificate: %v, name %s", err, n1.NodeName())
+	}
+}
+
+// TestRevokedPeerIsRefused: a certificate on the denylist fails the handshake as client
+// and as server; its renewal (a new serial) passes.
+func TestRevokedPeerIsRefused(t *testing.T) {
+	caDir := newCA(t)
+	n1 := mustLoad(t, newNode(t, caDir, "n1", NodeOptions{}))
+	n2dir := newNode(t, caDir, "n2", NodeOptions{})
+	n2 := mustLoad(t, n2dir)
+	bad := n2.Serial()
+	n1.SetRevoked(func(s *big.Int) bool { return s.Cmp(bad) == 0 })
+	if r := handshake(t, n1.ServerTLS(), n2.ClientTLS()); r.serverErr == nil || r.clientErr == nil {
+		t.Errorf("revoked client accepted: server %v client %v", r.serverErr, r.clientErr)
+	} else if !strings.Contains(r.serverErr.Error(), "revoked") {
+		t.Errorf("server error %q does not say revoked", r.serverErr)
+	}
+	if r := handshake(t, n2.ServerTLS(), n1.ClientTLS()); r.clientErr == nil || !strings.Contains(r.clientErr.Error(), "revoked") {
+		t.Errorf("revoked server accepted: %v", r.clientErr)
+	}
+	newNode(t, caDir, "n2", NodeOptions{})
+	if err := n2.Reload(files(n2dir)); err != nil {
+		t.Fatal(err)
+	}
+	if r := handshake(t, n1.ServerTLS(), n2.ClientTLS()); r.serverErr != nil || r.clientErr != nil {
+		t.Errorf("renewed certificate refused: %v %v", r.serverErr, r.clientErr)
+	}
 }

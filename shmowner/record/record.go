@@ -3,6 +3,7 @@ package record
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,12 +52,16 @@ type LoadVector struct {
 
 // Node is a host running migshmd.
 type Node struct {
-	ID       string     `json:"id"`
-	RaftAddr string     `json:"raft_addr"`
-	APIAddr  string     `json:"api_addr"`
-	State    NodeState  `json:"state"`
-	Load     LoadVector `json:"load"`
-	LoadAt   int64      `json:"load_at"` // unix nanos of Load, as sent by the reporter
+	ID       string    `json:"id"`
+	RaftAddr string    `json:"raft_addr"`
+	APIAddr  string    `json:"api_addr"`
+	State    NodeState `json:"state"`
+	// Drain is the operator's cordon: a node with it set takes no new workloads and is
+	// emptied by the balancer. It outlives the node going down, so a drained node that
+	// restarts comes back draining, not active; only an undrain clears it.
+	Drain  bool       `json:"drain,omitempty"`
+	Load   LoadVector `json:"load"`
+	LoadAt int64      `json:"load_at"` // unix nanos of Load, as sent by the reporter
 }
 
 // WorkloadState is the lifecycle state of a workload.
@@ -229,6 +234,40 @@ type Migration struct {
 	Reason string `json:"reason,omitempty"`
 	// Stats are the migration's figures, as the source last reported them.
 	Stats *MigrationStats `json:"stats,omitempty"`
+}
+
+// Revocation puts a node certificate on the cluster's denylist: no daemon accepts a
+// TLS handshake with it any more, as client or as server.
+type Revocation struct {
+	Serial string `json:"serial"` // the certificate's serial number, lower-case hex
+	Node   string `json:"node"`   // the name (CN) it was issued for
+	Reason string `json:"reason,omitempty"`
+	At     int64  `json:"at"` // unix nanos
+}
+
+// Pruned sums what retention removed from the table of the migrations one node drove
+// as source, so that counters read from the table stay totals.
+type Pruned struct {
+	Node string `json:"node"`
+	// Ended counts pruned migrations by outcome ("done", "aborted") and initiator
+	// ("user", "balancer"), joined by a slash: "done/user".
+	Ended        map[string]uint64 `json:"ended,omitempty"`
+	PrecopyBytes uint64            `json:"precopy_bytes,omitempty"`
+	FinalBytes   uint64            `json:"final_bytes,omitempty"`
+}
+
+// Clone returns a deep copy of p.
+func (p Pruned) Clone() Pruned {
+	p.Ended = maps.Clone(p.Ended)
+	return p
+}
+
+// Initiator says who asked for a migration: "user" or "balancer".
+func (m Migration) Initiator() string {
+	if m.Reason != "" {
+		return "balancer"
+	}
+	return "user"
 }
 
 // MigrationStats are the figures of a migration: what it cost and what it shipped.

@@ -130,7 +130,12 @@ func (c *Client) send(ctx context.Context, method, path, ctype string, body io.R
 }
 
 func (c *Client) dialError(err error) error {
+	var op *net.OpError
 	switch {
+	case errors.As(err, &op) && op.Op == "dial" && op.Timeout() && !c.local():
+		// A peer that does not answer the connection: nothing was sent, so the caller
+		// may retry, elsewhere too (a leader cut off from the cluster).
+		return fmt.Errorf("cannot reach %s: %v: %w", c.target, err, ErrUnreachable)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s did not answer in time: %w", c.target, err)
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):

@@ -175,7 +175,7 @@ func TestBalance(t *testing.T) {
 	}
 
 	// A draining node that dies is marked down like an active one (the leader aborts
-	// what it drove), and comes back active.
+	// what it drove), and comes back draining: the drain is a cordon.
 	if _, err := c.cli(n1, "drain", "n2", "--no-wait"); err != nil {
 		t.Fatal(err)
 	}
@@ -198,10 +198,16 @@ func TestBalance(t *testing.T) {
 		return st == string(record.NodeDown), st
 	})
 	c.restart(n2)
-	wait.For(t, 30*time.Second, "n2 to be back, active", func() (bool, string) {
+	wait.For(t, 30*time.Second, "n2 to be back, draining", func() (bool, string) {
 		_, st := nodeState("n2")
-		return st == string(record.NodeActive), st
+		return st == string(record.NodeDraining), st
 	})
+	if _, err := c.cli(n1, "undrain", "n2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, st := nodeState("n2"); st != string(record.NodeActive) {
+		t.Fatalf("n2 is %s after undrain, want active", st)
+	}
 	// After the undrain the balancer may have been moving a writer to n2 when it died:
 	// whatever it was doing ended with every workload in one piece.
 	wait.For(t, time.Minute, "no migration in flight", func() (bool, string) {

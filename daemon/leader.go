@@ -32,6 +32,11 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 	})
 
 	leading := false
+	// failing holds, per peer whose heartbeats fail, since when. Raft reports a failure
+	// only when an RPC times out (10s across a cut link) and the LastContact it gives
+	// then may be recent, so the ticker marks down a peer that failed for downAfter
+	// without resuming, not only the failure event itself.
+	failing := map[string]time.Time{}
 	check := time.NewTicker(time.Second)
 	defer check.Stop()
 	for {
@@ -41,18 +46,25 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 		case e := <-events:
 			switch e.Kind {
 			case cluster.LeaderChanged:
+				clear(failing) // what a former leadership saw says nothing now
 				if e.Leading && !leading {
 					d.becameLeader(ctx)
 				}
 				leading = e.Leading
 			case cluster.PeerFailed:
-				if leading && time.Since(e.LastContact) > downAfter {
-					// A draining node that dies is down too (its migrations get
-					// aborted); its Drain flag stays, so it comes back draining.
-					d.setNodeState(ctx, e.Peer, record.NodeActive, record.NodeDown)
-					d.setNodeState(ctx, e.Peer, record.NodeDraining, record.NodeDown)
+				since := e.LastContact
+				if since.IsZero() {
+					since = time.Now()
+				}
+				if f, ok := failing[e.Peer]; ok && f.Before(since) {
+					since = f
+				}
+				failing[e.Peer] = since
+				if leading && time.Since(since) > downAfter {
+					d.markDown(ctx, e.Peer)
 				}
 			case cluster.PeerResumed:
+				delete(failing, e.Peer)
 				if leading {
 					d.setNodeState(ctx, e.Peer, record.NodeDown, record.NodeActive)
 				}
@@ -66,11 +78,23 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 				leading = now
 			}
 			if leading {
+				for peer, since := range failing {
+					if time.Since(since) > downAfter {
+						d.markDown(ctx, peer)
+					}
+				}
 				d.engine.AbortOrphans(ctx)
 				d.prune(ctx)
 			}
 		}
 	}
+}
+
+// markDown marks a node the leader cannot reach down. A draining node is down too (its
+// migrations get aborted); its Drain flag stays, so it comes back draining.
+func (d *Daemon) markDown(ctx context.Context, id string) {
+	d.setNodeState(ctx, id, record.NodeActive, record.NodeDown)
+	d.setNodeState(ctx, id, record.NodeDraining, record.NodeDown)
 }
 
 // becameLeader makes the new leader's table current and gives nodes another leader

@@ -970,3 +970,202 @@ func TestLinkCuts(t *testing.T) {
 		t.Fatalf("with the link back: %d running and %d stopped copies, want 1 and 0", running, stopped)
 	}
 }
+
+// TestPartitions cuts the network between the parts of a move, in the switch's nodes'
+// own netns (nftables drops: timeouts, no resets), not by killing processes:
+//
+//  1. source and leader apart while the workload is frozen (source and target still
+//     talk): the source can record neither outcome and must not guess; the leader
+//     marks it down and aborts; once the cut heals the source learns the abort and
+//     resumes, or the commit it made first stands;
+//  2. target and leader apart from pre-copy to past the commit: the move commits
+//     through the source, and the target resumes its copy only once it can read the
+//     commit from the table;
+//  3. the leader isolated during pre-copy: the two others elect a leader, the move
+//     and a new write go through it, and the old leader rejoins and agrees.
+//
+// Each case ends with the workload running on exactly one node, every node's table
+// saying so, and no migration left open.
+func TestPartitions(t *testing.T) {
+	testenv.RequireCRIU(t)
+	bins := testwork.Build(t)
+	c := newCluster(t, 3, 0)
+	env := []string{faults.Env + "=pause-at:precopy:2s,pause-at:dumped:1s"}
+	for i, nd := range c.nodes {
+		c.startWithEnv(nd, env, c.memberArgs(i)...)
+	}
+	c.waitMembers(c.nodes[0], 3)
+	byID := map[string]*tnode{}
+	for _, nd := range c.nodes {
+		byID[nd.id] = nd
+	}
+	// roles names the leader and the two others, in node order.
+	roles := func() (leader, a, b *tnode) {
+		t.Helper()
+		var id string
+		wait.For(t, 20*time.Second, "one leader all agree on", func() (bool, string) {
+			id = leaderOf(t, c.nodes[0])
+			for _, nd := range c.nodes[1:] {
+				if leaderOf(t, nd) != id {
+					return false, "disagree"
+				}
+			}
+			return id != "", id
+		})
+		leader = byID[id]
+		var others []*tnode
+		for _, nd := range c.nodes {
+			if nd != leader {
+				others = append(others, nd)
+			}
+		}
+		return leader, others[0], others[1]
+	}
+	cut := func(a, b *tnode, up bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.net.SetPeerLink(ctx, b.net, up); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// inPhase waits until the newest migration is in phase p.
+	inPhase := func(via *tnode, p record.Phase) {
+		t.Helper()
+		wait.For(t, 30*time.Second, "the newest migration in phase "+string(p), func() (bool, string) {
+			ms, err := via.c.Migrations(context.Background())
+			if err != nil {
+				return false, err.Error()
+			}
+			var newest api.Migration
+			for _, m := range ms {
+				if m.StartedAt > newest.StartedAt {
+					newest = m
+				}
+			}
+			return newest.Phase == p, fmt.Sprintf("%s in %s", newest.ID, newest.Phase)
+		})
+	}
+	type result struct {
+		evs []api.MoveEvent
+		err error
+	}
+	moveAsync := func(via *tnode, to string) <-chan result {
+		done := make(chan result, 1)
+		go func() {
+			evs, err := c.move(via, "writer", to)
+			done <- result{evs, err}
+		}()
+		return done
+	}
+	// settled checks the end of a case on every node and returns where it runs.
+	settled := func(name string) string {
+		t.Helper()
+		var where string
+		for _, nd := range c.nodes {
+			w := c.waitSettled(nd, "writer", "shmwriter")
+			if where != "" && w.Node != where {
+				t.Fatalf("%s: %s's table says %s, another node's %s", name, nd.id, w.Node, where)
+			}
+			where = w.Node
+		}
+		for _, nd := range c.nodes {
+			ms, err := nd.c.Migrations(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range ms {
+				if !m.Phase.Terminal() {
+					t.Fatalf("%s: migration %s still %s on %s's table", name, m.ID, m.Phase, nd.id)
+				}
+			}
+		}
+		return where
+	}
+
+	leader, src, dst := roles()
+	if _, err := c.cli(src, "run", "--name", "writer", "--", bins.ShmWriter, "--size", "16777216", "--interval-ms", "5"); err != nil {
+		t.Fatal(err)
+	}
+	c.waitSettled(src, "writer", "shmwriter")
+
+	// 1. Source and leader apart while frozen.
+	done := moveAsync(dst, dst.id)
+	inPhase(dst, record.PhaseFrozen)
+	cut(src, leader, false)
+	// While cut off, the source knows no outcome: nothing may run, on either side. The
+	// cut outlasts the leader's view of it (raft's 10 s RPC timeout, then downAfter), so
+	// the leader marks the source down and aborts the move meanwhile.
+	for range 16 {
+		time.Sleep(time.Second)
+		if running, _ := c.copies("shmwriter"); running != 0 {
+			t.Fatalf("the source cut off from the leader while frozen: %d running copies, want none until it learns the outcome", running)
+		}
+	}
+	cut(src, leader, true)
+	r := <-done
+	where := settled("source-leader cut")
+
+	t.Logf("FIGURE source-leader cut for 16s while frozen: the workload runs on %s (source %s, target %s); move: %v", where, src.id, dst.id, r.err)
+	if where == src.id && r.err == nil {
+		t.Fatalf("the move says done but the workload runs on the source")
+	}
+
+	// 2. Target and leader apart from pre-copy to past the commit.
+	leader, src, dst = roles()
+	if w := c.workload(leader, "writer"); w.Node != src.id {
+		src, dst = dst, src // the workload's node is the source
+	}
+	done = moveAsync(src, dst.id)
+	inPhase(src, record.PhasePrecopy)
+	cut(dst, leader, false)
+	inPhase(src, record.PhaseDone)
+	time.Sleep(2 * time.Second) // the target cannot read the commit yet: its copy waits
+	// Nothing runs: the source committed, the target has not seen it (the source's
+	// frozen copy may linger while it waits for the target's answer).
+	if running, stopped := c.copies("shmwriter"); running != 0 || stopped == 0 {
+		t.Fatalf("committed, the target cut from the leader: %d running and %d stopped copies, want only stopped ones", running, stopped)
+	}
+	cut(dst, leader, true)
+	r = <-done
+	if where := settled("target-leader cut"); where != dst.id {
+		t.Fatalf("target-leader cut: the workload runs on %s, want the target %s (move: %v)", where, dst.id, r.err)
+	}
+
+	// 3. The leader isolated during pre-copy.
+	leader, src, dst = roles()
+	if w := c.workload(leader, "writer"); w.Node != src.id {
+		src, dst = dst, src
+	}
+	done = moveAsync(src, dst.id)
+	inPhase(src, record.PhasePrecopy)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := leader.net.SetLink(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	cutAt := time.Now()
+	r = <-done
+	if r.err != nil {
+		t.Fatalf("move with the leader cut off: %v\nevents: %+v", r.err, r.evs)
+	}
+	t.Logf("leader %s isolated: the move ended %v after the cut", leader.id, time.Since(cutAt).Round(time.Millisecond))
+	// The majority keeps deciding: a new workload starts through it.
+	if _, err := c.cli(src, "run", "--name", "majority", "--", "sleep", "600"); err != nil {
+		t.Fatalf("a write with the leader cut off: %v", err)
+	}
+	if err := leader.net.SetLink(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if where := settled("leader isolated"); where != dst.id {
+		t.Fatalf("leader isolated: the workload runs on %s, want %s", where, dst.id)
+	}
+	wait.For(t, 20*time.Second, "the old leader to learn the write made without it", func() (bool, string) {
+		ws, err := leader.c.Workloads(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		_, ok := workloadByName(ws, "majority")
+		return ok, fmt.Sprintf("%d workloads", len(ws))
+	})
+}

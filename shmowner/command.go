@@ -234,11 +234,16 @@ type SetNodeDrainRequest struct {
 // node measured of its workloads (by workload id): each is recorded on a workload the
 // table places on that node and ignored otherwise (it moved, or is gone); a workload
 // not in the map keeps its last figures (a workload that just arrived has none yet).
+//
+// With Refresh, the report holds only the workloads whose figures changed: every other
+// workload of the node whose figures this node measured keeps them, now dated At (and
+// Since), so a node with thousands of steady workloads sends a few bytes per report.
 type ReportLoadRequest struct {
 	ID        string                         `json:"id"`
 	Load      record.LoadVector              `json:"load"`
 	At        int64                          `json:"at"`
 	Workloads map[string]record.WorkloadLoad `json:"workloads,omitempty"`
+	Refresh   bool                           `json:"refresh,omitempty"`
 }
 
 // SetWorkloadPinnedRequest pins a workload (nothing moves it: neither the balancer nor

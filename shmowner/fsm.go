@@ -179,6 +179,18 @@ func (t *Table) reportLoad(r ReportLoadRequest) error {
 		if !ok || w.Node != r.ID || w.State == record.WorkloadExited {
 			continue
 		}
+		l.At, l.Since, l.Node = r.At, r.Load.Since, r.ID
+		w.Load = &l
+		t.workloads[id] = w
+	}
+	if !r.Refresh {
+		return nil
+	}
+	for id, w := range t.workloads {
+		if _, sent := r.Workloads[id]; sent || w.Node != r.ID || w.State == record.WorkloadExited || w.Load == nil || w.Load.Node != r.ID {
+			continue
+		}
+		l := *w.Load
 		l.At, l.Since = r.At, r.Load.Since
 		w.Load = &l
 		t.workloads[id] = w

@@ -122,8 +122,7 @@ func (c *Cluster) Apply(ctx context.Context, t shmowner.MessageType, body any) (
 		_, err = c.store.Apply(ctx, t, body)
 		if errors.Is(err, record.ErrNotLeader) {
 			if addr := c.LeaderAPI(); addr != "" {
-				err = c.cfg.Peers.Forward(addr).Call(ctx, "POST", "/peer/v1/apply",
-					api.ApplyRequest{Type: raw[0], Body: raw[1:]}, nil)
+				err = c.forward(ctx, addr, api.ApplyRequest{Type: raw[0], Body: raw[1:]})
 			}
 		}
 		if err == nil || !(errors.Is(err, record.ErrNotLeader) || errors.Is(err, api.ErrUnreachable)) {
@@ -136,6 +135,26 @@ func (c *Cluster) Apply(ctx context.Context, t shmowner.MessageType, body any) (
 		}
 		wait = min(wait*2, 500*time.Millisecond)
 	}
+}
+
+// forwardTimeout bounds one attempt to have the leader commit a command: a leader cut
+// off from the cluster never answers, and the next attempt goes to the one elected
+// meanwhile.
+const forwardTimeout = 5 * time.Second
+
+// forward sends a command to the leader at addr. An attempt that gets no answer within
+// forwardTimeout counts as unreachable, so Apply tries again (the leader may have
+// changed). If the command did reach a leader that committed it, the retry is refused
+// by the table's rules (a phase set twice, a plan made twice), never applied twice in
+// effect; callers that must know read the record back.
+func (c *Cluster) forward(ctx context.Context, addr string, req api.ApplyRequest) error {
+	actx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	err := c.cfg.Peers.Forward(addr).Call(actx, "POST", "/peer/v1/apply", req, nil)
+	if err != nil && ctx.Err() == nil && actx.Err() != nil {
+		return fmt.Errorf("the leader at %s did not answer within %v: %w", addr, forwardTimeout, api.ErrUnreachable)
+	}
+	return err
 }
 
 // ApplyForwarded commits a command node from sent to this one, the leader. It never

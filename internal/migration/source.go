@@ -205,7 +205,10 @@ func (s *sourceRun) phase(ctx context.Context, p record.Phase) error {
 	if err := s.e.table.Apply(cctx, shmowner.SetMigrationPhaseType, shmowner.SetMigrationPhaseRequest{
 		ID: s.id, Phase: p, Epoch: s.epoch, At: time.Now().UnixNano(),
 		Bytes: s.stats.PrecopyBytes + s.stats.FinalBytes, Stats: &st}); err != nil {
-		return fmt.Errorf("record phase %s: %w", p, err)
+		// A retry after an answer lost on the way is refused: the first one counted.
+		if rec, ok := s.e.leaderRecord(cctx, s.id); !errors.Is(err, record.ErrBadTransition) || !ok || rec.Phase != p {
+			return fmt.Errorf("record phase %s: %w", p, err)
+		}
 	}
 	s.event(api.MoveEvent{Event: api.EventPhase, Phase: string(p)})
 	faults.At(string(p))

@@ -78,6 +78,33 @@ func (n Node) SetLink(ctx context.Context, up bool) error {
 	return nil
 }
 
+// SetPeerLink cuts the traffic between this node and peer (up false), both ways, or
+// restores it: a partition of two nodes while each still reaches the others. Packets
+// are dropped silently by nftables in this node's netns, so each side sees only
+// timeouts, as across a broken path; nothing is reset.
+func (n Node) SetPeerLink(ctx context.Context, peer Node, up bool) error {
+	script := `add table inet migshm-cut
+add set inet migshm-cut peers { type ipv4_addr; }
+add chain inet migshm-cut in { type filter hook input priority 0; policy accept; }
+add chain inet migshm-cut out { type filter hook output priority 0; policy accept; }
+flush chain inet migshm-cut in
+flush chain inet migshm-cut out
+add rule inet migshm-cut in ip saddr @peers drop
+add rule inet migshm-cut out ip daddr @peers drop
+`
+	op := "add"
+	if up {
+		op = "delete"
+	}
+	script += op + " element inet migshm-cut peers { " + peer.Addr + " }\n"
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+n.NetNSPath, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("set the link between nodes %d and %d up=%v: %v: %s (nft comes with scripts/setup)", n.Index, peer.Index, up, err, out)
+	}
+	return nil
+}
+
 // prefixRE is the prefix rule of scripts/cluster.
 var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
 

@@ -109,6 +109,9 @@ type WorkloadLoad struct {
 	// Since (unix nanos) is when the interval of the CPU figure began (the report's
 	// LoadVector.Since); 0 if unknown.
 	Since int64 `json:"since,omitempty"`
+	// Node is the node that measured it: a workload that just moved keeps the figure
+	// its old node measured until its new one reports it.
+	Node string `json:"node,omitempty"`
 }
 
 // SegmentID is the cluster-wide id of a SysV segment: its IPC group and its shmid inside

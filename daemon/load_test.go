@@ -30,7 +30,7 @@ func TestLoadReporterSendsChanges(t *testing.T) {
 	if got := send(true); len(got) != 0 {
 		t.Fatalf("steady: sent %v", got)
 	}
-	loads["a"] = record.WorkloadLoad{CPU: 1.04, MemBytes: 110 << 20} // within 0.05 cores and 16 MiB
+	loads["a"] = record.WorkloadLoad{CPU: 1.04, MemBytes: 110 << 20}     // within 0.05 cores and 16 MiB
 	loads["b"] = record.WorkloadLoad{CPU: 0.5, MemBytes: 1<<30 + 40<<20} // within a twentieth of 1 GiB
 	if got := send(true); len(got) != 0 {
 		t.Fatalf("small changes: sent %v", got)
@@ -99,7 +99,7 @@ func TestLoadReportVolume(t *testing.T) {
 	var full, delta int
 	size := func(ws map[string]record.WorkloadLoad, refresh bool) int {
 		b, err := shmowner.Encode(shmowner.ReportLoadType, shmowner.ReportLoadRequest{ID: "n1", At: 1_800_000_000_000_000_000,
-			Load: record.LoadVector{CPU: 0.5, MemFreeBytes: 1 << 34, MemTotalBytes: 1 << 35, Workloads: n, Cores: 16, Since: 1},
+			Load:      record.LoadVector{CPU: 0.5, MemFreeBytes: 1 << 34, MemTotalBytes: 1 << 35, Workloads: n, Cores: 16, Since: 1},
 			Workloads: ws, Refresh: refresh})
 		if err != nil {
 			t.Fatal(err)

@@ -89,8 +89,11 @@ func (c *Cluster) join(ctx context.Context, addr string) error {
 		return err
 	}
 	var st api.Status
-	if serr := c.cfg.Peers.Client(addr).Call(ctx, "GET", "/v1/status?stale=true", nil, &st); serr != nil || st.LeaderAPI == "" {
-		return fmt.Errorf("%w (and %s names no leader: %v)", err, addr, serr)
+	if serr := c.cfg.Peers.Client(addr).Call(ctx, "GET", "/v1/status?stale=true", nil, &st); serr != nil {
+		return fmt.Errorf("%w (asking %s who leads: %v)", err, addr, serr)
+	}
+	if st.LeaderAPI == "" {
+		return err
 	}
 	if err := c.cfg.Peers.Client(st.LeaderAPI).Call(ctx, "POST", "/peer/v1/join", req, nil); err != nil {
 		return fmt.Errorf("join through the leader %s (%s): %w", st.Leader, st.LeaderAPI, err)

@@ -83,8 +83,11 @@ func (s *server) join(r *http.Request, req api.JoinRequest) (any, error) {
 			"over its own connection): %w", req.ID, cn, api.ErrForbidden)
 	}
 	if s.Peers != nil && !s.Cluster.IsLeader() {
-		return nil, fmt.Errorf("join: this node does not lead; join through the leader (%s, see its status): %w",
-			s.Cluster.LeaderAPI(), record.ErrNotLeader)
+		leader := s.Cluster.LeaderAPI()
+		if leader == "" {
+			return nil, fmt.Errorf("join: this node does not lead and knows no leader yet; try again: %w", record.ErrNotLeader)
+		}
+		return nil, fmt.Errorf("join: this node does not lead; join through the leader at %s: %w", leader, record.ErrNotLeader)
 	}
 	return struct{}{}, s.Members.Join(r.Context(), req)
 }

@@ -213,6 +213,9 @@ type CarriedFile struct {
 // MigrationStats are the figures of a migration (the table's record).
 type MigrationStats = record.MigrationStats
 
+// WindowStep is one step of a migration's frozen window.
+type WindowStep = record.WindowStep
+
 // NodeLoad is a node's load as the leader's balancer counts it (GET /v1/balance): the
 // CPU its workloads use, from their processes, over the cores the node declares.
 type NodeLoad struct {

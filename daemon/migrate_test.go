@@ -276,6 +276,7 @@ func TestMoveRoundTrips(t *testing.T) {
 		if len(extra) == 0 && last.Summary.Rounds == 0 {
 			t.Fatalf("hop %d: pre-copy made no round: %+v", i, *last.Summary)
 		}
+		checkWindow(t, i, last.Summary)
 		after := c.waitSettled(via, "counter", "shmcounter")
 		if after.Node != to.id || after.InitPid == before.InitPid {
 			t.Fatalf("hop %d: after the move the table says %s pid %d (was %s pid %d)", i, after.Node, after.InitPid, before.Node, before.InitPid)
@@ -1168,4 +1169,32 @@ func TestPartitions(t *testing.T) {
 		_, ok := workloadByName(ws, "majority")
 		return ok, fmt.Sprintf("%d workloads", len(ws))
 	})
+}
+
+// checkWindow checks a move's frozen window breakdown: the steps of the frozen path in
+// order, each timed, adding up to the downtime, with CRIU's and the target's parts.
+func checkWindow(t *testing.T, hop int, st *api.MigrationStats) {
+	t.Helper()
+	var names []string
+	var sum int64
+	parts := map[string]int{}
+	for _, s := range st.Window {
+		names = append(names, s.Step)
+		sum += s.NS
+		parts[s.Step] = len(s.Parts)
+		if s.NS < 0 {
+			t.Errorf("hop %d: step %q took %dns", hop, s.Step, s.NS)
+		}
+	}
+	want := []string{"dump", "segment digests", "logs and carried files", "ship images", "record shipped",
+		"restore on the target", "record restored", "commit", "resume on the target"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("hop %d: frozen window steps %q, want %q", hop, names, want)
+	}
+	if sum != st.FrozenNS {
+		t.Errorf("hop %d: frozen window steps add up to %v, the downtime is %v", hop, time.Duration(sum), time.Duration(st.FrozenNS))
+	}
+	if parts["dump"] != 4 || parts["ship images"] != 1 || parts["restore on the target"] != 3 {
+		t.Errorf("hop %d: parts per step %v, want CRIU's 4 for the dump, the target's 1 for the images and 3 for the restore", hop, parts)
+	}
 }

@@ -29,8 +29,8 @@ func TestWorkloadLoadAndPin(t *testing.T) {
 			}},
 	)
 	tb := f.Table()
-	if w, _ := tb.Workload("w1"); w.Load == nil || *w.Load != (record.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: 100}) {
-		t.Fatalf("w1 load %+v, want 0.5 cores, 1 MiB, at 100", w.Load)
+	if w, _ := tb.Workload("w1"); w.Load == nil || *w.Load != (record.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: 100, Node: "n1"}) {
+		t.Fatalf("w1 load %+v, want 0.5 cores, 1 MiB, at 100, measured by n1", w.Load)
 	}
 	for _, id := range []string{"w2", "w3"} {
 		if w, _ := tb.Workload(id); w.Load != nil {

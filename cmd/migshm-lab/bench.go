@@ -28,6 +28,7 @@ import (
 	"github.com/migshm/migshm/internal/nsutil"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
 )
@@ -197,6 +198,8 @@ type measurement struct {
 	PrecopyBytes int64 `json:"precopy_bytes,omitempty"`
 	FinalBytes   int64 `json:"final_bytes,omitempty"`
 	WallNS       int64 `json:"wall_ns,omitempty"` // the `migshm move` command, start to exit
+	// Window is the frozen window step by step (the migration record's).
+	Window []record.WindowStep `json:"window,omitempty"`
 	// baseline only.
 	CopyBPS      float64 `json:"copy_bytes_per_sec,omitempty"` // WireBytes / ShipNS
 	CRIUFrozenNS int64   `json:"criu_frozen_ns,omitempty"`     // CRIU's own frozen time of the dump
@@ -225,6 +228,7 @@ func fromSummary(s *api.MigrationStats, wall time.Duration) measurement {
 		PrecopyBytes: int64(s.PrecopyBytes),
 		FinalBytes:   int64(s.FinalBytes),
 		WallNS:       wall.Nanoseconds(),
+		Window:       s.Window,
 	}
 }
 
@@ -335,7 +339,51 @@ func medianOf(ms []measurement) *measurement {
 		CRIUFrozenNS: i64(func(m measurement) int64 { return m.CRIUFrozenNS }),
 	}
 	out.CopyBPS = rate(out.WireBytes, out.ShipNS)
+	windows := make([][]record.WindowStep, len(ms))
+	for i, m := range ms {
+		windows[i] = m.Window
+	}
+	out.Window = medianSteps(windows)
 	return &out
+}
+
+// medianSteps returns the step-by-step median of windows: the steps (and parts) of the
+// first in its order, each with the median of its time where it appears.
+func medianSteps(windows [][]record.WindowStep) []record.WindowStep {
+	if len(windows) == 0 || len(windows[0]) == 0 {
+		return nil
+	}
+	var out []record.WindowStep
+	for _, st := range windows[0] {
+		var ns []int64
+		var parts [][]record.WindowStep
+		for _, w := range windows {
+			if i := slices.IndexFunc(w, func(x record.WindowStep) bool { return x.Step == st.Step }); i >= 0 {
+				ns = append(ns, w[i].NS)
+				parts = append(parts, w[i].Parts)
+			}
+		}
+		out = append(out, record.WindowStep{Step: st.Step, NS: median(ns), Parts: medianSteps(parts)})
+	}
+	return out
+}
+
+// writeWindow prints a frozen window step by step, each step's parts indented under it.
+func writeWindow(w io.Writer, title string, steps []record.WindowStep) {
+	if len(steps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "  %s\n", title)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var walk func(steps []record.WindowStep, indent string)
+	walk = func(steps []record.WindowStep, indent string) {
+		for _, st := range steps {
+			fmt.Fprintf(tw, "    %s%s\t%s\n", indent, st.Step, fmtDur(st.NS))
+			walk(st.Parts, indent+"  ")
+		}
+	}
+	walk(steps, "")
+	tw.Flush()
 }
 
 // median of v (the mean of the middle two for an even count); v is not modified.
@@ -466,6 +514,10 @@ func writeTables(w io.Writer, rep *benchReport) error {
 				fmt.Fprintf(w, "  run %d baseline copy: %s MB in %s: %s\n", r.Run, fmtMB(r.Baseline.WireBytes),
 					fmtDur(r.Baseline.ShipNS), throttleNote(cfg.RateBits, r.Baseline.CopyBPS))
 			}
+		}
+		if m := s.Median; m != nil && m.Migshm != nil {
+			writeWindow(w, fmt.Sprintf("migshm's frozen window, step by step (median of %d runs; parts as CRIU and the target report them):",
+				len(s.Runs)), m.Migshm.Window)
 		}
 	}
 	fmt.Fprintf(w, "\n%s", legend(cfg))

@@ -293,6 +293,29 @@ func printSummary(w io.Writer, ev api.MoveEvent, names map[string]string) {
 	}
 	fmt.Fprintf(t, "  frozen time:\tdump %s, ship %s, restore %s\n", span(st.DumpNS), span(st.ShipNS), span(st.RestoreNS))
 	t.Flush()
+	printWindow(w, st.Window)
+}
+
+// printWindow prints the frozen window step by step, each step's parts (as CRIU and the
+// target report them) in parentheses.
+func printWindow(w io.Writer, steps []api.WindowStep) {
+	if len(steps) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "  frozen window, step by step:")
+	t := newTable(w)
+	for _, st := range steps {
+		var parts []string
+		for _, p := range st.Parts {
+			parts = append(parts, p.Step+" "+span(p.NS))
+		}
+		detail := ""
+		if len(parts) > 0 {
+			detail = "(" + strings.Join(parts, "; ") + ")"
+		}
+		fmt.Fprintf(t, "    %s\t%s\t%s\n", st.Step, span(st.NS), detail)
+	}
+	t.Flush()
 }
 
 // span formats a duration in nanoseconds for people: 850µs, 84.3ms, 2.31s, 1m2.31s.

@@ -59,6 +59,7 @@ type sourceRun struct {
 	frozen      bool               // the tree may be stopped by a dump
 	emitMu      sync.Mutex         // events come from the migration and its target watch
 	frozenAt    time.Time          // when the dump stopped the tree (zero before)
+	window      steps              // the frozen window, step by step (stats.Window)
 	placed      map[string]int     // the members' init pids on the target, once restored
 }
 
@@ -439,6 +440,8 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	s.frozenAt = frozenAt
 	s.stats.DumpNS = int64(time.Since(t0))
 	s.stats.WorkloadBytes = uint64(dump.ImageBytes)
+	s.window.start(frozenAt)
+	s.window.markParts("dump", dumpParts(dump, time.Since(frozenAt)))
 	cancel()
 	fctx, cancel = context.WithTimeout(wctx, migrate.FreezeBudget(dump.ImageBytes))
 	defer cancel()
@@ -446,6 +449,7 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("digest segments at the freeze: %w", err)
 	}
+	s.window.mark("segment digests")
 
 	t1 := time.Now()
 	if !s.shared {
@@ -456,21 +460,24 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	if err := s.carryFiles(fctx); err != nil {
 		return err
 	}
+	s.window.mark("logs and carried files")
 	opts := migrate.StreamOptions{Paged: migrate.PagesImage}
 	if s.pc != nil {
 		opts.Held = s.pc.Held
 	}
 	body := migrate.NewImageReader(fctx, images, opts)
-	_, err = s.remote.Images(fctx, s.id, faults.Stream(body))
+	shipped, err := s.remote.Images(fctx, s.id, faults.Stream(body))
 	body.Close()
 	s.stats.FinalBytes += uint64(body.Bytes())
 	if err != nil {
 		return fmt.Errorf("ship images: %w", err)
 	}
 	s.stats.ShipNS = int64(time.Since(t1))
+	s.window.markParts("ship images", shipped.Parts)
 	if err := s.phase(ctx, record.PhaseShipped); err != nil {
 		return err
 	}
+	s.window.mark("record shipped")
 
 	t2 := time.Now()
 	res, err := s.remote.Restore(fctx, s.id, RestoreRequest{Segments: digests})
@@ -479,9 +486,11 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	}
 	s.placed = res.Members
 	s.stats.RestoreNS = int64(time.Since(t2))
+	s.window.markParts("restore on the target", res.Parts)
 	if err := s.phase(ctx, record.PhaseRestored); err != nil {
 		return err
 	}
+	s.window.mark("record restored")
 
 	// The commit. From here on nothing rolls back; a target gone silent is not
 	// committed to (it could not resume the workload).
@@ -492,6 +501,7 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	if err := s.commit(); err != nil {
 		return err
 	}
+	s.window.mark("commit")
 	s.finish(frozenAt)
 	return nil
 }
@@ -522,6 +532,12 @@ func (s *sourceRun) finish(frozenAt time.Time) {
 		s.log.Warn("target did not confirm the resume; it resumes from the record when it can", "err", err)
 	}
 	s.stats.FrozenNS = int64(time.Since(frozenAt))
+	if len(s.window.list) > 0 { // none if the dump never returned
+		// The steps run back to back from the freeze: they are the downtime.
+		s.window.mark("resume on the target")
+		s.stats.Window = s.window.list
+		s.stats.FrozenNS = int64(s.window.total())
+	}
 	s.e.wl.Release(s.w.Group, s.journal().ids(), !s.shared, !s.groupShared)
 	s.e.noteLeftovers(s.w.Group, s.files)
 	os.Remove(s.e.sourceJournalPath(s.id))

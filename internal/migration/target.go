@@ -315,10 +315,12 @@ func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader
 	if err != nil {
 		return ImagesResult{}, err
 	}
+	start := time.Now()
 	st, err := migrate.ReadImages(ctx, images, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: t.pageStore()})
 	if err != nil {
 		return ImagesResult{}, fmt.Errorf("receive images: %w", err)
 	}
+	parts := []record.WindowStep{{Step: "receive and write the image files", NS: int64(time.Since(start))}}
 	// The pages now live in the images; the store is not needed any more.
 	t.mu.Lock()
 	if t.store != nil {
@@ -327,7 +329,7 @@ func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader
 	}
 	t.mu.Unlock()
 	faults.At("target-received")
-	return ImagesResult{Files: st.Files, Bytes: st.Bytes, RefPages: st.RefPages}, nil
+	return ImagesResult{Files: st.Files, Bytes: st.Bytes, RefPages: st.RefPages, Parts: parts}, nil
 }
 
 // Restore restores the shipped tree and leaves it stopped, after checking its segments
@@ -350,18 +352,32 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 		return RestoreResult{}, err
 	}
 	start := time.Now()
+	var parts steps
+	parts.start(start)
 	// The freeze made every semop blocked at the dump return EINTR; issue them again.
 	if n, err := migrate.RestartInterruptedSemop(filepath.Join(t.dir, "images")); err != nil {
 		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)
 	} else if n > 0 {
 		e.log.Info("semop calls the freeze interrupted will be issued again", "migration", id, "threads", n)
 	}
+	parts.mark("semop fixups in the images")
+	verify := migrate.VerifySegments(req.Segments)
+	var checkNS time.Duration
 	res, err := e.criu.Restore(ctx, migrate.RestoreOptions{
 		ImagesDir: filepath.Join(t.dir, "images"), WorkDir: filepath.Join(t.dir, "work"),
-		LeaveStopped: true, BeforeResume: migrate.VerifySegments(req.Segments)})
+		LeaveStopped: true, BeforeResume: func(pid int) error {
+			t0 := time.Now()
+			defer func() { checkNS = time.Since(t0) }()
+			return verify(pid)
+		}})
 	if err != nil {
 		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)
 	}
+	parts.markParts("criu restore", []record.WindowStep{
+		{Step: "criu: forking (its figure)", NS: int64(res.Forking)},
+		{Step: "criu: restore (its figure)", NS: int64(res.Restore)},
+		{Step: "segment check against the freeze's digests", NS: int64(checkNS)},
+	})
 	t.proc = workload.Attach(res.Pid)
 	err = e.findMembers(t, res.Pid)
 	if err == nil {
@@ -373,13 +389,14 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 		t.proc = nil
 		return RestoreResult{}, fmt.Errorf("restore on %s: record the restored tree: %w", e.self, err)
 	}
+	parts.mark("find the members, write the journal")
 	e.log.Info("restored, stopped until the commit", "migration", id, "pid", res.Pid, "took", time.Since(start))
 	faults.At("target-restored")
 	members := make(map[string]int, len(t.j.Records))
 	for _, rec := range t.j.Records {
 		members[rec.ID] = rec.InitPid
 	}
-	return RestoreResult{Pid: res.Pid, RestoreNS: int64(time.Since(start)), Members: members}, nil
+	return RestoreResult{Pid: res.Pid, RestoreNS: int64(time.Since(start)), Members: members, Parts: parts.list}, nil
 }
 
 // findMembers fills in the host pids of the restored group init (pid) and of its

@@ -11,6 +11,7 @@ import (
 	"github.com/migshm/migshm/internal/peer"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
+	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
 )
 
@@ -79,6 +80,9 @@ type ImagesResult struct {
 	Files    int   `json:"files"`
 	Bytes    int64 `json:"bytes"`
 	RefPages int64 `json:"ref_pages"`
+	// Parts time the target's side: receiving and writing the image files, page
+	// files rebuilt from the pre-copied pages included.
+	Parts []record.WindowStep `json:"parts,omitempty"`
 }
 
 // RestoreRequest asks the target to restore the shipped tree, stopped.
@@ -90,6 +94,8 @@ type RestoreRequest struct {
 type RestoreResult struct {
 	Pid       int   `json:"pid"`
 	RestoreNS int64 `json:"restore_ns"`
+	// Parts time the target's side of the restore, in order.
+	Parts []record.WindowStep `json:"parts,omitempty"`
 	// Members is the host pid of each member's init in the restored tree, by workload id.
 	Members map[string]int `json:"members,omitempty"`
 }

@@ -284,6 +284,37 @@ type MigrationStats struct {
 	ShipNS        int64  `json:"ship_ns"`        // shipping the final images
 	RestoreNS     int64  `json:"restore_ns"`     // the restore on the target
 	TotalNS       int64  `json:"total_ns"`       // from plan to done (or abort)
+	// Window is the frozen window step by step, in order, back to back from the
+	// freeze: the steps add up to FrozenNS.
+	Window []WindowStep `json:"window,omitempty"`
+}
+
+// WindowStep is one step of a migration's frozen window, timed on the source.
+type WindowStep struct {
+	Step string `json:"step"`
+	NS   int64  `json:"ns"`
+	// Parts divide the step as the tool doing it reports (CRIU's own figures, the
+	// target's timings); what they leave of NS is the step's overhead (the wire, a
+	// process starting, JSON).
+	Parts []WindowStep `json:"parts,omitempty"`
+}
+
+// Clone returns a deep copy of st.
+func (st MigrationStats) Clone() MigrationStats {
+	st.Window = cloneSteps(st.Window)
+	return st
+}
+
+func cloneSteps(steps []WindowStep) []WindowStep {
+	if steps == nil {
+		return nil
+	}
+	out := make([]WindowStep, len(steps))
+	for i, s := range steps {
+		s.Parts = cloneSteps(s.Parts)
+		out[i] = s
+	}
+	return out
 }
 
 // Clone returns a deep copy of w.
@@ -301,7 +332,7 @@ func (w Workload) Clone() Workload {
 func (m Migration) Clone() Migration {
 	m.Members = slices.Clone(m.Members)
 	if m.Stats != nil {
-		st := *m.Stats
+		st := m.Stats.Clone()
 		m.Stats = &st
 	}
 	return m

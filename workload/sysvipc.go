@@ -151,9 +151,9 @@ func readSysVShm() ([]Segment, error) {
 const QuickDigestPrefix = "xxh3:"
 
 func quickDigest(shmid int) (string, error) {
-	mem, err := unix.SysvShmAttach(shmid, 0, unix.SHM_RDONLY)
+	mem, err := attachPopulated(shmid)
 	if err != nil {
-		return "", fmt.Errorf("attach: %w", err)
+		return "", err
 	}
 	defer unix.SysvShmDetach(mem)
 	sum := xxh3.Hash128(mem).Bytes()
@@ -161,11 +161,29 @@ func quickDigest(shmid int) (string, error) {
 }
 
 func digest(shmid int) (string, error) {
-	mem, err := unix.SysvShmAttach(shmid, 0, unix.SHM_RDONLY)
+	mem, err := attachPopulated(shmid)
 	if err != nil {
-		return "", fmt.Errorf("attach: %w", err)
+		return "", err
 	}
 	defer unix.SysvShmDetach(mem)
 	sum := sha256.Sum256(mem)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// madvPopulateRead is MADV_POPULATE_READ (Linux 5.14).
+const madvPopulateRead = 22
+
+// attachPopulated attaches segment shmid read-only with its pages mapped in one call
+// (MADV_POPULATE_READ), not one fault at a time: reading 256 MiB that way costs 0.7 s of
+// page faults on a VM, populated 0.12 s, hash included. The digests run while the
+// workload is frozen. Without the call (older kernels) reading faults pages in as before.
+func attachPopulated(shmid int) ([]byte, error) {
+	mem, err := unix.SysvShmAttach(shmid, 0, unix.SHM_RDONLY)
+	if err != nil {
+		return nil, fmt.Errorf("attach: %w", err)
+	}
+	if len(mem) > 0 {
+		_ = unix.Madvise(mem, madvPopulateRead) // an optimisation: EINVAL on old kernels
+	}
+	return mem, nil
 }

@@ -515,9 +515,12 @@ func writeTables(w io.Writer, rep *benchReport) error {
 					fmtDur(r.Baseline.ShipNS), throttleNote(cfg.RateBits, r.Baseline.CopyBPS))
 			}
 		}
-		if m := s.Median; m != nil && m.Migshm != nil {
+		switch {
+		case s.Median != nil && s.Median.Migshm != nil:
 			writeWindow(w, fmt.Sprintf("migshm's frozen window, step by step (median of %d runs; parts as CRIU and the target report them):",
-				len(s.Runs)), m.Migshm.Window)
+				len(s.Runs)), s.Median.Migshm.Window)
+		case len(s.Runs) == 1 && s.Runs[0].Migshm != nil:
+			writeWindow(w, "migshm's frozen window, step by step (parts as CRIU and the target report them):", s.Runs[0].Migshm.Window)
 		}
 	}
 	fmt.Fprintf(w, "\n%s", legend(cfg))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/shmowner/record"
 )
 
 func TestParseSizes(t *testing.T) {
@@ -488,5 +489,32 @@ func TestFindRoot(t *testing.T) {
 	}
 	if _, err := findRoot(other); err == nil {
 		t.Error("findRoot accepted another module")
+	}
+}
+
+// TestWindowMedianAndPrint: the frozen window's median is taken step by step (and part
+// by part), in the first run's order, and printed with each step's parts under it.
+func TestWindowMedianAndPrint(t *testing.T) {
+	win := func(dump, ship, crit int64) []record.WindowStep {
+		return []record.WindowStep{
+			{Step: "dump", NS: dump, Parts: []record.WindowStep{{Step: "criu: collect memory (its figure)", NS: crit}}},
+			{Step: "ship images", NS: ship},
+		}
+	}
+	got := medianSteps([][]record.WindowStep{win(300e6, 20e6, 100e6), win(100e6, 40e6, 50e6), win(200e6, 30e6, 70e6)})
+	want := win(200e6, 30e6, 70e6)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("median window %+v, want %+v", got, want)
+	}
+	var buf bytes.Buffer
+	writeWindow(&buf, "window:", got)
+	out := buf.String()
+	for _, line := range []string{"  window:", "    dump", "200ms", "      criu: collect memory (its figure)", "70ms", "    ship images", "30ms"} {
+		if !strings.Contains(out, line) {
+			t.Errorf("printed window lacks %q:\n%s", line, out)
+		}
+	}
+	if medianSteps(nil) != nil {
+		t.Error("no windows: want none")
 	}
 }

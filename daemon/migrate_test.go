@@ -731,6 +731,11 @@ while True:
 		}
 		readsOwn("on " + to)
 	}
+	// Done with it: the programs below are python3 too, and waitSettled counts copies
+	// by command name.
+	if _, err := c.cli(n1, "stop", "maps"); err != nil {
+		t.Fatal(err)
+	}
 
 	// It reads its file back every 100 ms and stops if the content changes.
 	script := `mkdir -p /tmp/app && cd /tmp/app && echo v1 > data && exec 3<data

@@ -876,21 +876,7 @@ func TestLinkCuts(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitSettled(n1, "writer", "shmwriter")
-	inPhase := func(via *tnode, p record.Phase) {
-		t.Helper()
-		wait.For(t, 20*time.Second, "the migration in phase "+string(p), func() (bool, string) {
-			ms, err := via.c.Migrations(context.Background())
-			if err != nil {
-				return false, err.Error()
-			}
-			for _, m := range ms {
-				if m.Phase == p {
-					return true, ""
-				}
-			}
-			return false, fmt.Sprintf("%d migrations", len(ms))
-		})
-	}
+	inPhase := c.waitNewestPhase
 	type result struct {
 		evs []api.MoveEvent
 		err error
@@ -1035,23 +1021,7 @@ func TestPartitions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// inPhase waits until the newest migration is in phase p.
-	inPhase := func(via *tnode, p record.Phase) {
-		t.Helper()
-		wait.For(t, 30*time.Second, "the newest migration in phase "+string(p), func() (bool, string) {
-			ms, err := via.c.Migrations(context.Background())
-			if err != nil {
-				return false, err.Error()
-			}
-			var newest api.Migration
-			for _, m := range ms {
-				if m.StartedAt > newest.StartedAt {
-					newest = m
-				}
-			}
-			return newest.Phase == p, fmt.Sprintf("%s in %s", newest.ID, newest.Phase)
-		})
-	}
+	inPhase := c.waitNewestPhase
 	type result struct {
 		evs []api.MoveEvent
 		err error
@@ -1202,4 +1172,22 @@ func checkWindow(t *testing.T, hop int, st *api.MigrationStats) {
 	if parts["dump"] != 4 || parts["ship images"] != 1 || parts["restore on the target"] != 3 {
 		t.Errorf("hop %d: parts per step %v, want CRIU's 4 for the dump, the target's 1 for the images and 3 for the restore", hop, parts)
 	}
+}
+
+// waitNewestPhase waits until the newest migration, as via's table has it, is in phase p.
+func (c *cluster) waitNewestPhase(via *tnode, p record.Phase) {
+	c.t.Helper()
+	wait.For(c.t, 30*time.Second, "the newest migration in phase "+string(p), func() (bool, string) {
+		ms, err := via.c.Migrations(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		var newest api.Migration
+		for _, m := range ms {
+			if m.StartedAt > newest.StartedAt {
+				newest = m
+			}
+		}
+		return newest.Phase == p, fmt.Sprintf("%s in %s", newest.ID, newest.Phase)
+	})
 }

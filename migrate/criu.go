@@ -97,6 +97,25 @@ type Capabilities struct {
 	// working here: mem_dirty_track (soft-dirty pre-dump), uffd and uffd-noncoop (lazy
 	// pages), pidfd_store, timens.
 	Features map[string]bool
+	// InetSockets says whether this CRIU can dump TCP and UDP sockets on the running
+	// kernel: CRIU before 4.2 asks every socket for SO_PASSCRED, which kernels >= 6.16
+	// refuse on inet sockets, and fails the dump (`sockets: Can't get 1:16 opt`).
+	InetSockets bool
+}
+
+// inetSocketsWork reports whether CRIU version criu dumps inet sockets on kernel release.
+func inetSocketsWork(criu, kernel string) bool {
+	return versionBefore(kernel, 6, 16) || !versionBefore(criu, 4, 2)
+}
+
+// versionBefore reports whether version v ("6.18.44-amd64", "4.1.1") is before
+// major.minor. A version it cannot read counts as recent.
+func versionBefore(v string, major, minor int) bool {
+	var a, b int
+	if n, _ := fmt.Sscanf(v, "%d.%d", &a, &b); n < 2 {
+		return false
+	}
+	return a < major || (a == major && b < minor)
 }
 
 // OptionalFeatures are probed by Check with `criu check --feature NAME`.
@@ -118,6 +137,10 @@ func (c *CRIU) Check(ctx context.Context) (*Capabilities, error) {
 	for _, f := range OptionalFeatures {
 		out, err := exec.CommandContext(ctx, c.Path, "check", "--feature", f).CombinedOutput()
 		caps.Features[f] = err == nil && bytes.Contains(out, []byte("is supported"))
+	}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err == nil {
+		caps.InetSockets = inetSocketsWork(caps.Version, unix.ByteSliceToString(uts.Release[:]))
 	}
 	return caps, nil
 }

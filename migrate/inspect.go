@@ -32,6 +32,9 @@ type Inspection struct {
 	// open as fds, and cwds. Deleted files and files under /proc/<pid> are left out
 	// (they are Blockers).
 	Files []FileNeed
+	// InetSockets counts the TCP and UDP sockets the tree holds (each once): CRIU
+	// carries them only where Capabilities.InetSockets says it can.
+	InetSockets int
 }
 
 // Inspect reads the /proc files of every process of tree under procRoot (normally
@@ -49,7 +52,7 @@ func inspect(v procView, tree *workload.Tree, skipDirs []string) (Inspection, er
 	if err != nil {
 		return in, err
 	}
-	if in.Blockers, err = blockers(v, procs); err != nil {
+	if in.Blockers, in.InetSockets, err = blockers(v, procs); err != nil {
 		return in, err
 	}
 	if in.Files, err = needs(v, procs, skipDirs); err != nil {

@@ -115,6 +115,7 @@ const (
 type tcpSocket struct {
 	local, remote netip.AddrPort
 	state         uint8
+	udp           bool // a UDP socket (read from /proc/net/udp, same format)
 }
 
 // parseTCP parses /proc/net/tcp or tcp6 into sockets by inode. Sockets without an inode
@@ -180,10 +181,10 @@ func nodeLocal(a netip.Addr) bool {
 	return !a.IsUnspecified() && !a.IsLoopback()
 }
 
-// tcpSockets reads the TCP sockets of pid's network namespace, as pid sees them.
-func (v procView) tcpSockets(pid int) (map[uint64]tcpSocket, error) {
+// inetSockets reads the TCP and UDP sockets of pid's network namespace, as pid sees them.
+func (v procView) inetSockets(pid int) (map[uint64]tcpSocket, error) {
 	all := map[uint64]tcpSocket{}
-	for _, name := range []string{"tcp", "tcp6"} {
+	for _, name := range []string{"tcp", "tcp6", "udp", "udp6"} {
 		f, err := os.Open(v.path(pid, "net", name))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // no IPv6, or the process is gone
@@ -200,6 +201,7 @@ func (v procView) tcpSockets(pid int) (map[uint64]tcpSocket, error) {
 			return nil, readErr(pid, "net/"+name, err)
 		}
 		for k, s := range socks {
+			s.udp = strings.HasPrefix(name, "udp")
 			all[k] = s
 		}
 	}
@@ -295,9 +297,11 @@ const (
 )
 
 // blockers returns what cannot move among the open files and mappings of procs (nil if
-// nothing), in pid order. A resource shared by several processes (an inherited socket
-// or terminal) is reported once, by its lowest pid, naming the others.
-func blockers(v procView, procs []procFiles) ([]Blocker, error) {
+// nothing), in pid order, and how many TCP and UDP sockets they hold. A resource shared
+// by several processes (an inherited socket or terminal) is reported once, by its
+// lowest pid, naming the others.
+func blockers(v procView, procs []procFiles) (_ []Blocker, inet int, _ error) {
+	seenInet := map[uint64]bool{}
 	found := &findings{byKey: map[string]*finding{}}
 	// TCP tables by network namespace: every process of a workload normally shares one.
 	tcpByNS := map[string]map[uint64]tcpSocket{}
@@ -318,15 +322,22 @@ func blockers(v procView, procs []procFiles) ([]Blocker, error) {
 						ns = "pid " + strconv.Itoa(p.Pid)
 					}
 					if tcp = tcpByNS[ns]; tcp == nil {
-						if tcp, err = v.tcpSockets(p.Pid); err != nil {
-							return nil, err
+						if tcp, err = v.inetSockets(p.Pid); err != nil {
+							return nil, 0, err
 						}
 						tcpByNS[ns] = tcp
 					}
 				}
 				s, ok := tcp[inode]
 				if !ok {
-					continue // not TCP: unix, UDP, netlink... CRIU carries those
+					continue // unix, netlink... CRIU carries those
+				}
+				if !seenInet[inode] {
+					seenInet[inode] = true
+					inet++
+				}
+				if s.udp {
+					continue
 				}
 				key := "socket " + strconv.FormatUint(inode, 10)
 				switch {
@@ -355,25 +366,25 @@ func blockers(v procView, procs []procFiles) ([]Blocker, error) {
 				found.add(fmt.Sprintf("uffd %d/%d", p.Pid, fd.fd), p, fd.fd, BlockerUserfaultfd, "has a userfaultfd open", fixUserfaultfd)
 			case strings.HasPrefix(link, "/"):
 				if err := checkFile(v, found, p, fd.fd, v.path(p.Pid, "fd", strconv.Itoa(fd.fd)), link); err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 			}
 		}
 		for _, m := range pf.maps {
 			if err := checkFile(v, found, p, -1, v.mapFile(p.Pid, m), m.Path); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 	}
 	if len(found.order) == 0 {
-		return nil, nil
+		return nil, inet, nil
 	}
 	out := make([]Blocker, len(found.order))
 	for i, f := range found.order {
 		out[i] = f.blocker()
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Pid < out[j].Pid })
-	return out, nil
+	return out, inet, nil
 }
 
 func stateName(st uint8) string {

@@ -107,6 +107,7 @@ func TestCheckResourcesFixtures(t *testing.T) {
 		fx    string
 		procs []workload.Proc
 		want  []want
+		inet  int // TCP and UDP sockets held
 	}{
 		{
 			name: "movable workload",
@@ -114,6 +115,7 @@ func TestCheckResourcesFixtures(t *testing.T) {
 			procs: []workload.Proc{
 				{Pid: 4200, Comm: "migshm-init"}, {Pid: 4201, Comm: "server"},
 			},
+			inet: 2, // a TCP listener on 0.0.0.0 and a UDP socket
 		},
 		{
 			name: "everything that cannot move",
@@ -160,6 +162,9 @@ func TestCheckResourcesFixtures(t *testing.T) {
 			in, err := inspect(fxView(t, tc.fx), fxTree(tc.procs...), nil)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.inet != 0 && in.InetSockets != tc.inet {
+				t.Errorf("InetSockets = %d, want %d", in.InetSockets, tc.inet)
 			}
 			got := in.Blockers
 			if len(tc.want) == 0 {
@@ -312,5 +317,25 @@ func TestAnonMemoryFixture(t *testing.T) {
 	// 4103 and the vanished 4999 nothing.
 	if want := uint64(1024+20480+512) * 1024; got != want {
 		t.Fatalf("anonymous memory %d, want %d", got, want)
+	}
+}
+
+func TestInetSocketsWork(t *testing.T) {
+	for _, tc := range []struct {
+		criu, kernel string
+		want         bool
+	}{
+		{"4.1.1", "6.18.44-amd64", false}, // SO_PASSCRED refused on inet sockets since 6.16
+		{"4.1", "6.16.0", false},
+		{"4.2.1", "6.18.44-amd64", true},
+		{"4.10", "6.18.0", true},
+		{"4.1.1", "6.12.48+deb13-amd64", true},
+		{"3.17.1", "6.1.0-28-amd64", true},
+		{"5.0", "7.1.0", true},
+		{"", "6.18.0", true}, // an unreadable version is taken as recent
+	} {
+		if got := inetSocketsWork(tc.criu, tc.kernel); got != tc.want {
+			t.Errorf("inetSocketsWork(%q, %q) = %v, want %v", tc.criu, tc.kernel, got, tc.want)
+		}
 	}
 }

@@ -91,7 +91,8 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 		rep.Members = append(rep.Members, r.Name)
 		dirs[i] = e.wl.Dir(r.ID)
 	}
-	if _, err := e.criu.CachedCheck(ctx); err != nil {
+	caps, err := e.criu.CachedCheck(ctx)
+	if err != nil {
 		add("criu-source", "CRIU does not work on %s: %v", e.self, err)
 	}
 	tree, err := migrate.Preflight{}.Check(recs[0].GroupPid)
@@ -114,6 +115,11 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	rep.Segments = len(in.Segments)
 	for _, b := range in.Blockers {
 		add(b.Reason, "%s", b.Detail)
+	}
+	if in.InetSockets > 0 && caps != nil && !caps.InetSockets {
+		add("criu-inet-sockets", "the workload holds %d TCP/UDP socket(s) and CRIU %s on %s cannot dump sockets on this kernel "+
+			"(CRIU < 4.2 on Linux >= 6.16): run scripts/setup, which installs CRIU >= 4.2, or point --criu at one",
+			in.InetSockets, caps.Version, e.self)
 	}
 	// The target holds the images (in tmpfs) and the restored memory at once.
 	mem := in.MemoryBytes * 2

@@ -19,6 +19,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"github.com/migshm/migshm/internal/nsutil"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/procfs"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -167,9 +168,14 @@ type DumpOptions struct {
 	// LeaveRunning is set.
 	LeaveStopped bool
 	LeaveRunning bool
-	// NetNS is the network namespace the tree lives in: criu runs inside it so the
-	// namespace itself stays out of the images.
+	// NetNS is the node's network namespace: criu runs inside it, so a tree in that
+	// namespace leaves it out of the images.
 	NetNS string
+	// OwnNetwork says the tree has a network namespace of its own (internal/ownnet) to
+	// carry: CRIU dumps it with its TCP connections and locks it with nftables while
+	// frozen. A dump that leaves such a tree stopped leaves it locked, its connections
+	// in repair mode: ownnet.Release undoes that before the tree may run on here.
+	OwnNetwork bool
 	// LogLevel is CRIU's log level (0-4); 0 means 4 (everything).
 	LogLevel int32
 }
@@ -209,6 +215,12 @@ func (c *CRIU) Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) 
 		LogLevel:     proto.Int32(logLevel(opts.LogLevel)),
 		LeaveRunning: proto.Bool(opts.LeaveRunning),
 		LeaveStopped: proto.Bool(opts.LeaveStopped),
+	}
+	if opts.OwnNetwork {
+		if !ownnet.Own(opts.Pid, opts.NetNS) {
+			return nil, fmt.Errorf("criu dump of pid %d: it has no network namespace of its own to carry", opts.Pid)
+		}
+		ownNetwork(ro)
 	}
 	if ownMountNS(opts.Pid) {
 		externalMounts(ro)
@@ -270,6 +282,10 @@ type RestoreOptions struct {
 	// NetNS is the network namespace to restore into (the target node's); criu runs
 	// inside it. The tree gets fresh PID, IPC and UTS namespaces from the images.
 	NetNS string
+	// NetParent is the target node's interface to the cluster's network, on which a
+	// tree that carries its own network namespace gets its macvlan back; required
+	// for such images.
+	NetParent string
 	// LogLevel is CRIU's log level (0-4); 0 means 4.
 	LogLevel int32
 	// LeaveStopped leaves the restored tree stopped (SIGSTOP) instead of running it: a
@@ -310,6 +326,13 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 	}
 	if opts.LeaveStopped {
 		ro.LeaveStopped = proto.Bool(true)
+	}
+	if hasNetNS(opts.ImagesDir) {
+		if opts.NetParent == "" {
+			return nil, errors.New("criu restore: the images carry the workload's own network and no parent interface was given for its macvlan")
+		}
+		ownNetwork(ro)
+		ro.External = append(ro.External, fmt.Sprintf("macvlan[%s]:%s", ownnet.Inside, opts.NetParent))
 	}
 	if hasMountNS(opts.ImagesDir) {
 		// The tree's mounts are rebuilt under this node's root, the copies of host
@@ -363,6 +386,20 @@ func ownMountNS(pid int) bool {
 		return false
 	}
 	return self.Ino != other.Ino || self.Dev != other.Dev
+}
+
+// ownNetwork has CRIU carry a tree's own network namespace: its TCP connections (in
+// repair mode), and the namespace locked with nftables (iptables is not needed) from the
+// freeze until the restored tree's namespace is unlocked.
+func ownNetwork(ro *rpc.CriuOpts) {
+	ro.TcpEstablished = proto.Bool(true)
+	ro.NetworkLock = rpc.CriuNetworkLockMethod_NFTABLES.Enum()
+}
+
+// hasNetNS reports whether a dump in dir carries a network namespace.
+func hasNetNS(dir string) bool {
+	m, _ := filepath.Glob(filepath.Join(dir, "netns-*.img"))
+	return len(m) > 0
 }
 
 // hasMountNS reports whether a dump in dir carries a mount namespace.

@@ -381,11 +381,7 @@ func (c *CRIU) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult
 // ownMountNS reports whether process pid lives in a mount namespace other than this
 // process's: CRIU then dumps that namespace with the tree.
 func ownMountNS(pid int) bool {
-	var self, other unix.Stat_t
-	if unix.Stat("/proc/self/ns/mnt", &self) != nil || unix.Stat(fmt.Sprintf("/proc/%d/ns/mnt", pid), &other) != nil {
-		return false
-	}
-	return self.Ino != other.Ino || self.Dev != other.Dev
+	return nsutil.Differ("/proc/self/ns/mnt", fmt.Sprintf("/proc/%d/ns/mnt", pid))
 }
 
 // ownNetwork has CRIU carry a tree's own network namespace: its TCP connections (in

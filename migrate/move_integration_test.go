@@ -631,8 +631,8 @@ func TestMoveGroupAsOneTree(t *testing.T) {
 }
 
 // serverScript is a network server on a SysV segment: it listens on TCP and UDP port
-// ARGV[0] of every address (0.0.0.0, which CRIU restores on any node) and answers each
-// connection or datagram with a counter kept in its segment.
+// ARGV[0] of every address (0.0.0.0, which CRIU restores on any node) and answers the
+// first line of each connection, and each datagram, with a counter kept in its segment.
 const serverScript = `
 use strict; use IO::Socket::INET; use IO::Select; use IPC::SysV qw(IPC_PRIVATE IPC_CREAT);
 $| = 1;
@@ -647,48 +647,41 @@ while (1) {
 		my $v; shmread($id, $v, 0, 8) or die "shmread: $!";
 		my $n = unpack("Q", $v) + 1;
 		shmwrite($id, pack("Q", $n), 0, 8) or die "shmwrite: $!";
-		if ($s == $t) { my $c = $t->accept or next; print $c "$n\n"; close $c; next }
+		if ($s == $t) { my $c = $t->accept or next; my $req = <$c>; print $c "$n\n"; close $c; next }
 		my $peer = $u->recv(my $buf, 64); $u->send("$n\n", 0, $peer);
 	}
 }
 `
 
-// askServer sends one TCP connection and one UDP datagram to addr from the network
-// namespace netns and returns the two counters the server answered.
-func askServer(t *testing.T, netns, addr string) (tcp, udp int) {
+// ask sends one request ("x\n") over a fresh TCP connection or as one UDP datagram to
+// addr from the network namespace netns and returns the number the server answered.
+func ask(t *testing.T, netns, proto, addr string) int {
 	t.Helper()
+	var n int
 	err := nsutil.Do(nsutil.Net, netns, func() error {
-		for _, proto := range []string{"tcp", "udp"} {
-			c, err := net.DialTimeout(proto, addr, 5*time.Second)
-			if err != nil {
-				return err
-			}
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if proto == "udp" {
-				if _, err := c.Write([]byte("x\n")); err != nil {
-					c.Close()
-					return err
-				}
-			}
-			var n int
-			// Through a buffer: a UDP read takes the whole datagram at once.
-			_, err = fmt.Fscan(bufio.NewReader(c), &n)
-			c.Close()
-			if err != nil {
-				return fmt.Errorf("%s answer from %s: %w", proto, addr, err)
-			}
-			if proto == "tcp" {
-				tcp = n
-			} else {
-				udp = n
-			}
+		c, err := net.DialTimeout(proto, addr, 5*time.Second)
+		if err != nil {
+			return err
 		}
-		return nil
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("x\n")); err != nil {
+			return err
+		}
+		// Through a buffer: a UDP read takes the whole datagram at once.
+		_, err = fmt.Fscan(bufio.NewReader(c), &n)
+		return err
 	})
 	if err != nil {
-		t.Fatalf("ask the server at %s: %v", addr, err)
+		t.Fatalf("%s request to %s: %v", proto, addr, err)
 	}
-	return tcp, udp
+	return n
+}
+
+// askServer asks addr once over TCP, then once over UDP, and returns both answers.
+func askServer(t *testing.T, netns, addr string) (tcp, udp int) {
+	t.Helper()
+	return ask(t, netns, "tcp", addr), ask(t, netns, "udp", addr)
 }
 
 // TestMoveServerWithListeners moves a server that listens on TCP and UDP on every

@@ -207,7 +207,7 @@ func TestMoveKeepsAddressAndConnection(t *testing.T) {
 	t.Cleanup(func() { killAndReap(restored) })
 	cl.waitAnswers(t, 20)
 	t.Logf("move: frozen %v (CRIU dump %v), longest wait between answers %v", frozen.Round(time.Millisecond), d.Frozen, cl.gap())
-	if tcp := askTCP(t, nodes[2].NetNSPath, server); tcp <= 0 {
+	if tcp := ask(t, nodes[2].NetNSPath, "tcp", server); tcp <= 0 {
 		t.Fatalf("a fresh client got %d", tcp)
 	}
 
@@ -226,27 +226,4 @@ func TestMoveKeepsAddressAndConnection(t *testing.T) {
 	cl.waitAnswers(t, 20)
 	t.Logf("aborted dump: longest wait between answers %v", cl.gap())
 	cl.close(t)
-}
-
-// askTCP opens a fresh connection to addr from netns and returns the first answer.
-func askTCP(t *testing.T, netns, addr string) int {
-	t.Helper()
-	var n int
-	err := nsutil.Do(nsutil.Net, netns, func() error {
-		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := conn.Write([]byte("x\n")); err != nil {
-			return err
-		}
-		_, err = fmt.Fscanln(bufio.NewReader(conn), &n)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("fresh client to %s: %v", addr, err)
-	}
-	return n
 }

@@ -111,8 +111,8 @@ const (
 	tcpListen      = 0x0A
 )
 
-// tcpSocket is one line of /proc/net/tcp or tcp6.
-type tcpSocket struct {
+// inetSocket is one line of /proc/net/tcp, tcp6, udp or udp6.
+type inetSocket struct {
 	local, remote netip.AddrPort
 	state         uint8
 	udp           bool // a UDP socket (read from /proc/net/udp, same format)
@@ -120,8 +120,8 @@ type tcpSocket struct {
 
 // parseTCP parses /proc/net/tcp or tcp6 into sockets by inode. Sockets without an inode
 // (TIME_WAIT, request sockets) belong to no file descriptor and are left out.
-func parseTCP(r io.Reader) (map[uint64]tcpSocket, error) {
-	out := map[uint64]tcpSocket{}
+func parseTCP(r io.Reader) (map[uint64]inetSocket, error) {
+	out := map[uint64]inetSocket{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
@@ -149,7 +149,7 @@ func parseTCP(r io.Reader) (map[uint64]tcpSocket, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%v in %q", err, sc.Text())
 		}
-		out[inode] = tcpSocket{local: local, remote: remote, state: uint8(st)}
+		out[inode] = inetSocket{local: local, remote: remote, state: uint8(st)}
 	}
 	return out, sc.Err()
 }
@@ -182,8 +182,8 @@ func nodeLocal(a netip.Addr) bool {
 }
 
 // inetSockets reads the TCP and UDP sockets of pid's network namespace, as pid sees them.
-func (v procView) inetSockets(pid int) (map[uint64]tcpSocket, error) {
-	all := map[uint64]tcpSocket{}
+func (v procView) inetSockets(pid int) (map[uint64]inetSocket, error) {
+	all := map[uint64]inetSocket{}
 	for _, name := range []string{"tcp", "tcp6", "udp", "udp6"} {
 		f, err := os.Open(v.path(pid, "net", name))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -303,11 +303,11 @@ const (
 func blockers(v procView, procs []procFiles) (_ []Blocker, inet int, _ error) {
 	seenInet := map[uint64]bool{}
 	found := &findings{byKey: map[string]*finding{}}
-	// TCP tables by network namespace: every process of a workload normally shares one.
-	tcpByNS := map[string]map[uint64]tcpSocket{}
+	// TCP and UDP tables by network namespace: every process of a workload normally shares one.
+	inetByNS := map[string]map[uint64]inetSocket{}
 	for _, pf := range procs {
 		p := pf.proc
-		var tcp map[uint64]tcpSocket
+		var socks map[uint64]inetSocket
 		for _, fd := range pf.fds {
 			link := fd.link
 			switch {
@@ -316,19 +316,19 @@ func blockers(v procView, procs []procFiles) (_ []Blocker, inet int, _ error) {
 				if err != nil {
 					continue
 				}
-				if tcp == nil {
+				if socks == nil {
 					ns, err := os.Readlink(v.path(p.Pid, "ns", "net"))
 					if err != nil {
 						ns = "pid " + strconv.Itoa(p.Pid)
 					}
-					if tcp = tcpByNS[ns]; tcp == nil {
-						if tcp, err = v.inetSockets(p.Pid); err != nil {
+					if socks = inetByNS[ns]; socks == nil {
+						if socks, err = v.inetSockets(p.Pid); err != nil {
 							return nil, 0, err
 						}
-						tcpByNS[ns] = tcp
+						inetByNS[ns] = socks
 					}
 				}
-				s, ok := tcp[inode]
+				s, ok := socks[inode]
 				if !ok {
 					continue // unix, netlink... CRIU carries those
 				}

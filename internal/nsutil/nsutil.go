@@ -78,3 +78,13 @@ func Do(kind Kind, path string, fn func() error) error {
 func ID(procRoot string, pid int, kind Kind) (string, error) {
 	return os.Readlink(fmt.Sprintf("%s/%d/ns/%s", procRoot, pid, kind))
 }
+
+// Differ reports whether the namespace files at paths a and b (/proc/PID/ns/KIND, or a
+// bind mount of one) name two different namespaces; false if either cannot be read.
+func Differ(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Ino != sb.Ino || sa.Dev != sb.Dev
+}

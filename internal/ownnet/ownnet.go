@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/migshm/migshm/internal/nsutil"
@@ -143,11 +144,7 @@ func Own(pid int, nodeNS string) bool {
 	if nodeNS == "" {
 		nodeNS = "/proc/self/ns/net"
 	}
-	var node, theirs unix.Stat_t
-	if unix.Stat(nodeNS, &node) != nil || unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &theirs) != nil {
-		return false
-	}
-	return node.Ino != theirs.Ino || node.Dev != theirs.Dev
+	return nsutil.Differ(nodeNS, fmt.Sprintf("/proc/%d/ns/net", pid))
 }
 
 // Release undoes what a dump that left the tree stopped (CRIU's --leave-stopped) did to
@@ -209,8 +206,8 @@ func repairOff(pid int) error {
 		if err != nil || !strings.HasPrefix(link, "socket:[") {
 			continue
 		}
-		var n int
-		if _, err := fmt.Sscan(e.Name(), &n); err != nil {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
 			continue
 		}
 		fd, err := unix.PidfdGetfd(pidfd, n, 0)

@@ -62,6 +62,7 @@ var codes = []struct {
 	{"not_owner", record.ErrNotOwner, http.StatusConflict},
 	{"group_split", record.ErrGroupSplit, http.StatusConflict},
 	{"exists", record.ErrExists, http.StatusConflict},
+	{"address_taken", record.ErrAddressTaken, http.StatusConflict},
 	{"invalid", record.ErrInvalid, http.StatusBadRequest},
 }
 

@@ -58,6 +58,11 @@ type RunRequest struct {
 	// (0: 10 s); stop signals go to that process and its exit status is the workload's.
 	PidFile          string `json:"pid_file,omitempty"`
 	PidFileTimeoutMS int64  `json:"pid_file_timeout_ms,omitempty"`
+	// IP gives the workload an address of its own that moves with it, its connections
+	// included: ADDR, ADDR/PREFIX (the node network's) or "auto" (the first free
+	// address of the cluster's ip-pool). In a group, the group has it: its first member
+	// sets it, the others share it. Empty: the node's network.
+	IP string `json:"ip,omitempty"`
 }
 
 // StopRequest asks the workload's node to stop it: SIGTERM, then SIGKILL after

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"math"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,6 +78,13 @@ type Config struct {
 	// This node's capacity, reported with its load.
 	CapacityCores float64 // CPU cores this node offers workloads; 0: its CPUs
 	MemCapacity   uint64  // bytes this node's workloads may use; 0: the host's memory (from /proc/meminfo)
+
+	// Addresses of their own (`migshm run --ip`): this node's interface to the cluster's
+	// network, the range workloads take addresses from (give every node the same) and
+	// their default route. Empty IPParent: workloads use the node's network only.
+	IPParent  string
+	IPPool    netip.Prefix
+	IPGateway netip.Addr
 }
 
 // Normalize fills in defaults and checks the settings, so that a bad one fails at start
@@ -190,6 +198,15 @@ func (c *Config) Normalize() error {
 	if c.ProgressTimeout < 200*time.Millisecond {
 		return fmt.Errorf("progress-timeout %v: at least 200ms (a healthy peer answers within milliseconds, but not always within fewer)", c.ProgressTimeout)
 	}
+	if (c.IPParent == "") != !c.IPPool.IsValid() {
+		return fmt.Errorf("ip-parent %q and ip-pool %q: set both (workloads with an address of their own) or neither", c.IPParent, c.IPPool)
+	}
+	if c.IPPool.IsValid() && !c.IPPool.Addr().Is4() {
+		return fmt.Errorf("ip-pool %v: want an IPv4 range, e.g. 10.0.0.192/26", c.IPPool)
+	}
+	if c.IPGateway.IsValid() && c.IPParent == "" {
+		return fmt.Errorf("ip-gateway %v without ip-parent and ip-pool: set those too", c.IPGateway)
+	}
 	if c.StopTimeout < 100*time.Millisecond {
 		return fmt.Errorf("stop-timeout %v: give workloads at least 100ms to exit before SIGKILL", c.StopTimeout)
 	}
@@ -258,6 +275,9 @@ func Flags() []cli.Flag {
 		altsrc.NewFloat64Flag(&cli.Float64Flag{Name: "capacity-cores", EnvVars: env("capacity-cores"),
 			Usage: "CPU cores this node offers workloads (default: its CPUs)"}),
 		str("mem-capacity", "memory this node's workloads may use, e.g. 8GiB (default: the host's; set it when nodes share one host)", ""),
+		str("ip-parent", "this node's interface to the cluster's network, on which workloads run with --ip get a macvlan of their own (e.g. eth0); \"\": none", ""),
+		str("ip-pool", "the addresses workloads may take with --ip, a range of ip-parent's network, e.g. 10.0.0.192/26 (the same on every node)", ""),
+		str("ip-gateway", "default route of workloads with an address of their own (default: none, the local network only)", ""),
 	}
 }
 
@@ -335,6 +355,17 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 	}
 	if cfg.MemCapacity, err = parseSize("mem-capacity", c.String("mem-capacity")); err != nil {
 		return cfg, err
+	}
+	cfg.IPParent = c.String("ip-parent")
+	if v := c.String("ip-pool"); v != "" {
+		if cfg.IPPool, err = netip.ParsePrefix(v); err != nil {
+			return cfg, fmt.Errorf("ip-pool %q: want a range such as 10.0.0.192/26: %v", v, err)
+		}
+	}
+	if v := c.String("ip-gateway"); v != "" {
+		if cfg.IPGateway, err = netip.ParseAddr(v); err != nil {
+			return cfg, fmt.Errorf("ip-gateway %q: want an IPv4 address: %v", v, err)
+		}
 	}
 	return cfg, cfg.Normalize()
 }

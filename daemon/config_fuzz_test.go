@@ -79,7 +79,19 @@ func configFile(cfg Config) map[string]any {
 		"workload-cooldown": cfg.WorkloadCooldown.String(), "node-cooldown": cfg.NodeCooldown.String(),
 		"max-migrations": cfg.MaxMigrations, "mem-floor": strconv.FormatUint(cfg.MemFloor, 10),
 		"capacity-cores": cfg.CapacityCores, "mem-capacity": strconv.FormatUint(cfg.MemCapacity, 10),
+		"ip-parent": cfg.IPParent, "ip-pool": orEmpty(cfg.IPPool), "ip-gateway": orEmpty(cfg.IPGateway),
 	}
+}
+
+// orEmpty is v's text, "" for the zero value (which an unset setting means).
+func orEmpty[T interface {
+	IsValid() bool
+	String() string
+}](v T) string {
+	if !v.IsValid() {
+		return ""
+	}
+	return v.String()
 }
 
 // FuzzConfig feeds the config file loader (LoadConfigFile, then ConfigFromCLI and
@@ -127,7 +139,8 @@ func FuzzConfig(f *testing.F) {
 		`advertise = "fd00::1"`, `advertise = "10.0.0.1:7420"`, `log-level = "verbose"`, `segment-interval = "50ms"`,
 		`stop-timeout = "-1s"`, `progress-timeout = "199ms"`, `balance-interval = "2562047h"`, `max-migrations = -1`,
 		`max-migrations = 9223372036854775807`, `balance-threshold = 1`, `balance-threshold = nan`, `balance-margin = -inf`,
-		`retain-exited = -1`,
+		`retain-exited = -1`, "ip-parent = \"eth0\"\nip-pool = \"10.0.0.192/26\"\n", `ip-pool = "10.0.0.0/33"`,
+		"ip-parent = \"eth0\"\nip-pool = \"fd00::/64\"\n", `ip-gateway = "10.0.0.1"`, `ip-parent = "eth0"`,
 		"retain-migrations = 0\nretain-exited = 0\nretain-age = \"0s\"\n", `capacity-cores = 6.0`, `capacity-cores = -0.0`, `capacity-cores = nan`, `capacity-cores = inf`,
 		`mem-floor = "1.5GiB"`, `mem-floor = "99999999TiB"`, `mem-capacity = "16 gib"`, `mem-capacity = 16`,
 		"[node-id]\nx = 1\n", "[tls]\nca = \"/ca\"\n", `help = true`, `config = "/etc/other.toml"`,

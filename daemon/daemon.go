@@ -21,6 +21,7 @@ import (
 	"github.com/migshm/migshm/internal/httpapi"
 	"github.com/migshm/migshm/internal/metrics"
 	"github.com/migshm/migshm/internal/migration"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/peer"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/internal/supervisor"
@@ -200,9 +201,15 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		DataDir: cfg.DataDir, Store: store, Peers: d.peers, Log: d.log, OnApply: d.metrics.ObserveApply})
 
 	// Workloads: re-attach to the ones an earlier run of this daemon started.
+	var network ownnet.Network
+	if cfg.IPParent != "" {
+		if network, err = ownnet.Discover(cfg.IPParent, cfg.IPPool, cfg.IPGateway); err != nil {
+			return err
+		}
+	}
 	d.sup, err = supervisor.New(supervisor.Config{Self: cfg.NodeID, Dir: cfg.WorkloadDir,
 		InitDir: filepath.Join(cfg.DataDir, "init"), SegmentInterval: cfg.SegmentInterval,
-		CapacityCores: cfg.CapacityCores, MemCapacity: cfg.MemCapacity, Log: d.log}, d.cluster)
+		CapacityCores: cfg.CapacityCores, MemCapacity: cfg.MemCapacity, Network: network, Log: d.log}, d.cluster)
 	if err != nil {
 		return err
 	}
@@ -211,7 +218,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	}
 	warnIfNotTmpfs(d.log, cfg.ImageDir)
 	d.engine = migration.New(migration.Config{WorkloadDir: cfg.WorkloadDir, ImageDir: cfg.ImageDir,
-		DataDir: cfg.DataDir, CRIU: cfg.CRIU, Log: d.log, ProgressTimeout: cfg.ProgressTimeout}, d.cluster, d.sup, migration.OverPeers(d.peers))
+		DataDir: cfg.DataDir, CRIU: cfg.CRIU, Log: d.log, ProgressTimeout: cfg.ProgressTimeout, Network: network}, d.cluster, d.sup, migration.OverPeers(d.peers))
 
 	// Local API: unix socket, root only.
 	lln, err := listenUnix(cfg.Socket)

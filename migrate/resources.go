@@ -53,6 +53,17 @@ const (
 	BlockerProcFile = "proc-file"
 )
 
+// CarriedWithOwnNetwork reports whether a blocker of reason is none for a tree that has
+// its own network namespace and address (`migshm run --ip`): CRIU carries the namespace,
+// the connections and the sockets bound to its address with it.
+func CarriedWithOwnNetwork(reason string) bool {
+	switch reason {
+	case BlockerTCPEstablished, BlockerTCPListenAddress, BlockerTCPBoundAddress:
+		return true
+	}
+	return false
+}
+
 const deletedSuffix = " (deleted)"
 
 // isSysV reports whether a path names a SysV shm segment (see procfs.SysVKey).
@@ -285,15 +296,17 @@ func (f *finding) blocker() Blocker {
 }
 
 const (
-	fixTCPEstablished = "CRIU cannot move established connections between nodes: close it or stop the client"
-	fixTCPAddress     = "the target node has another address, so CRIU could not restore the socket there: bind to 0.0.0.0 or :: instead"
-	fixIOURing        = "CRIU cannot checkpoint io_uring instances: stop using io_uring (close the ring) before moving it"
-	fixPerfEvent      = "CRIU cannot checkpoint perf events: close it (stop the profiler or tracer using it)"
-	fixUserfaultfd    = "CRIU cannot checkpoint a userfaultfd the workload owns: close it"
-	fixDevice         = "CRIU cannot move an open device to another node: close it"
-	fixTerminal       = "CRIU cannot move a terminal to another node: start the workload with its input and output on files (`migshm run` does) and close the terminal"
-	fixDeleted        = "CRIU reopens files by path on the target and this one has none (replaced or removed while the workload ran): restart the workload so it uses the current file, or close it"
-	fixProcFile       = "it is on the host's /proc and recorded by the host pid, which the restored tree does not have, so CRIU cannot reopen it on the target: close it, or start the program with `migshm run`, which gives it a /proc of its own"
+	fixTCPEstablished = "a connection moves only with its address: start the workload with an address of its own " +
+		"(`migshm run --ip`), which moves with it, or close the connection"
+	fixTCPAddress = "the target node has another address, so CRIU could not restore the socket there: bind to 0.0.0.0 or :: instead, " +
+		"or start the workload with an address of its own (`migshm run --ip`)"
+	fixIOURing     = "CRIU cannot checkpoint io_uring instances: stop using io_uring (close the ring) before moving it"
+	fixPerfEvent   = "CRIU cannot checkpoint perf events: close it (stop the profiler or tracer using it)"
+	fixUserfaultfd = "CRIU cannot checkpoint a userfaultfd the workload owns: close it"
+	fixDevice      = "CRIU cannot move an open device to another node: close it"
+	fixTerminal    = "CRIU cannot move a terminal to another node: start the workload with its input and output on files (`migshm run` does) and close the terminal"
+	fixDeleted     = "CRIU reopens files by path on the target and this one has none (replaced or removed while the workload ran): restart the workload so it uses the current file, or close it"
+	fixProcFile    = "it is on the host's /proc and recorded by the host pid, which the restored tree does not have, so CRIU cannot reopen it on the target: close it, or start the program with `migshm run`, which gives it a /proc of its own"
 )
 
 // blockers returns what cannot move among the open files and mappings of procs (nil if

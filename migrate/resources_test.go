@@ -128,7 +128,7 @@ func TestCheckResourcesFixtures(t *testing.T) {
 				{4001, "tcp-listen-address", []string{"pid 4001 (server) listens on TCP 10.213.0.11:9090", "(fd 4)", "0.0.0.0"}},
 				{4001, "tcp-established", []string{
 					"pid 4001 (server) has an established TCP connection 10.213.0.11:8080 -> 10.213.0.12:40112",
-					"(fd 5; also held by pid 4002)", "close it or stop the client"}},
+					"(fd 5; also held by pid 4002)", "start the workload with an address of its own (`migshm run --ip`)"}},
 				{4001, "tcp-established", []string{"[::ffff:10.213.0.11]:8443 -> [::ffff:10.213.0.12]:50000", "(fd 8)"}},
 				{4001, "tcp-listen-address", []string{"[fd00::11]:7070", "(fd 9)"}},
 				{4001, "tcp-established", []string{"10.213.0.11:8080 -> 10.213.0.13:40999 in state CLOSE_WAIT", "(fd 11)"}},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -229,6 +230,9 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 			}
 		}
 	}
+	if err := t.checkAddr(w); err != nil {
+		return err
+	}
 	if m, ok := t.ActiveMigration(w.ID); ok {
 		return fmt.Errorf("upsert workload %q: migration %s: %w", w.ID, m.ID, record.ErrMigrationInFlight)
 	}
@@ -250,6 +254,34 @@ func (t *Table) upsertWorkload(r UpsertWorkloadRequest) error {
 	t.workloads[w.ID] = w
 	if existed && old.Group != w.Group {
 		t.dropGroupIfUnused(old.Group)
+	}
+	return nil
+}
+
+// checkAddr refuses a running workload whose own address another group's running
+// workload holds, or that differs from the one its group's members share.
+func (t *Table) checkAddr(w record.Workload) error {
+	if w.State == record.WorkloadExited {
+		return nil
+	}
+	var p netip.Prefix
+	if w.Addr != "" {
+		var err error
+		if p, err = netip.ParsePrefix(w.Addr); err != nil || p.Addr().Zone() != "" {
+			return fmt.Errorf("upsert workload %q: address %q: want ADDR/PREFIX: %w", w.ID, w.Addr, record.ErrInvalid)
+		}
+	}
+	for _, o := range t.Workloads() { // sorted: the error names the same workload on every node
+		if o.ID == w.ID || o.State == record.WorkloadExited {
+			continue
+		}
+		if o.Group == w.Group && o.Addr != w.Addr {
+			return fmt.Errorf("upsert workload %q: address %q: its ipc group %s has %q: %w", w.ID, w.Addr, w.Group, o.Addr, record.ErrInvalid)
+		}
+		if q, err := netip.ParsePrefix(o.Addr); err == nil && p.IsValid() && o.Group != w.Group && q.Addr() == p.Addr() {
+			return fmt.Errorf("upsert workload %q: address %s is taken by workload %s (%s) on %s: %w",
+				w.ID, p.Addr(), o.Name, o.ID, o.Node, record.ErrAddressTaken)
+		}
 	}
 	return nil
 }

@@ -136,6 +136,27 @@ func TestApply(t *testing.T) {
 		},
 		{name: "report load of unknown node", cmd: shmowner.ReportLoadRequest{ID: "nope", At: 1}, want: record.ErrUnknownNode},
 
+		// Own addresses
+		{name: "upsert workload with an address", cmd: withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50/24"),
+			check: func(t *testing.T, tb *shmowner.Table) {
+				if a := wantWorkload(t, tb, "w9").Addr; a != "10.0.0.50/24" {
+					t.Errorf("addr = %q", a)
+				}
+			}},
+		{name: "address another group holds", setup: []any{withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50/24")},
+			cmd: withAddr(upsertWL("w8", "node-c", "grp-8"), "10.0.0.50/16"), want: record.ErrAddressTaken},
+		{name: "address of an exited workload is free",
+			setup: []any{withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50/24"),
+				shmowner.SetWorkloadStateRequest{ID: "w9", State: record.WorkloadExited}},
+			cmd: withAddr(upsertWL("w8", "node-c", "grp-8"), "10.0.0.50/24")},
+		{name: "members of a group share its address", setup: []any{withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50/24")},
+			cmd: withAddr(upsertWL("w8", "node-b", "grp-9"), "10.0.0.50/24")},
+		{name: "member with another address", setup: []any{withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50/24")},
+			cmd: withAddr(upsertWL("w8", "node-b", "grp-9"), "10.0.0.51/24"), want: record.ErrInvalid},
+		{name: "member without the group's address", setup: []any{withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50/24")},
+			cmd: upsertWL("w8", "node-b", "grp-9"), want: record.ErrInvalid},
+		{name: "malformed address", cmd: withAddr(upsertWL("w9", "node-b", "grp-9"), "10.0.0.50"), want: record.ErrInvalid},
+
 		// UpsertWorkload
 		{name: "upsert new workload defaults to running", cmd: upsertWL("w9", "node-b", "grp-9"), check: func(t *testing.T, tb *shmowner.Table) {
 			w := wantWorkload(t, tb, "w9")

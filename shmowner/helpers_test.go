@@ -48,6 +48,11 @@ func upsertWL(id, node, group string) shmowner.UpsertWorkloadRequest {
 	}}
 }
 
+func withAddr(r shmowner.UpsertWorkloadRequest, addr string) shmowner.UpsertWorkloadRequest {
+	r.Workload.Addr = addr
+	return r
+}
+
 func segs(node, group string, shmids ...int) shmowner.SetSegmentsRequest {
 	r := shmowner.SetSegmentsRequest{Node: node, Group: group}
 	for _, id := range shmids {

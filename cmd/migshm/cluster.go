@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -132,7 +133,8 @@ func psCommand() *cli.Command {
 		Description: "PIDS counts the processes of the workload; INIT is the host pid of its init on its\n" +
 			"node (use it, or the name or id, with stop, logs and move). CPU is the cores it used\n" +
 			"and MEM its memory (resident and shared), as its node last measured them; PIN says\n" +
-			"whether it is pinned (`migshm pin`): the balancer never moves it.\n\n" +
+			"whether it is pinned (`migshm pin`): the balancer never moves it. ADDR is the address of\n" +
+			"its own it was started with (`migshm run --ip`), which moves with it.\n\n" +
 			"Examples:\n  migshm ps\n  migshm ps --all --json",
 		Flags: []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include exited workloads"}},
 		Action: func(c *cli.Context) error {
@@ -163,7 +165,7 @@ func psCommand() *cli.Command {
 func printWorkloads(out io.Writer, ws []api.Workload) error {
 	sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
 	w := newTable(out)
-	fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tCPU\tMEM\tPIN\tGROUP\tSTARTED\tCOMMAND")
+	fmt.Fprintln(w, "ID\tNAME\tNODE\tSTATE\tINIT\tPIDS\tCPU\tMEM\tPIN\tGROUP\tADDR\tSTARTED\tCOMMAND")
 	for _, wl := range ws {
 		state := string(wl.State)
 		cpu, mem := "-", "-"
@@ -176,8 +178,8 @@ func printWorkloads(out io.Writer, ws []api.Workload) error {
 		if wl.Pinned {
 			pin = "yes"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
-			len(wl.Pids), cpu, mem, pin, wl.Group, ago(wl.StartedAt), strings.Join(wl.Args, " "))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wl.ID, wl.Name, wl.Node, state, wl.InitPid,
+			len(wl.Pids), cpu, mem, pin, wl.Group, cmp.Or(wl.Addr, "-"), ago(wl.StartedAt), strings.Join(wl.Args, " "))
 	}
 	return w.Flush()
 }
@@ -243,7 +245,12 @@ func runCommand() *cli.Command {
 			"  migshm run -- /usr/local/bin/shmcounter 4\n" +
 			"  migshm run --name db1 --env PGDATA=/srv/pg -- /usr/lib/postgresql/15/bin/postgres\n" +
 			"  migshm run --ipc-group g1 -- ./producer; migshm run --ipc-group g1 -- ./consumer\n" +
-			"  migshm run --pidfile /run/mydaemon.pid -- /usr/sbin/mydaemon --daemon",
+			"  migshm run --pidfile /run/mydaemon.pid -- /usr/sbin/mydaemon --daemon\n" +
+			"  migshm run --ip auto --name web -- /usr/sbin/nginx -g 'daemon off;'\n\n" +
+			"With --ip the workload gets an address of its own on the cluster's network (a macvlan on\n" +
+			"the node's ip-parent interface, in a network namespace of its own) which moves with it:\n" +
+			"its listeners and open TCP connections survive `migshm move`. Its own node cannot reach\n" +
+			"it over that address (macvlan); every other host on the network can.",
 		Flags: []cli.Flag{
 			jsonFlag(),
 			&cli.StringFlag{Name: "name", Usage: "workload name (default: command name + id suffix)"},
@@ -252,6 +259,8 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "dir", Usage: "working directory (default: the current one)"},
 			&cli.StringFlag{Name: "pidfile", Usage: "where the program, if it daemonizes, writes its main pid (relative to --dir); the run waits for it"},
 			&cli.DurationFlag{Name: "pidfile-timeout", Value: 10 * time.Second, Usage: "how long the run waits for --pidfile before it stops the workload and fails"},
+			&cli.StringFlag{Name: "ip", Usage: "an address of its own that moves with it, connections included: ADDR, ADDR/PREFIX, or auto " +
+				"(the first free one of the nodes' ip-pool); members of an ipc group share the group's"},
 		},
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
@@ -277,14 +286,19 @@ func runCommand() *cli.Command {
 			if c.Duration("pidfile-timeout") <= 0 {
 				return fmt.Errorf("--pidfile-timeout %v: want a positive duration", c.Duration("pidfile-timeout"))
 			}
-			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir}
+			req := api.RunRequest{Name: c.String("name"), Group: c.String("ipc-group"), Args: args, Env: c.StringSlice("env"), Dir: dir,
+				IP: c.String("ip")}
 			if req.PidFile = c.String("pidfile"); req.PidFile != "" {
 				req.PidFileTimeoutMS = c.Duration("pidfile-timeout").Milliseconds()
 			}
 			return callAndShow(c, func(ctx context.Context, cl *api.Client) (api.Workload, error) {
 				return cl.Run(ctx, req)
 			}, func(w io.Writer, wl api.Workload) error {
-				fmt.Fprintf(w, "started %s (id %s) on %s, init pid %d, ipc group %s\n", wl.Name, wl.ID, wl.Node, wl.InitPid, wl.Group)
+				fmt.Fprintf(w, "started %s (id %s) on %s, init pid %d, ipc group %s", wl.Name, wl.ID, wl.Node, wl.InitPid, wl.Group)
+				if wl.Addr != "" {
+					fmt.Fprintf(w, ", address %s", wl.Addr)
+				}
+				fmt.Fprintln(w)
 				return nil
 			})
 		},

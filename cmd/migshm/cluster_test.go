@@ -44,13 +44,13 @@ func fakeTable() (nodes []api.Node, workloads []api.Workload) {
 		{ID: "n2", RaftAddr: "10.0.0.12:7420", APIAddr: "10.0.0.12:7421", State: record.NodeDraining},
 	}
 	workloads = []api.Workload{
-		{ID: "w00000001", Name: "db1", Node: "n1", InitPid: 4242, Pids: []int{4242, 4243, 4250}, Group: "g1",
+		{ID: "w00000001", Name: "db1", Node: "n1", InitPid: 4242, Pids: []int{4242, 4243, 4250}, Group: "g1", Addr: "10.0.0.50/24",
 			State: record.WorkloadRunning, Args: []string{"/usr/bin/postgres", "-D", "/srv/pg"}, StartedAt: startedAt,
 			Load: &record.WorkloadLoad{CPU: 0.984, MemBytes: 1288 << 20, At: now.UnixNano()}},
 		{ID: "w00000002", Name: "web", Node: "n2", InitPid: 5000, Pids: []int{5000}, Group: "w00000002",
 			State: record.WorkloadExited, ExitStatus: 3, Args: []string{"/usr/bin/web"}, StartedAt: startedAt,
 			Load: &record.WorkloadLoad{CPU: 0.5, MemBytes: 1 << 20, At: startedAt}}, // before it exited
-		{ID: "w00000003", Name: "api", Node: "n1", InitPid: 4300, Pids: []int{4300}, Group: "g1",
+		{ID: "w00000003", Name: "api", Node: "n1", InitPid: 4300, Pids: []int{4300}, Group: "g1", Addr: "10.0.0.50/24",
 			State: record.WorkloadRunning, Args: []string{"/usr/bin/api"}, StartedAt: startedAt, Pinned: true},
 	}
 	return nodes, workloads
@@ -190,18 +190,18 @@ func TestCLIPs(t *testing.T) {
 	// CPU and MEM are "-" without a measurement, and for an exited workload (its last one
 	// is stale).
 	wantRows(t, out, [][]string{
-		{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "STARTED", "COMMAND"},
-		{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "2m0s", "/usr/bin/api"},
-		{"w00000001", "db1", "n1", "running", "4242", "3", "0.98", "1.3 GiB", "-", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
+		{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "ADDR", "STARTED", "COMMAND"},
+		{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "10.0.0.50/24", "2m0s", "/usr/bin/api"},
+		{"w00000001", "db1", "n1", "running", "4242", "3", "0.98", "1.3 GiB", "-", "g1", "10.0.0.50/24", "2m0s", "/usr/bin/postgres -D /srv/pg"},
 	})
 
 	for _, all := range []string{"--all", "-a"} {
 		out = f.mustCLI(t, "ps", all)
 		wantRows(t, out, [][]string{
-			{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "STARTED", "COMMAND"},
-			{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "2m0s", "/usr/bin/api"},
-			{"w00000001", "db1", "n1", "running", "4242", "3", "0.98", "1.3 GiB", "-", "g1", "2m0s", "/usr/bin/postgres -D /srv/pg"},
-			{"w00000002", "web", "n2", "exited(3)", "5000", "1", "-", "-", "-", "w00000002", "2m0s", "/usr/bin/web"},
+			{"ID", "NAME", "NODE", "STATE", "INIT", "PIDS", "CPU", "MEM", "PIN", "GROUP", "ADDR", "STARTED", "COMMAND"},
+			{"w00000003", "api", "n1", "running", "4300", "1", "-", "-", "yes", "g1", "10.0.0.50/24", "2m0s", "/usr/bin/api"},
+			{"w00000001", "db1", "n1", "running", "4242", "3", "0.98", "1.3 GiB", "-", "g1", "10.0.0.50/24", "2m0s", "/usr/bin/postgres -D /srv/pg"},
+			{"w00000002", "web", "n2", "exited(3)", "5000", "1", "-", "-", "-", "w00000002", "-", "2m0s", "/usr/bin/web"},
 		})
 	}
 
@@ -280,6 +280,8 @@ func TestCLIRun(t *testing.T) {
 			api.RunRequest{Args: []string{"/usr/sbin/d", "--daemon"}, Dir: cwd, PidFile: "run/d.pid", PidFileTimeoutMS: 10000}},
 		{"pidfile timeout", []string{"run", "--pidfile", "/run/d.pid", "--pidfile-timeout", "90s", "--", "/usr/sbin/d"},
 			api.RunRequest{Args: []string{"/usr/sbin/d"}, Dir: cwd, PidFile: "/run/d.pid", PidFileTimeoutMS: 90000}},
+		{"own address", []string{"run", "--ip", "auto", "--", "/usr/sbin/web"},
+			api.RunRequest{Args: []string{"/usr/sbin/web"}, Dir: cwd, IP: "auto"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, got := f.runRequest(t, tt.args...)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/migshm/migshm/api"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
@@ -113,8 +115,14 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	}
 	files = in.Files
 	rep.Segments = len(in.Segments)
+	ownAddr := recs[0].Addr != "" && ownnet.Own(recs[0].GroupPid, "")
 	for _, b := range in.Blockers {
-		add(b.Reason, "%s", b.Detail)
+		if !ownAddr || !migrate.CarriedWithOwnNetwork(b.Reason) {
+			add(b.Reason, "%s", b.Detail)
+		}
+	}
+	if recs[0].Addr != "" && !ownAddr {
+		add("own-address", "the table gives %s the address %s but its tree runs on the node's network; restart it with --ip", w.Name, recs[0].Addr)
 	}
 	if in.InetSockets > 0 && caps != nil && !caps.InetSockets {
 		add("criu-inet-sockets", "the workload holds %d TCP/UDP socket(s) and CRIU %s on %s cannot dump sockets on this kernel "+
@@ -124,7 +132,7 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	// The target holds the images (in tmpfs) and the restored memory at once.
 	mem := in.MemoryBytes * 2
 	rep.MemoryBytes = mem
-	req := TargetCheckRequest{Workload: w.ID, Group: w.Group, MemoryBytes: mem, Files: in.Files}
+	req := TargetCheckRequest{Workload: w.ID, Group: w.Group, MemoryBytes: mem, Files: in.Files, Addr: recs[0].Addr}
 	if req.CPUInfo, err = e.criu.CPUInfo(ctx); err != nil {
 		add("criu-source", "CRIU cannot describe this node's CPU: %v", err)
 	}
@@ -175,10 +183,34 @@ func (e *Engine) CheckTarget(ctx context.Context, req TargetCheckRequest) (Targe
 		add("file-"+p.Reason, "%s", p.Detail)
 	}
 	res.Carry = carry
+	if p := e.targetNetwork(req.Addr); p != "" {
+		add("target-network", "%s", p)
+	}
 	if _, running := e.wl.Running(req.Workload); running {
 		add("target-has-workload", "node %s still runs a copy of %s", e.self, req.Workload)
 	}
 	return res, nil
+}
+
+// targetNetwork says why this node cannot give a workload its address addr (its own,
+// "" for none), or "" if it can.
+func (e *Engine) targetNetwork(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	n := e.cfg.Network
+	p, err := netip.ParsePrefix(addr)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("the workload's address %q is malformed", addr)
+	case !n.Enabled():
+		return fmt.Sprintf("node %s offers no addresses of their own (no ip-parent setting), so the workload could not keep %s there: "+
+			"set ip-parent and ip-pool on %s, or move it to a node that has them", e.self, p.Addr(), e.self)
+	case !n.Subnet.Contains(p.Addr()) || n.Subnet.Bits() != p.Bits():
+		return fmt.Sprintf("node %s is on the network %v (ip-parent %s), not the workload's %v: its address %s would reach no one there",
+			e.self, n.Subnet, n.Parent, p.Masked(), p.Addr())
+	}
+	return ""
 }
 
 func humanBytes(n uint64) string {

@@ -34,6 +34,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
@@ -79,6 +80,10 @@ type Config struct {
 	// the move then aborts and the workload resumes here; while it runs the move waits
 	// and says it is stalled. 0: DefaultProgressTimeout.
 	ProgressTimeout time.Duration
+	// Network is what this node offers workloads with an address of their own (the
+	// ip-parent and ip-pool settings): such a workload moving here gets its macvlan back
+	// on Network.Parent. The zero Network: such workloads cannot move here.
+	Network ownnet.Network
 }
 
 // DefaultProgressTimeout is Config.ProgressTimeout's default.

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
 	"github.com/migshm/migshm/workload"
@@ -112,7 +111,7 @@ func (e *Engine) recoverSource(ctx context.Context, table *shmowner.Table, id st
 	switch phase {
 	case record.PhaseAborted:
 		if alive {
-			if err := migrate.ResumeTree(root); err != nil {
+			if err := resumeSource(root, rec.Addr != ""); err != nil {
 				e.log.Error("resume the workload after an aborted migration", "migration", id, "err", err)
 				w.Close()
 				return

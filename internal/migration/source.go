@@ -13,6 +13,7 @@ import (
 
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/faults"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
@@ -427,7 +428,7 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	s.frozen = true
 	t0 := time.Now()
 	dump, err := s.e.criu.Dump(fctx, migrate.DumpOptions{Pid: s.root, ImagesDir: images,
-		WorkDir: filepath.Join(s.dir, "work"), LeaveStopped: true})
+		WorkDir: filepath.Join(s.dir, "work"), LeaveStopped: true, OwnNetwork: s.recs[0].Addr != ""})
 	if err != nil {
 		return fmt.Errorf("dump: %w", err)
 	}
@@ -593,7 +594,7 @@ func (s *sourceRun) fail(cause error) error {
 	// The table says aborted, so the target never resumes its copy: resume ours first,
 	// then tell the target, which may be cut off (it cleans up from the record then).
 	if s.frozen {
-		if err := migrate.ResumeTree(s.root); err != nil {
+		if err := resumeSource(s.root, s.recs[0].Addr != ""); err != nil {
 			s.log.Error("resume the source tree after an abort", "err", err)
 		}
 	}
@@ -697,6 +698,24 @@ func (s *sourceRun) carryFiles(ctx context.Context) error {
 		s.stats.FinalBytes += uint64(size) // sent while frozen
 	}
 	return nil
+}
+
+// resumeSource lets a tree that a dump left stopped run on here (the move aborted). One
+// with its own network gets it back first: the dump left it locked, its connections in
+// repair mode (ownnet.Release). It resumes even if that fails: a tree that runs cut off
+// is better than one that stays stopped, and the error says why it is unreachable.
+func resumeSource(root int, ownNetwork bool) error {
+	var release error
+	if ownNetwork {
+		pids, err := treePids(root)
+		if err == nil {
+			err = ownnet.Release(pids)
+		}
+		if err != nil {
+			release = fmt.Errorf("give the workload its network back: %w", err)
+		}
+	}
+	return errors.Join(release, migrate.ResumeTree(root))
 }
 
 // treePids returns the host pids of the tree rooted at initPid.

@@ -14,6 +14,7 @@ import (
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/atomicfile"
 	"github.com/migshm/migshm/internal/faults"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner/record"
@@ -121,6 +122,9 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 	}
 	if err := sameMembers(mg, req.Records); err != nil {
 		return PrepareResult{}, fmt.Errorf("migration %s: %w", id, err)
+	}
+	if p := e.targetNetwork(req.Records[0].Addr); p != "" {
+		return PrepareResult{}, fmt.Errorf("migration %s: %s: %w", id, p, api.ErrNotMovable)
 	}
 	dir := filepath.Join(e.cfg.ImageDir, "in-"+id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -362,12 +366,20 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 	}
 	parts.mark("semop fixups in the images")
 	verify := migrate.VerifySegments(req.Segments)
-	var checkNS time.Duration
+	ownNetwork := t.j.Records[0].Addr != ""
+	var checkNS, holdNS time.Duration
 	res, err := e.criu.Restore(ctx, migrate.RestoreOptions{
 		ImagesDir: filepath.Join(t.dir, "images"), WorkDir: filepath.Join(t.dir, "work"),
-		LeaveStopped: true, BeforeResume: func(pid int) error {
+		NetParent: e.cfg.Network.Parent, LeaveStopped: true, BeforeResume: func(pid int) error {
 			t0 := time.Now()
-			defer func() { checkNS = time.Since(t0) }()
+			if ownNetwork {
+				// CRIU opens the network when it returns: keep it shut until the commit.
+				if err := ownnet.Hold(pid); err != nil {
+					return err
+				}
+				holdNS = time.Since(t0)
+			}
+			defer func() { checkNS = time.Since(t0) - holdNS }()
 			return verify(pid)
 		}})
 	if err != nil {
@@ -377,6 +389,7 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 		{Step: "criu: forking (its figure)", NS: int64(res.Forking)},
 		{Step: "criu: restore (its figure)", NS: int64(res.Restore)},
 		{Step: "segment check against the freeze's digests", NS: int64(checkNS)},
+		{Step: "hold its own network shut until the commit", NS: int64(holdNS)},
 	})
 	t.proc = workload.Attach(res.Pid)
 	err = e.findMembers(t, res.Pid)
@@ -482,6 +495,15 @@ func (e *Engine) resumeTarget(id string) error {
 	}
 	if err := e.wl.Adopt(t.j.Records, t.proc); err != nil {
 		return fmt.Errorf("adopt the restored tree of migration %s: %w", id, err)
+	}
+	if t.j.Records[0].Addr != "" {
+		// Its address is served from here now: open the network, tell the switch.
+		if err := ownnet.Unhold(root); err != nil {
+			return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
+		}
+		if err := ownnet.Announce(root); err != nil {
+			e.log.Warn("announce the moved workload's address; peers find it when it sends", "migration", id, "err", err)
+		}
 	}
 	if err := migrate.ResumeTree(root); err != nil {
 		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)

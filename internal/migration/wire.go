@@ -37,6 +37,7 @@ type TargetCheckRequest struct {
 	MemoryBytes uint64             `json:"memory_bytes"`
 	CPUInfo     []byte             `json:"cpuinfo"`
 	Files       []migrate.FileNeed `json:"files"`
+	Addr        string             `json:"addr,omitempty"` // the tree's own address, if it has one
 }
 
 // TargetCheckResult is what the target found.

@@ -140,7 +140,7 @@ func (s *Supervisor) joinGroup(ctx context.Context, table *shmowner.Table, group
 		}
 		// Its last member exited while this one joined: the group starts afresh.
 	}
-	g, err := s.startGroup(group, group)
+	g, err := s.startGroup(group, group, spec.NetNS)
 	if err != nil {
 		return Record{}, err
 	}
@@ -159,15 +159,16 @@ func (g *localGroup) member(m workload.Member) Record {
 	return Record{InitPid: m.Pid, InitStart: m.Start, NSPid: m.NSPid, GroupPid: g.pid, GroupStart: g.start, GroupDir: g.dir}
 }
 
-// startGroup starts the init of a new group and follows it.
-func (s *Supervisor) startGroup(group, hostname string) (*localGroup, error) {
+// startGroup starts the init of a new group, in network namespace netns ("" : the
+// node's), and follows it.
+func (s *Supervisor) startGroup(group, hostname, netns string) (*localGroup, error) {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	dir := filepath.Join(groupRoot, group+"-"+hex.EncodeToString(b[:]))
 	if err := os.MkdirAll(groupRoot, 0o700); err != nil {
 		return nil, fmt.Errorf("run: %w", err)
 	}
-	p, err := workload.StartGroup(workload.GroupSpec{Dir: dir, Hostname: hostname, InitPath: s.initPath,
+	p, err := workload.StartGroup(workload.GroupSpec{Dir: dir, Hostname: hostname, NetNS: netns, InitPath: s.initPath,
 		Log: filepath.Join(dir, "init.log")})
 	if err != nil {
 		os.RemoveAll(dir)

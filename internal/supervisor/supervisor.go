@@ -24,6 +24,7 @@ import (
 
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/atomicfile"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
@@ -61,6 +62,9 @@ type Record struct {
 	GroupStart uint64 `json:"group_start"`
 	GroupDir   string `json:"group_dir"`
 	StartedAt  int64  `json:"started_at"`
+	// Addr is the address of its own the tree has (its network namespace's, which a
+	// migration carries), with its prefix; "" on the node's network.
+	Addr string `json:"addr,omitempty"`
 }
 
 // localWL is a workload running (or run) on this node.
@@ -101,7 +105,10 @@ type Config struct {
 	SegmentInterval time.Duration // how often the table is reconciled with what runs here
 	CapacityCores   float64       // CPU cores this node offers workloads; 0: its CPUs
 	MemCapacity     uint64        // bytes its workloads may use; 0: the host's memory
-	Log             *slog.Logger
+	// Network is what the node offers workloads run with an address of their own
+	// (RunRequest.IP); the zero Network offers none.
+	Network ownnet.Network
+	Log     *slog.Logger
 }
 
 // Supervisor starts this node's workloads, follows them until they exit, and keeps
@@ -352,15 +359,35 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 		Stdout: filepath.Join(wdir, StdoutFile), Stderr: filepath.Join(wdir, StderrFile),
 		StatusFile: filepath.Join(wdir, exitFile), PidFile: pidFile,
 	}
+	base := Record{ID: id, Name: req.Name, Group: group, Node: s.cfg.Self, Args: req.Args}
+	// An address of its own is held in the table before anything runs with it.
+	netns, reserved, err := s.ownAddress(ctx, table, req, &base)
+	if err != nil {
+		os.RemoveAll(wdir)
+		return record.Workload{}, err
+	}
+	unreserve := func() {
+		if reserved {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := s.table.Apply(ctx, shmowner.RemoveWorkloadType, shmowner.RemoveWorkloadRequest{ID: id}); err != nil {
+				s.log.Warn("run failed and its address stays held until this node restarts", "workload", req.Name, "err", err)
+			}
+		}
+	}
+	if netns != nil {
+		defer netns.Close() // the workload holds its namespace once it runs
+		spec.NetNS = ownnet.Path(netns)
+	}
 	var rec Record
 	var proc *workload.Process
-	var err error
 	if req.Group == "" {
 		rec, proc, err = s.startAlone(spec, req.Name)
 	} else {
 		rec, err = s.joinGroup(ctx, table, group, spec)
 	}
 	if err != nil {
+		unreserve()
 		os.RemoveAll(wdir)
 		if code, _ := api.Code(err); code != "internal" {
 			return record.Workload{}, err
@@ -369,6 +396,7 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 	}
 	watch, err := workload.WatchProcess(rec.InitPid, rec.InitStart)
 	if err != nil {
+		unreserve()
 		os.RemoveAll(wdir)
 		return record.Workload{}, fmt.Errorf("run: %w", err)
 	}
@@ -381,6 +409,7 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 		_ = watch.Wait(ctx)
 		cancel()
 		watch.Close()
+		unreserve()
 		os.RemoveAll(wdir)
 		return record.Workload{}, err
 	}
@@ -392,7 +421,7 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 			return fail(err)
 		}
 	}
-	rec.ID, rec.Name, rec.Group, rec.Node, rec.Args, rec.StartedAt = id, req.Name, group, s.cfg.Self, req.Args, time.Now().UnixNano()
+	rec.ID, rec.Name, rec.Group, rec.Node, rec.Args, rec.Addr, rec.StartedAt = id, req.Name, group, s.cfg.Self, req.Args, base.Addr, time.Now().UnixNano()
 	if err := atomicfile.Write(filepath.Join(wdir, recordFile), mustJSON(rec), 0o600); err != nil {
 		return fail(fmt.Errorf("run: save record: %w", err))
 	}
@@ -411,8 +440,12 @@ func (s *Supervisor) Start(ctx context.Context, req api.RunRequest) (record.Work
 }
 
 func (r Record) workload() record.Workload {
-	return record.Workload{ID: r.ID, Name: r.Name, Node: r.Node, InitPid: r.InitPid, Pids: []int{r.InitPid},
-		Group: r.Group, State: record.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt}
+	w := record.Workload{ID: r.ID, Name: r.Name, Node: r.Node, InitPid: r.InitPid,
+		Group: r.Group, State: record.WorkloadRunning, Args: r.Args, StartedAt: r.StartedAt, Addr: r.Addr}
+	if r.InitPid > 0 {
+		w.Pids = []int{r.InitPid}
+	}
+	return w
 }
 
 // Stop sends SIGTERM to the workload (its member init forwards it as a service manager

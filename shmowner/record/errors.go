@@ -30,6 +30,8 @@ var (
 	ErrGroupSplit = errors.New("ipc group split")
 	// ErrExists: the command would create a record whose id is already taken.
 	ErrExists = errors.New("already exists")
+	// ErrAddressTaken: a workload asks for an address another IPC group holds.
+	ErrAddressTaken = errors.New("address taken")
 	// ErrInvalid: the command is well formed but its content is not (empty id, unknown state).
 	ErrInvalid = errors.New("invalid command")
 )

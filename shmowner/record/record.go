@@ -86,12 +86,16 @@ func (s WorkloadState) Valid() bool {
 
 // Workload is a process tree in its own PID and IPC namespaces, the unit CRIU moves.
 type Workload struct {
-	ID         string        `json:"id"`
-	Name       string        `json:"name"`
-	Node       string        `json:"node"`
-	InitPid    int           `json:"init_pid"` // host pid on Node; informative only, never a key
-	Pids       []int         `json:"pids"`     // host pids on Node; informative only
-	Group      string        `json:"group"`    // IPC group id (shm group)
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Node    string `json:"node"`
+	InitPid int    `json:"init_pid"` // host pid on Node; informative only, never a key
+	Pids    []int  `json:"pids"`     // host pids on Node; informative only
+	Group   string `json:"group"`    // IPC group id (shm group)
+	// Addr is the address of its own the workload's tree has, with the prefix of its
+	// network ("10.0.0.50/24"), which moves with it; "" for a workload on its node's
+	// network. The members of a group share one; no two groups running hold the same.
+	Addr       string        `json:"addr,omitempty"`
 	State      WorkloadState `json:"state"`
 	ExitStatus int           `json:"exit_status"`
 	Pinned     bool          `json:"pinned"`               // never moved (SetWorkloadPinned only)

@@ -104,6 +104,7 @@ type cluster struct {
 	caDir   string
 	wdir    string   // workload dir: shared by the nodes (one host, one filesystem) unless private
 	private []string // the paths each node has its own (newPrivateCluster)
+	common  []string // daemon arguments of every node (newClusterWith)
 	nodes   []*tnode
 }
 
@@ -141,7 +142,9 @@ func newPrivateCluster(t *testing.T, n, members int) *cluster {
 	return newClusterWith(t, n, members, true)
 }
 
-func newClusterWith(t *testing.T, n, members int, private bool) *cluster {
+// newClusterWith is newCluster (private: newPrivateCluster) whose daemons all get the
+// arguments common.
+func newClusterWith(t *testing.T, n, members int, private bool, common ...string) *cluster {
 	t.Helper()
 	migshmd, migshm := binaries(t)
 	dir := t.TempDir()
@@ -162,7 +165,7 @@ func newClusterWith(t *testing.T, n, members int, private bool) *cluster {
 	}
 	nets := netnode.UpWith(t, n, opts)
 	c := &cluster{t: t, dir: dir, migshmd: migshmd, migshm: migshm, caDir: filepath.Join(dir, "ca"),
-		wdir: wdir}
+		wdir: wdir, common: common}
 	if private {
 		c.private = []string{"/tmp", "/var/tmp", "/run/migshm", wdir}
 	}
@@ -233,7 +236,7 @@ func (c *cluster) startWithEnv(nd *tnode, env []string, extra ...string) {
 		"--load-interval", "1s", "--segment-interval", "200ms", "--config", "",
 		// Tests move workloads themselves; TestBalance turns the balancer on.
 		"--auto-balance=false",
-	}, extra...)
+	}, append(slices.Clone(c.common), extra...)...)
 	c.restart(nd)
 }
 

@@ -275,6 +275,10 @@ var fileKeys = map[string]valueKind{
 	"mem-floor":         kindString,
 	"capacity-cores":    kindFloat,
 	"mem-capacity":      kindString,
+
+	"ip-parent":  kindString,
+	"ip-pool":    kindString,
+	"ip-gateway": kindString,
 }
 
 type valueKind string

@@ -192,6 +192,11 @@ var (
 	descWorkloadMem = prometheus.NewDesc("migshm_workload_mem_bytes",
 		"Memory of a workload running on this node: anonymous resident memory of its processes plus its shared memory segments.",
 		[]string{"workload", "name"}, nil)
+	descWorkloadAddr = prometheus.NewDesc("migshm_workload_address_info",
+		"1 for each workload running on this node with an address of its own (migshm run --ip), labelled with it.",
+		[]string{"workload", "name", "addr"}, nil)
+	descAddressesHeld = prometheus.NewDesc("migshm_addresses_held",
+		"Addresses of their own that running workloads hold, cluster-wide, from the replicated table.", nil, nil)
 
 	descRaftState = prometheus.NewDesc("migshm_raft_state",
 		"1 for this node's current Raft state (leader, follower, candidate, shutdown), 0 for the others.",
@@ -217,7 +222,7 @@ type tableCollector struct {
 func (c *tableCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMigrations, descMigrationsInFlight, descPhaseSeconds, descFrozenSeconds, descMigrationBytes,
 		descNodeCPU, descNodeCores, descNodeMemFree, descNodeWorkloads, descNodeUp, descNodeDraining,
-		descWorkloadCPU, descWorkloadMem} {
+		descWorkloadCPU, descWorkloadMem, descWorkloadAddr, descAddressesHeld} {
 		ch <- d
 	}
 }
@@ -246,13 +251,21 @@ func (c *tableCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNodeMemFree, prometheus.GaugeValue, float64(n.Load.MemFreeBytes), n.ID)
 		ch <- prometheus.MustNewConstMetric(descNodeWorkloads, prometheus.GaugeValue, float64(n.Load.Workloads), n.ID)
 	}
+	held := map[string]bool{}
 	for _, w := range t.Workloads() {
+		if w.Addr != "" && w.State != record.WorkloadExited {
+			held[w.Addr] = true
+			if w.Node == c.node {
+				ch <- prometheus.MustNewConstMetric(descWorkloadAddr, prometheus.GaugeValue, 1, w.ID, w.Name, w.Addr)
+			}
+		}
 		if w.Node != c.node || w.State != record.WorkloadRunning || w.Load == nil {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(descWorkloadCPU, prometheus.GaugeValue, w.Load.CPU, w.ID, w.Name)
 		ch <- prometheus.MustNewConstMetric(descWorkloadMem, prometheus.GaugeValue, float64(w.Load.MemBytes), w.ID, w.Name)
 	}
+	ch <- prometheus.MustNewConstMetric(descAddressesHeld, prometheus.GaugeValue, float64(len(held)))
 }
 
 // constHistogram accumulates observations for prometheus.MustNewConstHistogram.

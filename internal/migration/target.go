@@ -385,12 +385,15 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 	if err != nil {
 		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)
 	}
-	parts.markParts("criu restore", []record.WindowStep{
+	criuParts := []record.WindowStep{
 		{Step: "criu: forking (its figure)", NS: int64(res.Forking)},
 		{Step: "criu: restore (its figure)", NS: int64(res.Restore)},
 		{Step: "segment check against the freeze's digests", NS: int64(checkNS)},
-		{Step: "hold its own network shut until the commit", NS: int64(holdNS)},
-	})
+	}
+	if ownNetwork {
+		criuParts = append(criuParts, record.WindowStep{Step: "hold its own network shut until the commit", NS: int64(holdNS)})
+	}
+	parts.markParts("criu restore", criuParts)
 	t.proc = workload.Attach(res.Pid)
 	err = e.findMembers(t, res.Pid)
 	if err == nil {
@@ -498,12 +501,15 @@ func (e *Engine) resumeTarget(id string) error {
 	}
 	if t.j.Records[0].Addr != "" {
 		// Its address is served from here now: open the network, tell the switch.
+		t0 := time.Now()
 		if err := ownnet.Unhold(root); err != nil {
 			return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)
 		}
 		if err := ownnet.Announce(root); err != nil {
 			e.log.Warn("announce the moved workload's address; peers find it when it sends", "migration", id, "err", err)
 		}
+		e.log.Info("network of the moved workload open, address announced", "migration", id,
+			"addr", t.j.Records[0].Addr, "took", time.Since(t0))
 	}
 	if err := migrate.ResumeTree(root); err != nil {
 		return fmt.Errorf("resume the restored tree of migration %s: %w", id, err)

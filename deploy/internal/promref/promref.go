@@ -66,6 +66,8 @@ func Exported(tb testing.TB) Families {
 		shmowner.RegisterNodeRequest{ID: "n1", RaftAddr: "n1:7420", APIAddr: "n1:7421"},
 		shmowner.RegisterNodeRequest{ID: "n2", RaftAddr: "n2:7420", APIAddr: "n2:7421"},
 		wl("w1"), wl("w2"),
+		shmowner.UpsertWorkloadRequest{Workload: record.Workload{ID: "w3", Name: "name-w3", Node: "n1", InitPid: 200,
+			Pids: []int{200}, Group: "grp-w3", Addr: "10.0.0.50/24"}},
 		shmowner.ReportLoadRequest{ID: "n1", At: 10,
 			Load:      record.LoadVector{CPU: 0.5, Cores: 2, MemFreeBytes: 1 << 30, MemTotalBytes: 2 << 30, Workloads: 2},
 			Workloads: map[string]record.WorkloadLoad{"w2": {CPU: 1, MemBytes: 1 << 20}}},

@@ -36,6 +36,27 @@ type Status struct {
 	Error        string `json:"error,omitempty"` // why this node is not yet a working member
 	// Balancer is the leader's newest balancer pass (nil if the leader did not answer).
 	Balancer *BalanceReport `json:"balancer,omitempty"`
+	// Addresses is what this node offers workloads with an address of their own and
+	// the addresses running workloads hold, cluster-wide (nil: neither).
+	Addresses *AddressStatus `json:"addresses,omitempty"`
+}
+
+// AddressStatus is the address pool as one node sees it (`migshm run --ip`).
+type AddressStatus struct {
+	Parent  string        `json:"parent,omitempty"`  // this node's ip-parent; "" if it offers none
+	Network string        `json:"network,omitempty"` // the network ip-parent is on
+	Pool    string        `json:"pool,omitempty"`    // ip-pool
+	Gateway string        `json:"gateway,omitempty"` // ip-gateway
+	Free    int           `json:"free"`              // addresses of the pool no running workload holds
+	Held    []HeldAddress `json:"held"`              // by running workloads, cluster-wide, sorted by address
+}
+
+// HeldAddress is an address of its own a running workload holds.
+type HeldAddress struct {
+	Addr     string `json:"addr"`
+	Workload string `json:"workload"`
+	Name     string `json:"name"`
+	Node     string `json:"node"`
 }
 
 // Peer is one server of the Raft configuration.

@@ -45,9 +45,10 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	// metricsAddr is where the metrics are served, "" if they are not.
 	metricsAddr string
-	bal         balanceState // the leader's balancer passes
-	events      *events.Log  // the table's changes as this node saw them (GET /v1/events)
-	tls         *pki.Config  // this node's certificate, reloaded on SIGHUP
+	bal         balanceState   // the leader's balancer passes
+	events      *events.Log    // the table's changes as this node saw them (GET /v1/events)
+	tls         *pki.Config    // this node's certificate, reloaded on SIGHUP
+	network     ownnet.Network // what this node offers workloads with an address of their own
 	// revoked is the table's denylist of certificate serials (lower-case hex), kept
 	// current by tableChanged and read at every TLS handshake.
 	revoked atomic.Pointer[map[string]bool]
@@ -207,6 +208,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 			return err
 		}
 	}
+	d.network = network
 	d.sup, err = supervisor.New(supervisor.Config{Self: cfg.NodeID, Dir: cfg.WorkloadDir,
 		InitDir: filepath.Join(cfg.DataDir, "init"), SegmentInterval: cfg.SegmentInterval,
 		CapacityCores: cfg.CapacityCores, MemCapacity: cfg.MemCapacity, Network: network, Log: d.log}, d.cluster)

@@ -75,6 +75,15 @@ func TestMoveKeepsAddress(t *testing.T) {
 		t.Fatalf("refused runs left workloads behind: %+v", ws)
 	}
 
+	st, err := n2.c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := st.Addresses; a == nil || a.Parent != "eth0" || a.Pool != pool.String() || a.Free != 15 ||
+		len(a.Held) != 1 || a.Held[0].Addr != want || a.Held[0].Node != n1.id {
+		t.Errorf("status of n2: addresses %+v, want pool %s with 15 free and %s held on n1", a, pool, want)
+	}
+
 	server := net.JoinHostPort(pool.Addr().String(), port)
 	cl := testwork.StartConnClient(t, client.net.NetNSPath, server)
 	cl.WaitAnswers(t, 20)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/big"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/httpapi"
 	"github.com/migshm/migshm/internal/migration"
+	"github.com/migshm/migshm/internal/ownnet"
 	"github.com/migshm/migshm/internal/pki"
 	"github.com/migshm/migshm/shmowner"
 	"github.com/migshm/migshm/shmowner/record"
@@ -36,7 +39,38 @@ func (s *service) Status(ctx context.Context) api.Status {
 	st.Version = Version
 	st.Uptime = time.Since(s.started).Round(time.Second).String()
 	st.Workloads = s.sup.RunningCount()
+	st.Addresses = addressStatus(s.network, s.cluster.Table())
 	return st
+}
+
+// addressStatus is what n offers and what the table's running workloads hold; nil if
+// neither is anything.
+func addressStatus(n ownnet.Network, t *shmowner.Table) *api.AddressStatus {
+	as := &api.AddressStatus{Held: []api.HeldAddress{}}
+	taken := map[netip.Addr]bool{}
+	for _, w := range t.Workloads() {
+		p, err := netip.ParsePrefix(w.Addr)
+		if err != nil || w.State == record.WorkloadExited {
+			continue
+		}
+		if !taken[p.Addr()] { // the members of a group share theirs: listed once
+			as.Held = append(as.Held, api.HeldAddress{Addr: w.Addr, Workload: w.ID, Name: w.Name, Node: w.Node})
+		}
+		taken[p.Addr()] = true
+	}
+	slices.SortFunc(as.Held, func(a, b api.HeldAddress) int {
+		return netip.MustParsePrefix(a.Addr).Addr().Compare(netip.MustParsePrefix(b.Addr).Addr())
+	})
+	if n.Enabled() {
+		as.Parent, as.Network, as.Pool = n.Parent, n.Subnet.String(), n.Pool.String()
+		if n.Gateway.IsValid() {
+			as.Gateway = n.Gateway.String()
+		}
+		as.Free = n.Free(func(a netip.Addr) bool { return taken[a] })
+	} else if len(as.Held) == 0 {
+		return nil
+	}
+	return as
 }
 
 func (s *service) Nodes(ctx context.Context, fresh bool) []api.Node {

@@ -95,7 +95,29 @@ func printStatus(out io.Writer, s api.Status) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	if err := printAddresses(out, s.Addresses); err != nil {
+		return err
+	}
 	return printBalancer(out, s.Balancer)
+}
+
+// printAddresses prints the address pool part of `migshm status`.
+func printAddresses(out io.Writer, a *api.AddressStatus) error {
+	if a == nil {
+		return nil
+	}
+	fmt.Fprintln(out, "\naddresses of their own (migshm run --ip):")
+	w := newTable(out)
+	if a.Parent == "" {
+		fmt.Fprintln(w, "  this node:\toffers none (no ip-parent)")
+	} else {
+		gw := cmp.Or(a.Gateway, "none")
+		fmt.Fprintf(w, "  this node:\tmacvlan on %s, network %s, pool %s (%d free), gateway %s\n", a.Parent, a.Network, a.Pool, a.Free, gw)
+	}
+	for _, h := range a.Held {
+		fmt.Fprintf(w, "  %s\t%s (%s) on %s\n", h.Addr, h.Name, h.Workload, h.Node)
+	}
+	return w.Flush()
 }
 
 func nodesCommand() *cli.Command {

@@ -543,3 +543,21 @@ func TestCLIAPIErrorFormat(t *testing.T) {
 		t.Errorf("client: %v", err)
 	}
 }
+
+func TestPrintAddresses(t *testing.T) {
+	var b strings.Builder
+	if err := printAddresses(&b, nil); err != nil || b.Len() != 0 {
+		t.Errorf("no addresses: %q, %v", b.String(), err)
+	}
+	err := printAddresses(&b, &api.AddressStatus{Parent: "eth0", Network: "10.0.0.0/24", Pool: "10.0.0.192/28", Free: 15,
+		Held: []api.HeldAddress{{Addr: "10.0.0.192/24", Workload: "w1", Name: "web", Node: "n2"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "\naddresses of their own (migshm run --ip):\n" +
+		"  this node:     macvlan on eth0, network 10.0.0.0/24, pool 10.0.0.192/28 (15 free), gateway none\n" +
+		"  10.0.0.192/24  web (w1) on n2\n"
+	if b.String() != want {
+		t.Errorf("printAddresses:\n%q\nwant\n%q", b.String(), want)
+	}
+}

@@ -97,8 +97,23 @@ func (c *Cluster) CatchUp(ctx context.Context) bool {
 	if ls.RaftState != "Leader" {
 		return false
 	}
-	return c.store.WaitApplied(ctx, max(ls.LastLogIndex, ls.CommitIndex))
+	want := max(ls.LastLogIndex, ls.CommitIndex)
+	quick, cancel := context.WithTimeout(ctx, catchUpNudge)
+	caught := c.store.WaitApplied(quick, want)
+	cancel()
+	if caught || ctx.Err() != nil {
+		return caught
+	}
+	// A follower learns that entries committed with the leader's next AppendEntries,
+	// which an idle leader sends only every CommitTimeout (50-100 ms): a probe entry
+	// makes it send one now. A migration's target waits here in the frozen window.
+	go func() { _ = c.Apply(ctx, shmowner.ProbeType, shmowner.ProbeRequest{Seq: want}) }()
+	return c.store.WaitApplied(ctx, want)
 }
+
+// catchUpNudge is how long CatchUp waits on a follower before it has the leader send the
+// commit index at once.
+const catchUpNudge = 2 * time.Millisecond
 
 // Apply commits a table command, on this node if it leads, otherwise through the
 // leader's peer API. It retries through elections until ctx ends (15s if ctx has no

@@ -113,6 +113,17 @@ func (n Network) Resolve(req string, taken func(netip.Addr) bool) (netip.Prefix,
 	return netip.PrefixFrom(a, bits), nil
 }
 
+// Free counts the addresses of the pool a workload could take: usable, and not taken.
+func (n Network) Free(taken func(netip.Addr) bool) int {
+	free := 0
+	for a := n.Pool.Addr(); n.Pool.Contains(a); a = a.Next() {
+		if n.usable(a) && !taken(a) {
+			free++
+		}
+	}
+	return free
+}
+
 // usable reports whether a may be handed to a workload.
 func (n Network) usable(a netip.Addr) bool {
 	b := n.Subnet.Addr().As4()

@@ -70,6 +70,9 @@ func TestResolve(t *testing.T) {
 	if _, err := n.Resolve("10.0.0.2", taken); err == nil || !strings.Contains(err.Error(), "taken") {
 		t.Errorf("taken address: %v", err)
 	}
+	if f := n.Free(taken); f != 1 {
+		t.Errorf("Free = %d with .2 taken, want 1 (.3)", f)
+	}
 	held[netip.MustParseAddr("10.0.0.3")] = true
 	if _, err := n.Resolve("auto", taken); !errors.Is(err, ErrNoAddress) {
 		t.Errorf("full pool: %v", err)

@@ -44,7 +44,7 @@ func TestMoveKeepsAddress(t *testing.T) {
 
 	const port = "7430"
 	var w api.Workload
-	c.cliJSON(t, n1, &w, "run", "--json", "--name", "srv", "--ip", "auto", "--", "perl", "-e", testwork.ConnServerScript, port)
+	c.cliJSON(t, n1, &w, "run", "--json", "--name", "srv", "--ip", "auto", "--", "perl", testwork.ConnServer(t), port)
 	want := netip.PrefixFrom(pool.Addr(), 24).String()
 	if w.Addr != want {
 		t.Fatalf("run --ip auto gave address %q, want the pool's first, %s", w.Addr, want)

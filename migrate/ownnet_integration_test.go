@@ -51,7 +51,7 @@ func TestMoveKeepsAddressAndConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	const port = "7430"
-	w := startWorkload(t, ownnet.Path(ns), "perl", "-e", testwork.ConnServerScript, port)
+	w := startWorkload(t, ownnet.Path(ns), "perl", testwork.ConnServer(t), port)
 	ns.Close()
 	waitOutput(t, w.stdout, "listening")
 	if !ownnet.Own(w.proc.Pid, nodes[0].NetNSPath) {

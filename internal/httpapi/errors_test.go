@@ -52,6 +52,7 @@ var shmownerSentinels = []sentinelCase{
 	{"ErrNotOwner", record.ErrNotOwner, "not_owner", http.StatusConflict},
 	{"ErrGroupSplit", record.ErrGroupSplit, "group_split", http.StatusConflict},
 	{"ErrExists", record.ErrExists, "exists", http.StatusConflict},
+	{"ErrAddressTaken", record.ErrAddressTaken, "address_taken", http.StatusConflict},
 	{"ErrInvalid", record.ErrInvalid, "invalid", http.StatusBadRequest},
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -11,30 +12,17 @@ import (
 	"github.com/migshm/migshm/internal/nsutil"
 )
 
-// ConnServerScript answers every line on every TCP connection to port ARGV[0] with a
-// counter kept in a SysV segment, one answer per line, many connections at once.
-const ConnServerScript = `
-use strict; use IO::Socket::INET; use IO::Select; use IPC::SysV qw(IPC_PRIVATE IPC_CREAT);
-$| = 1;
-my $port = shift;
-my $id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600) // die "shmget: $!";
-my $l = IO::Socket::INET->new(LocalPort => $port, Listen => 8, ReuseAddr => 1, Proto => "tcp") or die "listen: $@";
-print "listening\n";
-my $sel = IO::Select->new($l);
-while (1) {
-	for my $s ($sel->can_read) {
-		if ($s == $l) { my $c = $l->accept; $sel->add($c) if $c; next }
-		my $n = sysread($s, my $buf, 4096);
-		if (!$n) { $sel->remove($s); close $s; next }
-		for (1 .. ($buf =~ tr/\n//)) {
-			my $v; shmread($id, $v, 0, 8) or die "shmread: $!";
-			my $c = unpack("Q", $v) + 1;
-			shmwrite($id, pack("Q", $c), 0, 8) or die "shmwrite: $!";
-			syswrite($s, "$c\n") or die "write: $!";
-		}
+// ConnServer returns the path of testdata/shmserver.pl: run as `perl PATH PORT`, it
+// answers every line on every TCP connection to PORT with a counter kept in a SysV
+// segment, and prints "listening" once it listens.
+func ConnServer(tb testing.TB) string {
+	tb.Helper()
+	dir, err := SourceDir()
+	if err != nil {
+		tb.Fatal(err)
 	}
+	return filepath.Join(dir, "shmserver.pl")
 }
-`
 
 // ConnClient keeps one TCP connection to a server and sends a request every 10 ms, checking
 // that every answer comes and that the counter only grows.
@@ -139,4 +127,3 @@ func (c *ConnClient) Close(t testing.TB) {
 		t.Fatalf("client: %v", c.err)
 	}
 }
-

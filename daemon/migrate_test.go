@@ -1169,8 +1169,13 @@ func checkWindow(t *testing.T, hop int, st *api.MigrationStats) {
 	if sum != st.FrozenNS {
 		t.Errorf("hop %d: frozen window steps add up to %v, the downtime is %v", hop, time.Duration(sum), time.Duration(st.FrozenNS))
 	}
-	if parts["dump"] != 4 || parts["ship images"] != 1 || parts["restore on the target"] != 3 {
-		t.Errorf("hop %d: parts per step %v, want CRIU's 4 for the dump, the target's 1 for the images and 3 for the restore", hop, parts)
+	// After a pre-copy the target first gives back the memory it reserved for the images.
+	images := 1
+	if st.Rounds > 0 {
+		images = 2
+	}
+	if parts["dump"] != 4 || parts["ship images"] != images || parts["restore on the target"] != 3 {
+		t.Errorf("hop %d: parts per step %v, want CRIU's 4 for the dump, the target's %d for the images and 3 for the restore", hop, parts, images)
 	}
 }
 

@@ -46,12 +46,14 @@ func Validate(table *shmowner.Table, w record.Workload, req api.MoveRequest) err
 // Check finds every reason workload w (running on this node) cannot move to target
 // now. It changes nothing. An error means the check itself could not run.
 func (e *Engine) Check(ctx context.Context, w record.Workload, target string) (api.CheckReport, error) {
-	rep, _, err := e.check(ctx, w, target)
+	rep, _, _, err := e.check(ctx, w, target)
 	return rep, err
 }
 
 // check is Check, also returning the files the tree reopens by path.
-func (e *Engine) check(ctx context.Context, w record.Workload, target string) (rep api.CheckReport, files []migrate.FileNeed, err error) {
+// check also returns what the tree reopens by path and its memory (private resident
+// and shm: about what a dump writes).
+func (e *Engine) check(ctx context.Context, w record.Workload, target string) (rep api.CheckReport, files []migrate.FileNeed, memory uint64, err error) {
 	rep = api.CheckReport{Workload: w.ID, Name: w.Name, Source: e.self, Target: target, Problems: []api.Problem{}}
 	add := func(reason, format string, args ...any) {
 		rep.Problems = append(rep.Problems, api.Problem{Reason: reason, Detail: fmt.Sprintf(format, args...)})
@@ -61,32 +63,32 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	tn, ok := table.Node(target)
 	switch {
 	case !ok:
-		return rep, nil, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, record.ErrUnknownNode)
+		return rep, nil, 0, fmt.Errorf("no node %q (see `migshm nodes`): %w", target, record.ErrUnknownNode)
 	case target == e.self:
-		return rep, nil, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, record.ErrSameNode)
+		return rep, nil, 0, fmt.Errorf("workload %s already runs on %s: %w", w.Name, target, record.ErrSameNode)
 	case tn.State != record.NodeActive:
 		add("target-state", "node %s is %s; only an active node takes workloads", target, tn.State)
-		return rep, files, nil
+		return rep, files, memory, nil
 	}
 	if mg, ok := table.ActiveMigration(w.ID); ok {
 		add("migration-in-flight", "migration %s of %s (%s -> %s) is in phase %s; wait for it (`migshm migrations`)",
 			mg.ID, w.Name, mg.Source, mg.Target, mg.Phase)
-		return rep, files, nil
+		return rep, files, memory, nil
 	}
 	if _, running := e.wl.Running(w.ID); !running {
-		return rep, nil, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
+		return rep, nil, 0, fmt.Errorf("workload %s is not running on %s: %w", w.Name, e.self, api.ErrNotRunning)
 	}
 	rep.Group = w.Group
 	recs, err := e.group(table, w)
 	switch {
 	case errors.Is(err, record.ErrGroupSplit):
 		add("group-split", "%v", err)
-		return rep, files, nil
+		return rep, files, memory, nil
 	case errors.Is(err, api.ErrNotMovable):
 		add("group", "%v", err)
-		return rep, files, nil
+		return rep, files, memory, nil
 	case err != nil:
-		return rep, nil, fmt.Errorf("check %s: %w", w.Name, err)
+		return rep, nil, 0, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	dirs := make([]string, len(recs))
 	for i, r := range recs {
@@ -102,16 +104,16 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	switch {
 	case errors.As(err, &nm):
 		add(string(nm.Reason), "%s", nm.Detail)
-		return rep, files, nil
+		return rep, files, memory, nil
 	case err != nil:
-		return rep, nil, fmt.Errorf("check %s: %w", w.Name, err)
+		return rep, nil, 0, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	rep.Processes = len(tree.Procs)
 	// The engine ships the members' own files (logs) itself; everything else the tree
 	// reopens by path must already be on the target.
 	in, err := migrate.Inspect("/proc", tree, dirs...)
 	if err != nil {
-		return rep, nil, fmt.Errorf("check %s: %w", w.Name, err)
+		return rep, nil, 0, fmt.Errorf("check %s: %w", w.Name, err)
 	}
 	files = in.Files
 	rep.Segments = len(in.Segments)
@@ -130,6 +132,7 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 			in.InetSockets, caps.Version, e.self)
 	}
 	// The target holds the images (in tmpfs) and the restored memory at once.
+	memory = in.MemoryBytes
 	mem := in.MemoryBytes * 2
 	rep.MemoryBytes = mem
 	req := TargetCheckRequest{Workload: w.ID, Group: w.Group, MemoryBytes: mem, Files: in.Files, Addr: recs[0].Addr}
@@ -141,14 +144,14 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	res, err := e.peers.Target(tn.APIAddr).Check(cctx, req)
 	if err != nil {
 		add("target-unreachable", "node %s does not answer: %v", target, err)
-		return rep, files, nil
+		return rep, files, memory, nil
 	}
 	rep.TargetFree = res.FreeBytes
 	rep.Problems = append(rep.Problems, res.Problems...)
 	for _, n := range res.Carry {
 		rep.Carries = append(rep.Carries, api.CarriedFile{Path: n.Path, Bytes: n.Bytes, Dir: n.Dir, Replaces: n.Replace})
 	}
-	return rep, files, nil
+	return rep, files, memory, nil
 }
 
 // CheckTarget answers a source's check on this node, the candidate target.

@@ -54,6 +54,8 @@ type sourceRun struct {
 	stats       record.MigrationStats
 	pc          *migrate.Precopier
 	files       []migrate.FileNeed // what the tree reopens by path, as the check found it
+	memory      uint64             // the tree's memory as the check found it: about what the dump writes
+	reserve     *migrate.Reserve   // memory touched during pre-copy, given back just before the dump
 	carry       []string           // the files of those the target lacks: sent while frozen
 	shared      bool               // the target sees this node's workload dir (one host, shared filesystem)
 	groupShared bool               // the target sees the group's request dir
@@ -106,7 +108,7 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 		e.mu.Unlock()
 	}()
 
-	rep, files, err := e.check(ctx, w, req.Target)
+	rep, files, memory, err := e.check(ctx, w, req.Target)
 	if err != nil {
 		return startErr(err)
 	}
@@ -119,7 +121,7 @@ func (e *Engine) move(ctx context.Context, w record.Workload, req api.MoveReques
 	if err != nil {
 		return startErr(fmt.Errorf("move %s: %w", w.Name, err))
 	}
-	s := &sourceRun{e: e, id: newMigrationID(), w: w, recs: recs, root: recs[0].GroupPid, target: tn, files: files,
+	s := &sourceRun{e: e, id: newMigrationID(), w: w, recs: recs, root: recs[0].GroupPid, target: tn, files: files, memory: memory,
 		remote: e.peers.Target(tn.APIAddr), epoch: table.GroupEpoch(w.Group), req: req, emit: emit, start: time.Now()}
 	s.log = e.log.With("migration", s.id, "workload", w.Name, "peer", tn.ID)
 	s.dir = filepath.Join(e.cfg.ImageDir, "out-"+s.id)
@@ -230,6 +232,9 @@ func (s *sourceRun) run(ctx context.Context) error {
 	// nor removes files the other uses.
 	wdir := s.e.wl.Dir(s.w.ID)
 	req := PrepareRequest{Records: s.recs, Dir: wdir, Token: newMigrationID(), Files: s.files}
+	if !s.req.NoPrecopy {
+		req.ReserveBytes = s.memory
+	}
 	tokens := map[string]string{wdir: req.Token}
 	if gdir := s.recs[0].GroupDir; gdir != "" {
 		req.GroupToken = newMigrationID()
@@ -259,6 +264,10 @@ func (s *sourceRun) run(ctx context.Context) error {
 	}
 
 	if !s.req.NoPrecopy {
+		// The dump writes about the tree's memory into fresh files: have pages ready
+		// for it (see migrate.Reserve). Without pre-copy there is no time to.
+		s.reserve = migrate.NewReserve(int64(s.memory))
+		defer s.reserve.Release()
 		// While the workload runs a silent target only makes the move wait: say so.
 		pctx, stop := context.WithCancelCause(ctx)
 		watched := s.watch(pctx, nil)
@@ -425,6 +434,9 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	fctx, cancel := context.WithTimeout(wctx, migrate.DumpTimeout)
 	defer cancel()
 	images := filepath.Join(s.dir, "images")
+	if n := s.reserve.Release(); n > 0 {
+		s.log.Debug("reserve given back for the dump", "bytes", n)
+	}
 	s.frozen = true
 	t0 := time.Now()
 	dump, err := s.e.criu.Dump(fctx, migrate.DumpOptions{Pid: s.root, ImagesDir: images,

@@ -32,8 +32,10 @@ type targetState struct {
 	j     journal
 	dir   string
 	store *migrate.PageStore
-	proc  *workload.Process           // the restored init while it is our child and not yet adopted
-	carry map[string]migrate.FileNeed // the files this node lacks, by path, until they came
+	// reserve is memory touched while pre-copy runs, given back as the images come.
+	reserve *migrate.Reserve
+	proc    *workload.Process           // the restored init while it is our child and not yet adopted
+	carry   map[string]migrate.FileNeed // the files this node lacks, by path, until they came
 }
 
 // pageStore returns the store of the pre-copied pages, nil once the images came.
@@ -41,6 +43,21 @@ func (t *targetState) pageStore() *migrate.PageStore {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.store
+}
+
+// maxReserve bounds what a source may make this node reserve for one migration; the
+// check already refused a tree this node has no memory for.
+const maxReserve = 64 << 30
+
+// releaseReserve gives back the memory reserved for the images, and reports whether
+// there was any.
+func (t *targetState) releaseReserve() bool {
+	t.mu.Lock()
+	r := t.reserve
+	t.reserve = nil
+	t.mu.Unlock()
+	r.Release()
+	return r != nil
 }
 
 // incoming checks that caller is the source of migration id with this node as its
@@ -204,7 +221,8 @@ func (e *Engine) Prepare(ctx context.Context, caller, id string, req PrepareRequ
 		store.Close()
 		return PrepareResult{}, fmt.Errorf("migration %s is already open here: %w", id, record.ErrExists)
 	}
-	e.targets[id] = &targetState{j: j, dir: dir, store: store, carry: files}
+	e.targets[id] = &targetState{j: j, dir: dir, store: store, carry: files,
+		reserve: migrate.NewReserve(int64(min(req.ReserveBytes, maxReserve)))}
 	e.mu.Unlock()
 	e.log.Info("incoming migration", "migration", id, "workload", recs[0].Name, "members", len(recs), "peer", mg.Source,
 		"shared_dir", shared, "shared_group_dir", groupShared, "carry", len(res.Carry), "made_dirs", len(j.Carried))
@@ -320,11 +338,16 @@ func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader
 		return ImagesResult{}, err
 	}
 	start := time.Now()
+	var parts []record.WindowStep
+	if t.releaseReserve() {
+		parts = append(parts, record.WindowStep{Step: "give back the reserve", NS: int64(time.Since(start))})
+	}
+	received := time.Now()
 	st, err := migrate.ReadImages(ctx, images, filepath.Join(t.dir, "images"), migrate.StreamOptions{Pages: t.pageStore()})
 	if err != nil {
 		return ImagesResult{}, fmt.Errorf("receive images: %w", err)
 	}
-	parts := []record.WindowStep{{Step: "receive and write the image files", NS: int64(time.Since(start))}}
+	parts = append(parts, record.WindowStep{Step: "receive and write the image files", NS: int64(time.Since(received))})
 	// The pages now live in the images; the store is not needed any more.
 	t.mu.Lock()
 	if t.store != nil {
@@ -562,7 +585,10 @@ func (e *Engine) abortTarget(id string) error {
 	return nil
 }
 
+// closeTarget drops migration id's state and files; the caller holds t.mu.
 func (e *Engine) closeTarget(id string, t *targetState) {
+	t.reserve.Release()
+	t.reserve = nil
 	if t.store != nil {
 		t.store.Close()
 		t.store = nil

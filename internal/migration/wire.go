@@ -60,6 +60,10 @@ type PrepareRequest struct {
 	// Files are what the tree reopens by path (migrate.Inspection.Files): the target
 	// checks them again and says which files it lacks.
 	Files []migrate.FileNeed `json:"files"`
+	// ReserveBytes is about how much the final images will be: the target touches that
+	// much memory while pre-copy runs and gives it back as they come (migrate.Reserve).
+	// 0: none (no pre-copy).
+	ReserveBytes uint64 `json:"reserve_bytes,omitempty"`
 }
 
 // PrepareResult says whether the target sees the source's workload dir and group dir,

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -178,6 +180,9 @@ type DumpOptions struct {
 	OwnNetwork bool
 	// LogLevel is CRIU's log level (0-4); 0 means 4 (everything).
 	LogLevel int32
+	// PageServer, if set (host:port), sends the memory pages to a `criu page-server`
+	// there instead of writing them into ImagesDir.
+	PageServer string
 }
 
 // DumpResult reports on a dump.
@@ -215,6 +220,14 @@ func (c *CRIU) Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) 
 		LogLevel:     proto.Int32(logLevel(opts.LogLevel)),
 		LeaveRunning: proto.Bool(opts.LeaveRunning),
 		LeaveStopped: proto.Bool(opts.LeaveStopped),
+	}
+	if opts.PageServer != "" {
+		host, port, err := net.SplitHostPort(opts.PageServer)
+		p, perr := strconv.ParseUint(port, 10, 16)
+		if err != nil || perr != nil || host == "" {
+			return nil, fmt.Errorf("criu dump of pid %d: page server %q: want host:port", opts.Pid, opts.PageServer)
+		}
+		ro.Ps = &rpc.CriuPageServerInfo{Address: proto.String(host), Port: proto.Int32(int32(p))}
 	}
 	if opts.OwnNetwork {
 		if !ownnet.Own(opts.Pid, opts.NetNS) {

@@ -46,6 +46,8 @@ half SysV shm, dirtying --dirty % of its pages per second) from n1 to n2 twice:
   baseline  what a user scripts by hand: criu dump (tree killed) to --dir, the images
             copied to n2 as a plain tar over one TCP connection through the throttled
             link, criu restore in n2's netns; downtime = total = dump start to restore done
+  pageserver  what a CRIU-savvy user scripts: criu dump --page-server straight into a criu
+            page-server waiting on n2 (no disk, no tar for the memory), then criu restore
   migshm    migshm run on n1, then migshm move --json WORKLOAD n2 (pre-copy, then freeze)
   group     with --group N, also: the same total memory as an IPC group of N shmbench
             members (migshm run --ipc-group), moved by one migshm move of one member
@@ -95,7 +97,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (*benchConfig, error) {
 	fset.BoolVar(&cfg.Keep, "keep", false, "leave the cluster up at the end")
 	fset.BoolVar(&cfg.JSON, "json", false, "print the results as JSON instead of tables")
 	fset.DurationVar(&cfg.MaxDowntime, "max-downtime", 0, "passed to migshm move --max-downtime (0: its default)")
-	fset.BoolVar(&cfg.SkipBaseline, "skip-baseline", false, "do not measure the baseline")
+	fset.BoolVar(&cfg.SkipBaseline, "skip-baseline", false, "do not measure the baselines (baseline, pageserver)")
 	fset.BoolVar(&cfg.SkipMigshm, "skip-migshm", false, "do not measure migshm move (the cluster runs no daemons)")
 	fset.StringVar(&cfg.Dir, "dir", "/var/tmp", "where the baseline's images are dumped and copied to, as a user would (on disk)")
 	fset.DurationVar(&cfg.Settle, "settle", 3*time.Second, "how long the workload dirties memory before it is moved")
@@ -207,11 +209,14 @@ type measurement struct {
 
 // frozenBytes is what crossed the link while the workload was frozen.
 func (m *measurement) frozenBytes() int64 {
-	if m.Method == "baseline" {
+	if m.scripted() {
 		return m.WireBytes
 	}
 	return m.FinalBytes
 }
+
+// scripted reports whether m is one of the hand-scripted CRIU moves (no pre-copy).
+func (m *measurement) scripted() bool { return m.Method == "baseline" || m.Method == "pageserver" }
 
 // fromSummary turns the summary of a `migshm move` into a measurement.
 func fromSummary(s *api.MigrationStats, wall time.Duration) measurement {
@@ -258,16 +263,27 @@ func compare(base, mig *measurement) *ratios {
 	}
 }
 
-// benchRun is one run at one size: the baseline and migshm, measured back to back.
+// benchRun is one run at one size: the baselines and migshm, measured back to back.
 type benchRun struct {
 	Run      int          `json:"run"`
 	Baseline *measurement `json:"baseline,omitempty"`
-	Migshm   *measurement `json:"migshm,omitempty"`
-	Ratios   *ratios      `json:"ratios,omitempty"`
+	// PageServer is the stronger baseline: criu dump --page-server into criu page-server.
+	PageServer *measurement `json:"pageserver,omitempty"`
+	Migshm     *measurement `json:"migshm,omitempty"`
+	Ratios     *ratios      `json:"ratios,omitempty"`
+	// PSRatios are migshm's against the page-server baseline.
+	PSRatios *ratios `json:"pageserver_ratios,omitempty"`
 	// Group is the same memory moved as an IPC group (--group); GroupRatios against the
 	// same baseline.
 	Group       *measurement `json:"group,omitempty"`
 	GroupRatios *ratios      `json:"group_ratios,omitempty"`
+}
+
+// compare fills in the ratios of the run's measurements.
+func (r *benchRun) compare() {
+	r.Ratios = compare(r.Baseline, r.Migshm)
+	r.PSRatios = compare(r.PageServer, r.Migshm)
+	r.GroupRatios = compare(r.Baseline, r.Group)
 }
 
 // sizeResult holds every run at one size and, with more than one run, the medians.
@@ -293,10 +309,13 @@ func (s *sizeResult) summarize() {
 		s.Median = nil
 		return
 	}
-	var bases, migs, groups []measurement
+	var bases, servers, migs, groups []measurement
 	for _, r := range s.Runs {
 		if r.Baseline != nil {
 			bases = append(bases, *r.Baseline)
+		}
+		if r.PageServer != nil {
+			servers = append(servers, *r.PageServer)
 		}
 		if r.Migshm != nil {
 			migs = append(migs, *r.Migshm)
@@ -305,9 +324,8 @@ func (s *sizeResult) summarize() {
 			groups = append(groups, *r.Group)
 		}
 	}
-	med := &benchRun{Baseline: medianOf(bases), Migshm: medianOf(migs), Group: medianOf(groups)}
-	med.Ratios = compare(med.Baseline, med.Migshm)
-	med.GroupRatios = compare(med.Baseline, med.Group)
+	med := &benchRun{Baseline: medianOf(bases), PageServer: medianOf(servers), Migshm: medianOf(migs), Group: medianOf(groups)}
+	med.compare()
 	s.Median = med
 }
 
@@ -476,7 +494,7 @@ func writeTables(w io.Writer, rep *benchReport) error {
 		fmt.Fprintf(w, "%d MiB: %d MiB private + %d MiB SysV shm, dirtying %g%% of its pages/s, link %s\n",
 			s.TotalMiB, s.PrivateMiB, s.ShmMiB, cfg.Dirty, cfg.Rate)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "run\tmethod\tdowntime\ttotal\twire MB\tdowntime x\ttotal x\twire x\trounds\tfinal MB\tdump\tship\trestore\t")
+		fmt.Fprintln(tw, "run\tmethod\tdowntime\ttotal\twire MB\tdowntime x\tvs ps x\ttotal x\twire x\trounds\tfinal MB\tdump\tship\trestore\t")
 		rows := slices.Clone(s.Runs)
 		if s.Median != nil {
 			rows = append(rows, *s.Median)
@@ -487,22 +505,25 @@ func writeTables(w io.Writer, rep *benchReport) error {
 				label = "median"
 			}
 			for _, row := range []struct {
-				m  *measurement
-				rs *ratios
-			}{{r.Baseline, nil}, {r.Migshm, r.Ratios}, {r.Group, r.GroupRatios}} {
+				m      *measurement
+				rs, ps *ratios
+			}{{r.Baseline, nil, nil}, {r.PageServer, nil, nil}, {r.Migshm, r.Ratios, r.PSRatios}, {r.Group, r.GroupRatios, nil}} {
 				m := row.m
 				if m == nil {
 					continue
 				}
-				dx, tx, wx, rounds := "-", "-", "-", "-"
-				if m.Method != "baseline" {
+				dx, px, tx, wx, rounds := "-", "-", "-", "-", "-"
+				if !m.scripted() {
 					rounds = strconv.Itoa(m.Rounds)
 					if row.rs != nil {
 						dx, tx, wx = fmtRatio(row.rs.Downtime), fmtRatio(row.rs.Total), fmtRatio(row.rs.Wire)
 					}
+					if row.ps != nil {
+						px = fmtRatio(row.ps.Downtime)
+					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", label, m.Method,
-					fmtDur(m.DowntimeNS), fmtDur(m.TotalNS), fmtMB(m.WireBytes), dx, tx, wx, rounds,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", label, m.Method,
+					fmtDur(m.DowntimeNS), fmtDur(m.TotalNS), fmtMB(m.WireBytes), dx, px, tx, wx, rounds,
 					fmtMB(m.frozenBytes()), fmtDur(m.DumpNS), fmtDur(m.ShipNS), fmtDur(m.RestoreNS))
 			}
 		}
@@ -539,13 +560,18 @@ total     baseline: = downtime; migshm: the move from plan to done, pre-copy inc
 wire MB   payload bytes sent from n1 to n2 (10^6 bytes; TCP/IP headers not counted). migshm:
           precopy_bytes + final_bytes
 x         downtime x, total x = baseline / migshm (above 1: migshm is that many times shorter);
-          wire x = migshm / baseline bytes. Against the baseline measured in the same run.
+          wire x = migshm / baseline bytes; vs ps x = pageserver downtime / migshm downtime.
+          Against the baselines measured in the same run.
 final MB  bytes sent while the workload was frozen (baseline: all of them; migshm: final_bytes)
 dump, ship, restore  the frozen steps. baseline: criu dump, the tar copy, criu restore; migshm:
           dump_ns, ship_ns, restore_ns
 baseline  criu dump (tree killed) in n1's netns to %s (disk; page cache, no fsync), the images
           sent as an uncompressed tar over one TCP connection n1 -> n2 through the throttled link
           into a directory on n2, criu restore in n2's netns from that copy
+pageserver  what a CRIU-savvy user scripts: criu page-server waiting in n2's netns, criu dump
+          --page-server (tree killed) sends the memory straight to it through the throttled
+          link, the other images (small) sent as the baseline's tar, criu restore on n2;
+          wire MB = the page images it wrote + the tar
 migshm    migshm run on n1, then migshm move --json WORKLOAD n2 (--max-downtime: %s)
 group of N  (--group N) the same memory as N members of one IPC group, 1/N each, moved by one
           migshm move of one member (one dump of the group's tree)
@@ -798,12 +824,18 @@ func runBench(ctx context.Context, cfg *benchConfig) (rep *benchReport, err erro
 			r := benchRun{Run: runNo}
 			tag := fmt.Sprintf("%d MiB run %d/%d", total, runNo, cfg.Runs)
 			if !cfg.SkipBaseline {
-				m, err := b.baseline(ctx, tag, sr, runNo)
-				if err != nil {
-					b.logf("%s: baseline failed: %v", tag, err)
-					errs = append(errs, fmt.Errorf("%s: baseline: %w", tag, err))
+				for _, method := range []string{"baseline", "pageserver"} {
+					m, err := b.scripted(ctx, method, tag, sr, runNo)
+					if err != nil {
+						b.logf("%s: %s failed: %v", tag, method, err)
+						errs = append(errs, fmt.Errorf("%s: %s: %w", tag, method, err))
+					}
+					if method == "baseline" {
+						r.Baseline = m
+					} else {
+						r.PageServer = m
+					}
 				}
-				r.Baseline = m
 			}
 			if !cfg.SkipMigshm && ctx.Err() == nil {
 				m, err := b.moveWithMigshm(ctx, tag, sr, runNo, 1)
@@ -821,9 +853,8 @@ func runBench(ctx context.Context, cfg *benchConfig) (rep *benchReport, err erro
 				}
 				r.Group = m
 			}
-			r.Ratios = compare(r.Baseline, r.Migshm)
-			r.GroupRatios = compare(r.Baseline, r.Group)
-			if r.Baseline != nil || r.Migshm != nil || r.Group != nil {
+			r.compare()
+			if r.Baseline != nil || r.PageServer != nil || r.Migshm != nil || r.Group != nil {
 				sr.Runs = append(sr.Runs, r)
 			}
 		}
@@ -904,9 +935,13 @@ func (b *bench) memberArgs(s sizeResult, i, n int) []string {
 	return append(b.shmbenchArgs(part), "--key", strconv.Itoa(0x4d494755+i))
 }
 
-// baseline moves the workload the way a user would script it without migshm.
-func (b *bench) baseline(ctx context.Context, tag string, s sizeResult, runNo int) (*measurement, error) {
-	dir := filepath.Join(b.work, fmt.Sprintf("baseline-%d-%d", s.TotalMiB, runNo))
+// scripted moves the workload the way a user would script it without migshm, as
+// method "baseline" (criu dump to a directory, the images copied as a tar, criu restore)
+// or "pageserver" (criu dump --page-server straight into a criu page-server on n2, so
+// the memory never touches n1's disk nor a tar; the few other images copied as a tar;
+// criu restore).
+func (b *bench) scripted(ctx context.Context, method, tag string, s sizeResult, runNo int) (*measurement, error) {
+	dir := filepath.Join(b.work, fmt.Sprintf("%s-%d-%d", method, s.TotalMiB, runNo))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -914,7 +949,7 @@ func (b *bench) baseline(ctx context.Context, tag string, s sizeResult, runNo in
 	// while migshm is measured.
 	defer os.RemoveAll(dir)
 	stdout := filepath.Join(dir, "shmbench.out")
-	b.logf("%s: baseline: starting shmbench in %s", tag, b.nodes[0].NetNSPath)
+	b.logf("%s: %s: starting shmbench in %s", tag, method, b.nodes[0].NetNSPath)
 	proc, err := workload.Start(workload.Spec{
 		Args: b.shmbenchArgs(s), Stdout: stdout, Stderr: filepath.Join(dir, "shmbench.err"),
 		NetNS: b.nodes[0].NetNSPath, Hostname: "shmbench",
@@ -934,24 +969,39 @@ func (b *bench) baseline(ctx context.Context, tag string, s sizeResult, runNo in
 	}
 
 	src, dst := filepath.Join(dir, "images"), filepath.Join(dir, "n2-images")
-	b.logf("%s: baseline: criu dump to %s", tag, src)
+	opts := migrate.DumpOptions{Pid: proc.Pid, ImagesDir: src, WorkDir: filepath.Join(dir, "dump-work"), NetNS: b.nodes[0].NetNSPath}
+	var served func() (int64, error)
+	if method == "pageserver" {
+		// Started before the clock: a user has it waiting on n2 before the dump.
+		if opts.PageServer, served, err = b.startPageServer(ctx, dst, b.nodes[1]); err != nil {
+			return nil, err
+		}
+		b.logf("%s: %s: criu page-server listening at %s; criu dump --page-server", tag, method, opts.PageServer)
+	} else {
+		b.logf("%s: %s: criu dump to %s", tag, method, src)
+	}
 	t0 := time.Now()
-	dumpWork := filepath.Join(dir, "dump-work")
-	dump, err := b.criu.Dump(ctx, migrate.DumpOptions{Pid: proc.Pid, ImagesDir: src, WorkDir: dumpWork,
-		NetNS: b.nodes[0].NetNSPath})
+	dump, err := b.criu.Dump(ctx, opts)
+	var pageBytes int64
+	if served != nil {
+		var serr error
+		pageBytes, serr = served()
+		err = errors.Join(err, serr)
+	}
 	if err != nil {
 		return nil, err
 	}
 	t1 := time.Now()
-	b.logf("%s: baseline: dumped %s MB of images in %s (CRIU: frozen %s); copying them to n2", tag, fmtMB(dump.ImageBytes),
-		fmtDur(t1.Sub(t0).Nanoseconds()), fmtDur(dump.Frozen.Nanoseconds()))
+	b.logf("%s: %s: dumped %s MB of images in %s (CRIU: frozen %s; %s MB through the page server); copying the rest to n2",
+		tag, method, fmtMB(dump.ImageBytes+pageBytes), fmtDur(t1.Sub(t0).Nanoseconds()), fmtDur(dump.Frozen.Nanoseconds()), fmtMB(pageBytes))
 	wire, err := copyImages(ctx, src, dst, b.nodes[0], b.nodes[1])
 	if err != nil {
 		return nil, err
 	}
 	t2 := time.Now()
-	b.logf("%s: baseline: copied %s MB in %s (%s); criu restore in %s", tag, fmtMB(wire), fmtDur(t2.Sub(t1).Nanoseconds()),
+	b.logf("%s: %s: copied %s MB in %s (%s); criu restore in %s", tag, method, fmtMB(wire), fmtDur(t2.Sub(t1).Nanoseconds()),
 		fmtRate(rate(wire, t2.Sub(t1).Nanoseconds())), b.nodes[1].NetNSPath)
+	wire += pageBytes
 	res, err := b.criu.Restore(ctx, migrate.RestoreOptions{ImagesDir: dst, WorkDir: filepath.Join(dir, "restore-work"),
 		NetNS: b.nodes[1].NetNSPath})
 	if err != nil {
@@ -963,22 +1013,89 @@ func (b *bench) baseline(ctx context.Context, tag string, s sizeResult, runNo in
 	proc = workload.Attach(res.Pid)
 
 	m := &measurement{
-		Method:       "baseline",
+		Method:       method,
 		DowntimeNS:   t3.Sub(t0).Nanoseconds(),
 		TotalNS:      t3.Sub(t0).Nanoseconds(),
 		WireBytes:    wire,
-		ImageBytes:   dump.ImageBytes,
+		ImageBytes:   dump.ImageBytes + pageBytes,
 		DumpNS:       t1.Sub(t0).Nanoseconds(),
 		ShipNS:       t2.Sub(t1).Nanoseconds(),
 		RestoreNS:    t3.Sub(t2).Nanoseconds(),
-		CopyBPS:      rate(wire, t2.Sub(t1).Nanoseconds()),
+		CopyBPS:      rate(wire-pageBytes, t2.Sub(t1).Nanoseconds()),
 		CRIUFrozenNS: dump.Frozen.Nanoseconds(),
 	}
-	b.logf("%s: baseline: restored as pid %d after %s down", tag, res.Pid, fmtDur(m.DowntimeNS))
+	b.logf("%s: %s: restored as pid %d after %s down", tag, method, res.Pid, fmtDur(m.DowntimeNS))
 	if err := b.waitTicking(ctx, readFile); err != nil {
 		return m, fmt.Errorf("restored workload: %w", err)
 	}
 	return m, nil
+}
+
+// startPageServer starts `criu page-server` in node to's netns, writing into dir, and
+// returns once it listens: its address, and a function that waits for it to end (it
+// serves one dump) and returns the size of the page images it wrote.
+func (b *bench) startPageServer(ctx context.Context, dir string, to clusterNode) (string, func() (int64, error), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	var port int
+	if err := nsutil.Do(nsutil.Net, to.NetNSPath, func() error {
+		ln, err := net.Listen("tcp", net.JoinHostPort(to.Addr, "0"))
+		if err != nil {
+			return err
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
+		return ln.Close()
+	}); err != nil {
+		return "", nil, fmt.Errorf("page server: find a free port on n2: %w", err)
+	}
+	ready, w, err := os.Pipe()
+	if err != nil {
+		return "", nil, err
+	}
+	defer ready.Close()
+	log := filepath.Join(dir, "..", "page-server.log")
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+to.NetNSPath, b.criu.Path, "page-server",
+		"--images-dir", dir, "--address", to.Addr, "--port", strconv.Itoa(port), "--status-fd", "3",
+		"--log-file", log, "-v4")
+	cmd.ExtraFiles = []*os.File{w}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return "", nil, fmt.Errorf("page server: %w", err)
+	}
+	wait := func() (int64, error) {
+		if err := cmd.Wait(); err != nil {
+			return 0, errors.Join(fmt.Errorf("criu page-server: %w: %s", err, bytes.TrimSpace(out.Bytes())), fileTail(log))
+		}
+		n, err := dirSize(dir)
+		return n, err
+	}
+	// CRIU writes a byte to the status fd once it listens, and closes it on failure.
+	ready.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := ready.Read(make([]byte, 1)); err != nil {
+		cmd.Process.Kill()
+		_, werr := wait()
+		return "", nil, fmt.Errorf("criu page-server did not start: %w", errors.Join(err, werr))
+	}
+	return net.JoinHostPort(to.Addr, strconv.Itoa(port)), wait, nil
+}
+
+// dirSize is the total size of the regular files in dir.
+func dirSize(dir string) (int64, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			n += info.Size()
+		}
+	}
+	return n, nil
 }
 
 // waitReady waits for shmbench's ready line, then lets it dirty memory for cfg.Settle.

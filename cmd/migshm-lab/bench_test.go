@@ -256,8 +256,12 @@ func TestWriteTables(t *testing.T) {
 		DumpNS: 900e6, ShipNS: 4_700e6, RestoreNS: 600e6, CopyBPS: rate(540e6, 4_700e6)}
 	mig := &measurement{Method: "migshm", DowntimeNS: 310e6, TotalNS: 7_900e6, WireBytes: 610e6, Rounds: 4,
 		FinalBytes: 12.5e6, DumpNS: 150e6, ShipNS: 40e6, RestoreNS: 120e6}
+	ps := &measurement{Method: "pageserver", DowntimeNS: 3_100e6, TotalNS: 3_100e6, WireBytes: 541e6,
+		DumpNS: 2_500e6, ShipNS: 10e6, RestoreNS: 590e6}
+	run := benchRun{Run: 1, Baseline: base, PageServer: ps, Migshm: mig}
+	run.compare()
 	rep := &benchReport{Config: cfg, Sizes: []sizeResult{{TotalMiB: 512, PrivateMiB: 256, ShmMiB: 256,
-		Runs: []benchRun{{Run: 1, Baseline: base, Migshm: mig, Ratios: compare(base, mig)}}}}}
+		Runs: []benchRun{run}}}}
 	var buf bytes.Buffer
 	if err := writeTables(&buf, rep); err != nil {
 		t.Fatal(err)
@@ -268,9 +272,10 @@ func TestWriteTables(t *testing.T) {
 		t.Errorf("title = %q", lines[0])
 	}
 	wantRows := [][]string{
-		{"run", "method", "downtime", "total", "wire", "MB", "downtime", "x", "total", "x", "wire", "x", "rounds", "final", "MB", "dump", "ship", "restore"},
-		{"1", "baseline", "6.20s", "6.20s", "540.0", "-", "-", "-", "-", "540.0", "900ms", "4.70s", "600ms"},
-		{"1", "migshm", "310ms", "7.90s", "610.0", "20.0x", "0.78x", "1.13x", "4", "12.5", "150ms", "40ms", "120ms"},
+		{"run", "method", "downtime", "total", "wire", "MB", "downtime", "x", "vs", "ps", "x", "total", "x", "wire", "x", "rounds", "final", "MB", "dump", "ship", "restore"},
+		{"1", "baseline", "6.20s", "6.20s", "540.0", "-", "-", "-", "-", "-", "540.0", "900ms", "4.70s", "600ms"},
+		{"1", "pageserver", "3.10s", "3.10s", "541.0", "-", "-", "-", "-", "-", "541.0", "2.50s", "10ms", "590ms"},
+		{"1", "migshm", "310ms", "7.90s", "610.0", "20.0x", "10.0x", "0.78x", "1.13x", "4", "12.5", "150ms", "40ms", "120ms"},
 	}
 	for i, want := range wantRows {
 		if got := strings.Fields(lines[1+i]); !reflect.DeepEqual(got, want) {
@@ -278,12 +283,13 @@ func TestWriteTables(t *testing.T) {
 		}
 	}
 	// The columns line up (tabwriter, right-aligned): every row is as long as the header.
-	if len(lines[2]) != len(lines[1]) || len(lines[3]) != len(lines[1]) {
-		t.Errorf("rows not aligned:\n%s\n%s\n%s", lines[1], lines[2], lines[3])
+	if len(lines[2]) != len(lines[1]) || len(lines[3]) != len(lines[1]) || len(lines[4]) != len(lines[1]) {
+		t.Errorf("rows not aligned:\n%s\n%s\n%s\n%s", lines[1], lines[2], lines[3], lines[4])
 	}
 	for _, want := range []string{
 		"run 1 baseline copy: 540.0 MB in 4.70s: 114.9 MB/s = 92% of the tbf rate (125.0 MB/s)",
 		"criu dump (tree killed) in n1's netns to /var/tmp",
+		"criu page-server waiting in n2's netns",
 		"(--max-downtime: its default)",
 		"moved after it dirtied memory for 3s",
 	} {
@@ -301,7 +307,7 @@ func TestWriteTables(t *testing.T) {
 	}
 	var rows []string
 	for _, l := range strings.Split(buf.String(), "\n") {
-		if f := strings.Fields(l); len(f) == 13 && (f[1] == "baseline" || f[1] == "migshm") {
+		if f := strings.Fields(l); len(f) == 14 && (f[0] == "median" || f[0] >= "0" && f[0] <= "9") && (f[1] == "baseline" || f[1] == "migshm") {
 			rows = append(rows, f[0]+" "+f[1])
 		}
 	}

@@ -188,6 +188,7 @@ type RoundInfo struct {
 	Round        int     `json:"round"`         // 1-based
 	Pages        int64   `json:"pages"`         // pages read this round
 	ChangedPages int64   `json:"changed_pages"` // pages that differed from the last round (all, in round 1)
+	DeltaPages   int64   `json:"delta_pages"`   // pages sent as their changed words only (delta against the target's copy)
 	SentBytes    int64   `json:"sent_bytes"`    // bytes on the wire this round
 	DurationNS   int64   `json:"duration_ns"`
 	RateBPS      float64 `json:"rate_bps"` // bytes per second shipped this round

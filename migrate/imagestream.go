@@ -517,7 +517,7 @@ func (rd *imageReceiver) readErr(err error, where string) error {
 
 func (rd *imageReceiver) readHeader() error {
 	h := rd.head[:headerLen]
-	if err := readHead(rd.r, h, streamMagic, streamVersion, "image stream", rd.readErr); err != nil {
+	if err := readHead(rd.r, h, streamMagic, streamVersion, streamVersion, "image stream", rd.readErr); err != nil {
 		return err
 	}
 	chunk := binary.BigEndian.Uint32(h[len(streamMagic)+2:])
@@ -529,9 +529,9 @@ func (rd *imageReceiver) readHeader() error {
 }
 
 // readHead reads a stream's header into h (all of it: magic, version, the stream's own
-// fields, a CRC) and checks it; what names the stream in errors, readErr says how a
-// short read ended.
-func readHead(r io.Reader, h []byte, magic string, version uint16, what string, readErr func(err error, where string) error) error {
+// fields, a CRC) and checks it, taking versions oldest to version; what names the
+// stream in errors, readErr says how a short read ended.
+func readHead(r io.Reader, h []byte, magic string, oldest, version uint16, what string, readErr func(err error, where string) error) error {
 	n, err := io.ReadFull(r, h)
 	if n == 0 && err != nil {
 		if err == io.EOF {
@@ -544,8 +544,11 @@ func readHead(r io.Reader, h []byte, magic string, version uint16, what string, 
 	}
 	if n >= len(magic)+2 {
 		// Checked before the rest: a newer sender's header may be longer.
-		if v := binary.BigEndian.Uint16(h[len(magic):]); v != version {
-			return fmt.Errorf("%s version %d is not supported (this migshm reads version %d)", what, v, version)
+		if v := binary.BigEndian.Uint16(h[len(magic):]); v < oldest || v > version {
+			if oldest == version {
+				return fmt.Errorf("%s version %d is not supported (this migshm reads version %d)", what, v, version)
+			}
+			return fmt.Errorf("%s version %d is not supported (this migshm reads versions %d to %d)", what, v, oldest, version)
 		}
 	}
 	if err != nil {

@@ -28,18 +28,27 @@ import (
 // A round travels as a page stream. Integers are big endian; every CRC is CRC-32C
 // (Castagnoli) over the whole frame before it, kind byte included.
 //
-//	header   "MIGSHM-PAGES" | version u16 (1) | crc u32
+//	header   "MIGSHM-PAGES" | version u16 (2) | crc u32
 //	batch    'B' | count u32 (1..1024) | count x (hash [16] | page [4096]) | crc u32
+//	deltas   'D' | count u32 (1..1024) | size u32 | count x delta | crc u32
+//	         delta: hash [16] | base hash [16] | len u16 (0..1024) | runs [len]
 //	trailer  'E' | pages u64 | crc u32
 //
-// The trailer counts the pages of all batches, so a dropped batch is caught. A page
-// whose HashPage is not the hash it comes with is refused as well: the receiver only
-// ever holds pages whose name is their content.
+// A delta is a page given as its base, a page the receiver holds from an earlier round,
+// with runs of changed words written over it (appendDelta); size is the bytes of all
+// of a batch's deltas. The trailer counts the pages of all batches, so a dropped batch
+// is caught. A page whose HashPage is not the hash it comes with is refused as well:
+// the receiver only ever holds pages whose name is their content. Version 1 streams
+// (no deltas) are still read.
 const (
 	pagesMagic   = "MIGSHM-PAGES"
-	pagesVersion = 1
+	pagesVersion = 2
 
 	kindBatch = 'B'
+	kindDelta = 'D'
+
+	deltaEntryHead = 2*len(PageHash{}) + 2
+	maxDeltaBatch  = maxBatchPages * (deltaEntryHead + maxDeltaLen)
 
 	pageEntryLen    = len(PageHash{}) + PageSize
 	pagesHeaderLen  = len(pagesMagic) + 2 + crcLen
@@ -70,9 +79,10 @@ type RoundStats struct {
 	// Changed is how many of them differ from the previous round at the same place (all
 	// of them in the first round): the measure of how fast the workload dirties memory.
 	Changed int64
-	// Sent is how many pages were written to the stream; SentBytes how many bytes, its
-	// framing included.
+	// Sent is how many pages were written to the stream (Deltas of them as deltas);
+	// SentBytes how many bytes, its framing included.
 	Sent      int64
+	Deltas    int64
 	SentBytes int64
 	Duration  time.Duration
 }
@@ -97,6 +107,20 @@ type Precopier struct {
 	buf  []byte                 // readWindow bytes
 	pm   []byte                 // pagemap entries of a window
 	sums []PageHash             // hashes of a window
+
+	twin     *PageStore // copies of the pages sent, the bases of deltas (KeepTwin)
+	twinMax  int        // pages the twin may hold
+	base     []byte     // a page from the twin
+	deltaBuf []byte     // a delta being encoded
+}
+
+// KeepTwin makes the Precopier keep in store a copy of every page it sends, up to
+// maxPages of them, so that a later round sends a page that changed in a few words as
+// a delta against the page the target held at its place. The store is the caller's to
+// close (before the dump, say: its memory is then free for the dump to write).
+func (p *Precopier) KeepTwin(store *PageStore, maxPages int) {
+	p.twin, p.twinMax = store, maxPages
+	p.base = make([]byte, PageSize)
 }
 
 // NewPrecopier returns a Precopier that reads the tree pids lists (its host pids, asked
@@ -143,7 +167,7 @@ func (p *Precopier) Round(ctx context.Context, w io.Writer) (RoundStats, error) 
 	}
 	err := r.run()
 	r.st.Duration = time.Since(start)
-	r.st.Sent, r.st.SentBytes = r.pw.pages, r.pw.bytes
+	r.st.Sent, r.st.Deltas, r.st.SentBytes = r.pw.pages, r.pw.deltas, r.pw.bytes
 	p.mu.Lock()
 	p.pending = nil
 	if err == nil {
@@ -354,7 +378,8 @@ func (r *round) readRun(mem *os.File, key placeKey, prev []pageRun, addr, first 
 	r.cur[key] = append(r.cur[key], pageRun{first: first, hashes: slices.Clone(sums)})
 	r.st.Pages += int64(pages)
 	for i, h := range sums {
-		if old, ok := lookup(prev, first+uint64(i)); !ok || old != h {
+		old, had := lookup(prev, first+uint64(i))
+		if !had || old != h {
 			r.st.Changed++
 		}
 		if h == ZeroPageHash || r.p.Held(h) {
@@ -364,11 +389,45 @@ func (r *round) readRun(mem *os.File, key placeKey, prev []pageRun, addr, first 
 			continue
 		}
 		r.sent[h] = struct{}{}
-		if err := r.pw.add(h, buf[i*PageSize:(i+1)*PageSize]); err != nil {
+		if err := r.send(h, old, had, buf[i*PageSize:(i+1)*PageSize]); err != nil {
 			return true, err
 		}
 	}
 	return pages < n, nil
+}
+
+// send writes page (hash h) to the stream: as a delta against old, the page its place
+// held in the last round, when the target holds old, the twin has it and the delta is
+// small; else whole. The twin keeps a copy.
+func (r *round) send(h, old PageHash, had bool, page []byte) error {
+	p := r.p
+	if p.twin == nil {
+		return r.pw.add(h, page)
+	}
+	if had && p.Held(old) && p.twin.Get(old, p.base) {
+		if d, ok := appendDelta(p.deltaBuf[:0], p.base, page); ok {
+			p.deltaBuf = d
+			if err := r.pw.addDelta(h, old, d); err != nil {
+				return err
+			}
+			return r.keep(h, page)
+		}
+	}
+	if err := r.pw.add(h, page); err != nil {
+		return err
+	}
+	return r.keep(h, page)
+}
+
+// keep copies a sent page into the twin while it has room.
+func (r *round) keep(h PageHash, page []byte) error {
+	if r.p.twin.Len() >= r.p.twinMax {
+		return nil
+	}
+	if err := r.p.twin.Add(h, page); err != nil && !errors.Is(err, ErrStoreClosed) {
+		return fmt.Errorf("keep a copy of the pages sent: %w", err)
+	}
+	return nil
 }
 
 // lookup finds the hash page pn had in runs (sorted by first page).
@@ -397,11 +456,14 @@ func (e *writeError) Unwrap() error { return e.err }
 
 // pageWriter writes a page stream.
 type pageWriter struct {
-	w     io.Writer
-	buf   []byte // the batch being built
-	count int    // pages in it
-	pages int64  // pages written, all batches
-	bytes int64  // bytes written, framing included
+	w      io.Writer
+	buf    []byte // the batch being built
+	count  int    // pages in it
+	dbuf   []byte // the delta batch being built
+	dcount int    // deltas in it
+	pages  int64  // pages written, all batches, deltas included
+	deltas int64  // deltas written
+	bytes  int64  // bytes written, framing included
 }
 
 func newPageWriter(w io.Writer) *pageWriter {
@@ -449,9 +511,43 @@ func (pw *pageWriter) flush() error {
 	return err
 }
 
-// finish writes the last batch and the trailer.
+// addDelta appends page h, given as delta against base, to the delta batch, writing
+// the batch when it is full.
+func (pw *pageWriter) addDelta(h, base PageHash, delta []byte) error {
+	if pw.dbuf == nil {
+		pw.dbuf = make([]byte, batchHeadLen+4, batchHeadLen+4+batchPages*(deltaEntryHead+64)+crcLen)
+	}
+	pw.dbuf = append(pw.dbuf, h[:]...)
+	pw.dbuf = append(pw.dbuf, base[:]...)
+	pw.dbuf = binary.BigEndian.AppendUint16(pw.dbuf, uint16(len(delta)))
+	pw.dbuf = append(pw.dbuf, delta...)
+	if pw.dcount++; pw.dcount == batchPages {
+		return pw.flushDeltas()
+	}
+	return nil
+}
+
+func (pw *pageWriter) flushDeltas() error {
+	if pw.dcount == 0 {
+		return nil
+	}
+	pw.dbuf[0] = kindDelta
+	binary.BigEndian.PutUint32(pw.dbuf[1:], uint32(pw.dcount))
+	binary.BigEndian.PutUint32(pw.dbuf[batchHeadLen:], uint32(len(pw.dbuf)-batchHeadLen-4))
+	pw.dbuf = binary.BigEndian.AppendUint32(pw.dbuf, crc32.Checksum(pw.dbuf, castagnoli))
+	err := pw.write(pw.dbuf, "delta batch")
+	pw.pages += int64(pw.dcount)
+	pw.deltas += int64(pw.dcount)
+	pw.dbuf, pw.dcount = pw.dbuf[:batchHeadLen+4], 0
+	return err
+}
+
+// finish writes the last batches and the trailer.
 func (pw *pageWriter) finish() error {
 	if err := pw.flush(); err != nil {
+		return err
+	}
+	if err := pw.flushDeltas(); err != nil {
 		return err
 	}
 	b := binary.BigEndian.AppendUint64([]byte{kindTrailer}, uint64(pw.pages))
@@ -480,7 +576,7 @@ func readPages(ctx context.Context, r io.Reader, store *PageStore) (int64, error
 		return 0, err
 	}
 	var pages int64
-	var buf []byte
+	var buf, dbuf []byte
 	var sums []PageHash
 	for batch := 1; ; batch++ {
 		if err := ctx.Err(); err != nil {
@@ -493,6 +589,13 @@ func readPages(ctx context.Context, r io.Reader, store *PageStore) (int64, error
 		}
 		switch head[0] {
 		case kindBatch:
+		case kindDelta:
+			n, err := readDeltas(r, store, fmt.Sprintf("batch %d", batch), &dbuf)
+			pages += n
+			if err != nil {
+				return pages, err
+			}
+			continue
 		case kindTrailer:
 			return pages, readPagesTrailer(r, pages)
 		default:
@@ -541,9 +644,70 @@ func readPages(ctx context.Context, r io.Reader, store *PageStore) (int64, error
 	}
 }
 
+// readDeltas reads a delta batch (its kind byte is read) into store: each page is its
+// base, which the store must hold, with the delta's runs written over it, and must
+// match its hash. The batch is taken whole or not at all.
+func readDeltas(r io.Reader, store *PageStore, where string, buf *[]byte) (int64, error) {
+	var head [batchHeadLen + 4]byte
+	head[0] = kindDelta
+	if _, err := io.ReadFull(r, head[1:]); err != nil {
+		return 0, pagesReadErr(err, where)
+	}
+	count := int(binary.BigEndian.Uint32(head[1:]))
+	size := int(binary.BigEndian.Uint32(head[batchHeadLen:]))
+	if count == 0 || count > maxBatchPages || size < count*deltaEntryHead || size > count*(deltaEntryHead+maxDeltaLen) {
+		return 0, fmt.Errorf("%s: %d deltas in %d bytes: %w", where, count, size, ErrCorruptStream)
+	}
+	if cap(*buf) < size+crcLen {
+		*buf = make([]byte, size+crcLen)
+	}
+	b := (*buf)[:size+crcLen]
+	if _, err := io.ReadFull(r, b); err != nil {
+		return 0, pagesReadErr(err, where)
+	}
+	data := b[:size]
+	if crc32.Update(crc32.Checksum(head[:], castagnoli), castagnoli, data) != binary.BigEndian.Uint32(b[size:]) {
+		return 0, fmt.Errorf("%s: checksum mismatch: %w", where, ErrCorruptStream)
+	}
+	pages := make([]byte, count*PageSize)
+	sums := make([]PageHash, count)
+	for i := range count {
+		if len(data) < deltaEntryHead {
+			return 0, fmt.Errorf("%s: delta %d is cut short: %w", where, i+1, ErrCorruptStream)
+		}
+		h, base := PageHash(data), PageHash(data[len(PageHash{}):])
+		n := int(binary.BigEndian.Uint16(data[2*len(PageHash{}):]))
+		data = data[deltaEntryHead:]
+		if n > maxDeltaLen || n > len(data) {
+			return 0, fmt.Errorf("%s: delta %d of %d bytes: %w", where, i+1, n, ErrCorruptStream)
+		}
+		page := pages[i*PageSize : (i+1)*PageSize]
+		if !store.Get(base, page) {
+			return 0, fmt.Errorf("%s: delta %d is against page %s, which is not held here: %w", where, i+1, base, ErrCorruptStream)
+		}
+		if err := applyDelta(page, data[:n]); err != nil {
+			return 0, fmt.Errorf("%s: delta %d: %w: %w", where, i+1, err, ErrCorruptStream)
+		}
+		if sum16(page) != h {
+			return 0, fmt.Errorf("%s: delta %d does not give its page %s: %w", where, i+1, h, ErrCorruptStream)
+		}
+		sums[i] = h
+		data = data[n:]
+	}
+	if len(data) != 0 {
+		return 0, fmt.Errorf("%s: %d bytes after the last delta: %w", where, len(data), ErrCorruptStream)
+	}
+	for i := range count {
+		if err := store.Add(sums[i], pages[i*PageSize:(i+1)*PageSize]); err != nil {
+			return int64(i), err
+		}
+	}
+	return int64(count), nil
+}
+
 func readPagesHeader(r io.Reader) error {
 	var h [pagesHeaderLen]byte
-	return readHead(r, h[:], pagesMagic, pagesVersion, "page stream", pagesReadErr)
+	return readHead(r, h[:], pagesMagic, 1, pagesVersion, "page stream", pagesReadErr)
 }
 
 // readPagesTrailer reads the rest of the trailer (its kind byte is read) and checks it.

@@ -140,10 +140,19 @@ func TestPageStreamCorrupt(t *testing.T) {
 	}
 	t.Run("newer version", func(t *testing.T) {
 		bad := bytes.Clone(stream)
-		bad[len(pagesMagic)+1] = 2
+		bad[len(pagesMagic)+1] = 3
 		_, err := ReadPages(context.Background(), bytes.NewReader(bad), fxOpenStore(t))
-		if err == nil || !strings.Contains(err.Error(), "page stream version 2 is not supported") {
-			t.Fatalf("got %v, want version 2 refused", err)
+		if err == nil || !strings.Contains(err.Error(), "page stream version 3 is not supported (this migshm reads versions 1 to 2)") {
+			t.Fatalf("got %v, want version 3 refused", err)
+		}
+	})
+	t.Run("version 1", func(t *testing.T) {
+		old := bytes.Clone(stream)
+		old[len(pagesMagic)+1] = 1
+		copy(old[len(pagesMagic)+2:], fxCRC(old[:len(pagesMagic)+2]))
+		n, err := ReadPages(context.Background(), bytes.NewReader(old), fxOpenStore(t))
+		if err != nil || n != batchPages+3 {
+			t.Fatalf("a version 1 stream: ReadPages = %d, %v", n, err)
 		}
 	})
 }

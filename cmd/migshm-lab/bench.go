@@ -273,14 +273,18 @@ type benchRun struct {
 	Ratios     *ratios      `json:"ratios,omitempty"`
 	// PSRatios are migshm's against the page-server baseline.
 	PSRatios *ratios `json:"pageserver_ratios,omitempty"`
+	// Limit is the physical-limit estimate for migshm's move (benchReport.Small).
+	Limit *physicalLimit `json:"limit,omitempty"`
 	// Group is the same memory moved as an IPC group (--group); GroupRatios against the
 	// same baseline.
 	Group       *measurement `json:"group,omitempty"`
 	GroupRatios *ratios      `json:"group_ratios,omitempty"`
 }
 
-// compare fills in the ratios of the run's measurements.
-func (r *benchRun) compare() {
+// compare fills in the ratios of the run's measurements, and the limit given the
+// small workload's move.
+func (r *benchRun) compare(small *measurement, rateBits float64) {
+	r.Limit = limit(small, r.Baseline, r.Migshm, rateBits)
 	r.Ratios = compare(r.Baseline, r.Migshm)
 	r.PSRatios = compare(r.PageServer, r.Migshm)
 	r.GroupRatios = compare(r.Baseline, r.Group)
@@ -297,14 +301,53 @@ type sizeResult struct {
 
 // benchReport is the whole result; --json prints it.
 type benchReport struct {
-	Config  benchConfig  `json:"config"`
-	CRIU    string       `json:"criu,omitempty"`
-	Started time.Time    `json:"started"`
-	Sizes   []sizeResult `json:"sizes"`
+	Config  benchConfig `json:"config"`
+	CRIU    string      `json:"criu,omitempty"`
+	Started time.Time   `json:"started"`
+	// Small is a migshm move of a 4 MiB shmbench, measured first: the fixed part of any
+	// move's downtime, in the physical-limit estimate (limit).
+	Small *measurement `json:"small,omitempty"`
+	Sizes []sizeResult `json:"sizes"`
 }
 
-// summarize fills in the medians of a size with two or more runs.
-func (s *sizeResult) summarize() {
+// smallMiB is the size of the workload whose downtime is the fixed part of the limit.
+const smallMiB = 4
+
+// physicalLimit is what no move can beat by much: the bytes that must cross the link
+// while frozen (migshm's last round: its final bytes) at the link's measured rate, plus
+// the downtime of a workload too small to have memory worth mentioning. It is 0 when a
+// part is missing.
+type physicalLimit struct {
+	FinalNS int64   `json:"final_ns"` // final bytes over the link rate
+	FixedNS int64   `json:"fixed_ns"` // the small workload's downtime, same run
+	LinkBPS float64 `json:"link_bytes_per_sec"`
+	NS      int64   `json:"ns"`
+	// Ratio is migshm's downtime over the limit (1 would be at the limit).
+	Ratio float64 `json:"ratio"`
+}
+
+// limit estimates the physical limit for mig. The link rate is the baseline's copy
+// rate when it was measured, else the configured rate.
+func limit(small, base, mig *measurement, rateBits float64) *physicalLimit {
+	if small == nil || mig == nil || small.DowntimeNS <= 0 {
+		return nil
+	}
+	bps := rateBits / 8
+	if base != nil && base.CopyBPS > 0 {
+		bps = base.CopyBPS
+	}
+	if bps <= 0 {
+		return nil
+	}
+	l := &physicalLimit{FinalNS: int64(float64(mig.FinalBytes) / bps * 1e9), FixedNS: small.DowntimeNS, LinkBPS: bps}
+	l.NS = l.FinalNS + l.FixedNS
+	l.Ratio = ratio(mig.DowntimeNS, l.NS)
+	return l
+}
+
+// summarize fills in the medians of a size with two or more runs (small and rateBits:
+// as for benchRun.compare).
+func (s *sizeResult) summarize(small *measurement, rateBits float64) {
 	if len(s.Runs) < 2 {
 		s.Median = nil
 		return
@@ -325,7 +368,7 @@ func (s *sizeResult) summarize() {
 		}
 	}
 	med := &benchRun{Baseline: medianOf(bases), PageServer: medianOf(servers), Migshm: medianOf(migs), Group: medianOf(groups)}
-	med.compare()
+	med.compare(small, rateBits)
 	s.Median = med
 }
 
@@ -536,6 +579,17 @@ func writeTables(w io.Writer, rep *benchReport) error {
 					fmtDur(r.Baseline.ShipNS), throttleNote(cfg.RateBits, r.Baseline.CopyBPS))
 			}
 		}
+		for _, r := range rows {
+			if l := r.Limit; l != nil {
+				label := fmt.Sprintf("run %d", r.Run)
+				if r.Run == 0 {
+					label = "median"
+				}
+				fmt.Fprintf(w, "  %s physical limit: final %s MB at %s = %s, + the %d MiB move's downtime %s = %s; migshm's downtime is %s of it\n",
+					label, fmtMB(r.Migshm.FinalBytes), fmtRate(l.LinkBPS), fmtDur(l.FinalNS), smallMiB, fmtDur(l.FixedNS),
+					fmtDur(l.NS), fmtRatio(l.Ratio))
+			}
+		}
 		switch {
 		case s.Median != nil && s.Median.Migshm != nil:
 			writeWindow(w, fmt.Sprintf("migshm's frozen window, step by step (median of %d runs; parts as CRIU and the target report them):",
@@ -576,7 +630,9 @@ migshm    migshm run on n1, then migshm move --json WORKLOAD n2 (--max-downtime:
 group of N  (--group N) the same memory as N members of one IPC group, 1/N each, moved by one
           migshm move of one member (one dump of the group's tree)
 workload  testdata/shmbench, moved after it dirtied memory for %v
-`, cfg.Dir, md, cfg.Settle)
+limit     the physical limit: migshm's final MB over the link rate (the baseline's copy rate,
+          else --rate) plus the downtime of a %d MiB shmbench moved by migshm first in this run
+`, cfg.Dir, md, cfg.Settle, smallMiB)
 }
 
 // parseMoveStream reads the NDJSON stream of `migshm move --json` (one api.MoveEvent
@@ -630,8 +686,8 @@ func describeEvent(ev api.MoveEvent) string {
 		return "phase " + ev.Phase
 	case api.EventRound:
 		if r := ev.Round; r != nil {
-			return fmt.Sprintf("round %d: %d pages read, %d changed, %s MB sent in %s (%s)", r.Round, r.Pages,
-				r.ChangedPages, fmtMB(r.SentBytes), fmtDur(r.DurationNS), fmtRate(r.RateBPS))
+			return fmt.Sprintf("round %d: %d pages read, %d changed, %d as deltas, %s MB sent in %s (%s)", r.Round, r.Pages,
+				r.ChangedPages, r.DeltaPages, fmtMB(r.SentBytes), fmtDur(r.DurationNS), fmtRate(r.RateBPS))
 		}
 	case api.EventDone:
 		if s := ev.Summary; s != nil {
@@ -817,6 +873,16 @@ func runBench(ctx context.Context, cfg *benchConfig) (rep *benchReport, err erro
 
 	// A failed move is reported with the rest: the other sizes and runs still tell something.
 	var errs []error
+	if !cfg.SkipMigshm {
+		priv, shm := splitSize(smallMiB)
+		tag := fmt.Sprintf("%d MiB (the limit's fixed part)", smallMiB)
+		m, err := b.moveWithMigshm(ctx, tag, sizeResult{TotalMiB: smallMiB, PrivateMiB: priv, ShmMiB: shm}, 0, 1)
+		if err != nil {
+			b.logf("%s: migshm failed: %v", tag, err)
+			errs = append(errs, fmt.Errorf("%s: migshm: %w", tag, err))
+		}
+		rep.Small = m
+	}
 	for _, total := range cfg.Sizes {
 		priv, shm := splitSize(total)
 		sr := sizeResult{TotalMiB: total, PrivateMiB: priv, ShmMiB: shm}
@@ -853,12 +919,12 @@ func runBench(ctx context.Context, cfg *benchConfig) (rep *benchReport, err erro
 				}
 				r.Group = m
 			}
-			r.compare()
+			r.compare(rep.Small, cfg.RateBits)
 			if r.Baseline != nil || r.PageServer != nil || r.Migshm != nil || r.Group != nil {
 				sr.Runs = append(sr.Runs, r)
 			}
 		}
-		sr.summarize()
+		sr.summarize(rep.Small, cfg.RateBits)
 		if len(sr.Runs) > 0 {
 			rep.Sizes = append(rep.Sizes, sr)
 		}

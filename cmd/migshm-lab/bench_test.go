@@ -186,7 +186,7 @@ func TestSummarize(t *testing.T) {
 		{Run: 3, Baseline: &measurement{Method: "baseline", DowntimeNS: 2e9, WireBytes: 100e6, ShipNS: 1e9},
 			Migshm: &measurement{Method: "migshm", DowntimeNS: 200e6, Rounds: 4}},
 	}}
-	s.summarize()
+	s.summarize(nil, 0)
 	if s.Median == nil || s.Median.Run != 0 {
 		t.Fatalf("median = %+v", s.Median)
 	}
@@ -200,7 +200,7 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("median copy rate = %v, want 1e8", s.Median.Baseline.CopyBPS)
 	}
 	one := sizeResult{Runs: s.Runs[:1]}
-	one.summarize()
+	one.summarize(nil, 0)
 	if one.Median != nil {
 		t.Error("a single run has no median row")
 	}
@@ -258,9 +258,10 @@ func TestWriteTables(t *testing.T) {
 		FinalBytes: 12.5e6, DumpNS: 150e6, ShipNS: 40e6, RestoreNS: 120e6}
 	ps := &measurement{Method: "pageserver", DowntimeNS: 3_100e6, TotalNS: 3_100e6, WireBytes: 541e6,
 		DumpNS: 2_500e6, ShipNS: 10e6, RestoreNS: 590e6}
+	small := &measurement{Method: "migshm", DowntimeNS: 200e6}
 	run := benchRun{Run: 1, Baseline: base, PageServer: ps, Migshm: mig}
-	run.compare()
-	rep := &benchReport{Config: cfg, Sizes: []sizeResult{{TotalMiB: 512, PrivateMiB: 256, ShmMiB: 256,
+	run.compare(small, cfg.RateBits)
+	rep := &benchReport{Config: cfg, Small: small, Sizes: []sizeResult{{TotalMiB: 512, PrivateMiB: 256, ShmMiB: 256,
 		Runs: []benchRun{run}}}}
 	var buf bytes.Buffer
 	if err := writeTables(&buf, rep); err != nil {
@@ -290,6 +291,8 @@ func TestWriteTables(t *testing.T) {
 		"run 1 baseline copy: 540.0 MB in 4.70s: 114.9 MB/s = 92% of the tbf rate (125.0 MB/s)",
 		"criu dump (tree killed) in n1's netns to /var/tmp",
 		"criu page-server waiting in n2's netns",
+		// 12.5 MB at the baseline's 114.9 MB/s is 109 ms; + 200 ms = 309 ms; 310/309.
+		"run 1 physical limit: final 12.5 MB at 114.9 MB/s = 109ms, + the 4 MiB move's downtime 200ms = 309ms; migshm's downtime is 1.00x of it",
 		"(--max-downtime: its default)",
 		"moved after it dirtied memory for 3s",
 	} {
@@ -300,7 +303,7 @@ func TestWriteTables(t *testing.T) {
 
 	// With a median row, and a run where migshm is missing.
 	rep.Sizes[0].Runs = append(rep.Sizes[0].Runs, benchRun{Run: 2, Baseline: base})
-	rep.Sizes[0].summarize()
+	rep.Sizes[0].summarize(rep.Small, cfg.RateBits)
 	buf.Reset()
 	if err := writeTables(&buf, rep); err != nil {
 		t.Fatal(err)
@@ -414,7 +417,7 @@ func TestDescribeEvent(t *testing.T) {
 		{api.MoveEvent{Event: api.EventPhase, Phase: "frozen"}, "phase frozen"},
 		{api.MoveEvent{Event: api.EventRound, Round: &api.RoundInfo{Round: 2, Pages: 100, ChangedPages: 7,
 			SentBytes: 28672, DurationNS: 15e6, RateBPS: 1.9e6}},
-			"round 2: 100 pages read, 7 changed, 0.0 MB sent in 15ms (1.9 MB/s)"},
+			"round 2: 100 pages read, 7 changed, 0 as deltas, 0.0 MB sent in 15ms (1.9 MB/s)"},
 		{api.MoveEvent{Event: api.EventDone, Summary: &api.MigrationStats{FrozenNS: 250e6, TotalNS: 4e9, Rounds: 3}},
 			"done: frozen 250ms, total 4.00s, 3 rounds"},
 		{api.MoveEvent{Event: api.EventError, Error: "boom"}, "error: boom"},

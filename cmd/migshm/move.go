@@ -246,6 +246,9 @@ func roundLine(r api.RoundInfo) string {
 	} else {
 		fmt.Fprintf(&b, "%s of %s pages changed", thousands(r.ChangedPages), thousands(r.Pages))
 	}
+	if r.DeltaPages > 0 {
+		fmt.Fprintf(&b, " (%s sent as deltas)", thousands(r.DeltaPages))
+	}
 	fmt.Fprintf(&b, ", %s sent in %.2fs", human(uint64(max(r.SentBytes, 0))), time.Duration(r.DurationNS).Seconds())
 	if r.RateBPS > 0 {
 		fmt.Fprintf(&b, " (%s/s)", human(uint64(r.RateBPS)))

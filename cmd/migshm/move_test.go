@@ -51,7 +51,7 @@ var (
 	evRound1  = api.MoveEvent{Event: api.EventRound, At: 3, Migration: movingID, Phase: "precopy", Round: &api.RoundInfo{
 		Round: 1, Pages: 131072, ChangedPages: 131072, SentBytes: 512 << 20, DurationNS: int64(1500 * time.Millisecond), RateBPS: 512 << 20 / 1.5}}
 	evRound2 = api.MoveEvent{Event: api.EventRound, At: 4, Migration: movingID, Phase: "precopy", Round: &api.RoundInfo{
-		Round: 2, Pages: 131072, ChangedPages: 1234, SentBytes: 5033165, DurationNS: int64(120 * time.Millisecond), RateBPS: 5033165 / 0.12}}
+		Round: 2, Pages: 131072, ChangedPages: 1234, DeltaPages: 1200, SentBytes: 5033165, DurationNS: int64(120 * time.Millisecond), RateBPS: 5033165 / 0.12}}
 	evFrozen   = api.MoveEvent{Event: api.EventPhase, At: 5, Migration: movingID, Phase: "frozen"}
 	evShipped  = api.MoveEvent{Event: api.EventPhase, At: 6, Migration: movingID, Phase: "shipped"}
 	evRestored = api.MoveEvent{Event: api.EventPhase, At: 7, Migration: movingID, Phase: "restored"}
@@ -115,7 +115,7 @@ func TestCLIMove(t *testing.T) {
 	want := `migration m5f3a9c: planned (w00000001 db1 n1 -> n2)
 precopy
 precopy round 1: 131,072 pages, 512.0 MiB sent in 1.50s (341.3 MiB/s)
-precopy round 2: 1,234 of 131,072 pages changed, 4.8 MiB sent in 0.12s (40.0 MiB/s)
+precopy round 2: 1,234 of 131,072 pages changed (1,200 sent as deltas), 4.8 MiB sent in 0.12s (40.0 MiB/s)
 frozen
 shipped
 restored

@@ -55,7 +55,7 @@ type sourceRun struct {
 	pc          *migrate.Precopier
 	files       []migrate.FileNeed // what the tree reopens by path, as the check found it
 	memory      uint64             // the tree's memory as the check found it: about what the dump writes
-	reserve     *migrate.Reserve   // memory touched during pre-copy, given back just before the dump
+	twin        *migrate.PageStore // pre-copy's copies of the pages sent (deltas), closed before the dump
 	carry       []string           // the files of those the target lacks: sent while frozen
 	shared      bool               // the target sees this node's workload dir (one host, shared filesystem)
 	groupShared bool               // the target sees the group's request dir
@@ -264,10 +264,7 @@ func (s *sourceRun) run(ctx context.Context) error {
 	}
 
 	if !s.req.NoPrecopy {
-		// The dump writes about the tree's memory into fresh files: have pages ready
-		// for it (see migrate.Reserve). Without pre-copy there is no time to.
-		s.reserve = migrate.NewReserve(int64(s.memory))
-		defer s.reserve.Release()
+		defer s.closeTwin()
 		// While the workload runs a silent target only makes the move wait: say so.
 		pctx, stop := context.WithCancelCause(ctx)
 		watched := s.watch(pctx, nil)
@@ -362,6 +359,14 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 	policy := migrate.PrecopyPolicy{MaxDowntime: time.Duration(s.req.MaxDowntimeMS) * time.Millisecond, MaxRounds: s.req.MaxRounds}
 	root := s.root
 	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(root) })
+	// Later rounds send a page that changed in a few words as those words: the twin
+	// keeps what the target holds, up to a quarter more than the tree's memory.
+	if twin, err := migrate.OpenPageStore(filepath.Join(s.dir, "twin")); err != nil {
+		s.log.Warn("pre-copy without deltas: no room for a copy of the pages sent", "err", err)
+	} else {
+		s.twin = twin
+		s.pc.KeepTwin(twin, int(s.memory/migrate.PageSize*5/4))
+	}
 	var rate float64 // best bytes/s seen on the wire
 	var prevChanged int64
 	for round := 1; ; round++ {
@@ -380,15 +385,23 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 		}
 		rate = max(rate, r)
 		s.event(api.MoveEvent{Event: api.EventRound, Phase: string(record.PhasePrecopy), Round: &api.RoundInfo{
-			Round: round, Pages: st.Pages, ChangedPages: st.Changed, SentBytes: st.SentBytes,
+			Round: round, Pages: st.Pages, ChangedPages: st.Changed, DeltaPages: st.Deltas, SentBytes: st.SentBytes,
 			DurationNS: int64(st.Duration), RateBPS: r}})
-		s.log.Info("pre-copy round", "round", round, "pages", st.Pages, "changed", st.Changed,
+		s.log.Info("pre-copy round", "round", round, "pages", st.Pages, "changed", st.Changed, "deltas", st.Deltas,
 			"sent_bytes", st.SentBytes, "took", st.Duration)
 		if why, last := policy.Last(migrate.PrecopyRound{Round: round, Changed: st.Changed, PrevChanged: prevChanged, Rate: rate}); last {
 			s.log.Info("pre-copy done", "rounds", round, "why", why)
 			return nil
 		}
 		prevChanged = st.Changed
+	}
+}
+
+// closeTwin drops pre-copy's copies of the pages sent.
+func (s *sourceRun) closeTwin() {
+	if s.twin != nil {
+		s.twin.Close()
+		s.twin = nil
 	}
 }
 
@@ -434,9 +447,9 @@ func (s *sourceRun) frozenWindow(ctx, wctx context.Context) error {
 	fctx, cancel := context.WithTimeout(wctx, migrate.DumpTimeout)
 	defer cancel()
 	images := filepath.Join(s.dir, "images")
-	if n := s.reserve.Release(); n > 0 {
-		s.log.Debug("reserve given back for the dump", "bytes", n)
-	}
+	// The dump writes about the tree's memory into fresh files: the twin's pages, freed
+	// just now, are what the kernel hands out first (see migrate.Reserve for why).
+	s.closeTwin()
 	s.frozen = true
 	t0 := time.Now()
 	dump, err := s.e.criu.Dump(fctx, migrate.DumpOptions{Pid: s.root, ImagesDir: images,

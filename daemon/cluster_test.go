@@ -35,6 +35,7 @@ import (
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/internal/wait"
 	"github.com/migshm/migshm/shmowner/record"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -186,6 +187,8 @@ func newClusterWith(t *testing.T, n, members int, private bool, common ...string
 	t.Cleanup(func() {
 		for _, nd := range c.nodes {
 			c.kill(nd)
+			// A killed daemon leaves its image tmpfs (image-tmpfs) mounted.
+			_ = unix.Unmount(nd.imageDir(), unix.MNT_DETACH)
 		}
 		if t.Failed() {
 			for _, nd := range c.nodes {

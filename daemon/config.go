@@ -46,6 +46,7 @@ type Config struct {
 	DataDir     string   // raft/ (bbolt log, stable store, snapshots), init/
 	WorkloadDir string   // per-workload records and logs; empty: DataDir/workloads
 	ImageDir    string   // migration images and pre-copied pages; should be tmpfs; empty: DefaultImageDir
+	ImageTmpfs  bool     // mount a tmpfs with huge pages at ImageDir unless it is a mount point already
 	Socket      string   // local API unix socket (root only, 0600)
 	RaftAddr    string   // raft bind address (mutual TLS)
 	PeerAddr    string   // peer API bind address (HTTPS, mutual TLS)
@@ -233,6 +234,8 @@ func Flags() []cli.Flag {
 		str("data-dir", "raft state, snapshots and the init copy", DefaultDataDir),
 		str("workload-dir", "workload records and logs (default: DATA-DIR/workloads)", ""),
 		str("image-dir", "migration images and pre-copied pages; use a tmpfs: the final dump runs while the workload is frozen", DefaultImageDir),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "image-tmpfs", EnvVars: env("image-tmpfs"), Value: true,
+			Usage: "mount a tmpfs of its own, with transparent huge pages, at image-dir unless it is a mount point already (the frozen window writes the workload's size there, several times faster on huge pages)"}),
 		str("socket", "local API socket for the migshm CLI (root only, mode 0600)", DefaultSocket),
 		str("raft-addr", "Raft bind address (mutual TLS)", DefaultRaftAddr),
 		str("peer-addr", "peer API bind address (HTTPS, mutual TLS)", DefaultPeerAddr),
@@ -320,6 +323,7 @@ func ConfigFromCLI(c *cli.Context) (Config, error) {
 		DataDir:         c.String("data-dir"),
 		WorkloadDir:     c.String("workload-dir"),
 		ImageDir:        c.String("image-dir"),
+		ImageTmpfs:      c.Bool("image-tmpfs"),
 		Socket:          c.String("socket"),
 		RaftAddr:        c.String("raft-addr"),
 		PeerAddr:        c.String("peer-addr"),

@@ -66,7 +66,7 @@ func configFile(cfg Config) map[string]any {
 		join = []string{}
 	}
 	return map[string]any{
-		"node-id": cfg.NodeID, "data-dir": cfg.DataDir, "workload-dir": cfg.WorkloadDir, "image-dir": cfg.ImageDir,
+		"node-id": cfg.NodeID, "data-dir": cfg.DataDir, "workload-dir": cfg.WorkloadDir, "image-dir": cfg.ImageDir, "image-tmpfs": cfg.ImageTmpfs,
 		"socket": cfg.Socket, "raft-addr": cfg.RaftAddr, "peer-addr": cfg.PeerAddr, "advertise": cfg.Advertise,
 		"bootstrap": cfg.Bootstrap, "join": join, "tls-ca": cfg.TLSCA, "tls-cert": cfg.TLSCert, "tls-key": cfg.TLSKey,
 		"criu": cfg.CRIU, "log-level": cfg.LogLevel, "metrics-addr": cfg.MetricsAddr,

@@ -327,7 +327,7 @@ func TestNormalizeDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
+		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", ImageDir: DefaultImageDir, ImageTmpfs: true, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr,
 		TLSCA: "/srv/m/tls/ca.crt", TLSCert: "/srv/m/tls/node.crt", TLSKey: "/srv/m/tls/node.key",
 		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,
@@ -425,7 +425,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	want := Config{
 		NodeID: "node1", Advertise: "10.0.0.11", Bootstrap: true,
 		TLSCA: "/var/lib/migshmd/tls/ca.crt", TLSCert: "/var/lib/migshmd/tls/node.crt", TLSKey: "/var/lib/migshmd/tls/node.key",
-		DataDir: DefaultDataDir, WorkloadDir: DefaultDataDir + "/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
+		DataDir: DefaultDataDir, WorkloadDir: DefaultDataDir + "/workloads", ImageDir: DefaultImageDir, ImageTmpfs: true, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr, LogLevel: "info",
 		SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,
 		MetricsAddr: "127.0.0.1:9641", AutoBalance: true, BalanceInterval: DefaultBalanceInterval, BalanceThreshold: 0.1,

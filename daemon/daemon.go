@@ -218,6 +218,13 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
 		return fmt.Errorf("create image-dir %s: %w", cfg.ImageDir, err)
 	}
+	if cfg.ImageTmpfs {
+		unmount, err := mountImages(d.log, cfg.ImageDir)
+		if err != nil {
+			return err
+		}
+		*cleanups = append(*cleanups, unmount)
+	}
 	warnIfNotTmpfs(d.log, cfg.ImageDir)
 	d.engine = migration.New(migration.Config{WorkloadDir: cfg.WorkloadDir, ImageDir: cfg.ImageDir,
 		DataDir: cfg.DataDir, CRIU: cfg.CRIU, Log: d.log, ProgressTimeout: cfg.ProgressTimeout, Network: network}, d.cluster, d.sup, migration.OverPeers(d.peers))

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/migshm/migshm/internal/procfs"
+	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
 )
 
@@ -89,6 +91,52 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("local api: %w", err)
 	}
 	return ln, nil
+}
+
+// mountImages mounts a tmpfs of its own at dir (source workload.ImagesMountSource,
+// mode 0700, transparent huge pages where the kernel has them for tmpfs) unless dir is a
+// mount point already, which is then the operator's and left as it is. One of ours left
+// by a daemon that did not stop cleanly is taken over. It returns what unmounts ours.
+func mountImages(log *slog.Logger, dir string) (func(), error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("image-tmpfs: %w", err)
+	}
+	mounts, err := procfs.ParseMountinfo(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("image-tmpfs: %w", err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("image-tmpfs: %w", err)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	unmount := func() { _ = unix.Unmount(abs, unix.MNT_DETACH) }
+	for i := len(mounts) - 1; i >= 0; i-- { // the last mount at a point is the one seen
+		if m := mounts[i]; m.Point == abs {
+			if m.FSType == "tmpfs" && m.Source == workload.ImagesMountSource {
+				log.Info("image-dir: taking over the tmpfs an earlier run mounted", "image_dir", abs)
+				return unmount, nil
+			}
+			log.Info("image-dir is a mount point already: used as it is (image-tmpfs does nothing)", "image_dir", abs, "fstype", m.FSType)
+			return func() {}, nil
+		}
+	}
+	const flags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+	huge := true
+	err = unix.Mount(workload.ImagesMountSource, abs, "tmpfs", flags, "mode=0700,huge=within_size")
+	if errors.Is(err, unix.EINVAL) { // a kernel without huge pages for tmpfs
+		huge = false
+		err = unix.Mount(workload.ImagesMountSource, abs, "tmpfs", flags, "mode=0700")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("image-tmpfs: mount a tmpfs at %s: %w (set image-tmpfs = false to use the directory as it is)", abs, err)
+	}
+	log.Info("image-dir: mounted a tmpfs of its own", "image_dir", abs, "huge_pages", huge)
+	return unmount, nil
 }
 
 // warnIfNotTmpfs logs a warning when dir is not on a tmpfs: migration images are

@@ -10,13 +10,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ImagesMountSource is the source name of the tmpfs the daemon mounts for migration
+// images (daemon setting image-tmpfs).
+const ImagesMountSource = "migshm-images"
+
 // setupMounts prepares the init's own mount namespace (a copy of its launcher's) so that
 // CRIU can dump it and restore it on another node:
 //   - every mount is made private: nothing the workload mounts leaks out, and nothing
 //     mounted on the host later (a new network namespace, say) appears in a tree that was
 //     already checked as movable. CRIU finds the copies of host mounts by their device
 //     and root among its own mounts (--ext-mount-map auto) and binds the target node's.
-//   - nsfs mounts (ip netns' /run/netns/NAME) are dropped: CRIU cannot carry them.
+//   - nsfs mounts (ip netns' /run/netns/NAME) are dropped: CRIU cannot carry them. So
+//     is the daemon's image tmpfs (source ImagesMountSource): it is the node's, and the
+//     target has its own.
 //   - /proc is a fresh proc of the workload's own PID namespace, so /proc/self and
 //     /proc/<pid> are the workload's own and files it opens there move with it.
 func setupMounts() error {
@@ -34,9 +40,9 @@ func setupMounts() error {
 	}
 	// Innermost first, so that no mount is detached from under another we still name.
 	for i := len(mounts) - 1; i >= 0; i-- {
-		if m := mounts[i]; m.FSType == "nsfs" {
+		if m := mounts[i]; m.FSType == "nsfs" || m.FSType == "tmpfs" && m.Source == ImagesMountSource {
 			if err := unix.Unmount(m.Point, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
-				return fmt.Errorf("unmount the namespace file %s: %w", m.Point, err)
+				return fmt.Errorf("unmount the node's %s: %w", m.Point, err)
 			}
 		}
 	}

@@ -245,6 +245,7 @@ var fileKeys = map[string]valueKind{
 	"data-dir":          kindString,
 	"workload-dir":      kindString,
 	"image-dir":         kindString,
+	"image-tmpfs":       kindBool,
 	"socket":            kindString,
 	"raft-addr":         kindString,
 	"peer-addr":         kindString,

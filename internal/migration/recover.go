@@ -18,6 +18,7 @@ import (
 // nobody drives any more: after a crash of this daemon, of the other side or of the
 // leader.
 func (e *Engine) Recover(ctx context.Context) {
+	e.removeSetAside()
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {

@@ -15,6 +15,7 @@ type Mount struct {
 	Root   string // the directory of the file system mounted ("/" unless a bind of a subdirectory)
 	Point  string // mount point, as the process sees it
 	FSType string
+	Source string // the mount source ("tmpfs", "/dev/sda1", ...)
 }
 
 // ParseMountinfo parses a mountinfo file: "ID PARENT MAJ:MIN ROOT POINT OPTS
@@ -39,7 +40,11 @@ func ParseMountinfo(r io.Reader) ([]Mount, error) {
 		if err != nil {
 			return nil, fmt.Errorf("malformed mountinfo line %q", sc.Text())
 		}
-		out = append(out, Mount{ID: id, Dev: f[2], Root: unescape(f[3]), Point: unescape(f[4]), FSType: f[sep+1]})
+		m := Mount{ID: id, Dev: f[2], Root: unescape(f[3]), Point: unescape(f[4]), FSType: f[sep+1]}
+		if sep+2 < len(f) {
+			m.Source = unescape(f[sep+2])
+		}
+		out = append(out, m)
 	}
 	return out, sc.Err()
 }

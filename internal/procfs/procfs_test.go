@@ -449,11 +449,11 @@ func TestParseMountinfo(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Mount{
-		{ID: 22, Dev: "0:21", Root: "/", Point: "/", FSType: "ext4"},
-		{ID: 35, Dev: "0:4", Root: "net:[4026532301]", Point: "/run/netns/migshm-n1", FSType: "nsfs"},
-		{ID: 40, Dev: "0:40", Root: "/", Point: "/mnt/with space", FSType: "tmpfs"},
-		{ID: 41, Dev: "0:41", Root: "/", Point: "/proc", FSType: "proc"},
-		{ID: 42, Dev: "254:0", Root: "/var/lib/x/fs/n1/tmp", Point: "/tmp", FSType: "ext4"},
+		{ID: 22, Dev: "0:21", Root: "/", Point: "/", FSType: "ext4", Source: "/dev/vda"},
+		{ID: 35, Dev: "0:4", Root: "net:[4026532301]", Point: "/run/netns/migshm-n1", FSType: "nsfs", Source: "nsfs"},
+		{ID: 40, Dev: "0:40", Root: "/", Point: "/mnt/with space", FSType: "tmpfs", Source: "tmpfs"},
+		{ID: 41, Dev: "0:41", Root: "/", Point: "/proc", FSType: "proc", Source: "proc"},
+		{ID: 42, Dev: "254:0", Root: "/var/lib/x/fs/n1/tmp", Point: "/tmp", FSType: "ext4", Source: "/dev/vda"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v\nwant %+v", got, want)

@@ -327,7 +327,7 @@ func TestNormalizeDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", ImageDir: DefaultImageDir, ImageTmpfs: true, Socket: DefaultSocket,
+		DataDir: "/srv/m", WorkloadDir: "/srv/m/workloads", ImageDir: DefaultImageDir, Socket: DefaultSocket,
 		RaftAddr: DefaultRaftAddr, PeerAddr: DefaultPeerAddr,
 		TLSCA: "/srv/m/tls/ca.crt", TLSCert: "/srv/m/tls/node.crt", TLSKey: "/srv/m/tls/node.key",
 		LogLevel: "info", SegmentInterval: time.Second, LoadInterval: 5 * time.Second, StopTimeout: 10 * time.Second, ProgressTimeout: 2 * time.Second,

@@ -226,6 +226,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		*cleanups = append(*cleanups, unmount)
 	}
 	warnIfNotTmpfs(d.log, cfg.ImageDir)
+	noteShmHugePages(d.log)
 	d.engine = migration.New(migration.Config{WorkloadDir: cfg.WorkloadDir, ImageDir: cfg.ImageDir,
 		DataDir: cfg.DataDir, CRIU: cfg.CRIU, Log: d.log, ProgressTimeout: cfg.ProgressTimeout, Network: network}, d.cluster, d.sup, migration.OverPeers(d.peers))
 

@@ -139,6 +139,21 @@ func mountImages(log *slog.Logger, dir string) (func(), error) {
 	return unmount, nil
 }
 
+// noteShmHugePages says, once at start, when SysV segments cannot be on huge pages: the
+// frozen window's dump and restore of a segment then fault 4 KiB at a time. Changing
+// it is the operator's call (it changes every program's shm), so it is only said.
+func noteShmHugePages(log *slog.Logger) {
+	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+	if err != nil {
+		return
+	}
+	if s := string(b); strings.Contains(s, "[never]") || strings.Contains(s, "[deny]") {
+		log.Info("SysV segments are on 4 KiB pages (transparent_hugepage/shmem_enabled is never): "+
+			"CRIU dumps and restores them about 2x slower while the workload is frozen; "+
+			"within_size puts them on huge pages (see deploy/systemd/README.md, tuning)", "shmem_enabled", strings.TrimSpace(s))
+	}
+}
+
 // warnIfNotTmpfs logs a warning when dir is not on a tmpfs: migration images are
 // written there while the workload is frozen.
 func warnIfNotTmpfs(log *slog.Logger, dir string) {

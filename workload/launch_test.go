@@ -59,6 +59,15 @@ ls -l /proc/self/fd/0 >&2
 (sleep 0.2 &)
 echo ready
 while :; do sleep 0.05; done`
+	// The daemon's image tmpfs is the node's: the workload's mounts leave it out.
+	images := filepath.Join(dir, "images")
+	if err := os.Mkdir(images, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(workload.ImagesMountSource, images, "tmpfs", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(images, unix.MNT_DETACH) })
 	p, err := workload.Start(workload.Spec{
 		Args: []string{"sh", "-c", script}, Stdout: out, Stderr: errf, Hostname: "wl-test",
 	})
@@ -123,6 +132,9 @@ while :; do sleep 0.05; done`
 		mountIDs[strings.Fields(line)[0]] = true
 		if strings.Contains(line, " - nsfs ") {
 			t.Errorf("the workload's mounts include a namespace file: %s", line)
+		}
+		if strings.Contains(line, " - tmpfs "+workload.ImagesMountSource+" ") {
+			t.Errorf("the workload's mounts include the daemon's image tmpfs: %s", line)
 		}
 	}
 	for _, fd := range fds {

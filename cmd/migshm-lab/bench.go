@@ -304,10 +304,28 @@ type benchReport struct {
 	Config  benchConfig `json:"config"`
 	CRIU    string      `json:"criu,omitempty"`
 	Started time.Time   `json:"started"`
+	// THPAnon and THPShmem are the machine's transparent huge page settings (the
+	// bracketed word of /sys/kernel/mm/transparent_hugepage/{enabled,shmem_enabled}):
+	// SysV segments use huge pages only with shmem_enabled within_size or always, and
+	// CRIU's dump and restore of them are then several times faster.
+	THPAnon  string `json:"thp_anon,omitempty"`
+	THPShmem string `json:"thp_shmem,omitempty"`
 	// Small is a migshm move of a 4 MiB shmbench, measured first: the fixed part of any
 	// move's downtime, in the physical-limit estimate (limit).
 	Small *measurement `json:"small,omitempty"`
 	Sizes []sizeResult `json:"sizes"`
+}
+
+// thpSetting returns the chosen word of a transparent huge page setting ("" if unknown).
+func thpSetting(name string) string {
+	b, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/" + name)
+	s := string(b)
+	if i := strings.IndexByte(s, '['); i >= 0 {
+		if j := strings.IndexByte(s[i:], ']'); j > 0 {
+			return s[i+1 : i+j]
+		}
+	}
+	return ""
 }
 
 // smallMiB is the size of the workload whose downtime is the fixed part of the limit.
@@ -598,6 +616,9 @@ func writeTables(w io.Writer, rep *benchReport) error {
 			writeWindow(w, "migshm's frozen window, step by step (parts as CRIU and the target report them):", s.Runs[0].Migshm.Window)
 		}
 	}
+	if rep.THPAnon != "" || rep.THPShmem != "" {
+		fmt.Fprintf(w, "\nmachine: transparent huge pages %s for private memory, %s for shm (SysV segments)\n", rep.THPAnon, rep.THPShmem)
+	}
 	fmt.Fprintf(w, "\n%s", legend(cfg))
 	return nil
 }
@@ -812,7 +833,8 @@ func benchMain(args []string) error {
 
 func runBench(ctx context.Context, cfg *benchConfig) (rep *benchReport, err error) {
 	b := &bench{cfg: cfg, start: time.Now()}
-	rep = &benchReport{Config: *cfg, Started: b.start.UTC()}
+	rep = &benchReport{Config: *cfg, Started: b.start.UTC(),
+		THPAnon: thpSetting("enabled"), THPShmem: thpSetting("shmem_enabled")}
 	if b.root = cfg.Root; b.root == "" {
 		var starts []string
 		if wd, err := os.Getwd(); err == nil {

@@ -261,7 +261,7 @@ func TestWriteTables(t *testing.T) {
 	small := &measurement{Method: "migshm", DowntimeNS: 200e6}
 	run := benchRun{Run: 1, Baseline: base, PageServer: ps, Migshm: mig}
 	run.compare(small, cfg.RateBits)
-	rep := &benchReport{Config: cfg, Small: small, Sizes: []sizeResult{{TotalMiB: 512, PrivateMiB: 256, ShmMiB: 256,
+	rep := &benchReport{Config: cfg, Small: small, THPAnon: "madvise", THPShmem: "never", Sizes: []sizeResult{{TotalMiB: 512, PrivateMiB: 256, ShmMiB: 256,
 		Runs: []benchRun{run}}}}
 	var buf bytes.Buffer
 	if err := writeTables(&buf, rep); err != nil {
@@ -291,6 +291,7 @@ func TestWriteTables(t *testing.T) {
 		"run 1 baseline copy: 540.0 MB in 4.70s: 114.9 MB/s = 92% of the tbf rate (125.0 MB/s)",
 		"criu dump (tree killed) in n1's netns to /var/tmp",
 		"criu page-server waiting in n2's netns",
+		"machine: transparent huge pages madvise for private memory, never for shm (SysV segments)",
 		// 12.5 MB at the baseline's 114.9 MB/s is 109 ms; + 200 ms = 309 ms; 310/309.
 		"run 1 physical limit: final 12.5 MB at 114.9 MB/s = 109ms, + the 4 MiB move's downtime 200ms = 309ms; migshm's downtime is 1.00x of it",
 		"(--max-downtime: its default)",

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"math"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -278,6 +279,7 @@ type node struct {
 	oldest   int64 // unix nanos: the earliest Since of the figures counted on it (0: none known)
 	inPlan   bool  // source or target of a move of this plan
 	units    []*unit
+	addrNet  netip.Prefix // where it serves addresses of their own (invalid: nowhere)
 }
 
 func (n *node) load() float64 {
@@ -321,6 +323,7 @@ type unit struct {
 	split      []string        // the other nodes the group runs on, sorted; nil if whole
 	last       int64           // unix nanos of the latest migration activity of a member
 	left       map[string]bool // nodes a member left in its last completed migration
+	addr       netip.Addr      // the group's address of its own, if it has one
 }
 
 func (u *unit) String() string {
@@ -349,6 +352,7 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 	byID := map[string]*node{}
 	for _, tn := range t.Nodes() {
 		n := &node{id: tn.ID, state: tn.State, cores: cfg.cores(tn.ID), since: tn.Load.Since}
+		n.addrNet, _ = netip.ParsePrefix(tn.AddrNet)
 		if mc, ok := cfg.MemCapacity[tn.ID]; ok {
 			n.memTotal, n.memFree, n.memKnown = int64(mc), int64(mc), mc > 0
 		} else {
@@ -449,6 +453,9 @@ func newPlanner(t *shmowner.Table, load map[string]WorkloadLoad, now time.Time, 
 					u.unmeasured = append(u.unmeasured, w.ID)
 				}
 				u.last = max(u.last, lastAct[w.ID])
+				if a, err := netip.ParsePrefix(w.Addr); err == nil { // ADDR/PREFIX
+					u.addr = a.Addr() // the members of a group share it
+				}
 				if m, ok := lastDone[w.ID]; ok {
 					u.left[m.Source] = true
 				}
@@ -589,13 +596,15 @@ func (p *planner) pickTarget(u *unit, k Kind) (*node, string) {
 func (p *planner) scanTargets(u *unit, k Kind, only func(*node) bool) (*node, string) {
 	var best *node
 	var bestAfter float64
-	var total, cooling, noRoom, noMem, back int
+	var total, cooling, noRoom, noMem, back, noNet int
 	for _, n := range p.nodes {
 		if !n.balanced() || n == u.node || (only != nil && !only(n)) {
 			continue
 		}
 		total++
 		switch {
+		case u.addr.IsValid() && !(n.addrNet.IsValid() && n.addrNet.Contains(u.addr)):
+			noNet++
 		case k != KindDrain && p.cooling(n):
 			cooling++
 		case k != KindDrain && u.left[n.id]:
@@ -615,6 +624,9 @@ func (p *planner) scanTargets(u *unit, k Kind, only func(*node) bool) (*node, st
 		return best, ""
 	}
 	var why []string
+	if noNet > 0 {
+		why = append(why, fmt.Sprintf("%d not on the network of its address %s (ip-parent)", noNet, u.addr))
+	}
 	if cooling > 0 {
 		why = append(why, fmt.Sprintf("%d in node cooldown", cooling))
 	}

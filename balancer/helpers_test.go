@@ -30,7 +30,7 @@ func buildTable(tb testing.TB, nodes []record.Node, ws []record.Workload, migs [
 	tb.Helper()
 	var reqs []any
 	for _, n := range nodes {
-		reqs = append(reqs, shmowner.RegisterNodeRequest{ID: n.ID, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr},
+		reqs = append(reqs, shmowner.RegisterNodeRequest{ID: n.ID, RaftAddr: n.RaftAddr, APIAddr: n.APIAddr, AddrNet: n.AddrNet},
 			shmowner.ReportLoadRequest{ID: n.ID, Load: n.Load, At: n.LoadAt})
 	}
 	// A workload as it starts: running on node, neither pinned nor measured.
@@ -144,8 +144,9 @@ func wl(id, on string) record.Workload {
 	return record.Workload{ID: id, Node: on, Group: "g-" + id, State: record.WorkloadRunning}
 }
 
-func inGroup(w record.Workload, g string) record.Workload { w.Group = g; return w }
-func pinned(w record.Workload) record.Workload            { w.Pinned = true; return w }
+func inGroup(w record.Workload, g string) record.Workload  { w.Group = g; return w }
+func withAddr(w record.Workload, a string) record.Workload { w.Addr = a; return w }
+func pinned(w record.Workload) record.Workload             { w.Pinned = true; return w }
 func state(w record.Workload, s record.WorkloadState) record.Workload {
 	w.State = s
 	return w

@@ -57,6 +57,24 @@ func TestPlanRules(t *testing.T) {
 			skips: []skipWant{{"node:n1", "node cooldown: n1 is already in a move of this plan"}},
 		},
 		{
+			name: "a workload with an address of its own goes only to a node on its network",
+			nodes: func() []record.Node {
+				ns := active("n1", "n2", "n3")
+				ns[0].AddrNet, ns[2].AddrNet = "10.0.0.0/24", "10.0.0.0/24"
+				return ns
+			}(),
+			ws:   []record.Workload{pinned(wl("w1", "n1")), withAddr(wl("w2", "n1"), "10.0.0.50/24"), wl("w3", "n2"), wl("w4", "n3")},
+			load: cpu("w1", 2.0, "w2", 1.0, "w3", 0.2, "w4", 0.4),
+			want: []string{"w2 n1->n3 cpu"}, // n2 is less loaded, but not on 10.0.0.0/24
+		},
+		{
+			name:  "a draining node's workload with an address of its own waits for a node on its network",
+			nodes: []record.Node{node("n1", record.NodeDraining), node("n2", record.NodeActive)},
+			ws:    []record.Workload{withAddr(wl("w1", "n1"), "10.0.0.50/24")},
+			load:  cpu("w1", 0.5),
+			skips: []skipWant{{"w1", "no target for workload w1 (0.50 cores, 256 MiB): of 1 other active nodes, 1 not on the network of its address 10.0.0.50 (ip-parent)"}},
+		},
+		{
 			name:  "balanced cluster: nothing to do, nothing to explain",
 			nodes: active("n1", "n2"),
 			ws:    []record.Workload{wl("w1", "n1"), wl("w2", "n2")},

@@ -198,10 +198,7 @@ func (d *Daemon) open(cleanups *[]func()) error {
 	}
 	d.peers = peer.New(tc.ClientTLS(), cfg.NodeID)
 	d.metrics = metrics.New(cfg.NodeID, store)
-	d.cluster = cluster.New(cluster.Config{Self: cfg.NodeID, RaftAddr: raftAddr, APIAddr: apiAddr,
-		DataDir: cfg.DataDir, Store: store, Peers: d.peers, Log: d.log, OnApply: d.metrics.ObserveApply})
-
-	// Workloads: re-attach to the ones an earlier run of this daemon started.
+	// Addresses of their own: the network they are on, which the table records.
 	var network ownnet.Network
 	if cfg.IPParent != "" {
 		if network, err = ownnet.Discover(cfg.IPParent, cfg.IPPool, cfg.IPGateway); err != nil {
@@ -209,6 +206,14 @@ func (d *Daemon) open(cleanups *[]func()) error {
 		}
 	}
 	d.network = network
+	addrNet := ""
+	if network.Enabled() {
+		addrNet = network.Subnet.Masked().String()
+	}
+	d.cluster = cluster.New(cluster.Config{Self: cfg.NodeID, RaftAddr: raftAddr, APIAddr: apiAddr, AddrNet: addrNet,
+		DataDir: cfg.DataDir, Store: store, Peers: d.peers, Log: d.log, OnApply: d.metrics.ObserveApply})
+
+	// Workloads: re-attach to the ones an earlier run of this daemon started.
 	d.sup, err = supervisor.New(supervisor.Config{Self: cfg.NodeID, Dir: cfg.WorkloadDir,
 		InitDir: filepath.Join(cfg.DataDir, "init"), SegmentInterval: cfg.SegmentInterval,
 		CapacityCores: cfg.CapacityCores, MemCapacity: cfg.MemCapacity, Network: network, Log: d.log}, d.cluster)

@@ -84,6 +84,22 @@ func TestMoveKeepsAddress(t *testing.T) {
 		t.Errorf("status of n2: addresses %+v, want pool %s with 15 free and %s held on n1", a, pool, want)
 	}
 
+	// The table says on which network each node serves addresses (the balancer's
+	// filter): every node here, on the nodes' /24.
+	nodeNet := netip.PrefixFrom(netip.MustParseAddr(n1.net.Addr), 24).Masked().String()
+	wait.For(t, 10*time.Second, "every node to register its address network", func() (bool, string) {
+		ns, err := n2.c.Nodes(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range ns {
+			if n.AddrNet != nodeNet {
+				return false, fmt.Sprintf("%s has address network %q, want %s", n.ID, n.AddrNet, nodeNet)
+			}
+		}
+		return len(ns) == 3, fmt.Sprintf("%d nodes", len(ns))
+	})
+
 	server := net.JoinHostPort(pool.Addr().String(), port)
 	cl := testwork.StartConnClient(t, client.net.NetNSPath, server)
 	cl.WaitAnswers(t, 20)

@@ -207,6 +207,7 @@ type RegisterNodeRequest struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
+	AddrNet  string `json:"addr_net,omitempty"` // record.Node.AddrNet
 }
 
 // RemoveNodeRequest deletes a node's record.

@@ -110,8 +110,13 @@ func (t *Table) registerNode(r RegisterNodeRequest) error {
 	if r.ID == "" {
 		return fmt.Errorf("register node: empty id: %w", record.ErrInvalid)
 	}
+	if r.AddrNet != "" {
+		if p, err := netip.ParsePrefix(r.AddrNet); err != nil || !p.Addr().Is4() || p != p.Masked() {
+			return fmt.Errorf("register node %s: address network %q is not an IPv4 network in CIDR form: %w", r.ID, r.AddrNet, record.ErrInvalid)
+		}
+	}
 	n := t.nodes[r.ID]
-	n.ID, n.RaftAddr, n.APIAddr = r.ID, r.RaftAddr, r.APIAddr
+	n.ID, n.RaftAddr, n.APIAddr, n.AddrNet = r.ID, r.RaftAddr, r.APIAddr, r.AddrNet
 	n.State = upState(n.Drain) // a drained node that restarts stays draining
 	t.nodes[r.ID] = n
 	return nil

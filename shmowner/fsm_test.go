@@ -95,6 +95,16 @@ func TestApply(t *testing.T) {
 			},
 		},
 		{name: "register empty id", cmd: shmowner.RegisterNodeRequest{}, want: record.ErrInvalid},
+		{name: "register with the network of its own addresses",
+			cmd: shmowner.RegisterNodeRequest{ID: "node-e", AddrNet: "10.213.0.0/24"},
+			check: func(t *testing.T, tb *shmowner.Table) {
+				if n := wantNode(t, tb, "node-e"); n.AddrNet != "10.213.0.0/24" {
+					t.Errorf("node = %+v", n)
+				}
+			}},
+		{name: "register with an address, not a network", cmd: shmowner.RegisterNodeRequest{ID: "node-e", AddrNet: "10.213.0.7/24"}, want: record.ErrInvalid},
+		{name: "register with an IPv6 network", cmd: shmowner.RegisterNodeRequest{ID: "node-e", AddrNet: "fd00::/64"}, want: record.ErrInvalid},
+		{name: "register with garbage for a network", cmd: shmowner.RegisterNodeRequest{ID: "node-e", AddrNet: "eth0"}, want: record.ErrInvalid},
 
 		// RemoveNode
 		{name: "remove node", cmd: shmowner.RemoveNodeRequest{ID: "node-d"}, check: func(t *testing.T, tb *shmowner.Table) {

@@ -28,6 +28,7 @@ type Config struct {
 	Self     string          // this node's id
 	RaftAddr string          // advertised Raft address
 	APIAddr  string          // advertised peer API address
+	AddrNet  string          // record.Node.AddrNet: the network it serves own addresses on, or ""
 	DataDir  string          // for the hint to delete DataDir/raft after a removal
 	Store    *shmowner.Store // opened by the caller, closed by the caller
 	Peers    *peer.Peers

@@ -72,11 +72,11 @@ func (c *Cluster) ensureMember(ctx context.Context, join []string, bootstrap boo
 		return err
 	}
 	if n, ok := c.store.Table().Node(c.cfg.Self); ok && n.RaftAddr == c.cfg.RaftAddr &&
-		n.APIAddr == c.cfg.APIAddr && n.State != record.NodeDown && n.State != record.NodeLeft {
+		n.APIAddr == c.cfg.APIAddr && n.AddrNet == c.cfg.AddrNet && n.State != record.NodeDown && n.State != record.NodeLeft {
 		return nil
 	}
 	return c.Apply(wctx, shmowner.RegisterNodeType, shmowner.RegisterNodeRequest{
-		ID: c.cfg.Self, RaftAddr: c.cfg.RaftAddr, APIAddr: c.cfg.APIAddr})
+		ID: c.cfg.Self, RaftAddr: c.cfg.RaftAddr, APIAddr: c.cfg.APIAddr, AddrNet: c.cfg.AddrNet})
 }
 
 // join asks the leader to add this node, over this node's own connection: only the

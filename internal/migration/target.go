@@ -388,6 +388,9 @@ func (e *Engine) Images(ctx context.Context, caller, id string, images io.Reader
 // against the digests taken at the freeze. It resumes only once the table says done
 // (Resume, or recovery).
 func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequest) (RestoreResult, error) {
+	start := time.Now()
+	var parts steps
+	parts.start(start)
 	if _, err := e.incomingOpen(ctx, caller, id); err != nil {
 		return RestoreResult{}, err
 	}
@@ -403,9 +406,7 @@ func (e *Engine) Restore(ctx context.Context, caller, id string, req RestoreRequ
 	if _, err := e.criu.CachedCheck(ctx); err != nil {
 		return RestoreResult{}, err
 	}
-	start := time.Now()
-	var parts steps
-	parts.start(start)
+	parts.mark("catch up with the table")
 	// The freeze made every semop blocked at the dump return EINTR; issue them again.
 	if n, err := migrate.RestartInterruptedSemop(filepath.Join(t.dir, "images")); err != nil {
 		return RestoreResult{}, fmt.Errorf("restore on %s: %w", e.self, err)

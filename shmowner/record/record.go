@@ -59,9 +59,13 @@ type Node struct {
 	// Drain is the operator's cordon: a node with it set takes no new workloads and is
 	// emptied by the balancer. It outlives the node going down, so a drained node that
 	// restarts comes back draining, not active; only an undrain clears it.
-	Drain  bool       `json:"drain,omitempty"`
-	Load   LoadVector `json:"load"`
-	LoadAt int64      `json:"load_at"` // unix nanos of Load, as sent by the reporter
+	Drain bool `json:"drain,omitempty"`
+	// AddrNet is the IPv4 network (CIDR) on which the node serves workloads with an
+	// address of their own (its ip-parent's); empty if it serves none. The balancer
+	// moves such a workload only to a node on its address's network.
+	AddrNet string     `json:"addr_net,omitempty"`
+	Load    LoadVector `json:"load"`
+	LoadAt  int64      `json:"load_at"` // unix nanos of Load, as sent by the reporter
 }
 
 // WorkloadState is the lifecycle state of a workload.

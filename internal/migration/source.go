@@ -14,6 +14,7 @@ import (
 	"github.com/migshm/migshm/api"
 	"github.com/migshm/migshm/internal/faults"
 	"github.com/migshm/migshm/internal/ownnet"
+	"github.com/migshm/migshm/internal/procfs"
 	"github.com/migshm/migshm/internal/supervisor"
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/shmowner"
@@ -360,12 +361,13 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 	root := s.root
 	s.pc = migrate.NewPrecopier("/proc", func() ([]int, error) { return treePids(root) })
 	// Later rounds send a page that changed in a few words as those words: the twin
-	// keeps what the target holds, up to a quarter more than the tree's memory.
+	// keeps what the target holds, up to a quarter more than the tree's memory, and no
+	// more than this node has available beyond twinMargin.
 	if twin, err := migrate.OpenPageStore(filepath.Join(s.dir, "twin")); err != nil {
 		s.log.Warn("pre-copy without deltas: no room for a copy of the pages sent", "err", err)
 	} else {
 		s.twin = twin
-		s.pc.KeepTwin(twin, int(s.memory/migrate.PageSize*5/4))
+		s.pc.KeepTwin(twin, twinPages(s.memory, availableMemory()))
 	}
 	var rate float64 // best bytes/s seen on the wire
 	var prevChanged int64
@@ -395,6 +397,28 @@ func (s *sourceRun) precopy(ctx context.Context) error {
 		}
 		prevChanged = st.Changed
 	}
+}
+
+// twinMargin is the memory pre-copy's twin leaves available on the source.
+const twinMargin = 512 << 20
+
+// twinPages is how many pages the twin may hold: 1.25x the tree's memory, within what is
+// available beyond twinMargin (a smaller twin only sends more pages whole).
+func twinPages(tree, available uint64) int {
+	limit := tree / migrate.PageSize * 5 / 4
+	if available > twinMargin {
+		return int(min(limit, (available-twinMargin)/migrate.PageSize))
+	}
+	return 0
+}
+
+// availableMemory is MemAvailable, or 0 if it cannot be read.
+func availableMemory() uint64 {
+	mi, err := procfs.ReadMeminfo("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	return mi.MemAvailable
 }
 
 // closeTwin drops pre-copy's copies of the pages sent.

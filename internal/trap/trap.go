@@ -8,13 +8,15 @@
 // SECCOMP_FILTER_FLAG_NEW_LISTENER, CRIU's restorer leaves the listener in each task's
 // fd table, where Listeners takes it (pidfd_getfd) before the tree runs.
 //
-// What is not done yet: the listener fd stays in the task, and CRIU refuses to dump a
-// "seccomp notify" file, so a trapped tree cannot be dumped again until that fd is
-// closed in the task (a syscall injected with ptrace, or a CRIU plugin); and threads
-// (one listener per filter tree: a multi-threaded task is refused).
+// The listener fd also stays in the task, and CRIU cannot dump that kind of file:
+// Release closes it inside the task (ptrace) before a dump. A trapped tree that is
+// dumped keeps the filter in its images without the listener; AddToImages asks for one
+// again rather than stacking a second filter. Not done yet: threads (one listener per
+// filter tree: a multi-threaded task is refused).
 package trap
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -140,6 +142,13 @@ func AddToImages(dir string, except ...int) ([]int, error) {
 			below = int64(tc.GetSeccompFilter())
 		case criu_core.SeccompMode_strict:
 			return nil, fmt.Errorf("trap: task %d is in strict seccomp mode", pid)
+		}
+		if below >= 0 && int(below) < len(entry.SeccompFilters) && bytes.Equal(entry.SeccompFilters[below].Filter, filter) {
+			// Trapped before (a move of a trapped tree): the dump kept our filter
+			// without its listener; ask for one again instead of stacking another.
+			entry.SeccompFilters[below].Flags = proto.Uint32(listenerFlags)
+			trapped = append(trapped, pid)
+			continue
 		}
 		idx, ok := ours[below]
 		if !ok {
@@ -287,15 +296,29 @@ type notifResp struct {
 	Flags uint32
 }
 
-// Recv waits for the next trapped call on listener l.
+// ErrNoTasks is Recv's error once no task is left under the listener's filter.
+var ErrNoTasks = errors.New("trap: no task is left under the filter")
+
+// Recv waits for the next trapped call on listener l. A call withdrawn while it was
+// being received (its task interrupted by a signal, or stopped by a tracer) is skipped.
 func Recv(l *os.File) (Notif, error) {
 	var n Notif
 	for {
+		pfd := []unix.PollFd{{Fd: int32(l.Fd()), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, -1); err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return n, err
+		}
+		if pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&unix.POLLHUP != 0 {
+			return n, ErrNoTasks
+		}
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, l.Fd(), unix.SECCOMP_IOCTL_NOTIF_RECV, uintptr(unsafe.Pointer(&n)))
 		switch errno {
 		case 0:
 			return n, nil
-		case unix.EINTR:
+		case unix.EINTR, unix.ENOENT:
 			continue
 		default:
 			return n, errno

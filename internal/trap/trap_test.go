@@ -2,6 +2,7 @@ package trap_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/seccomp"
 	"github.com/migshm/migshm/internal/testenv"
 	"github.com/migshm/migshm/internal/testwork"
 	"github.com/migshm/migshm/internal/trap"
@@ -19,6 +21,7 @@ import (
 	"github.com/migshm/migshm/migrate"
 	"github.com/migshm/migshm/workload"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 func TestMain(m *testing.M) {
@@ -149,7 +152,10 @@ func TestRestoreWithTrap(t *testing.T) {
 			for {
 				n, err := trap.Recv(l)
 				if err != nil {
-					return // ENOENT: no task is left under the filter
+					if !errors.Is(err, trap.ErrNoTasks) {
+						t.Errorf("recv: %v", err)
+					}
+					return
 				}
 				if n.Nr == unix.SYS_SEMOP || n.Nr == unix.SYS_SEMTIMEDOP {
 					calls.Add(1)
@@ -182,16 +188,135 @@ func TestRestoreWithTrap(t *testing.T) {
 	})
 	t.Logf("trapped %d semops; total %d -> %v", calls.Load(), before, func() uint64 { n, _ := testwork.CounterTotal(res.Pid); return n }())
 
-	// A trapped tree cannot be dumped again yet: the listener fd CRIU's restorer left in
-	// each task is a file CRIU does not dump. Say so loudly if that changes.
-	_, err = c.Dump(ctx, migrate.DumpOptions{Pid: res.Pid, ImagesDir: filepath.Join(dir, "again"), LeaveRunning: true})
+	// The listener fd CRIU's restorer left in each task is a file CRIU does not dump.
+	again := filepath.Join(dir, "again")
+	_, err = c.Dump(ctx, migrate.DumpOptions{Pid: res.Pid, ImagesDir: again, LeaveRunning: true})
 	if err == nil || !strings.Contains(err.Error(), "seccomp notify") {
-		t.Errorf("dump of a trapped tree: %v, want CRIU refusing the seccomp notify fd", err)
+		t.Errorf("dump of a trapped tree holding its listener fds: %v, want CRIU refusing the seccomp notify fd", err)
 	}
-	// Once the tree is gone, each listener's Recv ends.
-	_ = restored.Kill()
+	os.RemoveAll(again)
+	// Released (closed inside each task), the tree goes on trapped and dumps.
+	for _, pid := range trappedPids(t, res.Pid) {
+		if err := trap.Release(pid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := calls.Load()
+	waitCounting(t, bins, res.Pid, &calls, seen, filepath.Join(dir, "stderr"))
+	if _, err := c.Dump(ctx, migrate.DumpOptions{Pid: res.Pid, ImagesDir: again}); err != nil {
+		t.Fatalf("dump of the released trapped tree: %v", err)
+	}
 	_, _ = restored.Wait()
-	wg.Wait()
+	wg.Wait() // the tree is gone: each listener's Recv ended
+
+	// Moved again: the filter is in the images without its listener; the trap asks for
+	// one again, and the second restore runs trapped like the first.
+	retrapped, err := trap.AddToImages(again, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// CRIU dumps each task's filter (each task installed its own): one per task, ours,
+	// with no filter under it.
+	if fs := seccompFilters(t, again); len(fs) != len(retrapped) {
+		t.Fatalf("seccomp.img holds %d filters for %d trapped tasks", len(fs), len(retrapped))
+	} else {
+		for i, f := range fs {
+			if f.Prev != nil || f.GetFlags()&unix.SECCOMP_FILTER_FLAG_NEW_LISTENER == 0 {
+				t.Fatalf("filter %d: prev %v, flags %#x: want ours alone, with a listener", i, f.Prev, f.GetFlags())
+			}
+		}
+	}
+	res2, err := c.Restore(ctx, migrate.RestoreOptions{ImagesDir: again, WorkDir: t.TempDir(), LeaveStopped: true})
+	if err != nil {
+		t.Fatalf("second restore: %v", err)
+	}
+	restored2 := workload.Attach(res2.Pid)
+	t.Cleanup(func() { _ = restored2.Kill(); _, _ = restored2.Wait() })
+	var calls2 atomic.Int64
+	var wg2 sync.WaitGroup
+	for _, pid := range trappedPids(t, res2.Pid) {
+		l, err := trap.Listener(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg2.Add(1)
+		go func() {
+			defer wg2.Done()
+			defer l.Close()
+			for {
+				n, err := trap.Recv(l)
+				if err != nil {
+					if !errors.Is(err, trap.ErrNoTasks) {
+						t.Errorf("recv: %v", err)
+					}
+					return
+				}
+				calls2.Add(1)
+				_ = trap.Continue(l, n.ID)
+			}
+		}()
+	}
+	if err := migrate.ResumeTree(res2.Pid); err != nil {
+		t.Fatal(err)
+	}
+	waitCounting(t, bins, res2.Pid, &calls2, 0, filepath.Join(dir, "stderr"))
+	_ = restored2.Kill()
+	_, _ = restored2.Wait()
+	wg2.Wait()
+}
+
+// trappedPids are the processes of the tree rooted at root but its init.
+func trappedPids(t *testing.T, root int) []int {
+	t.Helper()
+	tree, err := migrate.Preflight{}.Check(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, p := range tree.Procs {
+		if p.Pid != root {
+			out = append(out, p.Pid)
+		}
+	}
+	return out
+}
+
+// waitCounting waits until the counter of the tree rooted at root grows by 200 and its
+// listeners see 200 more calls than seen; its invariant must hold throughout.
+func waitCounting(t *testing.T, bins testwork.Bins, root int, calls *atomic.Int64, seen int64, stderr string) {
+	t.Helper()
+	before, err := testwork.CounterTotal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait.Until(t, 10*time.Second, "the trapped counter to count", func() error {
+		n, err := bins.CounterCheck(root)
+		if err != nil {
+			b, _ := os.ReadFile(stderr)
+			return fmt.Errorf("%w; the workload's stderr: %q", err, tail(b))
+		}
+		if n < before+200 || calls.Load() < seen+200 {
+			return fmt.Errorf("total %d (was %d), %d calls trapped (were %d)", n, before, calls.Load(), seen)
+		}
+		return nil
+	})
+}
+
+// seccompFilters returns the filters of an images dir's seccomp.img.
+func seccompFilters(t *testing.T, dir string) []*seccomp.SeccompFilter {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "seccomp.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e seccomp.SeccompEntry
+	if len(b) < 12 {
+		t.Fatalf("seccomp.img of %d bytes", len(b))
+	}
+	if err := proto.Unmarshal(b[12:12+binary.LittleEndian.Uint32(b[8:])], &e); err != nil {
+		t.Fatal(err)
+	}
+	return e.SeccompFilters
 }
 
 func tail(b []byte) string {

@@ -1,12 +1,12 @@
 // Package trap catches the SysV IPC calls of a restored tree with seccomp user
-// notification: the mechanism split sharers need (issue 14, ../shared/DSM.md), so that a
-// member away from its semaphores' home has its semop run there on its behalf.
+// notification: the mechanism split sharers need, so that a member restored away from
+// its semaphores' home can have its semop run there on its behalf.
 //
 // CRIU carries seccomp filters but not their listeners: a USER_NOTIF filter restores
 // without one, and every trapped call then fails with ENOSYS. Since the images are ours
 // to edit, the filter is added at restore instead (AddToImages): with
 // SECCOMP_FILTER_FLAG_NEW_LISTENER, CRIU's restorer leaves the listener in each task's
-// fd table, where Listeners takes it (pidfd_getfd) before the tree runs.
+// fd table, where Listener takes it (pidfd_getfd) before the tree runs.
 //
 // The listener fd also stays in the task, and CRIU cannot dump that kind of file:
 // Release closes it inside the task (ptrace) before a dump. A trapped tree that is

@@ -134,9 +134,9 @@ func (e *Engine) check(ctx context.Context, w record.Workload, target string) (r
 	// The dump writes about the tree's memory into tmpfs here while the tree is frozen
 	// (and pre-copy's twin holds as much before it): without room, the dump would fail
 	// or wake the OOM killer in the frozen window.
-	if mi, err := procfs.ReadMeminfo("/proc/meminfo"); err == nil && in.MemoryBytes > mi.MemAvailable {
+	if avail := availableMemory(); avail > 0 && in.MemoryBytes > avail {
 		add("source-memory", "node %s has %s available; the dump of %s writes about %s of images here while it is frozen: free memory here first",
-			e.self, humanBytes(mi.MemAvailable), w.Name, humanBytes(in.MemoryBytes))
+			e.self, humanBytes(avail), w.Name, humanBytes(in.MemoryBytes))
 	}
 	// The target holds the images (in tmpfs) and the restored memory at once.
 	memory = in.MemoryBytes
